@@ -1,0 +1,242 @@
+//! PostgreSQL access for the services: a pool of diesel-async connections confined to the
+//! service's own schema, and that schema's embedded migrations applied under an advisory lock.
+//!
+//! Every service owns one PostgreSQL schema (DESIGN.md, "Data"). Connections from [`connect`] have
+//! their `search_path` set to that schema, so a service's SQL names its tables without a prefix and
+//! can never read another service's tables by accident. [`migrate`] creates the schema, then runs
+//! the pending migrations while holding a PostgreSQL advisory lock derived from the schema's name,
+//! so several replicas starting at once apply them exactly once.
+
+use std::time::Duration;
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Integer},
+};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig,
+        deadpool::{self, Object},
+    },
+};
+pub use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::MigrationHarness;
+use futures::FutureExt as _;
+
+/// A pool of connections whose `search_path` is the service's schema.
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+/// A connection borrowed from a [`Pool`].
+pub type PooledConnection = Object<AsyncPgConnection>;
+
+/// How to reach PostgreSQL and which schema is the service's own.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// A `postgres://` URL; it may hold a password, so it is never logged.
+    pub url: String,
+    /// The service's schema, such as `gateway`; letters, digits and `_` only.
+    pub schema: &'static str,
+    pub pool_size: usize,
+    /// How long to wait for a connection, from the pool or from the server.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can go wrong while reaching the database; messages never include the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    #[error("timed out after {0:?} waiting for PostgreSQL")]
+    Timeout(Duration),
+    #[error("PostgreSQL query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migration of schema {schema} failed: {message}")]
+    Migration { schema: &'static str, message: String },
+    #[error("invalid schema name {0:?}")]
+    SchemaName(&'static str),
+}
+
+fn check_schema(schema: &'static str) -> Result<(), DatabaseError> {
+    let ok = !schema.is_empty()
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(DatabaseError::SchemaName(schema))
+    }
+}
+
+/// Builds the pool. No connection is opened until one is needed, so a service can start, report
+/// itself not ready, and become ready when PostgreSQL comes up.
+pub fn connect(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
+    check_schema(config.schema)?;
+    let schema = config.schema;
+    let timeout = config.connect_timeout;
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        async move {
+            let mut conn = tokio::time::timeout(timeout, AsyncPgConnection::establish(&url))
+                .await
+                .map_err(|_| {
+                    diesel::ConnectionError::BadConnection(format!(
+                        "timed out after {timeout:?} connecting"
+                    ))
+                })??;
+            conn.batch_execute(&format!("SET search_path TO {schema}"))
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&config.url, manager_config);
+    deadpool::Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(::deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.connect_timeout))
+        .build()
+        .map_err(|e| DatabaseError::Connect(e.to_string()))
+}
+
+/// Borrows a connection, mapping pool errors to [`DatabaseError`].
+pub async fn get(pool: &Pool) -> Result<PooledConnection, DatabaseError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool::PoolError::Timeout(_) => {
+            DatabaseError::Timeout(pool.timeouts().wait.unwrap_or_default())
+        }
+        deadpool::PoolError::Backend(e) => DatabaseError::Connect(e.to_string()),
+        other => DatabaseError::Connect(other.to_string()),
+    })
+}
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = Integer)]
+    one: i32,
+}
+
+/// Checks that PostgreSQL answers a query through the pool; readiness probes call it.
+pub async fn ping(pool: &Pool) -> Result<(), DatabaseError> {
+    let mut conn = get(pool).await?;
+    let row: One = diesel::sql_query("SELECT 1 AS one").get_result(&mut conn).await?;
+    debug_assert_eq!(row.one, 1);
+    Ok(())
+}
+
+/// The advisory-lock key for a schema's migrations: a stable 63-bit hash of its name.
+fn lock_key(schema: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"sonora-migrations:".iter().chain(schema.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash >> 1) as i64
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+/// Creates the schema if needed and applies its pending migrations, holding an advisory lock so
+/// that concurrent callers wait for each other. Returns the versions that were applied.
+pub async fn migrate(
+    config: &DatabaseConfig,
+    migrations: EmbeddedMigrations,
+) -> Result<Vec<String>, DatabaseError> {
+    check_schema(config.schema)?;
+    let schema = config.schema;
+    let mut conn = tokio::time::timeout(
+        config.connect_timeout,
+        AsyncPgConnection::establish(&config.url),
+    )
+    .await
+    .map_err(|_| DatabaseError::Timeout(config.connect_timeout))?
+    .map_err(|e| DatabaseError::Connect(e.to_string()))?;
+
+    // Wait for the lock in short polls rather than one blocking call, so a stuck holder shows up
+    // in the logs instead of as a silent hang.
+    let key = lock_key(schema);
+    loop {
+        let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<BigInt, _>(key)
+            .get_result(&mut conn)
+            .await?;
+        if row.locked {
+            break;
+        }
+        tracing::info!(schema, "waiting for another instance to finish migrating");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    conn.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+    ))
+    .await?;
+
+    // diesel's migration harness is synchronous; run it on a blocking thread through the wrapper
+    // that drives the async connection from there.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> = conn.into();
+        let applied = wrapper
+            .run_pending_migrations(migrations)
+            .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| e.to_string());
+        (wrapper.into_inner(), applied)
+    })
+    .await
+    .map_err(|e| DatabaseError::Migration {
+        schema,
+        message: e.to_string(),
+    })?;
+    let (mut conn, applied) = outcome;
+    // Closing the connection would release the lock too; unlocking says so explicitly.
+    let _ = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(key)
+        .execute(&mut conn)
+        .await;
+    let applied = applied.map_err(|message| DatabaseError::Migration { schema, message })?;
+    if !applied.is_empty() {
+        tracing::info!(schema, versions = ?applied, "applied migrations");
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert!(check_schema("delivery_worker").is_ok());
+        assert!(check_schema("Gateway").is_err());
+        assert!(check_schema("x; drop table y").is_err());
+        assert!(check_schema("1abc").is_err());
+    }
+
+    #[test]
+    fn lock_keys_differ_per_schema_and_are_stable() {
+        assert_ne!(lock_key("gateway"), lock_key("webhook_ingest"));
+        assert_eq!(lock_key("gateway"), lock_key("gateway"));
+        assert!(lock_key("gateway") >= 0);
+    }
+}

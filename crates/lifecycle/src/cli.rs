@@ -1,0 +1,150 @@
+//! The entry point every service binary calls from `main`.
+//!
+//! ```text
+//! <service>            serve (the default)
+//! <service> serve      serve until SIGTERM/SIGINT, then drain
+//! <service> migrate    apply this service's database migrations and exit
+//! <service> --help | --version
+//! ```
+//!
+//! Settings are loaded before anything else: a missing or bad one prints one line naming it on
+//! standard error and exits with code 64, before any log line or connection.
+
+use std::{future::Future, pin::Pin, process::ExitCode};
+
+use settings::{CommonSettings, EXIT_CONFIG, LogFormat, SettingError, Sources};
+
+use crate::Signals;
+
+/// A boxed future returned by a service's entry points.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a service binary is made of.
+pub struct ServiceMain<S> {
+    /// The binary's name, as in `services/<name>`.
+    pub name: &'static str,
+    /// One line saying what the service does, for `--help`.
+    pub about: &'static str,
+    /// Reads the service's settings.
+    pub load: fn(&Sources) -> Result<S, SettingError>,
+    /// The settings every service has.
+    pub common: fn(&S) -> &CommonSettings,
+    /// Applies the service's migrations; `None` for a service without a database.
+    pub migrate: Option<fn(S) -> BoxFuture<anyhow::Result<()>>>,
+    /// Serves until `Signals::shutdown` is cancelled and the work in flight has drained.
+    pub serve: fn(S, Signals) -> BoxFuture<anyhow::Result<()>>,
+}
+
+enum Command {
+    Serve,
+    Migrate,
+}
+
+/// Runs the service as the command line asks, and returns the process's exit code.
+pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["serve"] => Command::Serve,
+        ["migrate"] if service.migrate.is_some() => Command::Migrate,
+        ["--version" | "-V"] => {
+            println!("{} {}", service.name, env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        ["--help" | "-h" | "help"] => {
+            println!("{}", usage(&service));
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{}: unknown arguments {:?}\n{}", service.name, args, usage(&service));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
+    let settings = match Sources::from_env().and_then(|src| (service.load)(&src)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{}: {error}", service.name);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let common = (service.common)(&settings).clone();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{}: cannot start the async runtime: {error}", service.name);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let guard = match telemetry::init(&telemetry_config(&common)) {
+            Ok(guard) => guard,
+            Err(telemetry::TelemetryError::Filter(problem)) => {
+                eprintln!("{}: {}", service.name, SettingError::new("RUST_LOG", problem));
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", service.name);
+                return ExitCode::FAILURE;
+            }
+        };
+        let outcome = match command {
+            Command::Migrate => {
+                let migrate = service.migrate.expect("checked when parsing the command");
+                migrate(settings).await
+            }
+            Command::Serve => {
+                let signals = Signals::new();
+                match signals.listen_os() {
+                    Ok(()) => {
+                        tracing::info!(
+                            service = service.name,
+                            environment = %common.environment,
+                            version = env!("CARGO_PKG_VERSION"),
+                            "starting"
+                        );
+                        (service.serve)(settings, signals).await
+                    }
+                    Err(error) => Err(anyhow::Error::new(error).context("cannot listen for signals")),
+                }
+            }
+        };
+        let code = match &outcome {
+            Ok(()) => {
+                tracing::info!(service = service.name, "stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(service = service.name, error = format!("{error:#}"), "failed");
+                ExitCode::FAILURE
+            }
+        };
+        // Flushing blocks until the exporter has sent what it buffered.
+        let _ = tokio::task::spawn_blocking(move || guard.shutdown()).await;
+        code
+    })
+}
+
+/// The telemetry set-up that follows from the common settings.
+pub fn telemetry_config(common: &CommonSettings) -> telemetry::TelemetryConfig {
+    telemetry::TelemetryConfig {
+        service_name: common.service_name.clone(),
+        log_filter: common.log_filter.clone(),
+        json_logs: common.log_format == LogFormat::Json,
+        otlp_endpoint: common.otlp_endpoint.as_ref().map(ToString::to_string),
+        environment: common.environment.to_string(),
+    }
+}
+
+fn usage<S>(service: &ServiceMain<S>) -> String {
+    let migrate = if service.migrate.is_some() {
+        format!("\n  {} migrate   apply the database migrations and exit", service.name)
+    } else {
+        String::new()
+    };
+    format!(
+        "{name}: {about}\n\nUsage:\n  {name} [serve]   serve until SIGTERM or SIGINT{migrate}\n  {name} --version\n\nSettings come from the environment (see README.md, \"Configuration\").",
+        name = service.name,
+        about = service.about,
+    )
+}

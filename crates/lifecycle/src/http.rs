@@ -1,0 +1,137 @@
+//! The operational endpoints every service serves, and an actix-web server that drains on
+//! shutdown.
+
+use std::{net::TcpListener, time::Duration};
+
+use actix_web::{
+    App, HttpResponse, HttpServer,
+    body::MessageBody,
+    dev::{ServiceFactory, ServiceRequest, ServiceResponse},
+    http::header,
+    middleware::from_fn,
+    web,
+};
+use telemetry::metrics::{Metrics, http_middleware};
+use tokio_util::sync::CancellationToken;
+
+use crate::Readiness;
+
+/// `GET /health`: the process is alive and serving HTTP. It checks nothing else, so a slow
+/// dependency never gets a healthy process restarted.
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /ready`: 200 when every dependency is usable, 503 naming the ones that are not.
+async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
+    let report = readiness.report().await;
+    let mut response = if report.is_ready() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(report)
+}
+
+/// `GET /metrics`: the service's registry in the Prometheus text format.
+async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
+}
+
+/// Adds `/health`, `/ready` and `/metrics`; the app must hold `Data<Readiness>` and
+/// `Data<Metrics>`.
+pub fn ops_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The app every HTTP server starts from: readiness and metrics as app data, the tracing and
+/// metrics middleware, and the operational routes.
+pub fn base_app(
+    readiness: Readiness,
+    metrics: Metrics,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(readiness))
+        .app_data(web::Data::new(metrics))
+        .wrap(from_fn(http_middleware))
+        .configure(ops_routes)
+}
+
+/// A running HTTP server; await [`HttpServerTask::stopped`] to know it has drained.
+pub struct HttpServerTask {
+    port: u16,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServerTask {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Resolves when the server has stopped: after shutdown, once in-flight requests finished or
+    /// the grace period ran out.
+    pub async fn stopped(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Serves `factory`'s app on `listener` until `shutdown` is cancelled; then marks `readiness` as
+/// draining, stops accepting connections, and lets in-flight requests finish within `grace`.
+pub fn serve<F, A, B>(
+    listener: TcpListener,
+    factory: F,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<HttpServerTask>
+where
+    F: Fn() -> App<A> + Send + Clone + 'static,
+    A: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let port = listener.local_addr()?.port();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let server = HttpServer::new(factory)
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs().max(1))
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        readiness.set_draining();
+        handle.stop(true).await;
+    });
+    let task = tokio::spawn(server);
+    Ok(HttpServerTask { port, task })
+}
+
+/// Binds a TCP listener, with a message that names the address when it cannot.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
