@@ -96,3 +96,91 @@ pub async fn check_peer(channel: Channel) -> Result<(), String> {
         other => Err(format!("reports {}", other.as_str_name())),
     }
 }
+
+/// Where and how a gRPC service serves: its gRPC port, and the HTTP port for `/health`,
+/// `/ready` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct GrpcAppConfig {
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    /// The fully qualified gRPC service names served, such as `sonora.tts.v1.TtsInference`; each
+    /// gets a health status beside the overall one.
+    pub service_names: Vec<&'static str>,
+    pub readiness: Readiness,
+    pub metrics: telemetry::metrics::Metrics,
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+}
+
+/// A running gRPC service with its operational HTTP server.
+pub struct GrpcApp {
+    grpc_port: u16,
+    http: crate::http::HttpServerTask,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcApp {
+    /// Binds both ports and starts serving `router` (plus the standard health service) and the
+    /// operational endpoints. Port 0 picks a free port; see [`GrpcApp::grpc_port`].
+    pub fn start(
+        config: GrpcAppConfig,
+        router: tonic::transport::server::Router,
+    ) -> std::io::Result<Self> {
+        let grpc_listener = crate::http::bind(config.grpc_addr)?;
+        let grpc_port = grpc_listener.local_addr()?.port();
+        let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = sync_health(
+            reporter,
+            config.service_names.clone(),
+            config.readiness.clone(),
+            config.shutdown.clone(),
+            Duration::from_secs(2),
+        );
+        let server = router.add_service(health_service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            config.shutdown.clone().cancelled_owned(),
+        );
+        let grpc = tokio::spawn(serve_until_drained(
+            server,
+            config.shutdown.clone(),
+            config.grace,
+        ));
+
+        let (readiness, metrics) = (config.readiness.clone(), config.metrics.clone());
+        let http = crate::http::serve(
+            crate::http::bind(config.http_addr)?,
+            move || crate::http::base_app(readiness.clone(), metrics.clone()),
+            config.readiness,
+            config.shutdown,
+            config.grace,
+        )?;
+        tracing::info!(grpc_port, http_port = http.port(), "listening");
+        Ok(Self {
+            grpc_port,
+            http,
+            grpc,
+            health,
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http.port()
+    }
+
+    /// Resolves once shutdown was requested and both servers have drained.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let grpc = self.grpc.await.context("the gRPC server task panicked")?;
+        grpc.context("the gRPC server failed")?;
+        self.http.stopped().await.context("the HTTP server failed")?;
+        let _ = self.health.await;
+        Ok(())
+    }
+}

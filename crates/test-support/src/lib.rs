@@ -1,1 +1,140 @@
-//! placeholder
+//! Helpers for the services' integration tests: fresh databases, the shared Redis, a TCP proxy
+//! that can cut a dependency off and bring it back, an in-process OTLP receiver, and polling.
+//!
+//! Tests talk to the real PostgreSQL and Redis that `scripts/test` starts on loopback; their
+//! addresses come from `TEST_DATABASE_URL` and `TEST_REDIS_URL` when set.
+
+pub mod otlp;
+pub mod proxy;
+
+use std::{future::Future, time::Duration};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use settings::Sources;
+
+/// The PostgreSQL server tests use: an URL whose user may create databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://sonora:sonora-dev-password@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis server tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// A database made for one test, so tests run in parallel without seeing each other's rows.
+/// `scripts/test` drops the ones left by earlier runs.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database named `sonora_test_<random>`.
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = postgres_admin_url();
+        let name = format!("sonora_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = AsyncPgConnection::establish(&admin).await?;
+        conn.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        let mut url = url::Url::parse(&admin)?;
+        url.set_path(&name);
+        Ok(Self {
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// The same database reached through another host and port (a [`proxy::TcpProxy`]).
+    pub fn url_via(&self, port: u16) -> String {
+        let mut url = url::Url::parse(&self.url).expect("valid URL");
+        url.set_host(Some("127.0.0.1")).expect("valid host");
+        url.set_port(Some(port)).expect("valid port");
+        url.to_string()
+    }
+}
+
+/// The host and port of a `scheme://host:port/...` URL, for pointing a proxy at it.
+pub fn host_port(url: &str) -> String {
+    let url = url::Url::parse(url).expect("valid URL");
+    format!(
+        "{}:{}",
+        url.host_str().expect("URL has a host"),
+        url.port_or_known_default().expect("URL has a port")
+    )
+}
+
+/// Settings for a service under test: loopback addresses on port 0, text logs, a short grace
+/// period; `pairs` add to or override them.
+pub fn sources<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Sources {
+    let mut src = Sources::from_pairs([
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("GRPC_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "text"),
+        ("SHUTDOWN_GRACE_PERIOD", "5s"),
+    ])
+    .expect("no settings file");
+    for (key, value) in pairs {
+        src.set(key, value);
+    }
+    src
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client for tests, with a timeout so a hung server fails the test instead of hanging it.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client builds")
+}
+
+/// GETs `url` and returns the status and the body parsed as JSON (`Null` when it is not JSON).
+pub async fn get_json(url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = http_client().get(url).send().await?;
+    let status = response.status().as_u16();
+    let body = response.text().await?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+/// Where the set-up installed the default voice (`TEST_VOICES_DIR`, or the set-up's cache).
+pub fn voices_dir() -> std::path::PathBuf {
+    std::env::var_os("TEST_VOICES_DIR").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            std::path::PathBuf::from(home).join(".cache/sonora/voices")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+/// Runs a service binary with exactly `env` as its environment and returns its exit code and
+/// standard error; for checking how it refuses bad settings.
+pub fn run_binary(path: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(path)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}

@@ -1,1 +1,124 @@
-//! placeholder
+//! `tts-inference`: Piper-compatible neural voices behind gRPC.
+//!
+//! Today it serves the voice catalogue (`ListVoices`) from the voices directory and reports itself
+//! ready once the default voice is installed; speech synthesis arrives with its own issue.
+
+pub mod catalogue;
+mod grpc;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use lifecycle::{
+    Readiness, Signals,
+    cli::ServiceMain,
+    grpc::{GrpcApp, GrpcAppConfig},
+};
+use settings::{CommonSettings, SettingError, Sources};
+use sonora_proto::tts::v1::tts_inference_server::TtsInferenceServer;
+use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+
+pub const NAME: &str = "tts-inference";
+
+/// Everything `tts-inference` can be configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonSettings,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Where Piper voices (`<id>.onnx` + `<id>.onnx.json`) are installed.
+    pub voices_dir: PathBuf,
+    /// The voice used when a request names none; the service is ready once it is installed.
+    pub default_voice: String,
+}
+
+impl Settings {
+    pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        let default_voice: String = src.or("DEFAULT_VOICE", "en_US-joe-medium".to_owned())?;
+        if default_voice.contains(['/', '\\']) || default_voice.starts_with('.') {
+            return Err(SettingError::new("DEFAULT_VOICE", "must be a voice id, not a path"));
+        }
+        Ok(Self {
+            common: CommonSettings::load(src, NAME)?,
+            grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50051).into())?,
+            http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9101).into())?,
+            voices_dir: src.or("VOICES_DIR", PathBuf::from("/var/lib/sonora/voices"))?,
+            default_voice,
+        })
+    }
+}
+
+/// The process entry point's description of this service.
+pub fn service() -> ServiceMain<Settings> {
+    ServiceMain {
+        name: NAME,
+        about: "Piper-compatible neural text-to-speech over gRPC",
+        load: Settings::load,
+        common: |s| &s.common,
+        migrate: None,
+        serve: |settings, signals| Box::pin(async move {
+            Application::build(settings, signals)?.stopped().await
+        }),
+    }
+}
+
+/// The running service.
+pub struct Application {
+    app: GrpcApp,
+}
+
+impl Application {
+    /// Binds its ports and starts serving; port 0 in the settings picks free ports.
+    pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
+        let voices_dir = Arc::new(settings.voices_dir.clone());
+        let default_voice: Arc<str> = settings.default_voice.clone().into();
+
+        let readiness = {
+            let (dir, id) = (Arc::clone(&voices_dir), Arc::clone(&default_voice));
+            Readiness::builder()
+                .check("voice", move || {
+                    let (dir, id) = (Arc::clone(&dir), Arc::clone(&id));
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            catalogue::load_voice(&dir, &id).map(|_| ()).map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                    }
+                })
+                .build()
+        };
+
+        let router = tonic::transport::Server::builder()
+            .trace_fn(grpc_server_span)
+            .add_service(TtsInferenceServer::new(grpc::TtsService {
+                voices_dir,
+                default_voice,
+            }));
+        let app = GrpcApp::start(
+            GrpcAppConfig {
+                grpc_addr: settings.grpc_addr,
+                http_addr: settings.http_addr,
+                service_names: vec!["sonora.tts.v1.TtsInference"],
+                readiness,
+                metrics: Metrics::new(),
+                shutdown: signals.shutdown.clone(),
+                grace: settings.common.shutdown_grace_period,
+            },
+            router,
+        )?;
+        Ok(Self { app })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.app.grpc_port()
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.app.http_port()
+    }
+
+    /// Resolves once shutdown was requested and the servers have drained.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.app.stopped().await
+    }
+}

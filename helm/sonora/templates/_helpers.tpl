@@ -1,0 +1,222 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "sonora.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every resource name: the release name, followed by the chart
+name unless the release name already contains it. Kept to 40 characters so
+that "<fullname>-audio-generation-migrate" still fits in 63.
+*/}}
+{{- define "sonora.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sonora.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every resource. */}}
+{{- define "sonora.labels" -}}
+helm.sh/chart: {{ include "sonora.chart" . }}
+app.kubernetes.io/part-of: {{ include "sonora.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+Selector labels of one service. Call with (dict "root" $ "service" "gateway").
+*/}}
+{{- define "sonora.selectorLabels" -}}
+app.kubernetes.io/name: {{ .service }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{/* The resource name of one service: (dict "root" $ "service" "gateway"). */}}
+{{- define "sonora.serviceName" -}}
+{{- printf "%s-%s" (include "sonora.fullname" .root) .service | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sonora.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "sonora.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding DATABASE_URL and REDIS_URL. */}}
+{{- define "sonora.secretName" -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- .Values.secrets.existingSecret -}}
+{{- else -}}
+{{- printf "%s-secrets" (include "sonora.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image of one service: (dict "root" $ "service" "gateway"). */}}
+{{- define "sonora.image" -}}
+{{- $img := .root.Values.image -}}
+{{- $tag := default .root.Chart.AppVersion $img.tag -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s/%s:%s" $img.registry $img.repository .service $tag -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $img.repository .service $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the chart knows about each service and never asks for in values: which
+stores it uses and which gRPC peers it calls. Read with
+  $catalog := include "sonora.catalog" . | fromYaml
+*/}}
+{{- define "sonora.catalog" -}}
+gateway:
+  component: api
+  public: true
+  database: true
+  redis: true
+  peers: [tts-inference, audio-generation, delivery-worker]
+webhook-ingest:
+  component: webhooks
+  public: true
+  database: true
+  redis: true
+  peers: [audio-generation, delivery-worker]
+tts-inference:
+  component: inference
+  public: false
+  database: false
+  redis: false
+  peers: []
+audio-generation:
+  component: audio
+  public: false
+  database: true
+  redis: false
+  peers: [delivery-worker]
+delivery-worker:
+  component: delivery
+  public: false
+  database: true
+  redis: false
+  peers: []
+replicate-simulator:
+  component: simulator
+  public: false
+  database: false
+  redis: false
+  peers: []
+{{- end -}}
+
+{{/*
+The enabled services as a YAML map of name -> values, in a fixed order.
+Read with $services := include "sonora.enabledServices" . | fromYaml
+*/}}
+{{- define "sonora.enabledServices" -}}
+{{- $out := dict -}}
+{{- range $name := list "gateway" "webhook-ingest" "tts-inference" "audio-generation" "delivery-worker" -}}
+{{- $v := index $.Values.services $name -}}
+{{- if $v.enabled -}}
+{{- $_ := set $out $name $v -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.replicateSimulator.enabled -}}
+{{- $_ := set $out "replicate-simulator" .Values.replicateSimulator -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The environment of one service's container, after envFrom the shared ConfigMap:
+(dict "root" $ "service" "gateway" "values" $v).
+*/}}
+{{- define "sonora.env" -}}
+{{- $root := .root -}}
+{{- $name := .service -}}
+{{- $v := .values -}}
+{{- $catalog := include "sonora.catalog" $root | fromYaml -}}
+{{- $facts := index $catalog $name -}}
+{{- $defaults := dict "OTEL_SERVICE_NAME" $name "HTTP_ADDR" (printf "0.0.0.0:%v" $v.ports.http) -}}
+{{- if $v.ports.grpc -}}
+{{- $_ := set $defaults "GRPC_ADDR" (printf "0.0.0.0:%v" $v.ports.grpc) -}}
+{{- end -}}
+{{- range $peer := $facts.peers -}}
+{{- $peerValues := index $root.Values.services $peer -}}
+{{- $var := printf "%s_URL" ($peer | upper | replace "-" "_") -}}
+{{- $url := printf "http://%s:%v" (include "sonora.serviceName" (dict "root" $root "service" $peer)) $peerValues.ports.grpc -}}
+{{- $_ := set $defaults $var $url -}}
+{{- end -}}
+{{- $env := merge (dict) $defaults -}}
+{{- range $k, $val := $v.env -}}
+{{- if not (kindIs "invalid" $val) -}}
+{{- if ne (toString $val) "" -}}
+{{- $_ := set $env $k (toString $val) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $k := keys $env | sortAlpha }}
+- name: {{ $k }}
+  value: {{ index $env $k | quote }}
+{{- end }}
+{{- if $facts.database }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.databaseUrlKey }}
+{{- end }}
+{{- if $facts.redis }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.redisUrlKey }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+One container of the migrations Job: runs `<service> migrate` with the shared
+settings inline (a hook runs before the release's ConfigMap exists).
+(dict "root" $ "service" "gateway" "secretName" "...")
+*/}}
+{{- define "sonora.migrateContainer" -}}
+{{- $root := .root -}}
+- name: {{ .service }}
+  image: {{ include "sonora.image" (dict "root" $root "service" .service) | quote }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  args: ["migrate"]
+  env:
+    - name: OTEL_SERVICE_NAME
+      value: {{ .service | quote }}
+    {{- range $k, $val := $root.Values.config }}
+    {{- if and (not (kindIs "invalid" $val)) (ne (toString $val) "") }}
+    - name: {{ $k }}
+      value: {{ toString $val | quote }}
+    {{- end }}
+    {{- end }}
+    - name: DATABASE_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ $root.Values.secrets.databaseUrlKey }}
+  resources:
+    {{- toYaml $root.Values.migrations.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.securityContext | nindent 4 }}
+{{- end -}}

