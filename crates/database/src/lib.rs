@@ -240,3 +240,96 @@ mod tests {
         assert!(lock_key("gateway") >= 0);
     }
 }
+
+/// A service's database: the pool, and its migrations applied in the background.
+///
+/// A service starts serving before PostgreSQL is necessarily up: [`Database::start`] returns at
+/// once and keeps trying to migrate, with backoff, until it succeeds or shutdown is requested.
+/// [`Database::check`] (the readiness check) fails until then, and afterwards whenever PostgreSQL
+/// does not answer; nothing needs a restart when it comes back.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    migrated: std::sync::Arc<tokio::sync::watch::Sender<MigrationState>>,
+}
+
+#[derive(Debug, Clone)]
+enum MigrationState {
+    Pending(Option<String>),
+    Done,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Builds the pool and starts applying the migrations `migrations` returns (a service's
+    /// `const` set, as `|| MIGRATIONS`); `stop` ends the attempts early.
+    pub fn start(
+        config: DatabaseConfig,
+        migrations: fn() -> EmbeddedMigrations,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, DatabaseError> {
+        let pool = connect(&config)?;
+        let (tx, _) = tokio::sync::watch::channel(MigrationState::Pending(None));
+        let migrated = std::sync::Arc::new(tx);
+        let state = std::sync::Arc::clone(&migrated);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match migrate(&config, migrations()).await {
+                    Ok(_) => {
+                        state.send_replace(MigrationState::Done);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?delay, "database not migrated yet");
+                        state.send_replace(MigrationState::Pending(Some(error.to_string())));
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+        Ok(Self { pool, migrated })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Ok when the migrations are applied and PostgreSQL answers.
+    pub async fn check(&self) -> Result<(), String> {
+        if let MigrationState::Pending(error) = &*self.migrated.borrow() {
+            return Err(match error {
+                Some(error) => format!("not migrated yet: {error}"),
+                None => "migrations are being applied".to_owned(),
+            });
+        }
+        ping(&self.pool).await.map_err(|e| e.to_string())
+    }
+
+    /// Resolves once the migrations are applied.
+    pub async fn migrated(&self) {
+        let mut rx = self.migrated.subscribe();
+        let _ = rx.wait_for(|s| matches!(s, MigrationState::Done)).await;
+    }
+}
+
+impl DatabaseConfig {
+    /// The configuration for `schema` from a service's database settings.
+    pub fn from_settings(settings: &settings::DatabaseSettings, schema: &'static str) -> Self {
+        Self {
+            url: settings.url.expose().to_owned(),
+            schema,
+            pool_size: settings.pool_size,
+            connect_timeout: settings.connect_timeout,
+        }
+    }
+}

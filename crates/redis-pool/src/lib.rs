@@ -79,3 +79,14 @@ pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
     .await
     .map_err(|_| RedisError::Timeout(limit))?
 }
+
+impl RedisConfig {
+    /// The configuration from a service's Redis settings.
+    pub fn from_settings(settings: &settings::RedisSettings) -> Self {
+        Self {
+            url: settings.url.expose().to_owned(),
+            pool_size: settings.pool_size,
+            timeout: settings.timeout,
+        }
+    }
+}

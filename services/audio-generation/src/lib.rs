@@ -1,1 +1,134 @@
-//! placeholder
+//! `audio-generation`: sound effects and background music made on Replicate, finished by
+//! webhook, then trimmed and normalised.
+//!
+//! Today it owns its schema (migrated at start-up and by `audio-generation migrate`), checks its
+//! storage root and its gRPC peer, and serves the gRPC health service and the operational
+//! endpoints; the jobs themselves arrive with their own issue.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use lifecycle::{
+    Readiness, Signals,
+    cli::ServiceMain,
+    grpc::{GrpcApp, GrpcAppConfig, check_peer, peer_channel},
+};
+use settings::{CommonSettings, DatabaseSettings, SettingError, Sources, Url, grpc_peer};
+use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+
+pub const NAME: &str = "audio-generation";
+/// The PostgreSQL schema this service owns.
+pub const SCHEMA: &str = "audio";
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
+
+/// Everything `audio-generation` can be configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonSettings,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database: DatabaseSettings,
+    /// Where finished audio files are written (`AUDIO_STORAGE_PATH`).
+    pub storage_path: PathBuf,
+    pub delivery_worker_url: Url,
+}
+
+impl Settings {
+    pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        Ok(Self {
+            common: CommonSettings::load(src, NAME)?,
+            grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?,
+            http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9102).into())?,
+            database: DatabaseSettings::load(src)?,
+            storage_path: src.or("AUDIO_STORAGE_PATH", PathBuf::from("/var/lib/sonora/audio"))?,
+            delivery_worker_url: grpc_peer(src, "DELIVERY_WORKER_URL", "http://127.0.0.1:50053")?,
+        })
+    }
+}
+
+/// The process entry point's description of this service.
+pub fn service() -> ServiceMain<Settings> {
+    ServiceMain {
+        name: NAME,
+        about: "sound effects and background music generated on Replicate",
+        load: Settings::load,
+        common: |s| &s.common,
+        migrate: Some(|settings| {
+            Box::pin(async move {
+                database::migrate(&DatabaseConfig::from_settings(&settings.database, SCHEMA), MIGRATIONS)
+                    .await?;
+                Ok(())
+            })
+        }),
+        serve: |settings, signals| Box::pin(async move {
+            Application::build(settings, signals)?.stopped().await
+        }),
+    }
+}
+
+/// Checks that the storage root exists (creating it if needed) and takes a file.
+async fn check_storage(root: Arc<PathBuf>) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&*root).map_err(|e| format!("cannot create the storage root: {e}"))?;
+        let probe = root.join(".ready-probe");
+        std::fs::write(&probe, b"ok").map_err(|e| format!("the storage root is not writable: {e}"))?;
+        std::fs::remove_file(&probe).map_err(|e| format!("cannot clean the storage root: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The running service.
+pub struct Application {
+    app: GrpcApp,
+}
+
+impl Application {
+    /// Binds its ports and starts serving; port 0 in the settings picks free ports.
+    pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
+        let database = Database::start(
+            DatabaseConfig::from_settings(&settings.database, SCHEMA),
+            || MIGRATIONS,
+            signals.shutdown.clone(),
+        )?;
+        let delivery_worker = peer_channel(settings.delivery_worker_url.as_str(), std::time::Duration::from_secs(10))?;
+        let storage = Arc::new(settings.storage_path.clone());
+        let readiness = Readiness::builder()
+            .check("database", move || {
+                let database = database.clone();
+                async move { database.check().await }
+            })
+            .check("storage", move || check_storage(Arc::clone(&storage)))
+            .check("delivery-worker", move || check_peer(delivery_worker.clone()))
+            .build();
+        let router = tonic::transport::Server::builder()
+            .trace_fn(grpc_server_span)
+            .add_routes(tonic::service::Routes::default());
+        let app = GrpcApp::start(
+            GrpcAppConfig {
+                grpc_addr: settings.grpc_addr,
+                http_addr: settings.http_addr,
+                service_names: vec![],
+                readiness,
+                metrics: Metrics::new(),
+                shutdown: signals.shutdown.clone(),
+                grace: settings.common.shutdown_grace_period,
+            },
+            router,
+        )?;
+        Ok(Self { app })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.app.grpc_port()
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.app.http_port()
+    }
+
+    /// Resolves once shutdown was requested and the servers have drained.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.app.stopped().await
+    }
+}

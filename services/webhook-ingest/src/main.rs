@@ -1,1 +1,3 @@
-fn main() {}
+fn main() -> std::process::ExitCode {
+    lifecycle::cli::run(webhook_ingest::service())
+}
