@@ -91,6 +91,10 @@ impl Problem {
         .detail(detail)
     }
 
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "bad-gateway", "Bad Gateway").detail(detail)
+    }
+
     pub fn invalid_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid Request").detail(detail)
     }

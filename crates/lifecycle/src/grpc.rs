@@ -137,7 +137,7 @@ impl GrpcApp {
             config.service_names.clone(),
             config.readiness.clone(),
             config.shutdown.clone(),
-            Duration::from_secs(2),
+            Duration::from_secs(1),
         );
         let server = router.add_service(health_service).serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

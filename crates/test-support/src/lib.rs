@@ -127,14 +127,81 @@ pub fn voices_dir() -> std::path::PathBuf {
     )
 }
 
-/// Runs a service binary with exactly `env` as its environment and returns its exit code and
-/// standard error; for checking how it refuses bad settings.
-pub fn run_binary(path: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a program with exactly `env` as its environment (plus nothing inherited) and waits for it;
+/// for checking how a service binary refuses bad settings, or running a one-off command.
+pub fn run_binary(path: &str, args: &[&str], env: &[(&str, &str)]) -> RunOutput {
     let output = std::process::Command::new(path)
         .args(args)
         .env_clear()
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    RunOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The overall status of a gRPC server's standard health service, or `None` when it cannot be
+/// reached.
+pub async fn grpc_health(port: u16) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
+}
+
+/// Polls `GET {base}/ready` until it answers `status`, and returns the body.
+pub async fn wait_ready(base: &str, status: u16) -> serde_json::Value {
+    let url = format!("{base}/ready");
+    eventually(Duration::from_secs(30), &format!("{url} to answer {status}"), || async {
+        match get_json(&url).await {
+            Ok((s, body)) if s == status => Some(body),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Checks `/health`, `/ready` (200, with `components` all up) and `/metrics` of a service.
+pub async fn assert_operational(base: &str, components: &[&str]) {
+    let (status, body) = get_json(&format!("{base}/health")).await.expect("/health answers");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    let body = wait_ready(base, 200).await;
+    assert_eq!(body["status"], "ready");
+    let names: Vec<&str> = body["components"]
+        .as_object()
+        .expect("components")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, components, "{body}");
+    let response = http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
+    assert!(text.contains("route=\"/health\""), "{text}");
 }

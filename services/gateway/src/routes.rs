@@ -20,7 +20,7 @@ fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
             Problem::unavailable(format!("The {backend} service is not available right now; retry later."))
                 .with("retry_after_seconds", 5)
         }
-        _ => Problem::internal(),
+        _ => Problem::bad_gateway(format!("The {backend} service failed to answer; it has been logged.")),
     }
 }
 

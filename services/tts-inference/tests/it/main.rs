@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use lifecycle::Signals;
 use sonora_proto::tts::v1::{ListVoicesRequest, tts_inference_client::TtsInferenceClient};
-use test_support::{eventually, get_json, sources};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use test_support::{eventually, get_json, grpc_health, sources};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tts_inference::{Application, Settings};
 
 struct Running {
@@ -31,20 +31,6 @@ fn start(voices_dir: &std::path::Path) -> Running {
         signals,
         task,
     }
-}
-
-async fn grpc_health(port: u16) -> Option<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut client = HealthClient::new(channel);
-    let response = client
-        .check(HealthCheckRequest { service: String::new() })
-        .await
-        .ok()?;
-    Some(response.into_inner().status())
 }
 
 #[tokio::test]
@@ -166,11 +152,12 @@ async fn stops_accepting_after_shutdown() {
 
 #[test]
 fn bad_setting_exits_64_naming_it() {
-    let (code, stderr) = test_support::run_binary(
+    let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_tts-inference"),
         &[],
         &[("GRPC_ADDR", "not-an-address")],
     );
+    let (code, stderr) = (run.code, run.stderr);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("GRPC_ADDR"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
