@@ -1,5 +1,7 @@
 //! Integration tests of `tts-inference`: the real service on port 0.
 
+mod trace;
+
 use std::time::Duration;
 
 use lifecycle::Signals;
