@@ -183,6 +183,9 @@ mod tests {
         assert_eq!(json["type"], "/problems/not-found");
         assert_eq!(json["status"], 404);
         assert_eq!(json["path"], "/x");
-        assert_eq!(problem.to_response().headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(
+            problem.to_response().headers().get(header::CONTENT_TYPE).unwrap(),
+            CONTENT_TYPE
+        );
     }
 }

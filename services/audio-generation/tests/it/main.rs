@@ -1,1 +1,78 @@
+//! Integration tests of `audio-generation`: the real service on port 0 with its real gRPC peer
+//! (`delivery-worker`) against the real PostgreSQL.
 
+use std::time::Duration;
+
+use lifecycle::Signals;
+use test_support::{TestDatabase, assert_operational, grpc_health, sources, wait_ready};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[tokio::test]
+async fn ready_with_database_storage_and_peer() {
+    let db = TestDatabase::create().await.unwrap();
+    let signals = Signals::new();
+    let delivery = delivery_worker::Application::build(
+        delivery_worker::Settings::load(&sources([("DATABASE_URL", db.url.clone())])).unwrap(),
+        signals.clone(),
+    )
+    .unwrap();
+    let storage = std::env::temp_dir().join(format!("audio-it-{}", db.name));
+    let app = audio_generation::Application::build(
+        audio_generation::Settings::load(&sources([
+            ("DATABASE_URL", db.url.clone()),
+            ("AUDIO_STORAGE_PATH", storage.display().to_string()),
+            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+        ]))
+        .unwrap(),
+        signals.clone(),
+    )
+    .unwrap();
+    let (grpc, base) = (app.grpc_port(), format!("http://127.0.0.1:{}", app.http_port()));
+    let _tasks = (tokio::spawn(delivery.stopped()), tokio::spawn(app.stopped()));
+    assert_operational(&base, &["database", "delivery-worker", "storage"]).await;
+    assert!(storage.is_dir(), "the storage root is created");
+    test_support::eventually(Duration::from_secs(10), "SERVING", || async {
+        (grpc_health(grpc).await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
+    signals.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unwritable_storage_and_missing_peer_are_named() {
+    let db = TestDatabase::create().await.unwrap();
+    let signals = Signals::new();
+    let blocker = std::env::temp_dir().join(format!("audio-it-file-{}", db.name));
+    std::fs::write(&blocker, b"a file, not a folder").unwrap();
+    let app = audio_generation::Application::build(
+        audio_generation::Settings::load(&sources([
+            ("DATABASE_URL", db.url.clone()),
+            ("AUDIO_STORAGE_PATH", blocker.join("audio").display().to_string()),
+            ("DELIVERY_WORKER_URL", "http://127.0.0.1:1".to_owned()),
+        ]))
+        .unwrap(),
+        signals.clone(),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.http_port());
+    let _task = tokio::spawn(app.stopped());
+    let body = test_support::eventually(Duration::from_secs(30), "database up", || async {
+        let body = wait_ready(&base, 503).await;
+        (body["components"]["database"]["status"] == "up").then_some(body)
+    })
+    .await;
+    assert_eq!(body["components"]["storage"]["status"], "down", "{body}");
+    assert_eq!(body["components"]["delivery-worker"]["error"], "unreachable", "{body}");
+    signals.shutdown.cancel();
+}
+
+#[test]
+fn bad_setting_exits_64_naming_it() {
+    let run = test_support::run_binary(
+        env!("CARGO_BIN_EXE_audio-generation"),
+        &[],
+        &[("DATABASE_URL", "postgres://127.0.0.1/x"), ("DELIVERY_WORKER_URL", "delivery-worker:50053")],
+    );
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("DELIVERY_WORKER_URL"), "{}", run.stderr);
+}

@@ -1,1 +1,27 @@
+//! Integration tests of the Replicate simulator's operational surface.
 
+use lifecycle::Signals;
+use replicate_simulator::{Application, Settings};
+use test_support::{assert_operational, sources};
+
+#[tokio::test]
+async fn operational_endpoints() {
+    let signals = Signals::new();
+    let app = Application::build(Settings::load(&sources([])).unwrap(), signals.clone()).unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let task = tokio::spawn(app.stopped());
+    assert_operational(&base, &[]).await;
+    signals.shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn bad_setting_exits_64_naming_it() {
+    let run = test_support::run_binary(
+        env!("CARGO_BIN_EXE_replicate-simulator"),
+        &[],
+        &[("ENVIRONMENT", "staging")],
+    );
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("ENVIRONMENT"), "{}", run.stderr);
+}
