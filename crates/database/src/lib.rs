@@ -21,8 +21,8 @@ use diesel_async::{
         deadpool::{self, Object},
     },
 };
-pub use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_migrations::MigrationHarness;
+pub use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use futures::FutureExt as _;
 
 /// A pool of connections whose `search_path` is the service's schema.
@@ -61,7 +61,10 @@ pub enum DatabaseError {
     #[error("PostgreSQL query failed: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("migration of schema {schema} failed: {message}")]
-    Migration { schema: &'static str, message: String },
+    Migration {
+        schema: &'static str,
+        message: String,
+    },
     #[error("invalid schema name {0:?}")]
     SchemaName(&'static str),
 }
@@ -103,8 +106,10 @@ pub fn connect(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
         }
         .boxed()
     });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&config.url, manager_config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &config.url,
+        manager_config,
+    );
     deadpool::Pool::builder(manager)
         .max_size(config.pool_size)
         .runtime(::deadpool::Runtime::Tokio1)
@@ -135,7 +140,9 @@ struct One {
 /// Checks that PostgreSQL answers a query through the pool; readiness probes call it.
 pub async fn ping(pool: &Pool) -> Result<(), DatabaseError> {
     let mut conn = get(pool).await?;
-    let row: One = diesel::sql_query("SELECT 1 AS one").get_result(&mut conn).await?;
+    let row: One = diesel::sql_query("SELECT 1 AS one")
+        .get_result(&mut conn)
+        .await?;
     debug_assert_eq!(row.one, 1);
     Ok(())
 }

@@ -96,7 +96,12 @@ impl Problem {
     }
 
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid Request").detail(detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid Request",
+        )
+        .detail(detail)
     }
 
     pub fn to_response(&self) -> HttpResponse {
@@ -141,7 +146,9 @@ pub fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Err
             "body-too-large",
             "Request Body Too Large",
         )
-        .detail(format!("The body has {length} bytes; the limit is {limit}."))
+        .detail(format!(
+            "The body has {length} bytes; the limit is {limit}."
+        ))
         .with("limit_bytes", limit),
         JsonPayloadError::Overflow { limit } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -156,7 +163,9 @@ pub fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Err
             "Unsupported Media Type",
         )
         .detail("Send the body as application/json."),
-        JsonPayloadError::Deserialize(e) => Problem::invalid_request(format!("Invalid JSON body: {e}")),
+        JsonPayloadError::Deserialize(e) => {
+            Problem::invalid_request(format!("Invalid JSON body: {e}"))
+        }
         _ => Problem::invalid_request("The JSON body could not be read."),
     };
     problem.into()
@@ -184,7 +193,11 @@ mod tests {
         assert_eq!(json["status"], 404);
         assert_eq!(json["path"], "/x");
         assert_eq!(
-            problem.to_response().headers().get(header::CONTENT_TYPE).unwrap(),
+            problem
+                .to_response()
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .unwrap(),
             CONTENT_TYPE
         );
     }

@@ -19,6 +19,11 @@ use crate::Signals;
 /// A boxed future returned by a service's entry points.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Applies a service's migrations.
+pub type MigrateFn<S> = fn(S) -> BoxFuture<anyhow::Result<()>>;
+/// Serves until shutdown.
+pub type ServeFn<S> = fn(S, Signals) -> BoxFuture<anyhow::Result<()>>;
+
 /// What a service binary is made of.
 pub struct ServiceMain<S> {
     /// The binary's name, as in `services/<name>`.
@@ -30,9 +35,9 @@ pub struct ServiceMain<S> {
     /// The settings every service has.
     pub common: fn(&S) -> &CommonSettings,
     /// Applies the service's migrations; `None` for a service without a database.
-    pub migrate: Option<fn(S) -> BoxFuture<anyhow::Result<()>>>,
+    pub migrate: Option<MigrateFn<S>>,
     /// Serves until `Signals::shutdown` is cancelled and the work in flight has drained.
-    pub serve: fn(S, Signals) -> BoxFuture<anyhow::Result<()>>,
+    pub serve: ServeFn<S>,
 }
 
 enum Command {
@@ -41,9 +46,18 @@ enum Command {
 }
 
 /// Runs the service as the command line asks, and returns the process's exit code.
+#[allow(
+    clippy::print_stdout,
+    reason = "--help and --version answer on standard output, as command-line programs do"
+)]
 pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let command = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] | ["serve"] => Command::Serve,
         ["migrate"] if service.migrate.is_some() => Command::Migrate,
         ["--version" | "-V"] => {
@@ -55,7 +69,12 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         _ => {
-            eprintln!("{}: unknown arguments {:?}\n{}", service.name, args, usage(&service));
+            eprintln!(
+                "{}: unknown arguments {:?}\n{}",
+                service.name,
+                args,
+                usage(&service)
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -69,7 +88,10 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
     };
     let common = (service.common)(&settings).clone();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{}: cannot start the async runtime: {error}", service.name);
@@ -80,7 +102,11 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
         let guard = match telemetry::init(&telemetry_config(&common)) {
             Ok(guard) => guard,
             Err(telemetry::TelemetryError::Filter(problem)) => {
-                eprintln!("{}: {}", service.name, SettingError::new("RUST_LOG", problem));
+                eprintln!(
+                    "{}: {}",
+                    service.name,
+                    SettingError::new("RUST_LOG", problem)
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
             Err(error) => {
@@ -105,7 +131,9 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
                         );
                         (service.serve)(settings, signals).await
                     }
-                    Err(error) => Err(anyhow::Error::new(error).context("cannot listen for signals")),
+                    Err(error) => {
+                        Err(anyhow::Error::new(error).context("cannot listen for signals"))
+                    }
                 }
             }
         };
@@ -115,7 +143,11 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                tracing::error!(service = service.name, error = format!("{error:#}"), "failed");
+                tracing::error!(
+                    service = service.name,
+                    error = format!("{error:#}"),
+                    "failed"
+                );
                 ExitCode::FAILURE
             }
         };
@@ -138,7 +170,10 @@ pub fn telemetry_config(common: &CommonSettings) -> telemetry::TelemetryConfig {
 
 fn usage<S>(service: &ServiceMain<S>) -> String {
     let migrate = if service.migrate.is_some() {
-        format!("\n  {} migrate   apply the database migrations and exit", service.name)
+        format!(
+            "\n  {} migrate   apply the database migrations and exit",
+            service.name
+        )
     } else {
         String::new()
     };

@@ -139,10 +139,12 @@ impl GrpcApp {
             config.shutdown.clone(),
             Duration::from_secs(1),
         );
-        let server = router.add_service(health_service).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            config.shutdown.clone().cancelled_owned(),
-        );
+        let server = router
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                config.shutdown.clone().cancelled_owned(),
+            );
         let grpc = tokio::spawn(serve_until_drained(
             server,
             config.shutdown.clone(),
@@ -179,7 +181,10 @@ impl GrpcApp {
         use anyhow::Context as _;
         let grpc = self.grpc.await.context("the gRPC server task panicked")?;
         grpc.context("the gRPC server failed")?;
-        self.http.stopped().await.context("the HTTP server failed")?;
+        self.http
+            .stopped()
+            .await
+            .context("the HTTP server failed")?;
         let _ = self.health.await;
         Ok(())
     }

@@ -129,9 +129,8 @@ where
 
 /// Binds a TCP listener, with a message that names the address when it cannot.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-    })?;
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

@@ -32,7 +32,10 @@ pub struct Readiness {
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Readiness")
-            .field("components", &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "components",
+                &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -175,7 +178,10 @@ mod tests {
         let report = readiness.report().await;
         assert_eq!(report.status, "not_ready");
         assert_eq!(report.components["fine"].status, "up");
-        assert_eq!(report.components["broken"].error.as_deref(), Some("connection refused"));
+        assert_eq!(
+            report.components["broken"].error.as_deref(),
+            Some("connection refused")
+        );
         assert_eq!(report.components["hung"].status, "down");
     }
 

@@ -73,7 +73,9 @@ pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(RedisError::Pool(format!("unexpected answer to PING: {pong}")))
+            Err(RedisError::Pool(format!(
+                "unexpected answer to PING: {pong}"
+            )))
         }
     })
     .await

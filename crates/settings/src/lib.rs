@@ -10,7 +10,9 @@
 //! setting and never repeats its value (it may be a secret). Services turn that error into one line
 //! on standard error and exit code [`EXIT_CONFIG`].
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
+};
 
 pub use secrecy::{ExposeSecret, SecretString};
 pub use url::Url;
@@ -116,7 +118,10 @@ impl Sources {
 
 fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, SettingError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        SettingError::new(CONFIG_FILE_VAR, format!("cannot read {}: {e}", path.display()))
+        SettingError::new(
+            CONFIG_FILE_VAR,
+            format!("cannot read {}: {e}", path.display()),
+        )
     })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         SettingError::new(
@@ -128,14 +133,21 @@ fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, SettingError> {
         .into_iter()
         .map(|(key, value)| {
             let text = match value {
-                toml::Value::Array(items) => items.iter().map(scalar_text).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(scalar_text)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.join(",")),
                 other => scalar_text(&other),
             };
             match text {
                 Some(text) => Ok((key, text)),
                 None => Err(SettingError::new(
                     key,
-                    format!("in {} must be a string, number, boolean or list of them", path.display()),
+                    format!(
+                        "in {} must be a string, number, boolean or list of them",
+                        path.display()
+                    ),
                 )),
             }
         })
@@ -237,7 +249,10 @@ impl SecretUrl {
     pub fn parse(raw: &str, schemes: &[&str]) -> Result<Self, String> {
         let url = Url::parse(raw).map_err(|e| format!("must be a URL ({e})"))?;
         if !schemes.contains(&url.scheme()) {
-            return Err(format!("must be a URL with scheme {}", schemes.join(" or ")));
+            return Err(format!(
+                "must be a URL with scheme {}",
+                schemes.join(" or ")
+            ));
         }
         Ok(Self {
             url: SecretString::from(raw.to_owned()),
@@ -402,7 +417,10 @@ impl RedisSettings {
             .map_err(|p| SettingError::new("REDIS_URL", p))?;
         let pool_size = src.or("REDIS_POOL_SIZE", 16usize)?;
         if !(1..=512).contains(&pool_size) {
-            return Err(SettingError::new("REDIS_POOL_SIZE", "must be between 1 and 512"));
+            return Err(SettingError::new(
+                "REDIS_POOL_SIZE",
+                "must be between 1 and 512",
+            ));
         }
         Ok(Self {
             url,
@@ -436,23 +454,27 @@ mod tests {
     fn missing_required_setting_is_named() {
         let err = DatabaseSettings::load(&sources(&[])).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
-        assert!(err.to_string().starts_with("invalid setting DATABASE_URL: is required"));
+        assert!(
+            err.to_string()
+                .starts_with("invalid setting DATABASE_URL: is required")
+        );
     }
 
     #[test]
     fn bad_value_is_named_but_not_echoed() {
-        let err = DatabaseSettings::load(&sources(&[(
-            "DATABASE_URL",
-            "mysql://user:hunter2@db/x",
-        )]))
-        .unwrap_err();
+        let err =
+            DatabaseSettings::load(&sources(&[("DATABASE_URL", "mysql://user:hunter2@db/x")]))
+                .unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]
     fn durations_and_numbers_parse() {
-        let src = sources(&[("SHUTDOWN_GRACE_PERIOD", "1500ms"), ("DATABASE_POOL_SIZE", "3")]);
+        let src = sources(&[
+            ("SHUTDOWN_GRACE_PERIOD", "1500ms"),
+            ("DATABASE_POOL_SIZE", "3"),
+        ]);
         let common = CommonSettings::load(&src, "svc").unwrap();
         assert_eq!(common.shutdown_grace_period, Duration::from_millis(1500));
         let err = CommonSettings::load(&sources(&[("SHUTDOWN_GRACE_PERIOD", "soon")]), "svc")
@@ -465,8 +487,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("settings-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("sonora.toml");
-        std::fs::write(&file, "RUST_LOG = \"debug\"\nDATABASE_POOL_SIZE = 7\nLOG_FORMAT = \"text\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "RUST_LOG = \"debug\"\nDATABASE_POOL_SIZE = 7\nLOG_FORMAT = \"text\"\n",
+        )
+        .unwrap();
         let src = sources(&[
             (CONFIG_FILE_VAR, file.to_str().unwrap()),
             ("RUST_LOG", "warn"),

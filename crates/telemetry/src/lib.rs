@@ -86,8 +86,8 @@ impl Drop for TelemetryGuard {
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter =
-        EnvFilter::try_new(&config.log_filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let filter = EnvFilter::try_new(&config.log_filter)
+        .map_err(|e| TelemetryError::Filter(e.to_string()))?;
     let fmt_layer = if config.json_logs {
         tracing_subscriber::fmt::layer()
             .json()
@@ -96,7 +96,12 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .with_span_list(false)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().compact().boxed()
+        // Colours only on a terminal, so log files stay plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_ansi(ansi)
+            .boxed()
     };
 
     let provider = match &config.otlp_endpoint {

@@ -12,7 +12,9 @@ use actix_web::{
     middleware::Next,
     web,
 };
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use tracing::Instrument as _;
 
 use crate::propagation::adopt_actix_parent;
@@ -35,7 +37,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests answered, by route and status."),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route and status.",
+            ),
             &["method", "route", "status"],
         )
         .expect("metric definition is valid");
@@ -97,7 +102,9 @@ pub async fn http_middleware(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let method = req.method().as_str().to_owned();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let span = if is_probe(req.path()) {
         tracing::Span::none()

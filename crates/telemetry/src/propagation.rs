@@ -90,7 +90,10 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
 pub struct InjectTraceContext;
 
 impl tonic::service::Interceptor for InjectTraceContext {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject(&mut Metadata(request.metadata_mut()));
         Ok(request)
     }

@@ -14,8 +14,9 @@ use settings::Sources;
 
 /// The PostgreSQL server tests use: an URL whose user may create databases.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://sonora:sonora-dev-password@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://sonora:sonora-dev-password@127.0.0.1:5432/postgres".to_owned()
+    })
 }
 
 /// The Redis server tests use.
@@ -37,7 +38,8 @@ impl TestDatabase {
         let admin = postgres_admin_url();
         let name = format!("sonora_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = AsyncPgConnection::establish(&admin).await?;
-        conn.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        conn.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         let mut url = url::Url::parse(&admin)?;
         url.set_path(&name);
         Ok(Self {
@@ -113,7 +115,10 @@ pub async fn get_json(url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
     let response = http_client().get(url).send().await?;
     let status = response.status().as_u16();
     let body = response.text().await?;
-    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// Where the set-up installed the default voice (`TEST_VOICES_DIR`, or the set-up's cache).
@@ -153,7 +158,9 @@ pub fn run_binary(path: &str, args: &[&str], env: &[(&str, &str)]) -> RunOutput 
 
 /// The overall status of a gRPC server's standard health service, or `None` when it cannot be
 /// reached.
-pub async fn grpc_health(port: u16) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+pub async fn grpc_health(
+    port: u16,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .ok()?
@@ -173,19 +180,29 @@ pub async fn grpc_health(port: u16) -> Option<tonic_health::pb::health_check_res
 /// Polls `GET {base}/ready` until it answers `status`, and returns the body.
 pub async fn wait_ready(base: &str, status: u16) -> serde_json::Value {
     let url = format!("{base}/ready");
-    eventually(Duration::from_secs(30), &format!("{url} to answer {status}"), || async {
-        match get_json(&url).await {
-            Ok((s, body)) if s == status => Some(body),
-            _ => None,
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{url} to answer {status}"),
+        || async {
+            match get_json(&url).await {
+                Ok((s, body)) if s == status => Some(body),
+                _ => None,
+            }
+        },
+    )
     .await
 }
 
 /// Checks `/health`, `/ready` (200, with `components` all up) and `/metrics` of a service.
 pub async fn assert_operational(base: &str, components: &[&str]) {
-    let (status, body) = get_json(&format!("{base}/health")).await.expect("/health answers");
-    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    let (status, body) = get_json(&format!("{base}/health"))
+        .await
+        .expect("/health answers");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
     let body = wait_ready(base, 200).await;
     assert_eq!(body["status"], "ready");
     let names: Vec<&str> = body["components"]
@@ -202,6 +219,9 @@ pub async fn assert_operational(base: &str, components: &[&str]) {
         .expect("/metrics answers");
     assert_eq!(response.status().as_u16(), 200);
     let text = response.text().await.expect("text");
-    assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE http_requests_total counter"),
+        "{text}"
+    );
     assert!(text.contains("route=\"/health\""), "{text}");
 }

@@ -32,7 +32,9 @@ impl TcpProxy {
                     () = stop2.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut inbound, _)) = accepted else { continue };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
                 if cut2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -40,7 +42,9 @@ impl TcpProxy {
                 let token = generation2.lock().expect("not poisoned").clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         () = token.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}

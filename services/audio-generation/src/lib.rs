@@ -55,23 +55,28 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(&DatabaseConfig::from_settings(&settings.database, SCHEMA), MIGRATIONS)
-                    .await?;
+                database::migrate(
+                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
+                    MIGRATIONS,
+                )
+                .await?;
                 Ok(())
             })
         }),
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 
 /// Checks that the storage root exists (creating it if needed) and takes a file.
 async fn check_storage(root: Arc<PathBuf>) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&*root).map_err(|e| format!("cannot create the storage root: {e}"))?;
+        std::fs::create_dir_all(&*root)
+            .map_err(|e| format!("cannot create the storage root: {e}"))?;
         let probe = root.join(".ready-probe");
-        std::fs::write(&probe, b"ok").map_err(|e| format!("the storage root is not writable: {e}"))?;
+        std::fs::write(&probe, b"ok")
+            .map_err(|e| format!("the storage root is not writable: {e}"))?;
         std::fs::remove_file(&probe).map_err(|e| format!("cannot clean the storage root: {e}"))
     })
     .await
@@ -91,7 +96,10 @@ impl Application {
             || MIGRATIONS,
             signals.shutdown.clone(),
         )?;
-        let delivery_worker = peer_channel(settings.delivery_worker_url.as_str(), std::time::Duration::from_secs(10))?;
+        let delivery_worker = peer_channel(
+            settings.delivery_worker_url.as_str(),
+            std::time::Duration::from_secs(10),
+        )?;
         let storage = Arc::new(settings.storage_path.clone());
         let readiness = Readiness::builder()
             .check("database", move || {
@@ -99,7 +107,9 @@ impl Application {
                 async move { database.check().await }
             })
             .check("storage", move || check_storage(Arc::clone(&storage)))
-            .check("delivery-worker", move || check_peer(delivery_worker.clone()))
+            .check("delivery-worker", move || {
+                check_peer(delivery_worker.clone())
+            })
             .build();
         let router = tonic::transport::Server::builder()
             .trace_fn(grpc_server_span)

@@ -49,14 +49,17 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(&DatabaseConfig::from_settings(&settings.database, SCHEMA), MIGRATIONS)
-                    .await?;
+                database::migrate(
+                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
+                    MIGRATIONS,
+                )
+                .await?;
                 Ok(())
             })
         }),
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 

@@ -16,7 +16,9 @@ use lifecycle::{
     grpc::{check_peer, peer_channel},
     http::{HttpServerTask, base_app, bind},
 };
-use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer};
+use settings::{
+    CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer,
+};
 use sonora_proto::tts::v1::tts_inference_client::TtsInferenceClient;
 use telemetry::{metrics::Metrics, propagation::InjectTraceContext};
 
@@ -63,14 +65,17 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(&DatabaseConfig::from_settings(&settings.database, SCHEMA), MIGRATIONS)
-                    .await?;
+                database::migrate(
+                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
+                    MIGRATIONS,
+                )
+                .await?;
                 Ok(())
             })
         }),
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 
@@ -78,7 +83,10 @@ pub fn service() -> ServiceMain<Settings> {
 #[derive(Clone)]
 pub struct Peers {
     pub tts: TtsInferenceClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>,
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            InjectTraceContext,
+        >,
     >,
 }
 

@@ -16,11 +16,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
     tracing::warn!(backend, code = ?status.code(), message = status.message(), "backend call failed");
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted => {
-            Problem::unavailable(format!("The {backend} service is not available right now; retry later."))
-                .with("retry_after_seconds", 5)
-        }
-        _ => Problem::bad_gateway(format!("The {backend} service failed to answer; it has been logged.")),
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::ResourceExhausted => Problem::unavailable(format!(
+            "The {backend} service is not available right now; retry later."
+        ))
+        .with("retry_after_seconds", 5),
+        _ => Problem::bad_gateway(format!(
+            "The {backend} service failed to answer; it has been logged."
+        )),
     }
 }
 
@@ -68,7 +72,10 @@ async fn list_voices(peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
                 speakers: v
                     .speakers
                     .into_iter()
-                    .map(|s| SpeakerBody { id: s.id, name: s.name })
+                    .map(|s| SpeakerBody {
+                        id: s.id,
+                        name: s.name,
+                    })
                     .collect(),
                 default: v.is_default,
             })

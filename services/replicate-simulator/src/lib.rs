@@ -42,9 +42,9 @@ pub fn service() -> ServiceMain<Settings> {
         load: Settings::load,
         common: |s| &s.common,
         migrate: None,
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 

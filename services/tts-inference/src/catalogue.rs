@@ -70,7 +70,11 @@ pub fn load_voice(dir: &Path, id: &str) -> Result<VoiceInfo, CatalogueError> {
         if !path.is_file() {
             return Err(CatalogueError::Missing {
                 id: id.to_owned(),
-                file: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                file: path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
             });
         }
     }

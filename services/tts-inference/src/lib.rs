@@ -35,7 +35,10 @@ impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
         let default_voice: String = src.or("DEFAULT_VOICE", "en_US-joe-medium".to_owned())?;
         if default_voice.contains(['/', '\\']) || default_voice.starts_with('.') {
-            return Err(SettingError::new("DEFAULT_VOICE", "must be a voice id, not a path"));
+            return Err(SettingError::new(
+                "DEFAULT_VOICE",
+                "must be a voice id, not a path",
+            ));
         }
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
@@ -55,9 +58,9 @@ pub fn service() -> ServiceMain<Settings> {
         load: Settings::load,
         common: |s| &s.common,
         migrate: None,
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 
@@ -79,7 +82,9 @@ impl Application {
                     let (dir, id) = (Arc::clone(&dir), Arc::clone(&id));
                     async move {
                         tokio::task::spawn_blocking(move || {
-                            catalogue::load_voice(&dir, &id).map(|_| ()).map_err(|e| e.to_string())
+                            catalogue::load_voice(&dir, &id)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
                         })
                         .await
                         .map_err(|e| e.to_string())?

@@ -15,7 +15,9 @@ use lifecycle::{
     grpc::{check_peer, peer_channel},
     http::{HttpServerTask, base_app, bind},
 };
-use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer};
+use settings::{
+    CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer,
+};
 use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "webhook-ingest";
@@ -56,14 +58,17 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(&DatabaseConfig::from_settings(&settings.database, SCHEMA), MIGRATIONS)
-                    .await?;
+                database::migrate(
+                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
+                    MIGRATIONS,
+                )
+                .await?;
                 Ok(())
             })
         }),
-        serve: |settings, signals| Box::pin(async move {
-            Application::build(settings, signals)?.stopped().await
-        }),
+        serve: |settings, signals| {
+            Box::pin(async move { Application::build(settings, signals)?.stopped().await })
+        },
     }
 }
 

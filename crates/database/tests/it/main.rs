@@ -28,15 +28,16 @@ struct Row {
 async fn concurrent_migrations_apply_once_into_the_service_schema() {
     let db = TestDatabase::create().await.unwrap();
     let config = config(&db.url, "svc_one");
-    let runs = futures::future::join_all(
-        (0..4).map(|_| {
-            let config = config.clone();
-            async move { database::migrate(&config, MIGRATIONS).await.unwrap() }
-        }),
-    )
+    let runs = futures::future::join_all((0..4).map(|_| {
+        let config = config.clone();
+        async move { database::migrate(&config, MIGRATIONS).await.unwrap() }
+    }))
     .await;
     let applied: usize = runs.iter().map(Vec::len).sum();
-    assert_eq!(applied, 1, "exactly one run applies the migration: {runs:?}");
+    assert_eq!(
+        applied, 1,
+        "exactly one run applies the migration: {runs:?}"
+    );
 
     // Pooled connections see the schema's tables without a prefix...
     let pool = database::connect(&config).unwrap();
@@ -59,10 +60,18 @@ async fn concurrent_migrations_apply_once_into_the_service_schema() {
     .await
     .unwrap();
     let names: Vec<_> = rows.into_iter().map(|r| r.text).collect();
-    assert_eq!(names, ["svc_one.__diesel_schema_migrations", "svc_one.notes"]);
+    assert_eq!(
+        names,
+        ["svc_one.__diesel_schema_migrations", "svc_one.notes"]
+    );
 
     // Running again applies nothing.
-    assert!(database::migrate(&config, MIGRATIONS).await.unwrap().is_empty());
+    assert!(
+        database::migrate(&config, MIGRATIONS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     database::ping(&pool).await.unwrap();
 }
 
@@ -70,7 +79,9 @@ async fn concurrent_migrations_apply_once_into_the_service_schema() {
 async fn two_services_in_one_database_keep_their_own_tables() {
     let db = TestDatabase::create().await.unwrap();
     for schema in ["svc_a", "svc_b"] {
-        database::migrate(&config(&db.url, schema), MIGRATIONS).await.unwrap();
+        database::migrate(&config(&db.url, schema), MIGRATIONS)
+            .await
+            .unwrap();
     }
     let pool_a = database::connect(&config(&db.url, "svc_a")).unwrap();
     let pool_b = database::connect(&config(&db.url, "svc_b")).unwrap();

@@ -48,19 +48,37 @@ async fn in_flight_request_finishes_after_shutdown_and_new_ones_are_refused() {
             Ok::<_, reqwest::Error>((response.status().as_u16(), response.text().await?))
         }
     });
-    started_rx.recv().await.expect("the slow request reached its handler");
+    started_rx
+        .recv()
+        .await
+        .expect("the slow request reached its handler");
 
     shutdown.cancel();
     // New connections are refused while the slow request is still running.
-    test_support::eventually(Duration::from_secs(5), "new connections refused", || async {
-        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-        fresh.get(format!("{base}/health")).send().await.is_err().then_some(())
-    })
+    test_support::eventually(
+        Duration::from_secs(5),
+        "new connections refused",
+        || async {
+            let fresh = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            fresh
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
     .await;
     assert!(readiness.is_draining());
     assert!(!slow.is_finished(), "the slow request was cut short");
 
-    let (status, body) = slow.await.unwrap().expect("the in-flight request completes");
+    let (status, body) = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!((status, body.as_str()), (200, "finished"));
     tokio::time::timeout(Duration::from_secs(10), server.stopped())
         .await

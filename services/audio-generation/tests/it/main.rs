@@ -21,14 +21,23 @@ async fn ready_with_database_storage_and_peer() {
         audio_generation::Settings::load(&sources([
             ("DATABASE_URL", db.url.clone()),
             ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+            (
+                "DELIVERY_WORKER_URL",
+                format!("http://127.0.0.1:{}", delivery.grpc_port()),
+            ),
         ]))
         .unwrap(),
         signals.clone(),
     )
     .unwrap();
-    let (grpc, base) = (app.grpc_port(), format!("http://127.0.0.1:{}", app.http_port()));
-    let _tasks = (tokio::spawn(delivery.stopped()), tokio::spawn(app.stopped()));
+    let (grpc, base) = (
+        app.grpc_port(),
+        format!("http://127.0.0.1:{}", app.http_port()),
+    );
+    let _tasks = (
+        tokio::spawn(delivery.stopped()),
+        tokio::spawn(app.stopped()),
+    );
     assert_operational(&base, &["database", "delivery-worker", "storage"]).await;
     assert!(storage.is_dir(), "the storage root is created");
     test_support::eventually(Duration::from_secs(10), "SERVING", || async {
@@ -47,7 +56,10 @@ async fn unwritable_storage_and_missing_peer_are_named() {
     let app = audio_generation::Application::build(
         audio_generation::Settings::load(&sources([
             ("DATABASE_URL", db.url.clone()),
-            ("AUDIO_STORAGE_PATH", blocker.join("audio").display().to_string()),
+            (
+                "AUDIO_STORAGE_PATH",
+                blocker.join("audio").display().to_string(),
+            ),
             ("DELIVERY_WORKER_URL", "http://127.0.0.1:1".to_owned()),
         ]))
         .unwrap(),
@@ -62,7 +74,10 @@ async fn unwritable_storage_and_missing_peer_are_named() {
     })
     .await;
     assert_eq!(body["components"]["storage"]["status"], "down", "{body}");
-    assert_eq!(body["components"]["delivery-worker"]["error"], "unreachable", "{body}");
+    assert_eq!(
+        body["components"]["delivery-worker"]["error"], "unreachable",
+        "{body}"
+    );
     signals.shutdown.cancel();
 }
 
@@ -71,7 +86,10 @@ fn bad_setting_exits_64_naming_it() {
     let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_audio-generation"),
         &[],
-        &[("DATABASE_URL", "postgres://127.0.0.1/x"), ("DELIVERY_WORKER_URL", "delivery-worker:50053")],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("DELIVERY_WORKER_URL", "delivery-worker:50053"),
+        ],
     );
     assert_eq!(run.code, Some(64), "{}", run.stderr);
     assert!(run.stderr.contains("DELIVERY_WORKER_URL"), "{}", run.stderr);

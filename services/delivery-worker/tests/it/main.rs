@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use delivery_worker::{Application, Settings};
 use lifecycle::Signals;
-use test_support::{TestDatabase, assert_operational, grpc_health, host_port, proxy::TcpProxy, sources, wait_ready};
+use test_support::{
+    TestDatabase, assert_operational, grpc_health, host_port, proxy::TcpProxy, sources, wait_ready,
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test]
@@ -16,7 +18,10 @@ async fn operational_endpoints_and_grpc_health() {
         signals.clone(),
     )
     .unwrap();
-    let (grpc, base) = (app.grpc_port(), format!("http://127.0.0.1:{}", app.http_port()));
+    let (grpc, base) = (
+        app.grpc_port(),
+        format!("http://127.0.0.1:{}", app.http_port()),
+    );
     let task = tokio::spawn(app.stopped());
     assert_operational(&base, &["database"]).await;
     test_support::eventually(Duration::from_secs(10), "SERVING", || async {
@@ -38,7 +43,10 @@ async fn not_ready_and_not_serving_while_postgres_is_away() {
         signals.clone(),
     )
     .unwrap();
-    let (grpc, base) = (app.grpc_port(), format!("http://127.0.0.1:{}", app.http_port()));
+    let (grpc, base) = (
+        app.grpc_port(),
+        format!("http://127.0.0.1:{}", app.http_port()),
+    );
     let _task = tokio::spawn(app.stopped());
     wait_ready(&base, 200).await;
 
@@ -88,7 +96,10 @@ fn bad_setting_exits_64_naming_it() {
     let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_delivery-worker"),
         &[],
-        &[("DATABASE_URL", "postgres://127.0.0.1/x"), ("DATABASE_POOL_SIZE", "0")],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("DATABASE_POOL_SIZE", "0"),
+        ],
     );
     assert_eq!(run.code, Some(64), "{}", run.stderr);
     assert!(run.stderr.contains("DATABASE_POOL_SIZE"), "{}", run.stderr);

@@ -55,7 +55,10 @@ async fn start(options: Options) -> (Stack, Option<(TcpProxy, TcpProxy)>) {
         audio_generation::Settings::load(&sources([
             ("DATABASE_URL", db.url.clone()),
             ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+            (
+                "DELIVERY_WORKER_URL",
+                format!("http://127.0.0.1:{}", delivery.grpc_port()),
+            ),
         ]))
         .unwrap(),
         signals.clone(),
@@ -82,8 +85,14 @@ async fn start(options: Options) -> (Stack, Option<(TcpProxy, TcpProxy)>) {
             ("DATABASE_URL", database_url),
             ("REDIS_URL", redis),
             ("TTS_INFERENCE_URL", tts_url),
-            ("AUDIO_GENERATION_URL", format!("http://127.0.0.1:{}", audio.grpc_port())),
-            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+            (
+                "AUDIO_GENERATION_URL",
+                format!("http://127.0.0.1:{}", audio.grpc_port()),
+            ),
+            (
+                "DELIVERY_WORKER_URL",
+                format!("http://127.0.0.1:{}", delivery.grpc_port()),
+            ),
         ]))
         .unwrap(),
         signals.clone(),
@@ -108,7 +117,12 @@ async fn start(options: Options) -> (Stack, Option<(TcpProxy, TcpProxy)>) {
 }
 
 async fn plain() -> Stack {
-    start(Options { proxied: false, tts_down: false }).await.0
+    start(Options {
+        proxied: false,
+        tts_down: false,
+    })
+    .await
+    .0
 }
 
 #[tokio::test]
@@ -116,14 +130,24 @@ async fn health_ready_and_metrics_with_every_component() {
     let stack = plain().await;
     assert_operational(
         &stack.base,
-        &["audio-generation", "database", "delivery-worker", "redis", "tts-inference"],
+        &[
+            "audio-generation",
+            "database",
+            "delivery-worker",
+            "redis",
+            "tts-inference",
+        ],
     )
     .await;
 }
 
 #[tokio::test]
 async fn ready_names_postgres_while_it_is_away_and_recovers_without_restart() {
-    let (stack, proxies) = start(Options { proxied: true, tts_down: false }).await;
+    let (stack, proxies) = start(Options {
+        proxied: true,
+        tts_down: false,
+    })
+    .await;
     let (pg, _redis) = proxies.unwrap();
     wait_ready(&stack.base, 200).await;
 
@@ -140,7 +164,11 @@ async fn ready_names_postgres_while_it_is_away_and_recovers_without_restart() {
 
 #[tokio::test]
 async fn ready_names_redis_while_it_is_away_and_recovers_without_restart() {
-    let (stack, proxies) = start(Options { proxied: true, tts_down: false }).await;
+    let (stack, proxies) = start(Options {
+        proxied: true,
+        tts_down: false,
+    })
+    .await;
     let (_pg, redis) = proxies.unwrap();
     wait_ready(&stack.base, 200).await;
 
@@ -156,7 +184,9 @@ async fn ready_names_redis_while_it_is_away_and_recovers_without_restart() {
 #[tokio::test]
 async fn voices_come_from_tts_inference_over_grpc() {
     let stack = plain().await;
-    let (status, body) = get_json(&format!("{}/v1/voices", stack.base)).await.unwrap();
+    let (status, body) = get_json(&format!("{}/v1/voices", stack.base))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let joe = body["voices"]
         .as_array()
@@ -171,29 +201,46 @@ async fn voices_come_from_tts_inference_over_grpc() {
 
 #[tokio::test]
 async fn a_backend_that_is_down_gives_problem_json_and_not_ready() {
-    let (stack, _) = start(Options { proxied: false, tts_down: true }).await;
+    let (stack, _) = start(Options {
+        proxied: false,
+        tts_down: true,
+    })
+    .await;
     let response = test_support::http_client()
         .get(format!("{}/v1/voices", stack.base))
         .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["type"], "/problems/unavailable");
     assert_eq!(body["status"], 503);
 
     // Everything else becomes ready; the missing peer keeps the gateway not ready.
-    let body = test_support::eventually(Duration::from_secs(30), "all but tts-inference up", || async {
-        let (status, body) = get_json(&format!("{}/ready", stack.base)).await.ok()?;
-        let up = |name: &str| body["components"][name]["status"] == "up";
-        (status == 503 && up("audio-generation") && up("delivery-worker") && up("database"))
-            .then_some(body)
-    })
+    let body = test_support::eventually(
+        Duration::from_secs(30),
+        "all but tts-inference up",
+        || async {
+            let (status, body) = get_json(&format!("{}/ready", stack.base)).await.ok()?;
+            let up = |name: &str| body["components"][name]["status"] == "up";
+            (status == 503 && up("audio-generation") && up("delivery-worker") && up("database"))
+                .then_some(body)
+        },
+    )
     .await;
-    assert_eq!(body["components"]["tts-inference"]["status"], "down", "{body}");
-    assert_eq!(body["components"]["tts-inference"]["error"], "unreachable", "{body}");
+    assert_eq!(
+        body["components"]["tts-inference"]["status"], "down",
+        "{body}"
+    );
+    assert_eq!(
+        body["components"]["tts-inference"]["error"], "unreachable",
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +252,10 @@ async fn unknown_paths_are_problem_json() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["type"], "/problems/not-found");
 }
@@ -221,7 +271,10 @@ async fn shutdown_drains_then_refuses_connections() {
         .expect("stops within the grace period")
         .unwrap()
         .unwrap();
-    assert!(get_json(&health).await.is_err(), "still accepting after shutdown");
+    assert!(
+        get_json(&health).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +283,11 @@ async fn migrate_subcommand_creates_the_schema() {
     let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_gateway"),
         &["migrate"],
-        &[("DATABASE_URL", &db.url), ("REDIS_URL", &redis_url()), ("LOG_FORMAT", "text")],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REDIS_URL", &redis_url()),
+            ("LOG_FORMAT", "text"),
+        ],
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // The migration bookkeeping lives in the service's own schema, not in `public`.
@@ -256,7 +313,10 @@ fn missing_setting_exits_64_naming_it() {
     );
     let (code, stderr) = (run.code, run.stderr);
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("DATABASE_URL") && stderr.contains("required"), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("required"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 

@@ -18,11 +18,8 @@ struct Running {
 }
 
 fn start(voices_dir: &std::path::Path) -> Running {
-    let settings = Settings::load(&sources([(
-        "VOICES_DIR",
-        voices_dir.display().to_string(),
-    )]))
-    .unwrap();
+    let settings =
+        Settings::load(&sources([("VOICES_DIR", voices_dir.display().to_string())])).unwrap();
     let signals = Signals::new();
     let app = Application::build(settings, signals.clone()).unwrap();
     let (app_grpc, app_http) = (app.grpc_port(), app.http_port());
@@ -52,15 +49,25 @@ async fn ready_and_serving_with_the_default_voice() {
         .send()
         .await
         .unwrap();
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = metrics.text().await.unwrap();
-    assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE http_requests_total counter"),
+        "{text}"
+    );
 
-    eventually(Duration::from_secs(10), "gRPC health SERVING", || grpc_health(svc.app_grpc))
-        .await
-        .eq(&ServingStatus::Serving)
-        .then_some(())
-        .expect("serving");
+    eventually(Duration::from_secs(10), "gRPC health SERVING", || {
+        grpc_health(svc.app_grpc)
+    })
+    .await
+    .eq(&ServingStatus::Serving)
+    .then_some(())
+    .expect("serving");
     svc.signals.shutdown.cancel();
     svc.task.await.unwrap().unwrap();
 }
@@ -75,8 +82,16 @@ async fn not_ready_without_the_default_voice_and_ready_once_installed() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["components"]["voice"]["status"], "down");
-    assert!(body["components"]["voice"]["error"].as_str().unwrap().contains("en_US-joe-medium"));
-    let health = eventually(Duration::from_secs(10), "gRPC health", || grpc_health(svc.app_grpc)).await;
+    assert!(
+        body["components"]["voice"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("en_US-joe-medium")
+    );
+    let health = eventually(Duration::from_secs(10), "gRPC health", || {
+        grpc_health(svc.app_grpc)
+    })
+    .await;
     assert_eq!(health, ServingStatus::NotServing);
 
     // Installing the voice while the service runs makes it ready, without a restart.
@@ -110,28 +125,48 @@ async fn lists_installed_voices_with_their_speakers() {
     )
     .unwrap();
     // A configuration without weights is not a voice.
-    std::fs::write(dir.join("xx-orphan.onnx.json"), r#"{"audio":{"sample_rate":16000}}"#).unwrap();
+    std::fs::write(
+        dir.join("xx-orphan.onnx.json"),
+        r#"{"audio":{"sample_rate":16000}}"#,
+    )
+    .unwrap();
 
     let svc = start(&dir);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", svc.app_grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", svc.app_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut client = TtsInferenceClient::new(channel);
-    let voices = client.list_voices(ListVoicesRequest {}).await.unwrap().into_inner().voices;
+    let voices = client
+        .list_voices(ListVoicesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .voices;
     let ids: Vec<_> = voices.iter().map(|v| v.id.as_str()).collect();
     assert_eq!(ids, ["en_GB-vctk-medium", "en_US-joe-medium"]);
 
     let joe = &voices[1];
     assert_eq!(
-        (joe.name.as_str(), joe.language.as_str(), joe.sample_rate, joe.quality.as_str(), joe.is_default),
+        (
+            joe.name.as_str(),
+            joe.language.as_str(),
+            joe.sample_rate,
+            joe.quality.as_str(),
+            joe.is_default
+        ),
         ("joe", "en_US", 22050, "medium", true)
     );
     assert!(joe.speakers.is_empty());
     let vctk = &voices[0];
     assert!(!vctk.is_default);
-    let speakers: Vec<_> = vctk.speakers.iter().map(|s| (s.id, s.name.as_str())).collect();
+    let speakers: Vec<_> = vctk
+        .speakers
+        .iter()
+        .map(|s| (s.id, s.name.as_str()))
+        .collect();
     assert_eq!(speakers, [(0, "p225"), (1, "p226")]);
     svc.signals.shutdown.cancel();
     svc.task.await.unwrap().unwrap();
@@ -148,8 +183,14 @@ async fn stops_accepting_after_shutdown() {
         .expect("drains within the grace period")
         .unwrap()
         .unwrap();
-    assert!(get_json(&health).await.is_err(), "HTTP still accepting after shutdown");
-    assert!(grpc_health(svc.app_grpc).await.is_none(), "gRPC still accepting after shutdown");
+    assert!(
+        get_json(&health).await.is_err(),
+        "HTTP still accepting after shutdown"
+    );
+    assert!(
+        grpc_health(svc.app_grpc).await.is_none(),
+        "gRPC still accepting after shutdown"
+    );
 }
 
 #[test]
@@ -173,6 +214,9 @@ fn tempdir() -> std::path::PathBuf {
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{}-{nanos}", std::process::id())
 }

@@ -50,7 +50,9 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let tts_port = tokio::task::spawn_blocking(move || grpc_port_from_logs(stdout)).await.unwrap();
+    let tts_port = tokio::task::spawn_blocking(move || grpc_port_from_logs(stdout))
+        .await
+        .unwrap();
 
     let db = TestDatabase::create().await.unwrap();
     let signals = Signals::new();
@@ -78,29 +80,49 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
     assert_eq!(response.status().as_u16(), 200);
 
     // SIGTERM: the service drains, flushes its spans and exits 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "tts-inference exits 0 after SIGTERM");
 
     signals.shutdown.cancel();
     gateway_task.await.unwrap().unwrap();
-    tokio::task::spawn_blocking(move || guard.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || guard.shutdown())
+        .await
+        .unwrap();
 
     let trace = hex(trace_id);
-    let spans = test_support::eventually(Duration::from_secs(10), "spans of both services", || async {
-        let spans: Vec<_> = receiver.spans().into_iter().filter(|s| s.trace_id == trace).collect();
-        let both = spans.iter().any(|s| s.service == "gateway")
-            && spans.iter().any(|s| s.service == "tts-inference");
-        both.then_some(spans)
-    })
+    let spans = test_support::eventually(
+        Duration::from_secs(10),
+        "spans of both services",
+        || async {
+            let spans: Vec<_> = receiver
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            let both = spans.iter().any(|s| s.service == "gateway")
+                && spans.iter().any(|s| s.service == "tts-inference");
+            both.then_some(spans)
+        },
+    )
     .await;
 
     let http = spans
         .iter()
         .find(|s| s.service == "gateway" && s.name == "GET /v1/voices")
         .unwrap_or_else(|| panic!("no gateway HTTP span in {spans:#?}"));
-    assert_eq!(http.parent_span_id, hex("00f067aa0ba902b7"), "parented to the caller's span");
+    assert_eq!(
+        http.parent_span_id,
+        hex("00f067aa0ba902b7"),
+        "parented to the caller's span"
+    );
     let grpc = spans
         .iter()
         .find(|s| s.service == "tts-inference" && s.name == "sonora.tts.v1.TtsInference/ListVoices")

@@ -32,7 +32,10 @@ async fn start() -> Stack {
         audio_generation::Settings::load(&sources([
             ("DATABASE_URL", db.url.clone()),
             ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+            (
+                "DELIVERY_WORKER_URL",
+                format!("http://127.0.0.1:{}", delivery.grpc_port()),
+            ),
         ]))
         .unwrap(),
         signals.clone(),
@@ -43,8 +46,14 @@ async fn start() -> Stack {
         webhook_ingest::Settings::load(&sources([
             ("DATABASE_URL", db.url.clone()),
             ("REDIS_URL", format!("redis://127.0.0.1:{}/0", redis.port())),
-            ("AUDIO_GENERATION_URL", format!("http://127.0.0.1:{}", audio.grpc_port())),
-            ("DELIVERY_WORKER_URL", format!("http://127.0.0.1:{}", delivery.grpc_port())),
+            (
+                "AUDIO_GENERATION_URL",
+                format!("http://127.0.0.1:{}", audio.grpc_port()),
+            ),
+            (
+                "DELIVERY_WORKER_URL",
+                format!("http://127.0.0.1:{}", delivery.grpc_port()),
+            ),
         ]))
         .unwrap(),
         signals.clone(),
@@ -94,7 +103,10 @@ async fn unknown_paths_are_problem_json() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
 }
 
 #[test]
@@ -109,5 +121,9 @@ fn bad_setting_exits_64_naming_it() {
         ],
     );
     assert_eq!(run.code, Some(64), "{}", run.stderr);
-    assert!(run.stderr.contains("SHUTDOWN_GRACE_PERIOD"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SHUTDOWN_GRACE_PERIOD"),
+        "{}",
+        run.stderr
+    );
 }
