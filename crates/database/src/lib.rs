@@ -322,11 +322,36 @@ impl Database {
         ping(&self.pool).await.map_err(|e| e.to_string())
     }
 
+    /// [`Database::check`] in the shape readiness checks take.
+    pub fn readiness_check(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync
+    + 'static {
+        let database = self.clone();
+        move || {
+            let database = database.clone();
+            Box::pin(async move { database.check().await })
+        }
+    }
+
     /// Resolves once the migrations are applied.
     pub async fn migrated(&self) {
         let mut rx = self.migrated.subscribe();
         let _ = rx.wait_for(|s| matches!(s, MigrationState::Done)).await;
     }
+}
+
+/// The `migrate` subcommand of a service: applies `migrations` to `schema` and returns.
+pub async fn migrate_command(
+    settings: &settings::DatabaseSettings,
+    schema: &'static str,
+    migrations: EmbeddedMigrations,
+) -> Result<(), DatabaseError> {
+    let applied = migrate(&DatabaseConfig::from_settings(settings, schema), migrations).await?;
+    tracing::info!(schema, applied = applied.len(), "migrations are up to date");
+    Ok(())
 }
 
 impl DatabaseConfig {

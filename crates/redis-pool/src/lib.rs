@@ -92,3 +92,17 @@ impl RedisConfig {
         }
     }
 }
+
+/// [`ping`] in the shape readiness checks take.
+pub fn readiness_check(
+    pool: &Pool,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RedisError>> + Send>>
++ Send
++ Sync
++ 'static {
+    let pool = pool.clone();
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await })
+    }
+}

@@ -55,12 +55,7 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(
-                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
-                    MIGRATIONS,
-                )
-                .await?;
-                Ok(())
+                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
             })
         }),
         serve: |settings, signals| {
@@ -102,10 +97,7 @@ impl Application {
         )?;
         let storage = Arc::new(settings.storage_path.clone());
         let readiness = Readiness::builder()
-            .check("database", move || {
-                let database = database.clone();
-                async move { database.check().await }
-            })
+            .check("database", database.readiness_check())
             .check("storage", move || check_storage(Arc::clone(&storage)))
             .check("delivery-worker", move || {
                 check_peer(delivery_worker.clone())

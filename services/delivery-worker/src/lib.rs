@@ -49,12 +49,7 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(
-                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
-                    MIGRATIONS,
-                )
-                .await?;
-                Ok(())
+                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
             })
         }),
         serve: |settings, signals| {
@@ -80,10 +75,7 @@ impl Application {
         let readiness = {
             let database = database.clone();
             Readiness::builder()
-                .check("database", move || {
-                    let database = database.clone();
-                    async move { database.check().await }
-                })
+                .check("database", database.readiness_check())
                 .build()
         };
         let router = tonic::transport::Server::builder()

@@ -65,12 +65,7 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         migrate: Some(|settings| {
             Box::pin(async move {
-                database::migrate(
-                    &DatabaseConfig::from_settings(&settings.database, SCHEMA),
-                    MIGRATIONS,
-                )
-                .await?;
-                Ok(())
+                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
             })
         }),
         serve: |settings, signals| {
@@ -112,14 +107,8 @@ impl Application {
         let readiness = {
             let (tts, redis) = (tts.clone(), redis.clone());
             Readiness::builder()
-                .check("database", move || {
-                    let database = database.clone();
-                    async move { database.check().await }
-                })
-                .check("redis", move || {
-                    let redis = redis.clone();
-                    async move { redis_pool::ping(&redis).await }
-                })
+                .check("database", database.readiness_check())
+                .check("redis", redis_pool::readiness_check(&redis))
                 .check("tts-inference", move || check_peer(tts.clone()))
                 .check("audio-generation", move || check_peer(audio.clone()))
                 .check("delivery-worker", move || check_peer(delivery.clone()))
