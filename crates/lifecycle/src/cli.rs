@@ -19,8 +19,8 @@ use crate::Signals;
 /// A boxed future returned by a service's entry points.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Applies a service's migrations.
-pub type MigrateFn<S> = fn(S) -> BoxFuture<anyhow::Result<()>>;
+/// A one-off subcommand, such as `migrate`.
+pub type CommandFn<S> = fn(S) -> BoxFuture<anyhow::Result<()>>;
 /// Serves until shutdown.
 pub type ServeFn<S> = fn(S, Signals) -> BoxFuture<anyhow::Result<()>>;
 
@@ -34,15 +34,34 @@ pub struct ServiceMain<S> {
     pub load: fn(&Sources) -> Result<S, SettingError>,
     /// The settings every service has.
     pub common: fn(&S) -> &CommonSettings,
-    /// Applies the service's migrations; `None` for a service without a database.
-    pub migrate: Option<MigrateFn<S>>,
+    /// One-off subcommands besides `serve`: `migrate` for a service with a database, and any
+    /// other the service has. Each runs once and exits.
+    pub commands: Vec<Command<S>>,
     /// Serves until `Signals::shutdown` is cancelled and the work in flight has drained.
     pub serve: ServeFn<S>,
 }
 
-enum Command {
+/// A one-off subcommand.
+pub struct Command<S> {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: CommandFn<S>,
+}
+
+impl<S> Command<S> {
+    /// The `migrate` subcommand.
+    pub fn migrate(run: CommandFn<S>) -> Self {
+        Self {
+            name: "migrate",
+            about: "apply the database migrations and exit",
+            run,
+        }
+    }
+}
+
+enum Invocation<S> {
     Serve,
-    Migrate,
+    Once(CommandFn<S>),
 }
 
 /// Runs the service as the command line asks, and returns the process's exit code.
@@ -52,14 +71,21 @@ enum Command {
 )]
 pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let named = |name: &str| {
+        service
+            .commands
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.run)
+    };
     let command = match args
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] | ["serve"] => Command::Serve,
-        ["migrate"] if service.migrate.is_some() => Command::Migrate,
+        [] | ["serve"] => Invocation::Serve,
+        [name] if named(name).is_some() => Invocation::Once(named(name).expect("checked")),
         ["--version" | "-V"] => {
             println!("{} {}", service.name, env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -115,11 +141,8 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
             }
         };
         let outcome = match command {
-            Command::Migrate => {
-                let migrate = service.migrate.expect("checked when parsing the command");
-                migrate(settings).await
-            }
-            Command::Serve => {
+            Invocation::Once(run) => run(settings).await,
+            Invocation::Serve => {
                 let signals = Signals::new();
                 match signals.listen_os() {
                     Ok(()) => {
@@ -169,16 +192,13 @@ pub fn telemetry_config(common: &CommonSettings) -> telemetry::TelemetryConfig {
 }
 
 fn usage<S>(service: &ServiceMain<S>) -> String {
-    let migrate = if service.migrate.is_some() {
-        format!(
-            "\n  {} migrate   apply the database migrations and exit",
-            service.name
-        )
-    } else {
-        String::new()
-    };
+    let commands: String = service
+        .commands
+        .iter()
+        .map(|c| format!("\n  {} {}   {}", service.name, c.name, c.about))
+        .collect();
     format!(
-        "{name}: {about}\n\nUsage:\n  {name} [serve]   serve until SIGTERM or SIGINT{migrate}\n  {name} --version\n\nSettings come from the environment (see README.md, \"Configuration\").",
+        "{name}: {about}\n\nUsage:\n  {name} [serve]   serve until SIGTERM or SIGINT{commands}\n  {name} --version\n\nSettings come from the environment (see README.md, \"Configuration\").",
         name = service.name,
         about = service.about,
     )

@@ -9,3 +9,11 @@ pub mod tts {
         tonic::include_proto!("sonora.tts.v1");
     }
 }
+
+/// `sonora.delivery.v1`: partner endpoints and signed webhook delivery, served by
+/// `delivery-worker`.
+pub mod delivery {
+    pub mod v1 {
+        tonic::include_proto!("sonora.delivery.v1");
+    }
+}

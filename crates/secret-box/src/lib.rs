@@ -61,7 +61,10 @@ fn parse_key(b64: &str) -> Result<Key, SecretBoxError> {
     // The id is derived from the key, so operators never have to name keys, and two services
     // configured with the same key agree on its id.
     let hash = digest::digest(&digest::SHA256, &bytes);
-    let id: String = hash.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let id: String = hash.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| SecretBoxError::BadKey)?;
     Ok(Key {
         id,
@@ -154,7 +157,9 @@ fn aad(key_id: &str, context: &str) -> Vec<u8> {
 }
 
 fn split(sealed: &[u8]) -> Result<(&str, [u8; NONCE_LEN], &[u8]), SecretBoxError> {
-    let rest = sealed.strip_prefix(MAGIC).ok_or(SecretBoxError::Malformed)?;
+    let rest = sealed
+        .strip_prefix(MAGIC)
+        .ok_or(SecretBoxError::Malformed)?;
     let (&id_len, rest) = rest.split_first().ok_or(SecretBoxError::Malformed)?;
     let id_len = usize::from(id_len);
     if rest.len() < id_len + NONCE_LEN + 16 {
@@ -163,7 +168,11 @@ fn split(sealed: &[u8]) -> Result<(&str, [u8; NONCE_LEN], &[u8]), SecretBoxError
     let (id, rest) = rest.split_at(id_len);
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
     let id = std::str::from_utf8(id).map_err(|_| SecretBoxError::Malformed)?;
-    Ok((id, nonce.try_into().expect("split at NONCE_LEN"), ciphertext))
+    Ok((
+        id,
+        nonce.try_into().expect("split at NONCE_LEN"),
+        ciphertext,
+    ))
 }
 
 /// A new random key, base64 of 32 bytes, for `WEBHOOK_SECRET_ENCRYPTION_KEY`.
@@ -201,12 +210,21 @@ mod tests {
         let resealed = after.seal(&after.open(&sealed, "ctx").unwrap(), "ctx");
         assert!(!after.needs_reseal(&resealed).unwrap());
         let only_new = Keyring::new(&new, &[]).unwrap();
-        assert!(matches!(only_new.open(&sealed, "ctx"), Err(SecretBoxError::UnknownKey(_))));
+        assert!(matches!(
+            only_new.open(&sealed, "ctx"),
+            Err(SecretBoxError::UnknownKey(_))
+        ));
     }
 
     #[test]
     fn bad_keys_are_refused() {
-        assert_eq!(Keyring::new("c2hvcnQ=", &[]).unwrap_err(), SecretBoxError::BadKey);
-        assert_eq!(Keyring::new("not base64!", &[]).unwrap_err(), SecretBoxError::BadKey);
+        assert_eq!(
+            Keyring::new("c2hvcnQ=", &[]).unwrap_err(),
+            SecretBoxError::BadKey
+        );
+        assert_eq!(
+            Keyring::new("not base64!", &[]).unwrap_err(),
+            SecretBoxError::BadKey
+        );
     }
 }

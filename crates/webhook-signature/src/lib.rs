@@ -171,7 +171,9 @@ impl VerifyingKey {
                 SigningKey::Ed25519(..) => unreachable!("whsec_ parses as HMAC"),
             }
         } else if let Some(b64) = key.strip_prefix("whpk_") {
-            let bytes = B64.decode(b64).map_err(|_| SignatureError::BadKey("whpk_"))?;
+            let bytes = B64
+                .decode(b64)
+                .map_err(|_| SignatureError::BadKey("whpk_"))?;
             if bytes.len() != 32 {
                 return Err(SignatureError::BadKey("whpk_"));
             }
@@ -234,7 +236,8 @@ pub fn verify(
         let Ok(signature) = B64.decode(b64) else {
             return false;
         };
-        keys.iter().any(|key| key.matches(version, &signature, &content))
+        keys.iter()
+            .any(|key| key.matches(version, &signature, &content))
     });
     if matched {
         Ok(())
@@ -275,7 +278,13 @@ mod tests {
         let verifying = [VerifyingKey::parse(SECRET).unwrap()];
         let ts = TS.to_string();
         assert_eq!(
-            verify(&verifying, headers(&ts, EXPECTED), b"{\"test\": 1}", TS, 300),
+            verify(
+                &verifying,
+                headers(&ts, EXPECTED),
+                b"{\"test\": 1}",
+                TS,
+                300
+            ),
             Err(SignatureError::NoMatch)
         );
         assert_eq!(

@@ -1,19 +1,47 @@
-//! `delivery-worker`: signed outbound webhooks to partners from a PostgreSQL queue.
+//! `delivery-worker`: the partner side of Sonora. Other services publish events over gRPC; every
+//! partner endpoint subscribed to an event's type receives it as a signed HTTP POST (Standard
+//! Webhooks), reliably.
 //!
-//! Today it owns its schema (migrated at start-up and by `delivery-worker migrate`), serves the
-//! gRPC health service and the operational endpoints; the queue, the workers and the partner API
-//! arrive with their own issue.
+//! - [`store`]: endpoints, encrypted secrets, messages, the delivery queue, attempts, audit log.
+//! - [`worker`]: claims due deliveries with `SKIP LOCKED` and a lease, sends them within global
+//!   and per-endpoint limits, retries on a schedule, dead-letters, disables failing endpoints.
+//! - [`sender`] and [`policy`]: the HTTP side, and where it may connect (SSRF protection).
+//! - [`grpc`]: the `DeliveryService` API.
+//!
+//! One binary runs both roles; `WORKER_ENABLED=false` runs the API only.
 
-use std::net::SocketAddr;
+pub mod clock;
+pub mod grpc;
+pub mod metrics;
+pub mod policy;
+pub mod retry;
+pub mod sender;
+pub mod store;
+pub mod worker;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
 use lifecycle::{
     Readiness, Signals,
-    cli::ServiceMain,
+    cli::{Command, ServiceMain},
     grpc::{GrpcApp, GrpcAppConfig},
 };
-use settings::{CommonSettings, DatabaseSettings, SettingError, Sources};
+use secret_box::Keyring;
+use settings::{
+    CommonSettings, DatabaseSettings, ExposeSecret as _, SecretString, SettingError, Sources,
+};
+use sonora_proto::delivery::v1::delivery_service_server::DeliveryServiceServer;
 use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+use tokio::sync::watch;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    policy::{AddressPolicy, IpNet},
+    retry::{Delays, RetrySchedule},
+    store::Store,
+    worker::{Policy, Tuning, Worker},
+};
 
 pub const NAME: &str = "delivery-worker";
 /// The PostgreSQL schema this service owns.
@@ -27,16 +55,140 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
+    /// Seals endpoint secrets (`WEBHOOK_SECRET_ENCRYPTION_KEY`, base64 of 32 bytes).
+    pub encryption_key: SecretString,
+    /// Keys that only open, during a key rotation.
+    pub previous_encryption_keys: Vec<SecretString>,
+    pub worker_enabled: bool,
+    pub tuning: Tuning,
+    pub lease: Duration,
+    pub schedule: RetrySchedule,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub disable_after: Duration,
+    pub failing_after_attempts: i32,
+    pub allowed_networks: Vec<IpNet>,
+}
+
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, SettingError> {
+    if value < min || value > max {
+        return Err(SettingError::new(
+            name,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The limits SIGHUP may change.
+pub fn load_tuning(src: &Sources) -> Result<Tuning, SettingError> {
+    let poll_interval: Duration = src.or("WORKER_POLL_INTERVAL", Duration::from_secs(1))?;
+    if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(300) {
+        return Err(SettingError::new(
+            "WORKER_POLL_INTERVAL",
+            "must be between 10ms and 5m",
+        ));
+    }
+    Ok(Tuning {
+        batch_size: bounded(
+            "WORKER_BATCH_SIZE",
+            src.or("WORKER_BATCH_SIZE", 100usize)?,
+            1,
+            5000,
+        )?,
+        poll_interval,
+        max_concurrent: bounded(
+            "MAX_CONCURRENT_DELIVERIES",
+            src.or("MAX_CONCURRENT_DELIVERIES", 64usize)?,
+            1,
+            10_000,
+        )?,
+        per_endpoint: bounded(
+            "MAX_CONCURRENT_PER_ENDPOINT",
+            src.or("MAX_CONCURRENT_PER_ENDPOINT", 16usize)?,
+            1,
+            10_000,
+        )?,
+    })
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        let encryption_key: SecretString = src.required("WEBHOOK_SECRET_ENCRYPTION_KEY")?;
+        let previous_encryption_keys: Vec<SecretString> = src
+            .or::<Vec<String>>("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", Vec::new())?
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
+        // Parse the keys now, so a bad one stops the service at start with its name.
+        Keyring::new(encryption_key.expose_secret(), &[])
+            .map_err(|e| SettingError::new("WEBHOOK_SECRET_ENCRYPTION_KEY", e.to_string()))?;
+        for key in &previous_encryption_keys {
+            Keyring::new(key.expose_secret(), &[]).map_err(|e| {
+                SettingError::new("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", e.to_string())
+            })?;
+        }
+        let lease: Duration = src.or("WORKER_LEASE", Duration::from_secs(60))?;
+        let request_timeout: Duration =
+            src.or("WEBHOOK_REQUEST_TIMEOUT", Duration::from_secs(15))?;
+        if lease <= request_timeout {
+            return Err(SettingError::new(
+                "WORKER_LEASE",
+                "must be longer than WEBHOOK_REQUEST_TIMEOUT, or a slow delivery could be sent twice",
+            ));
+        }
+        let defaults = RetrySchedule::default();
+        let jitter: f64 = src
+            .or("WEBHOOK_RETRY_JITTER", "0.2".to_owned())?
+            .parse()
+            .ok()
+            .filter(|j: &f64| (0.0..=0.5).contains(j))
+            .ok_or_else(|| {
+                SettingError::new(
+                    "WEBHOOK_RETRY_JITTER",
+                    "must be a fraction between 0 and 0.5",
+                )
+            })?;
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50053).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9103).into())?,
             database: DatabaseSettings::load(src)?,
+            encryption_key,
+            previous_encryption_keys,
+            worker_enabled: src.or("WORKER_ENABLED", true)?,
+            tuning: load_tuning(src)?,
+            lease,
+            schedule: RetrySchedule {
+                delays: src.or("WEBHOOK_RETRY_SCHEDULE", Delays(defaults.delays))?.0,
+                jitter,
+            },
+            connect_timeout: src.or("WEBHOOK_CONNECT_TIMEOUT", Duration::from_secs(5))?,
+            request_timeout,
+            disable_after: src.or("WEBHOOK_DISABLE_AFTER", Duration::from_secs(5 * 24 * 3600))?,
+            failing_after_attempts: bounded(
+                "WEBHOOK_FAILING_AFTER_ATTEMPTS",
+                src.or("WEBHOOK_FAILING_AFTER_ATTEMPTS", 4u32)?,
+                1,
+                1000,
+            )
+            .map(|n| i32::try_from(n).expect("bounded"))?,
+            allowed_networks: src.or("WEBHOOK_ALLOWED_NETWORKS", Vec::new())?,
         })
+    }
+
+    pub fn keyring(&self) -> Keyring {
+        let previous: Vec<String> = self
+            .previous_encryption_keys
+            .iter()
+            .map(|k| k.expose_secret().to_owned())
+            .collect();
+        Keyring::new(self.encryption_key.expose_secret(), &previous).expect("checked when loading")
     }
 }
 
@@ -47,11 +199,30 @@ pub fn service() -> ServiceMain<Settings> {
         about: "signed outbound webhooks to partners from a PostgreSQL queue",
         load: Settings::load,
         common: |s| &s.common,
-        migrate: Some(|settings| {
-            Box::pin(async move {
-                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
-            })
-        }),
+        commands: vec![
+            Command::migrate(|settings| {
+                Box::pin(async move {
+                    Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
+                })
+            }),
+            Command {
+                name: "rotate-secrets",
+                about: "re-encrypt every endpoint secret under WEBHOOK_SECRET_ENCRYPTION_KEY and exit",
+                run: |settings| {
+                    Box::pin(async move {
+                        let config = DatabaseConfig::from_settings(&settings.database, SCHEMA);
+                        let store =
+                            Store::new(database::connect(&config)?, Arc::new(settings.keyring()));
+                        let count = store.reseal_secrets().await?;
+                        tracing::info!(
+                            count,
+                            "endpoint secrets re-encrypted under the current key"
+                        );
+                        Ok(())
+                    })
+                },
+            },
+        ],
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
         },
@@ -62,38 +233,99 @@ pub fn service() -> ServiceMain<Settings> {
 pub struct Application {
     app: GrpcApp,
     database: Database,
+    worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
-    /// Binds its ports and starts serving; port 0 in the settings picks free ports.
+    /// Binds its ports and starts serving and delivering; port 0 picks free ports.
     pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
-        let database = Database::start(
-            DatabaseConfig::from_settings(&settings.database, SCHEMA),
-            || MIGRATIONS,
-            signals.shutdown.clone(),
-        )?;
-        let readiness = {
+        Self::build_with_clock(settings, signals, Arc::new(SystemClock))
+    }
+
+    /// As [`Application::build`], with a chosen clock.
+    pub fn build_with_clock(
+        settings: Settings,
+        signals: Signals,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let db_config = DatabaseConfig::from_settings(&settings.database, SCHEMA);
+        let database = Database::start(db_config, || MIGRATIONS, signals.shutdown.clone())?;
+        let store = Store::new(database.pool().clone(), Arc::new(settings.keyring()));
+        let policy = Arc::new(AddressPolicy::new(
+            settings.common.environment,
+            settings.allowed_networks.clone(),
+        ));
+        let metrics = Metrics::new();
+        let delivery_metrics = metrics::DeliveryMetrics::register(metrics.registry());
+
+        let worker = if settings.worker_enabled {
+            let sender = sender::Sender::new(
+                Arc::clone(&policy),
+                settings.connect_timeout,
+                settings.request_timeout,
+            )?;
+            let (tuning_tx, tuning_rx) = watch::channel(settings.tuning);
+            let worker = Worker::new(
+                store.clone(),
+                sender,
+                Arc::clone(&clock),
+                delivery_metrics.clone(),
+                Policy {
+                    lease: settings.lease,
+                    schedule: settings.schedule.clone(),
+                    disable_after: settings.disable_after,
+                    failing_after_attempts: settings.failing_after_attempts,
+                    throttle: Duration::from_secs(5),
+                },
+                tuning_rx,
+            );
+            spawn_reloader(signals.clone(), tuning_tx);
+            spawn_queue_gauge(store.clone(), delivery_metrics, signals.shutdown.clone());
+            let url = settings.database.url.expose().to_owned();
+            let (shutdown, grace) = (
+                signals.shutdown.clone(),
+                settings.common.shutdown_grace_period,
+            );
             let database = database.clone();
-            Readiness::builder()
-                .check("database", database.readiness_check())
-                .build()
+            Some(tokio::spawn(async move {
+                // Deliveries need the tables: wait for the migrations (or for shutdown).
+                tokio::select! {
+                    () = database.migrated() => worker.run(url, shutdown, grace).await,
+                    () = shutdown.cancelled() => {}
+                }
+            }))
+        } else {
+            None
         };
+
+        let readiness = Readiness::builder()
+            .check("database", database.readiness_check())
+            .build();
         let router = tonic::transport::Server::builder()
             .trace_fn(grpc_server_span)
-            .add_routes(tonic::service::Routes::default());
+            .add_service(DeliveryServiceServer::new(grpc::DeliveryApi {
+                store,
+                clock,
+                policy,
+                schedule: settings.schedule.clone(),
+            }));
         let app = GrpcApp::start(
             GrpcAppConfig {
                 grpc_addr: settings.grpc_addr,
                 http_addr: settings.http_addr,
-                service_names: vec![],
+                service_names: vec!["sonora.delivery.v1.DeliveryService"],
                 readiness,
-                metrics: Metrics::new(),
+                metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
             },
             router,
         )?;
-        Ok(Self { app, database })
+        Ok(Self {
+            app,
+            database,
+            worker,
+        })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -108,8 +340,58 @@ impl Application {
         &self.database
     }
 
-    /// Resolves once shutdown was requested and the servers have drained.
+    /// Resolves once shutdown was requested, the servers have drained and the worker has
+    /// finished or abandoned its deliveries in flight.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        self.app.stopped().await
+        let served = self.app.stopped().await;
+        if let Some(worker) = self.worker {
+            let _ = worker.await;
+        }
+        served
     }
+}
+
+/// On SIGHUP, reads the worker limits again (from the settings file and the environment) and
+/// hands them to the running worker; a bad value is logged and the old limits stay.
+fn spawn_reloader(signals: Signals, tuning: watch::Sender<Tuning>) {
+    let mut reloads = signals.reloads();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = signals.shutdown.cancelled() => return,
+                changed = reloads.changed() => if changed.is_err() { return },
+            }
+            match Sources::from_env().and_then(|src| load_tuning(&src)) {
+                Ok(new) => {
+                    tracing::info!(?new, "worker limits reloaded");
+                    tuning.send_replace(new);
+                }
+                Err(error) => tracing::error!(%error, "reload refused; the current limits stay"),
+            }
+        }
+    });
+}
+
+/// Refreshes `webhook_queue_size{status}` every 15 seconds.
+fn spawn_queue_gauge(
+    store: Store,
+    metrics: metrics::DeliveryMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(counts) = store.status_counts().await {
+                for status in ["pending", "delivered", "failed", "dead_letter"] {
+                    metrics
+                        .queue_size
+                        .with_label_values(&[status])
+                        .set(counts.get(status).copied().unwrap_or(0));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+        }
+    });
 }

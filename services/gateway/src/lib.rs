@@ -63,11 +63,11 @@ pub fn service() -> ServiceMain<Settings> {
         about: "the public HTTP API of Sonora",
         load: Settings::load,
         common: |s| &s.common,
-        migrate: Some(|settings| {
+        commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
             })
-        }),
+        })],
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
         },

@@ -41,7 +41,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "a local stand-in for Replicate's prediction API",
         load: Settings::load,
         common: |s| &s.common,
-        migrate: None,
+        commands: Vec::new(),
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
         },

@@ -57,7 +57,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "Piper-compatible neural text-to-speech over gRPC",
         load: Settings::load,
         common: |s| &s.common,
-        migrate: None,
+        commands: Vec::new(),
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
         },

@@ -1,0 +1,528 @@
+//! The delivery loop: claim due rows in batches, send them concurrently within global and
+//! per-endpoint limits, decide each outcome, and record the outcomes in batches.
+//!
+//! The worker wakes on `LISTEN delivery_queue` (publishers `NOTIFY` on commit) and polls every
+//! `WORKER_POLL_INTERVAL` as a backstop. Its limits come from a watch channel, so SIGHUP can change
+//! them while it runs. On shutdown it stops claiming, lets in-flight deliveries finish within the
+//! grace period, and records them; rows it could not finish keep their lease and come back to some
+//! worker when the lease expires.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use futures::StreamExt as _;
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhook_signature::SigningKey;
+
+use crate::{
+    clock::Clock,
+    metrics::DeliveryMetrics,
+    retry::{RetrySchedule, bounded_retry_after},
+    sender::{AttemptResult, Sender},
+    store::{Claimed, Outcome, QUEUE_CHANNEL, Store},
+};
+
+/// The limits SIGHUP may change while the worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    pub max_concurrent: usize,
+    pub per_endpoint: usize,
+}
+
+/// What does not change while the worker runs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub lease: Duration,
+    pub schedule: RetrySchedule,
+    /// An endpoint failing with no success for this long is disabled.
+    pub disable_after: Duration,
+    /// `message.attempt.failing` is published after this many failed attempts.
+    pub failing_after_attempts: i32,
+    /// How long a 502/504/timeout/429 without `Retry-After` holds an endpoint back.
+    pub throttle: Duration,
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Decides what one attempt means for its delivery and its endpoint. Pure, so the rules can be
+/// read and tested in one place.
+pub fn decide(
+    claimed: &Claimed,
+    claim_id: Uuid,
+    result: &AttemptResult,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    jitter_unit: f64,
+) -> Outcome {
+    let attempt = claimed.attempt_count + 1;
+    let status_code = result.status;
+    let mut throttle_until = None;
+    let mut disable_reason = None;
+    let mut error = result.error.clone();
+    let (status, next_retry_at) = if result.succeeded() {
+        ("delivered", now)
+    } else {
+        if let Some(code) = status_code {
+            if (300..400).contains(&code) {
+                error.get_or_insert_with(|| format!("redirect {code} not followed"));
+            }
+            if code == 410 {
+                disable_reason = Some("the endpoint answered 410 Gone".to_owned());
+            }
+        }
+        let retry_after = match status_code {
+            Some(429 | 503) => result.retry_after.map(bounded_retry_after),
+            _ => None,
+        };
+        let slow_down = matches!(status_code, Some(429 | 502 | 503 | 504)) || result.timed_out;
+        if slow_down {
+            let hold = retry_after
+                .unwrap_or(policy.throttle)
+                .min(Duration::from_secs(3600));
+            throttle_until = Some(now + chrono(hold));
+        }
+        if disable_reason.is_some() {
+            // The endpoint is disabled; the delivery waits, due, for it to be enabled again.
+            ("failed", now)
+        } else if attempt >= claimed.max_attempts {
+            ("dead_letter", now)
+        } else {
+            // A receiver that says when to come back is believed, within bounds.
+            let delay = retry_after.unwrap_or_else(|| {
+                policy
+                    .schedule
+                    .delay_after(attempt, jitter_unit)
+                    .unwrap_or(Duration::ZERO)
+            });
+            ("failed", now + chrono(delay))
+        }
+    };
+    Outcome {
+        delivery_id: claimed.id,
+        claim_id,
+        message_id: claimed.message_id.clone(),
+        endpoint_id: claimed.endpoint_id.clone(),
+        tenant: claimed.tenant.clone(),
+        event_type: claimed.event_type.clone(),
+        status,
+        attempt_count: attempt,
+        next_retry_at,
+        attempted_at: now,
+        enqueued_at: claimed.enqueued_at,
+        duration_ms: i32::try_from(result.duration.as_millis()).unwrap_or(i32::MAX),
+        request_headers: result.request_headers.clone(),
+        response_status: status_code.map(i32::from),
+        response_body: result.body.clone(),
+        error,
+        attempt_outcome: if result.succeeded() {
+            "success"
+        } else if result.timed_out {
+            "timeout"
+        } else {
+            "failure"
+        },
+        throttle_until,
+        disable_reason,
+    }
+}
+
+/// A random number in [0, 1) for retry jitter.
+fn unit_random() -> f64 {
+    let bytes: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map(|r| r.expose())
+        .unwrap_or([0x80, 0, 0, 0, 0, 0, 0, 0]);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Per-endpoint concurrency and rate limits, local to this worker instance.
+#[derive(Default)]
+struct EndpointGates {
+    gates: Mutex<HashMap<String, Arc<Gate>>>,
+}
+
+struct Gate {
+    concurrency: Arc<Semaphore>,
+    /// The earliest moment the next request may start, for `rate_limit_per_second`.
+    next_slot: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl EndpointGates {
+    fn gate(&self, endpoint: &str, per_endpoint: usize) -> Arc<Gate> {
+        let mut gates = self.gates.lock().expect("not poisoned");
+        Arc::clone(gates.entry(endpoint.to_owned()).or_insert_with(|| {
+            Arc::new(Gate {
+                concurrency: Arc::new(Semaphore::new(per_endpoint.max(1))),
+                next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        }))
+    }
+}
+
+impl Gate {
+    async fn pass(&self, rate_limit_per_second: Option<i32>) -> OwnedSemaphorePermit {
+        let permit = Arc::clone(&self.concurrency)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        if let Some(rate) = rate_limit_per_second.filter(|r| *r > 0) {
+            let interval = Duration::from_secs(1) / u32::try_from(rate).unwrap_or(1);
+            let wait_until = {
+                let mut next = self.next_slot.lock().await;
+                let now = tokio::time::Instant::now();
+                let slot = (*next).max(now);
+                *next = slot + interval;
+                slot
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+        permit
+    }
+}
+
+/// One worker instance.
+pub struct Worker {
+    store: Store,
+    sender: Sender,
+    clock: Arc<dyn Clock>,
+    metrics: DeliveryMetrics,
+    policy: Policy,
+    tuning: watch::Receiver<Tuning>,
+    capacity: Arc<Semaphore>,
+    capacity_total: Mutex<usize>,
+    gates: EndpointGates,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        sender: Sender,
+        clock: Arc<dyn Clock>,
+        metrics: DeliveryMetrics,
+        policy: Policy,
+        tuning: watch::Receiver<Tuning>,
+    ) -> Arc<Self> {
+        let max = tuning.borrow().max_concurrent;
+        Arc::new(Self {
+            store,
+            sender,
+            clock,
+            metrics,
+            policy,
+            tuning,
+            capacity: Arc::new(Semaphore::new(max)),
+            capacity_total: Mutex::new(max),
+            gates: EndpointGates::default(),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Wakes the claim loop (a `NOTIFY` arrived, or a test wants it to look now).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Applies a changed `max_concurrent` to the semaphore without dropping work.
+    fn apply_tuning(&self) -> Tuning {
+        let tuning = *self.tuning.borrow();
+        let mut total = self.capacity_total.lock().expect("not poisoned");
+        if tuning.max_concurrent > *total {
+            self.capacity.add_permits(tuning.max_concurrent - *total);
+        } else if tuning.max_concurrent < *total {
+            // Permits in use are not taken back; fewer are handed out from now on.
+            let shrink = *total - tuning.max_concurrent;
+            let forgotten = self.capacity.forget_permits(shrink);
+            if forgotten < shrink {
+                // Take the rest as they come back.
+                let capacity = Arc::clone(&self.capacity);
+                let rest = u32::try_from(shrink - forgotten).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(permits) = capacity.acquire_many_owned(rest).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        *total = tuning.max_concurrent;
+        tuning
+    }
+
+    /// Claims one batch of due deliveries, with the signing keys their endpoints need.
+    async fn claim(
+        &self,
+        limit: usize,
+    ) -> Result<(Uuid, Vec<Claimed>, HashMap<String, Vec<SigningKey>>), crate::store::StoreError>
+    {
+        let claim_id = Uuid::new_v4();
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .claim(
+                claim_id,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                chrono(self.policy.lease),
+                now,
+            )
+            .await?;
+        let mut endpoints: Vec<String> = claimed.iter().map(|c| c.endpoint_id.clone()).collect();
+        endpoints.sort();
+        endpoints.dedup();
+        let keys = if endpoints.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.signing_keys(&endpoints, now).await?
+        };
+        Ok((claim_id, claimed, keys))
+    }
+
+    async fn deliver(
+        &self,
+        claim_id: Uuid,
+        claimed: &Claimed,
+        keys: &[SigningKey],
+        per_endpoint: usize,
+    ) -> Outcome {
+        let gate = self.gates.gate(&claimed.endpoint_id, per_endpoint);
+        let _permit = gate.pass(claimed.rate_limit_per_second).await;
+        let now = self.clock.now();
+        let result = self
+            .sender
+            .send(
+                &claimed.url,
+                &claimed.message_id,
+                &claimed.payload,
+                keys,
+                now,
+            )
+            .await;
+        decide(
+            claimed,
+            claim_id,
+            &result,
+            &self.policy,
+            self.clock.now(),
+            unit_random(),
+        )
+    }
+
+    async fn record(&self, outcomes: &[Outcome]) -> Result<(), crate::store::StoreError> {
+        let recorded = self
+            .store
+            .record(
+                outcomes,
+                chrono(self.policy.disable_after),
+                self.policy.failing_after_attempts,
+                self.policy.schedule.max_attempts(),
+                self.clock.now(),
+            )
+            .await?;
+        for &i in &recorded.applied {
+            self.metrics.observe(&outcomes[i]);
+        }
+        if recorded.applied.len() < outcomes.len() {
+            tracing::warn!(
+                lost = outcomes.len() - recorded.applied.len(),
+                "outcomes arrived after their lease had passed to another claim; that claim delivers again"
+            );
+        }
+        for endpoint in &recorded.disabled_endpoints {
+            tracing::warn!(endpoint_id = %endpoint, "endpoint disabled");
+        }
+        Ok(())
+    }
+
+    /// Claims, delivers and records one batch, waiting for all of it; returns how many deliveries
+    /// it attempted. Tests drive the worker with it under a manual clock.
+    pub async fn run_once(&self) -> Result<usize, crate::store::StoreError> {
+        let tuning = self.apply_tuning();
+        let (claim_id, claimed, keys) = self.claim(tuning.batch_size).await?;
+        let outcomes = futures::future::join_all(claimed.iter().map(|c| {
+            let keys = keys
+                .get(&c.endpoint_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            self.deliver(claim_id, c, keys, tuning.per_endpoint)
+        }))
+        .await;
+        self.record(&outcomes).await?;
+        Ok(outcomes.len())
+    }
+
+    /// Runs until `shutdown`, then drains within `grace`.
+    pub async fn run(
+        self: Arc<Self>,
+        listen_url: String,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        let (tx, rx) = mpsc::channel::<Outcome>(8192);
+        let recorder = tokio::spawn(Arc::clone(&self).recorder(rx));
+        let listener = tokio::spawn(listen(listen_url, Arc::clone(&self.wake), shutdown.clone()));
+        let mut reloads = self.tuning.clone();
+        let mut tasks = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let tuning = self.apply_tuning();
+            let free = self.capacity.available_permits().min(tuning.batch_size);
+            if free == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
+            let batch = match self.claim(free).await {
+                Ok(batch) => {
+                    backoff = Duration::from_millis(100);
+                    batch
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "cannot claim deliveries");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let (claim_id, claimed, keys) = batch;
+            let full = claimed.len() >= free;
+            let keys = Arc::new(keys);
+            for c in claimed {
+                let Ok(permit) = Arc::clone(&self.capacity).acquire_owned().await else {
+                    break;
+                };
+                let (this, keys, tx) = (Arc::clone(&self), Arc::clone(&keys), tx.clone());
+                tasks.spawn(async move {
+                    let endpoint_keys = keys
+                        .get(&c.endpoint_id)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    let outcome = this
+                        .deliver(claim_id, &c, endpoint_keys, tuning.per_endpoint)
+                        .await;
+                    drop(permit);
+                    let _ = tx.send(outcome).await;
+                });
+            }
+            if !full {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    _ = reloads.changed() => {}
+                    () = tokio::time::sleep(tuning.poll_interval) => {}
+                }
+            }
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "draining deliveries in flight");
+        }
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tasks.len(),
+                "deliveries still running after the grace period were abandoned; they come back when their lease expires"
+            );
+            tasks.abort_all();
+        }
+        drop(tx);
+        let _ = recorder.await;
+        let _ = listener.await;
+    }
+
+    /// Writes outcomes in batches: whatever arrived within a few milliseconds of the first.
+    async fn recorder(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
+        let mut buffer = Vec::with_capacity(512);
+        while let Some(first) = rx.recv().await {
+            buffer.push(first);
+            let deadline = tokio::time::sleep(Duration::from_millis(5));
+            tokio::pin!(deadline);
+            while buffer.len() < 512 {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(outcome) => buffer.push(outcome),
+                        None => break,
+                    },
+                    () = &mut deadline => break,
+                }
+            }
+            let mut delay = Duration::from_millis(100);
+            let started = tokio::time::Instant::now();
+            loop {
+                match self.record(&buffer).await {
+                    Ok(()) => break,
+                    // Past the lease the rows belong to whoever claims them next, and they will be
+                    // delivered again (at least once): these outcomes no longer count.
+                    Err(error) if started.elapsed() >= self.policy.lease => {
+                        tracing::error!(%error, dropped = buffer.len(), "gave up recording outcomes after the lease");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?delay, "cannot record delivery outcomes");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            buffer.clear();
+        }
+    }
+}
+
+/// Keeps a `LISTEN` connection open and wakes the worker on every notification; reconnects with
+/// backoff when PostgreSQL goes away. Polling covers the gaps.
+async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let connected = async {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            diesel::sql_query(format!("LISTEN {QUEUE_CHANNEL}"))
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(conn)
+        };
+        let mut conn = match tokio::time::timeout(Duration::from_secs(5), connected).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "LISTEN connection failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        delay = Duration::from_millis(200);
+        wake.notify_one();
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => wake.notify_one(),
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+    }
+}
