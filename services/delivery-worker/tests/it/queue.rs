@@ -1,0 +1,207 @@
+//! The queue under several workers, and under a worker killed mid-batch.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use delivery_worker::{
+    clock::SystemClock,
+    metrics::DeliveryMetrics,
+    policy::AddressPolicy,
+    sender::Sender,
+    store::Store,
+    worker::{Policy, Worker},
+};
+use sonora_proto::delivery::v1::GetQueueStatsRequest;
+use test_support::{TestDatabase, eventually};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Behavior, Receiver, endpoint, publish, settings, start};
+
+fn worker(s: &delivery_worker::Settings) -> Arc<Worker> {
+    let config = database::DatabaseConfig::from_settings(&s.database, delivery_worker::SCHEMA);
+    let store = Store::new(database::connect(&config).unwrap(), Arc::new(s.keyring()));
+    let policy = Arc::new(AddressPolicy::new(s.common.environment, vec![]));
+    let (_tx, rx) = tokio::sync::watch::channel(s.tuning);
+    Worker::new(
+        store,
+        Sender::new(policy, s.connect_timeout, s.request_timeout).unwrap(),
+        Arc::new(SystemClock),
+        DeliveryMetrics::register(&prometheus::Registry::new()),
+        Policy {
+            lease: s.lease,
+            schedule: s.schedule.clone(),
+            disable_after: s.disable_after,
+            failing_after_attempts: s.failing_after_attempts,
+            throttle: Duration::from_secs(5),
+        },
+        rx,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_deliver_a_thousand_messages_once_each() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    let s = settings(
+        &db,
+        &[("WORKER_ENABLED", "false"), ("WORKER_BATCH_SIZE", "50")],
+    );
+    let mut svc = start(s.clone(), None).await;
+    let c = &mut svc.client;
+    let paths = ["/p1", "/p2", "/p3", "/p4"];
+    for (i, path) in paths.iter().enumerate() {
+        // Each endpoint takes a different share of the event types.
+        let types: &[&str] = match i {
+            0 => &[],
+            1 => &["even"],
+            2 => &["odd"],
+            _ => &["even", "odd"],
+        };
+        endpoint(c, &receiver, "acme", path, types).await;
+    }
+    let stop = CancellationToken::new();
+    let url = s.database.url.expose().to_owned();
+    let workers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(worker(&s).run(url.clone(), stop.clone(), Duration::from_secs(10))))
+        .collect();
+    let mut expected = 0;
+    for i in 0..1000 {
+        let kind = if i % 2 == 0 { "even" } else { "odd" };
+        let published = c
+            .publish(publish(
+                "acme",
+                &format!("evt-{i}"),
+                kind,
+                serde_json::json!({ "i": i }),
+            ))
+            .await
+            .unwrap();
+        expected += published.into_inner().deliveries as usize;
+    }
+    assert_eq!(expected, 3000);
+    eventually(Duration::from_secs(120), "every delivery recorded", || {
+        let mut c = c.clone();
+        async move {
+            let stats = c
+                .get_queue_stats(GetQueueStatsRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (stats.delivered == 3000).then_some(())
+        }
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let received = receiver.received();
+    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+    for r in &received {
+        assert!(r.verified);
+        *counts.entry((r.path.clone(), r.id.clone())).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(counts.len(), 3000, "some deliveries are missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    // Slow answers keep deliveries in flight when the process dies.
+    receiver.set(
+        "/slow",
+        Behavior {
+            status: 200,
+            delay: Duration::from_millis(500),
+            retry_after: None,
+        },
+    );
+    let key = secret_box::generate_key();
+    let tuning = [
+        ("WORKER_LEASE", "3s"),
+        ("WEBHOOK_REQUEST_TIMEOUT", "2s"),
+        ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
+    ];
+    let mut extra = vec![("WORKER_ENABLED", "false")];
+    extra.extend(tuning);
+    let s = settings(&db, &extra);
+    let mut svc = start(s.clone(), None).await;
+    let c = &mut svc.client;
+    endpoint(c, &receiver, "acme", "/slow", &[]).await;
+    for i in 0..200 {
+        c.publish(publish(
+            "acme",
+            &format!("evt-{i}"),
+            "a.b",
+            serde_json::json!({ "i": i }),
+        ))
+        .await
+        .unwrap();
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
+        .env_clear()
+        .envs([
+            ("DATABASE_URL", db.url.as_str()),
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
+            ("WORKER_LEASE", "3s"),
+            ("WEBHOOK_REQUEST_TIMEOUT", "2s"),
+            ("MAX_CONCURRENT_DELIVERIES", "32"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+    eventually(
+        Duration::from_secs(30),
+        "the worker process to be mid-batch",
+        || async { (receiver.received_on("/slow").len() >= 40).then_some(()) },
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL: no drain, no recording.
+    child.wait().unwrap();
+    let seen_before = receiver.received_on("/slow").len();
+    assert!(
+        seen_before < 200,
+        "the process finished before it was killed"
+    );
+
+    // Another worker takes over; rows the dead one held come back when their lease expires.
+    let stop = CancellationToken::new();
+    let url = s.database.url.expose().to_owned();
+    let survivor = tokio::spawn(worker(&s).run(url, stop.clone(), Duration::from_secs(5)));
+    eventually(Duration::from_secs(90), "all 200 delivered", || {
+        let mut c = c.clone();
+        async move {
+            let stats = c
+                .get_queue_stats(GetQueueStatsRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (stats.delivered == 200).then_some(())
+        }
+    })
+    .await;
+    stop.cancel();
+    survivor.await.unwrap();
+    let mut ids: Vec<_> = receiver
+        .received_on("/slow")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every message arrived at least once");
+}
