@@ -100,9 +100,22 @@ fetch_voice() {
   VOICES_DIR="$VOICES_DIR" VOICE_NAME="$VOICE_ID" sh "$SONORA_ROOT/deploy/voices/fetch-voice.sh" >&2
 }
 
+# A development-only key for delivery-worker's secrets at rest, made once per machine and kept
+# outside the repository (mode 600). Production keys come from the operator's secret store.
+dev_webhook_key() {
+  local file="$SONORA_CACHE/dev-webhook-encryption-key"
+  if [ ! -s "$file" ]; then
+    mkdir -p "$SONORA_CACHE"
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$file")
+  fi
+  DEV_WEBHOOK_ENCRYPTION_KEY=$(cat "$file")
+  export DEV_WEBHOOK_ENCRYPTION_KEY
+}
+
 setup_all() {
   install_packages
   start_postgres
   start_redis
   fetch_voice
+  dev_webhook_key
 }

@@ -1,0 +1,294 @@
+//! Delivery benchmark (not a test): run with `scripts/bench-delivery`.
+//!
+//! 1. Throughput: enqueue a backlog of deliveries, start the workers, and measure how many
+//!    deliveries per second go from the PostgreSQL queue to a loopback receiver and are recorded.
+//! 2. Latency: publish at a fixed rate through the store (as the gRPC `Publish` does) while the
+//!    workers run, and measure enqueue-to-received latency at the receiver: p50, p99, max.
+//!
+//! It needs the PostgreSQL that `scripts/test` starts (`TEST_DATABASE_URL`) and makes its own
+//! database. Every number is printed with the parameters that produced it.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use delivery_worker::{
+    clock::SystemClock,
+    metrics::DeliveryMetrics,
+    policy::AddressPolicy,
+    retry::RetrySchedule,
+    sender::Sender,
+    store::{NewEndpoint, NewMessage, Signing, Store},
+    worker::{Policy, Tuning, Worker},
+};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, SimpleAsyncConnection as _};
+use tokio_util::sync::CancellationToken;
+use webhook_signature::SigningKey;
+
+/// When each (endpoint path, message id) arrived.
+type Arrivals = Arc<Mutex<HashMap<(String, String), Instant>>>;
+
+/// The receiver: a bare hyper server that answers 204 and notes when each message arrived.
+async fn receiver(arrivals: Arrivals) -> u16 {
+    use hyper::{Response, body::Incoming, server::conn::http1, service::service_fn};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let arrivals = Arc::clone(&arrivals);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    let arrivals = Arc::clone(&arrivals);
+                    async move {
+                        let id = req
+                            .headers()
+                            .get("webhook-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let path = req.uri().path().to_owned();
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        arrivals.lock().unwrap().insert((path, id), Instant::now());
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(204)
+                                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+struct Bench {
+    store: Store,
+    url: String,
+    keyring_key: String,
+}
+
+async fn setup(receiver_port: u16, endpoints: usize) -> Bench {
+    let admin = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://sonora:sonora-dev-password@127.0.0.1:5432/postgres".to_owned()
+    });
+    let name = format!("sonora_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&admin).await.unwrap();
+    conn.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let config = database::DatabaseConfig {
+        url: url.clone(),
+        schema: delivery_worker::SCHEMA,
+        pool_size: 16,
+        connect_timeout: Duration::from_secs(5),
+    };
+    database::migrate(&config, delivery_worker::MIGRATIONS)
+        .await
+        .unwrap();
+    let keyring_key = secret_box::generate_key();
+    let keyring = Arc::new(secret_box::Keyring::new(&keyring_key, &[]).unwrap());
+    let store = Store::new(database::connect(&config).unwrap(), keyring);
+    for i in 0..endpoints {
+        let key = SigningKey::parse(&SigningKey::generate_hmac()).unwrap();
+        store
+            .create_endpoint(
+                NewEndpoint {
+                    tenant: "bench".into(),
+                    url: format!("http://127.0.0.1:{receiver_port}/e{i}"),
+                    description: String::new(),
+                    event_types: None,
+                    channels: None,
+                    rate_limit_per_second: None,
+                    metadata: serde_json::json!({}),
+                    signing: Signing::Hmac,
+                },
+                &key,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+    }
+    Bench {
+        store,
+        url,
+        keyring_key,
+    }
+}
+
+fn worker(bench: &Bench, tuning: Tuning) -> Arc<Worker> {
+    let config = database::DatabaseConfig {
+        url: bench.url.clone(),
+        schema: delivery_worker::SCHEMA,
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let keyring = Arc::new(secret_box::Keyring::new(&bench.keyring_key, &[]).unwrap());
+    let store = Store::new(database::connect(&config).unwrap(), keyring);
+    let policy = Arc::new(AddressPolicy::new(
+        settings::Environment::Development,
+        vec![],
+    ));
+    let (_tx, rx) = tokio::sync::watch::channel(tuning);
+    Worker::new(
+        store,
+        Sender::new(policy, Duration::from_secs(5), Duration::from_secs(15)).unwrap(),
+        Arc::new(SystemClock),
+        DeliveryMetrics::register(&prometheus::Registry::new()),
+        Policy {
+            lease: Duration::from_secs(60),
+            schedule: RetrySchedule::default(),
+            disable_after: Duration::from_secs(5 * 86400),
+            failing_after_attempts: 4,
+            throttle: Duration::from_secs(5),
+        },
+        rx,
+    )
+}
+
+fn message(i: usize) -> NewMessage {
+    NewMessage {
+        tenant: "bench".into(),
+        event_id: format!("evt-{i}"),
+        event_type: "bench.event".into(),
+        payload: format!(
+            r#"{{"type":"bench.event","data":{{"i":{i},"text":"a payload of a realistic size for a webhook"}}}}"#
+        ),
+        channels: Vec::new(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let workers: usize = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let backlog: usize = std::env::var("BENCH_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let rate: usize = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let seconds: usize = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let endpoints = 4;
+    let tuning = Tuning {
+        batch_size: 200,
+        poll_interval: Duration::from_millis(500),
+        max_concurrent: 256,
+        per_endpoint: 64,
+    };
+    println!(
+        "delivery benchmark: {workers} worker instance(s), {endpoints} endpoints, batch {}, concurrency {} per worker",
+        tuning.batch_size, tuning.max_concurrent
+    );
+
+    // 1. Throughput from a backlog.
+    let arrivals: Arrivals = Arc::default();
+    let port = receiver(Arc::clone(&arrivals)).await;
+    let bench = setup(port, endpoints).await;
+    let messages = backlog / endpoints;
+    let fill = Instant::now();
+    for i in 0..messages {
+        bench
+            .store
+            .publish(&message(i), 8, Utc::now())
+            .await
+            .unwrap();
+    }
+    let deliveries = messages * endpoints;
+    println!(
+        "enqueued {deliveries} deliveries ({messages} messages x {endpoints} endpoints) in {:.1?}",
+        fill.elapsed()
+    );
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            tokio::spawn(worker(&bench, tuning).run(
+                bench.url.clone(),
+                stop.clone(),
+                Duration::from_secs(10),
+            ))
+        })
+        .collect();
+    loop {
+        let stats = bench.store.queue_stats(None).await.unwrap();
+        if stats.delivered as usize >= deliveries {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "throughput: {deliveries} deliveries sent and recorded in {elapsed:.2?} = {:.0} deliveries/s",
+        deliveries as f64 / elapsed.as_secs_f64()
+    );
+
+    // 2. Latency at a fixed rate, with the same workers still running.
+    arrivals.lock().unwrap().clear();
+    let total = rate * seconds;
+    let per_message = Duration::from_secs(1) / u32::try_from(rate / endpoints).unwrap().max(1);
+    let mut published: HashMap<String, Instant> = HashMap::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..total / endpoints {
+        tokio::time::sleep_until(start + per_message * u32::try_from(i).unwrap()).await;
+        let at = Instant::now();
+        let out = bench
+            .store
+            .publish(&message(1_000_000 + i), 8, Utc::now())
+            .await
+            .unwrap();
+        published.insert(out.message_id, at);
+    }
+    let sent = published.len() * endpoints;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().unwrap().len() < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let arrivals = arrivals.lock().unwrap();
+    let mut latencies: Vec<Duration> = arrivals
+        .iter()
+        .filter_map(|((_, id), got)| {
+            published
+                .get(id)
+                .map(|at| got.saturating_duration_since(*at))
+        })
+        .collect();
+    latencies.sort();
+    println!(
+        "latency at {rate} deliveries/s for {seconds}s, enqueue to received: p50 {:.1?}, p99 {:.1?}, max {:.1?} ({} of {sent} deliveries arrived)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+        latencies.len(),
+    );
+}
