@@ -225,3 +225,7 @@ pub async fn assert_operational(base: &str, components: &[&str]) {
     );
     assert!(text.contains("route=\"/health\""), "{text}");
 }
+
+/// A fixed key for `WEBHOOK_SECRET_ENCRYPTION_KEY` in tests only (base64 of 32 ASCII bytes that
+/// say so). Never use it anywhere else.
+pub const TEST_WEBHOOK_ENCRYPTION_KEY: &str = "dGVzdC1vbmx5LWtleS1uZXZlci1pbi1wcm9kdWN0biE=";

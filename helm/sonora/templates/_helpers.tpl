@@ -57,7 +57,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret holding DATABASE_URL and REDIS_URL. */}}
+{{/* The Secret holding DATABASE_URL, REDIS_URL and the webhook secret encryption keys. */}}
 {{- define "sonora.secretName" -}}
 {{- if .Values.secrets.existingSecret -}}
 {{- .Values.secrets.existingSecret -}}
@@ -79,7 +79,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/*
 What the chart knows about each service and never asks for in values: which
-stores it uses and which gRPC peers it calls. Read with
+stores it uses, whether it needs the webhook secret encryption keys
+(encryption), and which gRPC peers it calls. Read with
   $catalog := include "sonora.catalog" . | fromYaml
 */}}
 {{- define "sonora.catalog" -}}
@@ -88,36 +89,42 @@ gateway:
   public: true
   database: true
   redis: true
+  encryption: false
   peers: [tts-inference, audio-generation, delivery-worker]
 webhook-ingest:
   component: webhooks
   public: true
   database: true
   redis: true
+  encryption: false
   peers: [audio-generation, delivery-worker]
 tts-inference:
   component: inference
   public: false
   database: false
   redis: false
+  encryption: false
   peers: []
 audio-generation:
   component: audio
   public: false
   database: true
   redis: false
+  encryption: false
   peers: [delivery-worker]
 delivery-worker:
   component: delivery
   public: false
   database: true
   redis: false
+  encryption: true
   peers: []
 replicate-simulator:
   component: simulator
   public: false
   database: false
   redis: false
+  encryption: false
   peers: []
 {{- end -}}
 
@@ -185,6 +192,20 @@ The environment of one service's container, after envFrom the shared ConfigMap:
       name: {{ include "sonora.secretName" $root }}
       key: {{ $root.Values.secrets.redisUrlKey }}
 {{- end }}
+{{- if $facts.encryption }}
+- name: WEBHOOK_SECRET_ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.webhookSecretEncryptionKeyKey }}
+- name: WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.webhookSecretEncryptionPreviousKeysKey }}
+      # Only present during a key rotation.
+      optional: true
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -215,6 +236,16 @@ settings inline (a hook runs before the release's ConfigMap exists).
         secretKeyRef:
           name: {{ .secretName }}
           key: {{ $root.Values.secrets.databaseUrlKey }}
+    {{- if (index (include "sonora.catalog" $root | fromYaml) .service).encryption }}
+    {{- /* `delivery-worker migrate` loads every delivery-worker setting, and
+    WEBHOOK_SECRET_ENCRYPTION_KEY is required: without it the command stops
+    with exit code 64. It does not use the key. */}}
+    - name: WEBHOOK_SECRET_ENCRYPTION_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ $root.Values.secrets.webhookSecretEncryptionKeyKey }}
+    {{- end }}
   resources:
     {{- toYaml $root.Values.migrations.resources | nindent 4 }}
   securityContext:

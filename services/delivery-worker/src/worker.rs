@@ -424,7 +424,12 @@ impl Worker {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = self.wake.notified() => {}
-                    _ = reloads.changed() => {}
+                    () = async {
+                        // With the sender gone there is nothing to reload: wait on the rest.
+                        if reloads.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    } => {}
                     () = tokio::time::sleep(tuning.poll_interval) => {}
                 }
             }

@@ -12,7 +12,14 @@ async fn ready_with_database_storage_and_peer() {
     let db = TestDatabase::create().await.unwrap();
     let signals = Signals::new();
     let delivery = delivery_worker::Application::build(
-        delivery_worker::Settings::load(&sources([("DATABASE_URL", db.url.clone())])).unwrap(),
+        delivery_worker::Settings::load(&sources([
+            ("DATABASE_URL", db.url.clone()),
+            (
+                "WEBHOOK_SECRET_ENCRYPTION_KEY",
+                test_support::TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
+            ),
+        ]))
+        .unwrap(),
         signals.clone(),
     )
     .unwrap();

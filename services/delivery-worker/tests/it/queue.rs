@@ -205,3 +205,76 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     ids.dedup();
     assert_eq!(ids.len(), 200, "every message arrived at least once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_worker_limits_without_stopping() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    let key = secret_box::generate_key();
+    let dir = std::env::temp_dir().join(format!("dw-reload-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sonora.toml");
+    std::fs::write(&file, "WORKER_BATCH_SIZE = 10\nMAX_CONCURRENT_DELIVERIES = 4\n").unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
+        .env_clear()
+        .envs([
+            ("DATABASE_URL", db.url.as_str()),
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
+            ("SONORA_CONFIG_FILE", file.to_str().unwrap()),
+            ("LOG_FORMAT", "json"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(event);
+            }
+        }
+    });
+    let grpc_port = loop {
+        let event = lines.recv().await.expect("the service logs its ports");
+        if let Some(port) = event["grpc_port"].as_u64() {
+            break u16::try_from(port).unwrap();
+        }
+    };
+    let mut c = crate::support::client(grpc_port).await;
+    endpoint(&mut c, &receiver, "acme", "/r", &[]).await;
+    c.publish(publish("acme", "before", "a.b", serde_json::json!({}))).await.unwrap();
+    eventually(Duration::from_secs(20), "delivery before reload", || async {
+        (!receiver.received_on("/r").is_empty()).then_some(())
+    })
+    .await;
+
+    std::fs::write(&file, "WORKER_BATCH_SIZE = 250\nMAX_CONCURRENT_DELIVERIES = 32\n").unwrap();
+    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let reloaded = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = lines.recv().await.expect("still logging");
+            if event["message"] == "worker limits reloaded" {
+                break event;
+            }
+        }
+    })
+    .await
+    .expect("a reload line");
+    let new = reloaded["new"].as_str().unwrap_or_default().to_owned();
+    assert!(new.contains("batch_size: 250") && new.contains("max_concurrent: 32"), "{reloaded}");
+
+    // Still running and delivering.
+    c.publish(publish("acme", "after", "a.b", serde_json::json!({}))).await.unwrap();
+    eventually(Duration::from_secs(20), "delivery after reload", || async {
+        (receiver.received_on("/r").len() >= 2).then_some(())
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

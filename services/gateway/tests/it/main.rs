@@ -46,7 +46,14 @@ async fn start(options: Options) -> (Stack, Option<(TcpProxy, TcpProxy)>) {
     )
     .unwrap();
     let delivery = delivery_worker::Application::build(
-        delivery_worker::Settings::load(&sources([("DATABASE_URL", db.url.clone())])).unwrap(),
+        delivery_worker::Settings::load(&sources([
+            ("DATABASE_URL", db.url.clone()),
+            (
+                "WEBHOOK_SECRET_ENCRYPTION_KEY",
+                test_support::TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
+            ),
+        ]))
+        .unwrap(),
         signals.clone(),
     )
     .unwrap();
