@@ -104,10 +104,22 @@ where
 
 /// An HTTP client for tests, with a timeout so a hung server fails the test instead of hanging it.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+    client_builder().build().expect("client builds")
+}
+
+/// A client that opens a new connection for every request, for checking whether a server still
+/// accepts connections.
+pub fn fresh_http_client() -> reqwest::Client {
+    client_builder()
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client builds")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    // The workspace builds reqwest with rustls and no default crypto provider: ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30))
 }
 
 /// GETs `url` and returns the status and the body parsed as JSON (`Null` when it is not JSON).

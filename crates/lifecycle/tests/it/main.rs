@@ -59,11 +59,7 @@ async fn in_flight_request_finishes_after_shutdown_and_new_ones_are_refused() {
         Duration::from_secs(5),
         "new connections refused",
         || async {
-            let fresh = reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap();
-            fresh
+            test_support::fresh_http_client()
                 .get(format!("{base}/health"))
                 .send()
                 .await

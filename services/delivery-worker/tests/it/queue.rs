@@ -214,7 +214,11 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
     let dir = std::env::temp_dir().join(format!("dw-reload-{}", db.name));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("sonora.toml");
-    std::fs::write(&file, "WORKER_BATCH_SIZE = 10\nMAX_CONCURRENT_DELIVERIES = 4\n").unwrap();
+    std::fs::write(
+        &file,
+        "WORKER_BATCH_SIZE = 10\nMAX_CONCURRENT_DELIVERIES = 4\n",
+    )
+    .unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
         .env_clear()
@@ -246,14 +250,25 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
     };
     let mut c = crate::support::client(grpc_port).await;
     endpoint(&mut c, &receiver, "acme", "/r", &[]).await;
-    c.publish(publish("acme", "before", "a.b", serde_json::json!({}))).await.unwrap();
-    eventually(Duration::from_secs(20), "delivery before reload", || async {
-        (!receiver.received_on("/r").is_empty()).then_some(())
-    })
+    c.publish(publish("acme", "before", "a.b", serde_json::json!({})))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "delivery before reload",
+        || async { (!receiver.received_on("/r").is_empty()).then_some(()) },
+    )
     .await;
 
-    std::fs::write(&file, "WORKER_BATCH_SIZE = 250\nMAX_CONCURRENT_DELIVERIES = 32\n").unwrap();
-    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    std::fs::write(
+        &file,
+        "WORKER_BATCH_SIZE = 250\nMAX_CONCURRENT_DELIVERIES = 32\n",
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let reloaded = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -266,15 +281,25 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
     .await
     .expect("a reload line");
     let new = reloaded["new"].as_str().unwrap_or_default().to_owned();
-    assert!(new.contains("batch_size: 250") && new.contains("max_concurrent: 32"), "{reloaded}");
+    assert!(
+        new.contains("batch_size: 250") && new.contains("max_concurrent: 32"),
+        "{reloaded}"
+    );
 
     // Still running and delivering.
-    c.publish(publish("acme", "after", "a.b", serde_json::json!({}))).await.unwrap();
+    c.publish(publish("acme", "after", "a.b", serde_json::json!({})))
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "delivery after reload", || async {
         (receiver.received_on("/r").len() >= 2).then_some(())
     })
     .await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
