@@ -336,6 +336,11 @@ impl Database {
         }
     }
 
+    /// True once the migrations are applied.
+    pub fn is_migrated(&self) -> bool {
+        matches!(&*self.migrated.borrow(), MigrationState::Done)
+    }
+
     /// Resolves once the migrations are applied.
     pub async fn migrated(&self) {
         let mut rx = self.migrated.subscribe();

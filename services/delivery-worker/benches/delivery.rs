@@ -8,6 +8,11 @@
 //! It needs the PostgreSQL that `scripts/test` starts (`TEST_DATABASE_URL`) and makes its own
 //! database. Every number is printed with the parameters that produced it.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "a benchmark reports on standard output"
+)]
+
 use std::{
     collections::HashMap,
     convert::Infallible,

@@ -252,6 +252,7 @@ fn attempt_to_proto(row: AttemptRow) -> pb::Attempt {
 
 /// The service.
 pub struct DeliveryApi {
+    pub database: database::Database,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub policy: Arc<AddressPolicy>,
@@ -259,6 +260,17 @@ pub struct DeliveryApi {
 }
 
 impl DeliveryApi {
+    /// Calls that arrive before the schema exists get a retryable answer, not an internal error.
+    fn ready(&self) -> Result<(), Status> {
+        if self.database.is_migrated() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "starting: the database migrations are being applied; retry shortly",
+            ))
+        }
+    }
+
     fn check_url(&self, url: &str) -> Result<String, Status> {
         if url.len() > 2048 {
             return Err(invalid("url", "is longer than 2048 characters"));
@@ -305,6 +317,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         token_chars("event_id", &r.event_id, 256, |c| !c.is_control())?;
@@ -346,6 +359,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::CreateEndpointRequest>,
     ) -> Result<Response<pb::CreateEndpointResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let url = self.check_url(&r.url)?;
@@ -384,6 +398,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::GetEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         Ok(Response::new(endpoint_to_proto(
@@ -395,6 +410,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
@@ -413,6 +429,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::UpdateEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let url = r.url.as_deref().map(|u| self.check_url(u)).transpose()?;
@@ -449,6 +466,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::DeleteEndpointRequest>,
     ) -> Result<Response<pb::DeleteEndpointResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         self.store
@@ -461,6 +479,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::GetEndpointSecretRequest>,
     ) -> Result<Response<pb::EndpointSecret>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let key = self
@@ -476,6 +495,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::RotateEndpointSecretRequest>,
     ) -> Result<Response<pb::EndpointSecret>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let endpoint = self.store.get_endpoint(&r.tenant, &r.id).await?;
@@ -500,6 +520,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         if !r.event_type.is_empty() {
@@ -528,6 +549,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
@@ -553,6 +575,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::ListAttemptsRequest>,
     ) -> Result<Response<pb::ListAttemptsResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
@@ -578,6 +601,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::RetryDeliveryRequest>,
     ) -> Result<Response<pb::Delivery>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let row = self
@@ -596,6 +620,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         tenant(&r.tenant)?;
         let count = self
@@ -618,6 +643,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         if !r.tenant.is_empty() {
             tenant(&r.tenant)?;
@@ -641,6 +667,7 @@ impl Api for DeliveryApi {
         &self,
         request: Request<pb::CleanupDeliveredRequest>,
     ) -> Result<Response<pb::CleanupDeliveredResponse>, Status> {
+        self.ready()?;
         let r = request.into_inner();
         if r.older_than_days == 0 || r.older_than_days > 3650 {
             return Err(invalid("older_than_days", "must be between 1 and 3650"));

@@ -304,6 +304,7 @@ impl Application {
         let router = tonic::transport::Server::builder()
             .trace_fn(grpc_server_span)
             .add_service(DeliveryServiceServer::new(grpc::DeliveryApi {
+                database: database.clone(),
                 store,
                 clock,
                 policy,

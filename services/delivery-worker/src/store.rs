@@ -246,6 +246,9 @@ pub struct Claimed {
     pub url: String,
     #[diesel(sql_type = Nullable<Integer>)]
     pub rate_limit_per_second: Option<i32>,
+    /// The endpoint's live secrets, sealed, newest first.
+    #[diesel(sql_type = Nullable<Array<Bytea>>)]
+    pub sealed_secrets: Option<Vec<Vec<u8>>>,
 }
 
 /// What became of one claimed delivery, decided by the worker.
@@ -558,9 +561,14 @@ impl Store {
     }
 
     fn open_secret(&self, row: &SecretRow) -> Result<SigningKey> {
+        self.open_sealed(&row.ciphertext, &row.endpoint_id)
+    }
+
+    /// Opens one sealed secret of `endpoint_id` into a signing key.
+    pub fn open_sealed(&self, sealed: &[u8], endpoint_id: &str) -> Result<SigningKey> {
         let plain = self
             .keyring
-            .open(&row.ciphertext, &row.endpoint_id)
+            .open(sealed, endpoint_id)
             .map_err(|e| StoreError::Secret(e.to_string()))?;
         let text = String::from_utf8(plain).map_err(|e| StoreError::Secret(e.to_string()))?;
         SigningKey::parse(&text).map_err(|e| StoreError::Secret(e.to_string()))
@@ -688,7 +696,8 @@ impl Store {
         Ok(published)
     }
 
-    /// Claims up to `limit` due deliveries for `lease` under `claim_id`.
+    /// Claims up to `limit` due deliveries for `lease` under `claim_id`, each with its endpoint's
+    /// live secrets (one round trip for the whole batch).
     pub async fn claim(
         &self,
         claim_id: Uuid,
@@ -709,7 +718,9 @@ impl Store {
                RETURNING d.id, d.message_id, d.endpoint_id, d.attempt_count, d.max_attempts, d.created_at \
              ) \
              SELECT c.id, c.message_id, c.endpoint_id, c.attempt_count, c.max_attempts, \
-                    c.created_at AS enqueued_at, m.tenant, m.event_type, m.payload, e.url, e.rate_limit_per_second \
+                    c.created_at AS enqueued_at, m.tenant, m.event_type, m.payload, e.url, e.rate_limit_per_second, \
+                    (SELECT array_agg(s.ciphertext ORDER BY s.created_at DESC, s.id DESC) FROM endpoint_secrets s \
+                      WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)) AS sealed_secrets \
              FROM claimed c JOIN messages m ON m.id = c.message_id JOIN endpoints e ON e.id = c.endpoint_id \
              ORDER BY c.id",
         )

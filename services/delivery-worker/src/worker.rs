@@ -278,14 +278,25 @@ impl Worker {
                 now,
             )
             .await?;
-        let mut endpoints: Vec<String> = claimed.iter().map(|c| c.endpoint_id.clone()).collect();
-        endpoints.sort();
-        endpoints.dedup();
-        let keys = if endpoints.is_empty() {
-            HashMap::new()
-        } else {
-            self.store.signing_keys(&endpoints, now).await?
-        };
+        // Open each endpoint's secrets once per batch.
+        let mut keys: HashMap<String, Vec<SigningKey>> = HashMap::new();
+        for c in &claimed {
+            if keys.contains_key(&c.endpoint_id) {
+                continue;
+            }
+            let mut opened = Vec::new();
+            for sealed in c.sealed_secrets.iter().flatten() {
+                match self.store.open_sealed(sealed, &c.endpoint_id) {
+                    Ok(key) => opened.push(key),
+                    // A secret that does not open (a key missing from the keyring) is left out;
+                    // the others still sign, and with none the attempt fails visibly.
+                    Err(error) => {
+                        tracing::error!(endpoint_id = %c.endpoint_id, %error, "endpoint secret")
+                    }
+                }
+            }
+            keys.insert(c.endpoint_id.clone(), opened);
+        }
         Ok((claim_id, claimed, keys))
     }
 

@@ -249,6 +249,24 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
         }
     };
     let mut c = crate::support::client(grpc_port).await;
+    // Until its migrations are applied the service answers UNAVAILABLE, which callers retry.
+    eventually(
+        Duration::from_secs(30),
+        "the service to accept calls",
+        || {
+            let mut c = c.clone();
+            async move {
+                match c.get_queue_stats(GetQueueStatsRequest::default()).await {
+                    Ok(_) => Some(()),
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .await;
     endpoint(&mut c, &receiver, "acme", "/r", &[]).await;
     c.publish(publish("acme", "before", "a.b", serde_json::json!({})))
         .await
