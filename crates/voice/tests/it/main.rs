@@ -1,0 +1,1 @@
+//! Integration tests of the voice crate against the real default voice.
