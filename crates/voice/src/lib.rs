@@ -5,15 +5,35 @@
 //! protobuf in pure Rust ([`Weights`]), parses the configuration ([`VoiceConfig`]), and runs the
 //! VITS inference itself ([`model::Vits`]): the ONNX graph is never executed.
 //!
+//! # Equivalence with Piper's ONNX model
+//!
+//! `tests/it/equivalence.rs` runs each stage on the reference's own input for that stage and
+//! compares it with onnxruntime running the same `.onnx` file (noise off: `noise_scale = noise_w =
+//! 0`, `length_scale = 1`). Reference tensors are made at test time by
+//! `tests/reference/make_reference.py`. Largest absolute differences allowed, and measured for
+//! `en_US-joe-medium` on a 105-id sentence and a 5-id one:
+//!
+//! | stage | output | allowed | measured |
+//! | --- | --- | --- | --- |
+//! | text encoder | `x`, `m_p`, `logs_p` | 5e-5 | 7.8e-6 |
+//! | duration predictor (`noise_w = 0`) | `logw` | 1e-4 | 1.5e-5, and identical frame counts |
+//! | length regulation | expanded prior `z_p` | exact | 0 |
+//! | coupling flows (reverse) | `z` | 2e-4 | 4.8e-5 |
+//! | decoder (on the chain's `z` and on a random `z`) | audio | 1e-5 | 8.9e-7 |
+//! | all stages, ids to audio | audio | 1e-4 | 1.3e-5 |
+//!
 //! The crate does no network IO. It reads voice files, and it starts `espeak-ng` as a separate
 //! process for phonemes (espeak-ng is GPL, so it is never linked).
 
 pub mod config;
+pub mod model;
+mod spline;
 pub mod weights;
 
 use std::path::PathBuf;
 
 pub use config::VoiceConfig;
+pub use model::{Encoded, Scales, Vits};
 pub use weights::Weights;
 
 /// Everything that can go wrong while loading or running a voice.

@@ -258,7 +258,10 @@ mod tests {
         let mut typed = tensor_proto("a", FLOAT, vec![2, 2]);
         typed.float_data = vec![1.0, 2.0, 3.0, 4.0];
         let t = decode_tensor(&typed, &dev).unwrap();
-        assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
 
         let mut raw = tensor_proto("b", FLOAT, vec![3]);
         raw.raw_data = [1.5f32, -2.0, 0.25]
@@ -278,7 +281,10 @@ mod tests {
             .collect::<Vec<u8>>()
             .into();
         assert_eq!(
-            decode_tensor(&ints, &dev).unwrap().to_vec1::<i64>().unwrap(),
+            decode_tensor(&ints, &dev)
+                .unwrap()
+                .to_vec1::<i64>()
+                .unwrap(),
             vec![7, -3]
         );
 
@@ -307,8 +313,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let weights =
-            Weights::from_onnx_bytes(model.encode_to_vec().into(), &Device::Cpu).unwrap();
+        let weights = Weights::from_onnx_bytes(model.encode_to_vec().into(), &Device::Cpu).unwrap();
         assert_eq!(weights.len(), 2);
         let w = weights.get("flow.flows.2.enc.in_layers.1.weight").unwrap();
         assert_eq!(w.to_vec1::<f32>().unwrap(), vec![0.5]);
