@@ -28,6 +28,7 @@
 pub mod config;
 pub mod model;
 mod spline;
+pub mod text;
 pub mod weights;
 
 use std::path::PathBuf;
