@@ -27,6 +27,7 @@
 
 pub mod config;
 pub mod model;
+pub mod phonemes;
 mod spline;
 pub mod text;
 pub mod weights;
@@ -35,6 +36,7 @@ use std::path::PathBuf;
 
 pub use config::VoiceConfig;
 pub use model::{Encoded, Scales, Vits};
+pub use phonemes::{Phonemizer, phoneme_ids};
 pub use weights::Weights;
 
 /// Everything that can go wrong while loading or running a voice.
@@ -57,6 +59,9 @@ pub enum Error {
     /// A tensor the model needs is absent.
     #[error("the voice model lacks the tensor {0}")]
     MissingTensor(String),
+    /// espeak-ng could not be run or gave no usable answer.
+    #[error("phonemisation failed: {0}")]
+    Phonemizer(String),
     /// A tensor computation failed (usually a shape mismatch: a voice of another architecture).
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

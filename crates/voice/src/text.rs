@@ -94,10 +94,10 @@ fn normalize_token(token: &str, next: Option<&str>) -> String {
             return format!("{lead}{full}{stop}{tail}");
         }
     }
-    if rest == "No." || rest == "no." {
-        if next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())) {
-            return format!("{lead}number");
-        }
+    if (rest == "No." || rest == "no.")
+        && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return format!("{lead}number");
     }
     let end = rest
         .rfind(|c: char| c.is_alphanumeric() || c == '%')

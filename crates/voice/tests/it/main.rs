@@ -8,3 +8,4 @@
 mod common;
 mod equivalence;
 mod loading;
+mod phonemes;
