@@ -29,6 +29,7 @@ pub mod config;
 pub mod model;
 pub mod phonemes;
 mod spline;
+mod synth;
 pub mod text;
 pub mod weights;
 
@@ -37,6 +38,7 @@ use std::path::PathBuf;
 pub use config::VoiceConfig;
 pub use model::{Encoded, Scales, Vits};
 pub use phonemes::{Phonemizer, phoneme_ids};
+pub use synth::{Chunk, Voice};
 pub use weights::Weights;
 
 /// Everything that can go wrong while loading or running a voice.
