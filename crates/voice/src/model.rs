@@ -38,6 +38,9 @@ const LRELU_SLOPE: f64 = 0.1;
 #[derive(Debug, Clone)]
 struct Conv1d {
     weight: Tensor,
+    /// For ungrouped kernels wider than 1: the weight as `[Cout, K * Cin]`, offset-major, the
+    /// left operand of the one matrix product that [`Conv1d::forward`] reduces a block to.
+    stacked: Option<Tensor>,
     bias: Option<Tensor>,
     padding: usize,
     dilation: usize,
@@ -58,8 +61,21 @@ impl Conv1d {
         } else {
             None
         };
+        let weight = w.get(&format!("{prefix}.weight"))?.clone();
+        let (c_out, c_in, kernel) = weight.dims3()?;
+        let stacked = if kernel > 1 && groups == 1 {
+            Some(
+                weight
+                    .permute((0, 2, 1))?
+                    .contiguous()?
+                    .reshape((c_out, kernel * c_in))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
-            weight: w.get(&format!("{prefix}.weight"))?.clone(),
+            weight,
+            stacked,
             bias,
             padding,
             dilation,
@@ -84,6 +100,8 @@ impl Conv1d {
             // A pointwise convolution is a matrix product; candle's conv path would im2col first.
             let w = self.weight.squeeze(2)?;
             w.broadcast_matmul(x)?
+        } else if let Some(stacked) = &self.stacked {
+            self.forward_stacked(stacked, x)?
         } else {
             x.conv1d(&self.weight, self.padding, 1, self.dilation, self.groups)?
         };
@@ -91,6 +109,38 @@ impl Conv1d {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+impl Conv1d {
+    /// Samples per block in [`Conv1d::forward_stacked`]: small enough that a block's stacked
+    /// input (`K * Cin` rows) stays in cache, large enough to keep the matrix product efficient.
+    /// Measured on the decoder's sizes: about twice as fast as candle's `conv1d` at 2048.
+    const BLOCK: usize = 2048;
+
+    /// The convolution as one matrix product per block of time: the `K` shifted (dilated) views
+    /// of the padded input are stacked into `[K * Cin, n]` and multiplied by the stacked weight.
+    /// This is im2col in the layout gemm likes, done block by block.
+    fn forward_stacked(&self, stacked: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (_, _, len) = x.dims3()?;
+        let kernel = self.weight.dim(2)?;
+        let span = self.dilation * (kernel - 1);
+        let padded = x
+            .squeeze(0)?
+            .pad_with_zeros(1, self.padding, self.padding)?;
+        let out_len = padded.dim(1)? - span;
+        debug_assert_eq!(out_len, len + 2 * self.padding - span);
+        let mut blocks = Vec::with_capacity(out_len.div_ceil(Self::BLOCK));
+        let mut start = 0;
+        while start < out_len {
+            let n = Self::BLOCK.min(out_len - start);
+            let views = (0..kernel)
+                .map(|k| padded.narrow(1, start + k * self.dilation, n))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            blocks.push(stacked.matmul(&Tensor::cat(&views, 0)?)?);
+            start += n;
+        }
+        Ok(Tensor::cat(&blocks, 1)?.unsqueeze(0)?)
     }
 }
 
@@ -711,9 +761,12 @@ impl Generator {
         }
         for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
             x = leaky_relu(&x, LRELU_SLOPE)?;
-            x = x
-                .conv_transpose1d(&up.weight, up.padding, 0, up.stride, 1, 1)?
-                .broadcast_add(&up.bias)?;
+            // candle's fast transposed convolution (matmul + col2im) only runs without padding;
+            // with padding it falls back to a direct loop that is many times slower. Padding a
+            // transposed convolution only trims the output, so trim it here instead.
+            let full = x.conv_transpose1d(&up.weight, 0, 0, up.stride, 1, 1)?;
+            let len = full.dim(2)? - 2 * up.padding;
+            x = full.narrow(2, up.padding, len)?.broadcast_add(&up.bias)?;
             let mut sum: Option<Tensor> = None;
             for block in blocks {
                 let y = block.forward(&x)?;
