@@ -1,6 +1,6 @@
 //! Text in, audio out, one sentence at a time.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use candle_core::Device;
 
@@ -97,5 +97,37 @@ impl Voice {
                     samples,
                 })
             }))
+    }
+
+    /// Synthesises `text` on a blocking thread of the current tokio runtime and hands each
+    /// sentence's audio over as soon as it is made. The channel holds one chunk: inference stays
+    /// at most one sentence ahead of the consumer, and dropping the receiver stops the work after
+    /// the sentence in progress.
+    ///
+    /// Errors (bad speaker, espeak-ng failure, inference failure) arrive as the last item.
+    pub fn stream(
+        self: Arc<Self>,
+        text: String,
+        speaker: Option<u32>,
+        scales: Scales,
+    ) -> tokio::sync::mpsc::Receiver<Result<Chunk, Error>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::task::spawn_blocking(move || {
+            let chunks = match self.synthesize(&text, speaker, scales) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for chunk in chunks {
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    // The receiver is gone (client left) or the stream ended in an error.
+                    return;
+                }
+            }
+        });
+        rx
     }
 }

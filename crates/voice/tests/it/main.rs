@@ -9,3 +9,4 @@ mod common;
 mod equivalence;
 mod loading;
 mod phonemes;
+mod synthesis;
