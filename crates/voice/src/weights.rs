@@ -6,7 +6,8 @@
 //! - folds weight norm into the coupling flows' convolutions and stores the result as
 //!   `onnx::Conv_NNNN`; the consuming node (`/flow/flows.6/enc/in_layers.0/Conv`) names the owner,
 //!   so the tensor becomes `flow.flows.6.enc.in_layers.0.weight`;
-//! - stores the phoneme embedding table as `sid` (it becomes `enc_p.emb.weight`);
+//! - stores the phoneme embedding table as `sid` (it becomes `enc_p.emb.weight`, named by the
+//!   `/enc_p/emb/Gather` node that reads it; a speaker table is named by `/emb_g/Gather` alike);
 //! - stores `dp.flows.0` pre-computed as `exp(-logs)` under `/dp/flows.0/Exp_output_0` (it becomes
 //!   `dp.flows.0.exp_neg_logs`).
 
@@ -106,25 +107,32 @@ impl Weights {
 ///
 /// `consumer` is the first node that reads the initializer, with the input slot it reads it at.
 pub fn canonical_name(stored: &str, consumer: Option<(&str, usize)>) -> String {
-    match stored {
-        "sid" => return "enc_p.emb.weight".to_owned(),
-        "/dp/flows.0/Exp_output_0" => return "dp.flows.0.exp_neg_logs".to_owned(),
+    if stored == "/dp/flows.0/Exp_output_0" {
+        return "dp.flows.0.exp_neg_logs".to_owned();
+    }
+    let owner_op = consumer.and_then(|(node, slot)| {
+        let (owner, op) = node.strip_prefix('/')?.rsplit_once('/')?;
+        Some((owner.replace('/', "."), op, slot))
+    });
+    match owner_op {
+        // An embedding table is the data input of its module's Gather. This is how the phoneme
+        // table stored as `sid` (and a speaker table, whatever it is called) gets its name back.
+        Some((owner, op, 0)) if op.starts_with("Gather") && !stored.contains('.') => {
+            return format!("{owner}.weight");
+        }
+        // Weight-normed convolutions were folded and renamed `onnx::Conv_NNNN`; Conv and
+        // ConvTranspose take (input, weight, bias). Other `onnx::` tensors are graph constants.
+        Some((owner, op, slot)) if stored.starts_with("onnx::") && op.starts_with("Conv") => {
+            match slot {
+                1 => return format!("{owner}.weight"),
+                2 => return format!("{owner}.bias"),
+                _ => {}
+            }
+        }
         _ => {}
     }
-    if stored.starts_with("onnx::")
-        && let Some((node, slot)) = consumer
-        && let Some((owner, op)) = node.strip_prefix('/').and_then(|path| path.rsplit_once('/'))
-        // Only convolutions' weights were renamed; other `onnx::` tensors are graph constants.
-        && (op.starts_with("Conv"))
-    {
-        let owner = owner.replace('/', ".");
-        // Conv and ConvTranspose take (input, weight, bias).
-        let what = match slot {
-            1 => "weight",
-            2 => "bias",
-            _ => return stored.to_owned(),
-        };
-        return format!("{owner}.{what}");
+    if stored == "sid" {
+        return "enc_p.emb.weight".to_owned();
     }
     stored.to_owned()
 }
@@ -228,6 +236,20 @@ mod tests {
             "flow.flows.0.enc.res_skip_layers.3.bias"
         );
         assert_eq!(canonical_name("sid", None), "enc_p.emb.weight");
+        assert_eq!(
+            canonical_name("sid", Some(("/enc_p/emb/Gather", 0))),
+            "enc_p.emb.weight"
+        );
+        // A multi-speaker voice's speaker table, named by its Gather.
+        assert_eq!(
+            canonical_name("onnx::Gather_12", Some(("/emb_g/Gather", 0))),
+            "emb_g.weight"
+        );
+        // A tensor that already has a PyTorch name keeps it.
+        assert_eq!(
+            canonical_name("emb_g.weight", Some(("/emb_g/Gather", 0))),
+            "emb_g.weight"
+        );
         assert_eq!(
             canonical_name("/dp/flows.0/Exp_output_0", None),
             "dp.flows.0.exp_neg_logs"
