@@ -1,0 +1,209 @@
+//! Phonemes from espeak-ng, and the phoneme ids a voice understands.
+//!
+//! espeak-ng is GPL-3, so it runs as a separate program (`espeak-ng -q --ipa -v VOICE`), never
+//! linked. Piper's own phonemizer calls the library clause by clause and appends each clause's
+//! punctuation (`,` `;` `:` followed by a space, `.` `?` `!` at the sentence end); this module
+//! reproduces that by splitting clauses itself ([`crate::text::split_clauses`]) and sending them to
+//! one espeak-ng process, one clause per line, which answers one line per clause.
+//!
+//! Cost: one process per batch of sentences (about 13 ms to start here), not one per clause.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::{Error, VoiceConfig, text};
+
+/// Runs espeak-ng for one voice.
+#[derive(Debug, Clone)]
+pub struct Phonemizer {
+    program: PathBuf,
+    voice: String,
+}
+
+impl Phonemizer {
+    /// espeak-ng from `PATH`, speaking `voice` (for example `en-us`, from the voice's config).
+    pub fn new(voice: &str) -> Result<Self, Error> {
+        Self::with_program("espeak-ng", voice)
+    }
+
+    /// A specific espeak-ng executable.
+    pub fn with_program(program: impl Into<PathBuf>, voice: &str) -> Result<Self, Error> {
+        // The voice name becomes a command-line argument: refuse anything that could be read as
+        // an option or a path.
+        let ok = !voice.is_empty()
+            && !voice.starts_with('-')
+            && voice
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+'));
+        if !ok {
+            return Err(Error::Phonemizer(format!(
+                "invalid espeak-ng voice {voice:?}"
+            )));
+        }
+        Ok(Self {
+            program: program.into(),
+            voice: voice.to_owned(),
+        })
+    }
+
+    /// IPA phonemes of one sentence, with Piper's punctuation.
+    pub fn phonemize(&self, sentence: &str) -> Result<String, Error> {
+        Ok(self.phonemize_all(&[sentence])?.pop().unwrap_or_default())
+    }
+
+    /// IPA phonemes of several sentences, with one espeak-ng process for all of them.
+    pub fn phonemize_all<S: AsRef<str>>(&self, sentences: &[S]) -> Result<Vec<String>, Error> {
+        let clauses: Vec<Vec<text::Clause>> = sentences
+            .iter()
+            .map(|s| text::split_clauses(s.as_ref()))
+            .collect();
+        let lines: Vec<&str> = clauses.iter().flatten().map(|c| c.text.as_str()).collect();
+        if lines.is_empty() {
+            return Ok(vec![String::new(); sentences.len()]);
+        }
+        let mut ipa = self.run(&lines)?;
+        if ipa.len() != lines.len() {
+            // espeak-ng split a clause further (very long clauses): fall back to one process
+            // per clause so the clauses and their punctuation stay paired.
+            ipa = lines
+                .iter()
+                .map(|line| self.run(&[line]).map(|out| out.join(" ")))
+                .collect::<Result<_, _>>()?;
+        }
+        let mut ipa = ipa.into_iter();
+        Ok(clauses
+            .iter()
+            .map(|sentence| {
+                let mut out = String::new();
+                for clause in sentence {
+                    out.push_str(&ipa.next().unwrap_or_default());
+                    if let Some(t) = clause.terminator {
+                        out.push(t);
+                        if matches!(t, ',' | ';' | ':') {
+                            out.push(' ');
+                        }
+                    }
+                }
+                out.trim_end().to_owned()
+            })
+            .collect())
+    }
+
+    /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
+    fn run(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
+        let mut child = Command::new(&self.program)
+            .args(["-q", "--ipa", "-v", &self.voice])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::Phonemizer(format!("cannot start {}: {e}", self.program.display()))
+            })?;
+        let mut input = String::new();
+        for line in lines {
+            // A newline inside a clause would desynchronise the one-line-per-clause answer.
+            input.push_str(&line.replace(['\n', '\r'], " "));
+            input.push('\n');
+        }
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // Written from another thread: espeak-ng answers while it reads, and a large input
+        // would otherwise fill both pipes and deadlock.
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let output = child
+            .wait_with_output()
+            .map_err(|e| Error::Phonemizer(format!("espeak-ng failed: {e}")))?;
+        writer
+            .join()
+            .map_err(|_| Error::Phonemizer("writing to espeak-ng panicked".into()))?
+            .map_err(|e| Error::Phonemizer(format!("writing to espeak-ng: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::Phonemizer(format!(
+                "espeak-ng exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let stdout = String::from_utf8(output.stdout)
+            .map_err(|_| Error::Phonemizer("espeak-ng wrote invalid UTF-8".into()))?;
+        Ok(stdout
+            .lines()
+            .map(|l| strip_language_switches(l.trim()))
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+}
+
+/// Removes espeak-ng's language-switch markers such as `(en)` or `(fr)`, as Piper does.
+fn strip_language_switches(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(open) = rest.find('(') {
+        match rest[open..].find(')') {
+            Some(close) => {
+                out.push_str(&rest[..open]);
+                rest = &rest[open + close + 1..];
+            }
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Piper's id sequence for a phoneme string: `^ _ (p _)* $`, after Unicode NFD. Phonemes the
+/// voice does not know are skipped, as Piper does.
+pub fn phoneme_ids(config: &VoiceConfig, phonemes: &str) -> Vec<i64> {
+    let id = |c: char| config.ids_of(c).unwrap_or(&[]);
+    let mut ids = Vec::with_capacity(phonemes.len() * 2 + 3);
+    ids.extend_from_slice(id('^'));
+    ids.extend_from_slice(id('_'));
+    for c in phonemes.nfd() {
+        if let Some(p) = config.ids_of(c) {
+            ids.extend_from_slice(p);
+            ids.extend_from_slice(id('_'));
+        }
+    }
+    ids.extend_from_slice(id('$'));
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_switches_are_removed() {
+        assert_eq!(strip_language_switches("(en)hˈɛloʊ(fr) wɔʁ"), "hˈɛloʊ wɔʁ");
+        assert_eq!(strip_language_switches("plain"), "plain");
+    }
+
+    #[test]
+    fn ids_are_interspersed_and_nfd_normalised() {
+        let config = VoiceConfig::from_json(
+            r#"{"audio": {"sample_rate": 16000},
+                "phoneme_id_map": {"_": [0], "^": [1], "$": [2], "a": [5], " ": [3], "\u0303": [9]}}"#,
+        )
+        .unwrap();
+        // "ã" is one precomposed character; NFD splits it into "a" and a combining tilde.
+        assert_eq!(
+            phoneme_ids(&config, "a ã"),
+            vec![1, 0, 5, 0, 3, 0, 5, 0, 9, 0, 2]
+        );
+        // Unknown phonemes are skipped.
+        assert_eq!(phoneme_ids(&config, "ax"), vec![1, 0, 5, 0, 2]);
+    }
+
+    #[test]
+    fn suspicious_voice_names_are_refused() {
+        assert!(Phonemizer::new("en-us").is_ok());
+        assert!(Phonemizer::new("--path=/tmp").is_err());
+        assert!(Phonemizer::new("en us").is_err());
+        assert!(Phonemizer::new("").is_err());
+    }
+}

@@ -1,0 +1,528 @@
+//! Text preparation before phonemisation: normalisation, sentence and clause splitting.
+//!
+//! All pure functions. espeak-ng reads most text well, but it reads some things badly or
+//! differently from how a listener expects: currency and percentages, ordinals, common
+//! abbreviations whose full stop it takes for the end of a sentence, typographic quotes and
+//! dashes. Expanding them here also lets the sentence splitter trust every full stop it sees.
+
+/// Rewrites `text` so espeak-ng reads it as a person would: numbers, currency, percentages and
+/// ordinals become words, common abbreviations are expanded, typographic punctuation becomes
+/// plain, and runs of whitespace become one space.
+pub fn normalize(text: &str) -> String {
+    let text = normalize_punctuation(text);
+    let mut out = String::with_capacity(text.len() + 16);
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let next = tokens.get(i + 1).copied();
+        out.push_str(&normalize_token(token, next));
+    }
+    out
+}
+
+fn normalize_punctuation(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{2018}' | '\u{2019}' | '\u{02BC}' | '`' => s.push('\''),
+            // Double quotes carry no sound; espeak-ng sometimes reads them out.
+            '"' | '\u{201C}' | '\u{201D}' | '\u{00AB}' | '\u{00BB}' => {}
+            // Dashes and brackets are pauses.
+            '\u{2014}' | '\u{2013}' => s.push_str(", "),
+            '(' | ')' | '[' | ']' | '{' | '}' => s.push_str(", "),
+            '\u{2026}' => s.push_str(", "),
+            '.' if chars.peek() == Some(&'.') => {
+                while chars.peek() == Some(&'.') {
+                    chars.next();
+                }
+                s.push_str(", ");
+            }
+            '&' => s.push_str(" and "),
+            // Markdown and similar markup that espeak-ng would spell out.
+            '*' | '_' | '#' | '~' | '|' | '<' | '>' => s.push(' '),
+            '\u{00A0}' | '\t' | '\r' | '\n' => s.push(' '),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Abbreviations whose full stop is not a sentence end, and what they stand for.
+const ABBREVIATIONS: &[(&str, &str)] = &[
+    ("Mr.", "Mister"),
+    ("Mrs.", "Missus"),
+    ("Ms.", "Miz"),
+    ("Dr.", "Doctor"),
+    ("Prof.", "Professor"),
+    ("Jr.", "Junior"),
+    ("Sr.", "Senior"),
+    ("vs.", "versus"),
+    ("etc.", "et cetera"),
+    ("e.g.", "for example"),
+    ("i.e.", "that is"),
+    ("approx.", "approximately"),
+    ("Inc.", "Incorporated"),
+    ("Ltd.", "Limited"),
+    ("Co.", "Company"),
+    ("Jan.", "January"),
+    ("Feb.", "February"),
+    ("Aug.", "August"),
+    ("Sept.", "September"),
+    ("Oct.", "October"),
+    ("Nov.", "November"),
+    ("Dec.", "December"),
+];
+
+fn normalize_token(token: &str, next: Option<&str>) -> String {
+    // Split leading and trailing punctuation off, keeping it.
+    let start = token
+        .find(|c: char| {
+            c.is_alphanumeric() || c == '$' || c == '€' || c == '£' || c == '-' || c == '+'
+        })
+        .unwrap_or(token.len());
+    let (lead, rest) = token.split_at(start);
+    for (abbr, full) in ABBREVIATIONS {
+        if let Some(tail) = rest.strip_prefix(abbr)
+            && tail.chars().all(|c| !c.is_alphanumeric())
+        {
+            // "etc." at the end of a sentence keeps the sentence's full stop.
+            let keep_stop = abbr.starts_with("etc") && next.is_none_or(starts_upper);
+            let stop = if keep_stop { "." } else { "" };
+            return format!("{lead}{full}{stop}{tail}");
+        }
+    }
+    if (rest == "No." || rest == "no.")
+        && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return format!("{lead}number");
+    }
+    let end = rest
+        .rfind(|c: char| c.is_alphanumeric() || c == '%')
+        .map_or(0, |i| {
+            i + rest[i..].chars().next().map_or(1, char::len_utf8)
+        });
+    let (core, trail) = rest.split_at(end);
+    match number_words(core) {
+        Some(words) => format!("{lead}{words}{trail}"),
+        None => format!("{lead}{core}{trail}"),
+    }
+}
+
+fn starts_upper(s: &str) -> bool {
+    s.chars()
+        .find(|c| c.is_alphanumeric())
+        .is_some_and(char::is_uppercase)
+}
+
+/// Words for a token that is a number, amount, percentage or ordinal; `None` for other tokens.
+fn number_words(token: &str) -> Option<String> {
+    if token.is_empty() {
+        return None;
+    }
+    let (currency, rest) = match token.chars().next()? {
+        '$' => (Some(("dollar", "dollars", "cent", "cents")), &token[1..]),
+        '€' => (
+            Some(("euro", "euros", "cent", "cents")),
+            &token['€'.len_utf8()..],
+        ),
+        '£' => (
+            Some(("pound", "pounds", "penny", "pence")),
+            &token['£'.len_utf8()..],
+        ),
+        _ => (None, token),
+    };
+    let (negative, rest) = match rest.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let (percent, rest) = match rest.strip_suffix('%') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    if let Some(words) = ordinal_words(rest) {
+        return (currency.is_none() && !percent && !negative).then_some(words);
+    }
+    let digits_ok = !rest.is_empty()
+        && rest.starts_with(|c: char| c.is_ascii_digit())
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == '.');
+    if !digits_ok || rest.matches('.').count() > 1 {
+        return None;
+    }
+    let (int_part, frac_part) = match rest.split_once('.') {
+        Some((i, f)) if !f.is_empty() && !f.contains(',') => (i, Some(f)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    // Thousands separators must group by three.
+    if int_part.contains(',') {
+        let groups: Vec<&str> = int_part.split(',').collect();
+        if groups[0].is_empty() || groups[0].len() > 3 || groups[1..].iter().any(|g| g.len() != 3) {
+            return None;
+        }
+    }
+    let int_digits: String = int_part.chars().filter(char::is_ascii_digit).collect();
+    let value: u64 = int_digits.parse().ok()?;
+    let mut words = String::new();
+    if negative {
+        words.push_str("minus ");
+    }
+    let is_year = currency.is_none()
+        && !percent
+        && frac_part.is_none()
+        && !negative
+        && !int_part.contains(',')
+        && int_digits.len() == 4
+        && ((1100..2000).contains(&value) || (2010..2100).contains(&value));
+    if is_year {
+        words.push_str(&year_words(value));
+    } else {
+        words.push_str(&cardinal(value)?);
+    }
+    match (currency, frac_part) {
+        (Some((one, many, cent, cents)), frac) => {
+            words.push(' ');
+            words.push_str(if value == 1 { one } else { many });
+            if let Some(frac) = frac {
+                let c: u64 = format!("{frac:0<2}").get(..2)?.parse().ok()?;
+                if c > 0 {
+                    words.push_str(" and ");
+                    words.push_str(&cardinal(c)?);
+                    words.push(' ');
+                    words.push_str(if c == 1 { cent } else { cents });
+                }
+            }
+        }
+        (None, Some(frac)) => {
+            words.push_str(" point");
+            for d in frac.chars() {
+                words.push(' ');
+                words.push_str(ONES[d.to_digit(10)? as usize]);
+            }
+        }
+        (None, None) => {}
+    }
+    if percent {
+        words.push_str(" percent");
+    }
+    Some(words)
+}
+
+const ONES: [&str; 20] = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+];
+const TENS: [&str; 10] = [
+    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+];
+
+/// English words for `n` (up to 999 trillion; larger numbers are left to espeak-ng as digits).
+fn cardinal(n: u64) -> Option<String> {
+    if n >= 1_000_000_000_000_000 {
+        return None;
+    }
+    if n < 20 {
+        return Some(ONES[n as usize].to_owned());
+    }
+    if n < 100 {
+        let t = TENS[(n / 10) as usize];
+        return Some(match n % 10 {
+            0 => t.to_owned(),
+            u => format!("{t}-{}", ONES[u as usize]),
+        });
+    }
+    if n < 1000 {
+        let h = format!("{} hundred", ONES[(n / 100) as usize]);
+        return Some(match n % 100 {
+            0 => h,
+            r => format!("{h} {}", cardinal(r)?),
+        });
+    }
+    for (scale, name) in [
+        (1_000_000_000_000u64, "trillion"),
+        (1_000_000_000, "billion"),
+        (1_000_000, "million"),
+        (1_000, "thousand"),
+    ] {
+        if n >= scale {
+            let head = format!("{} {name}", cardinal(n / scale)?);
+            return Some(match n % scale {
+                0 => head,
+                r => format!("{head} {}", cardinal(r)?),
+            });
+        }
+    }
+    None
+}
+
+/// "nineteen ninety", "two thousand nine", "twenty twenty-four", "nineteen oh five".
+fn year_words(y: u64) -> String {
+    let (hi, lo) = (y / 100, y % 100);
+    let hi_words = cardinal(hi).unwrap_or_default();
+    match lo {
+        0 => format!("{hi_words} hundred"),
+        1..=9 => format!("{hi_words} oh {}", ONES[lo as usize]),
+        _ => format!("{hi_words} {}", cardinal(lo).unwrap_or_default()),
+    }
+}
+
+/// "1st" → "first", "22nd" → "twenty-second"; `None` if not an ordinal.
+fn ordinal_words(token: &str) -> Option<String> {
+    let lower = token.to_ascii_lowercase();
+    let digits = ["st", "nd", "rd", "th"]
+        .iter()
+        .find_map(|suffix| lower.strip_suffix(suffix))?;
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let words = cardinal(digits.parse().ok()?)?;
+    // Replace the last word with its ordinal form.
+    let split = words.rfind([' ', '-']).map_or(0, |i| i + 1);
+    let (head, last) = words.split_at(split);
+    let last = match last {
+        "one" => "first".to_owned(),
+        "two" => "second".to_owned(),
+        "three" => "third".to_owned(),
+        "five" => "fifth".to_owned(),
+        "eight" => "eighth".to_owned(),
+        "nine" => "ninth".to_owned(),
+        "twelve" => "twelfth".to_owned(),
+        w if w.ends_with('y') => format!("{}ieth", &w[..w.len() - 1]),
+        w => format!("{w}th"),
+    };
+    Some(format!("{head}{last}"))
+}
+
+/// Splits normalised text into sentences, each keeping its final punctuation, for streaming:
+/// each sentence is synthesised and sent on its own.
+///
+/// A sentence ends at `.`, `!` or `?` (a run of them counts once) followed by whitespace or the
+/// end of the text. Text without a final terminator is a sentence too.
+pub fn split_sentences(text: &str) -> Vec<String> {
+    let mut sentences = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        current.push(c);
+        if matches!(c, '.' | '!' | '?') {
+            while let Some(&n) = chars.peek() {
+                if matches!(n, '.' | '!' | '?' | '\'' | ')') {
+                    current.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if chars.peek().is_none_or(|n| n.is_whitespace()) {
+                let s = current.trim();
+                if s.chars().any(char::is_alphanumeric) {
+                    sentences.push(s.to_owned());
+                }
+                current.clear();
+            }
+        }
+    }
+    let s = current.trim();
+    if s.chars().any(char::is_alphanumeric) {
+        sentences.push(s.to_owned());
+    }
+    sentences
+}
+
+/// A clause of a sentence and the punctuation that ends it (Piper keeps that punctuation as a
+/// phoneme: it shapes the pause and the intonation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    /// The clause's words, without the punctuation that ends it.
+    pub text: String,
+    /// `.`, `,`, `?`, `!`, `;` or `:`; `None` for a sentence that ends without one.
+    pub terminator: Option<char>,
+}
+
+/// Splits one sentence into clauses at `, ; : . ! ?` (followed by whitespace or the end), as
+/// espeak-ng's clause detection does for plain text.
+pub fn split_clauses(sentence: &str) -> Vec<Clause> {
+    let mut clauses = Vec::new();
+    let mut current = String::new();
+    let mut chars = sentence.chars().peekable();
+    while let Some(c) = chars.next() {
+        let is_terminator = matches!(c, ',' | ';' | ':' | '.' | '!' | '?');
+        if is_terminator
+            && chars
+                .peek()
+                .is_none_or(|n| n.is_whitespace() || matches!(n, '.' | '!' | '?' | ','))
+        {
+            // A run like "?!" or "..." ends the clause once, with its first mark.
+            while chars
+                .peek()
+                .is_some_and(|n| matches!(n, '.' | '!' | '?' | ','))
+            {
+                chars.next();
+            }
+            let text = current.trim().to_owned();
+            if text.chars().any(char::is_alphanumeric) {
+                clauses.push(Clause {
+                    text,
+                    terminator: Some(c),
+                });
+            }
+            current.clear();
+        } else {
+            current.push(c);
+        }
+    }
+    let text = current.trim().to_owned();
+    if text.chars().any(char::is_alphanumeric) {
+        clauses.push(Clause {
+            text,
+            terminator: None,
+        });
+    }
+    clauses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_become_words() {
+        assert_eq!(normalize("I have 3 cats."), "I have three cats.");
+        assert_eq!(
+            normalize("It costs 1,234 coins"),
+            "It costs one thousand two hundred thirty-four coins"
+        );
+        assert_eq!(normalize("Pi is 3.14."), "Pi is three point one four.");
+        assert_eq!(normalize("-7 degrees"), "minus seven degrees");
+        assert_eq!(normalize("101"), "one hundred one");
+        assert_eq!(normalize("2000000"), "two million");
+    }
+
+    #[test]
+    fn years_read_as_years() {
+        assert_eq!(
+            normalize("In 1990, and 2024."),
+            "In nineteen ninety, and twenty twenty-four."
+        );
+        assert_eq!(normalize("1905"), "nineteen oh five");
+        assert_eq!(normalize("2005"), "two thousand five");
+    }
+
+    #[test]
+    fn money_percent_and_ordinals() {
+        assert_eq!(normalize("$5.50"), "five dollars and fifty cents");
+        assert_eq!(normalize("$1"), "one dollar");
+        assert_eq!(normalize("£3"), "three pounds");
+        assert_eq!(normalize("50% off"), "fifty percent off");
+        assert_eq!(
+            normalize("the 1st and 22nd and 100th"),
+            "the first and twenty-second and one hundredth"
+        );
+        assert_eq!(normalize("the 12th, 30th"), "the twelfth, thirtieth");
+    }
+
+    #[test]
+    fn abbreviations_are_expanded() {
+        assert_eq!(
+            normalize("Dr. Smith met Mr. Jones."),
+            "Doctor Smith met Mister Jones."
+        );
+        assert_eq!(
+            normalize("apples, pears, etc. Then more"),
+            "apples, pears, et cetera. Then more"
+        );
+        assert_eq!(normalize("fruit, e.g. apples"), "fruit, for example apples");
+        assert_eq!(normalize("No. 5"), "number five");
+    }
+
+    #[test]
+    fn typographic_punctuation_becomes_plain() {
+        assert_eq!(
+            normalize("\u{201C}Don\u{2019}t\u{201D} \u{2014} she said\u{2026}"),
+            "Don't , she said,"
+        );
+        assert_eq!(normalize("wait... what"), "wait, what");
+        assert_eq!(
+            normalize("a  *bold*\n\nword & more"),
+            "a bold word and more"
+        );
+    }
+
+    #[test]
+    fn words_and_mixed_tokens_are_left_alone() {
+        assert_eq!(normalize("R2D2 and MP3s"), "R2D2 and MP3s");
+        assert_eq!(normalize("version 1.2.3"), "version 1.2.3");
+    }
+
+    #[test]
+    fn sentences_split_at_terminators() {
+        assert_eq!(
+            split_sentences("Hello there. How are you? Fine!  Thanks"),
+            vec!["Hello there.", "How are you?", "Fine!", "Thanks"]
+        );
+        assert_eq!(split_sentences("Really?! Yes."), vec!["Really?!", "Yes."]);
+        assert_eq!(split_sentences("No stop here"), vec!["No stop here"]);
+        assert_eq!(split_sentences("  . ! "), Vec::<String>::new());
+        // A full stop inside a token is not a sentence end.
+        assert_eq!(
+            split_sentences("Go to example.com now."),
+            vec!["Go to example.com now."]
+        );
+    }
+
+    #[test]
+    fn clauses_keep_their_punctuation() {
+        assert_eq!(
+            split_clauses("Hello world, this is a test."),
+            vec![
+                Clause {
+                    text: "Hello world".into(),
+                    terminator: Some(',')
+                },
+                Clause {
+                    text: "this is a test".into(),
+                    terminator: Some('.')
+                },
+            ]
+        );
+        assert_eq!(
+            split_clauses("Wait; really?! ok"),
+            vec![
+                Clause {
+                    text: "Wait".into(),
+                    terminator: Some(';')
+                },
+                Clause {
+                    text: "really".into(),
+                    terminator: Some('?')
+                },
+                Clause {
+                    text: "ok".into(),
+                    terminator: None
+                },
+            ]
+        );
+    }
+}
