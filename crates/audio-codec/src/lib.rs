@@ -378,7 +378,8 @@ fn flac_header(rate: u32, block_size: usize) -> Vec<u8> {
     h.extend_from_slice(&[0, 0, 0]); // minimum frame size: unknown
     h.extend_from_slice(&[0, 0, 0]); // maximum frame size: unknown
     // 20 bits sample rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits total samples.
-    let packed: u64 = (u64::from(rate) << 44) | (0u64 << 41) | (15u64 << 36);
+    // Channels - 1 is 0 for mono, so only the rate and the bit depth are set.
+    let packed: u64 = (u64::from(rate) << 44) | (15u64 << 36);
     h.extend_from_slice(&packed.to_be_bytes());
     h.extend_from_slice(&[0; 16]); // MD5 of the audio: unknown
     h

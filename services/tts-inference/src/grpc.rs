@@ -1,17 +1,105 @@
 //! The `sonora.tts.v1.TtsInference` gRPC service.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, pin::Pin, sync::Arc, time::Instant};
 
+use audio_codec::AudioFormat;
 use sonora_proto::tts::v1::{
-    ListVoicesRequest, ListVoicesResponse, Speaker, Voice, tts_inference_server::TtsInference,
+    self as pb, ListVoicesRequest, ListVoicesResponse, Speaker, SynthesizeRequest,
+    SynthesizeResponse, Voice, tts_inference_server::TtsInference,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::catalogue::{self, CatalogueError, VoiceInfo};
+use crate::{
+    catalogue::{self, CatalogueError, VoiceInfo},
+    synthesis::{self, InferencePool, MAX_TEXT_CHARS, SynthesisMetrics, Voices},
+};
 
 pub struct TtsService {
     pub voices_dir: Arc<PathBuf>,
     pub default_voice: Arc<str>,
+    pub voices: Arc<Voices>,
+    pub pool: Arc<InferencePool>,
+    pub metrics: SynthesisMetrics,
+}
+
+fn format(value: i32) -> Result<AudioFormat, Status> {
+    Ok(
+        match pb::AudioFormat::try_from(value)
+            .map_err(|_| Status::invalid_argument("format: unknown"))?
+        {
+            pb::AudioFormat::Unspecified | pb::AudioFormat::Wav => AudioFormat::Wav,
+            pb::AudioFormat::Pcm16 => AudioFormat::Pcm16,
+            pb::AudioFormat::Mp3 => AudioFormat::Mp3,
+            pb::AudioFormat::Opus => AudioFormat::Opus,
+            pb::AudioFormat::Flac => AudioFormat::Flac,
+            pb::AudioFormat::Mulaw => AudioFormat::Mulaw,
+        },
+    )
+}
+
+fn noise(field: &str, value: Option<f32>) -> Result<Option<f32>, Status> {
+    match value {
+        Some(v) if !(0.0..=2.0).contains(&v) || v.is_nan() => Err(Status::invalid_argument(
+            format!("{field}: must be between 0 and 2"),
+        )),
+        other => Ok(other),
+    }
+}
+
+impl TtsService {
+    /// Checks a request at the edge; nothing is queued for a bad one.
+    fn validate(
+        &self,
+        r: SynthesizeRequest,
+        received: Instant,
+    ) -> Result<synthesis::Request, Status> {
+        let chars = r.text.chars().count();
+        if r.text.trim().is_empty() {
+            return Err(Status::invalid_argument("text: is empty"));
+        }
+        if chars > MAX_TEXT_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "text: {chars} characters; the limit is {MAX_TEXT_CHARS}"
+            )));
+        }
+        let speed = if r.speed == 0.0 { 1.0 } else { r.speed };
+        if !(0.25..=4.0).contains(&speed) || speed.is_nan() {
+            return Err(Status::invalid_argument(
+                "speed: must be between 0.25 and 4.0",
+            ));
+        }
+        let voice = if r.voice.is_empty() {
+            self.default_voice.to_string()
+        } else {
+            r.voice
+        };
+        if voice.contains(['/', '\\']) || voice.starts_with('.') {
+            return Err(Status::invalid_argument("voice: not a voice id"));
+        }
+        catalogue::load_voice(&self.voices_dir, &voice)?;
+        let format = format(r.format)?;
+        let sample_rate = (r.sample_rate != 0).then_some(r.sample_rate);
+        if let Some(rate) = sample_rate
+            && !format.supports_rate(rate)
+        {
+            return Err(Status::invalid_argument(format!(
+                "sample_rate: {} cannot carry {rate} Hz",
+                format.name()
+            )));
+        }
+        Ok(synthesis::Request {
+            text: r.text,
+            voice,
+            speaker: r.speaker,
+            length_scale: 1.0 / speed,
+            noise_scale: noise("noise_scale", r.noise_scale)?,
+            noise_w: noise("noise_w", r.noise_w)?,
+            format,
+            sample_rate,
+            received,
+        })
+    }
 }
 
 impl From<CatalogueError> for Status {
@@ -44,6 +132,29 @@ fn to_proto(voice: VoiceInfo, default_voice: &str) -> Voice {
 
 #[tonic::async_trait]
 impl TtsInference for TtsService {
+    type SynthesizeStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<SynthesizeResponse, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, fields(voice, chars))]
+    async fn synthesize(
+        &self,
+        request: Request<SynthesizeRequest>,
+    ) -> Result<Response<Self::SynthesizeStream>, Status> {
+        let received = Instant::now();
+        let request = self.validate(request.into_inner(), received)?;
+        tracing::Span::current().record("voice", request.voice.as_str());
+        tracing::Span::current().record("chars", request.text.chars().count());
+        // One message in flight: synthesis stays at most a sentence ahead of the client.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (voices, metrics) = (Arc::clone(&self.voices), self.metrics.clone());
+        let span = tracing::Span::current();
+        self.pool.try_submit(Box::new(move || {
+            let _entered = span.enter();
+            synthesis::run(&voices, &metrics, request, &tx);
+        }))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_voices(
         &self,

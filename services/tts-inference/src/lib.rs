@@ -5,6 +5,7 @@
 
 pub mod catalogue;
 mod grpc;
+pub mod synthesis;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -27,8 +28,12 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Where Piper voices (`<id>.onnx` + `<id>.onnx.json`) are installed.
     pub voices_dir: PathBuf,
-    /// The voice used when a request names none; the service is ready once it is installed.
+    /// The voice used when a request names none; the service is ready once it is loaded.
     pub default_voice: String,
+    /// Inference threads (`TTS_WORKERS`, default: the number of cores).
+    pub workers: usize,
+    /// Requests that may wait for a thread before new ones are refused (`TTS_QUEUE_CAPACITY`).
+    pub queue_capacity: usize,
 }
 
 impl Settings {
@@ -46,7 +51,23 @@ impl Settings {
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9101).into())?,
             voices_dir: src.or("VOICES_DIR", PathBuf::from("/var/lib/sonora/voices"))?,
             default_voice,
+            workers: bounded(
+                "TTS_WORKERS",
+                src.or(
+                    "TTS_WORKERS",
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                )?,
+            )?,
+            queue_capacity: bounded("TTS_QUEUE_CAPACITY", src.or("TTS_QUEUE_CAPACITY", 8usize)?)?,
         })
+    }
+}
+
+fn bounded(name: &str, value: usize) -> Result<usize, SettingError> {
+    if (1..=1024).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SettingError::new(name, "must be between 1 and 1024"))
     }
 }
 
@@ -75,21 +96,46 @@ impl Application {
         let voices_dir = Arc::new(settings.voices_dir.clone());
         let default_voice: Arc<str> = settings.default_voice.clone().into();
 
+        let metrics = Metrics::new();
+        let synthesis_metrics = synthesis::SynthesisMetrics::register(metrics.registry());
+        let voices = Arc::new(synthesis::Voices::new(
+            settings.voices_dir.clone(),
+            synthesis_metrics.model_loaded_gauge(),
+        ));
+        let pool = Arc::new(synthesis::InferencePool::new(
+            settings.workers,
+            settings.queue_capacity,
+            synthesis_metrics.queue_depth_gauge(),
+        ));
+        // Load the default voice now, off the executor; until it is in memory, not ready.
+        {
+            let (voices, id) = (Arc::clone(&voices), Arc::clone(&default_voice));
+            std::thread::spawn(move || voices.get(&id));
+        }
         let readiness = {
-            let (dir, id) = (Arc::clone(&voices_dir), Arc::clone(&default_voice));
+            let (dir, id, voices) = (
+                Arc::clone(&voices_dir),
+                Arc::clone(&default_voice),
+                Arc::clone(&voices),
+            );
             Readiness::builder()
                 .check("voice", move || {
-                    let (dir, id) = (Arc::clone(&dir), Arc::clone(&id));
+                    let (dir, id, voices) =
+                        (Arc::clone(&dir), Arc::clone(&id), Arc::clone(&voices));
                     async move {
-                        tokio::task::spawn_blocking(move || {
-                            catalogue::load_voice(&dir, &id)
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        })
-                        .await
-                        .map_err(|e| e.to_string())?
+                        // Files first: a voice that is not installed says so plainly.
+                        catalogue::load_voice(&dir, &id).map_err(|e| e.to_string())?;
+                        if voices.loaded(&id).is_err() {
+                            // Installed after start-up (or a failed load): try again, off the executor.
+                            let (voices, id) = (Arc::clone(&voices), Arc::clone(&id));
+                            tokio::task::spawn_blocking(move || voices.get(&id).map(|_| ()))
+                                .await
+                                .map_err(|e| e.to_string())??;
+                        }
+                        Ok::<_, String>(())
                     }
                 })
+                .timeout(std::time::Duration::from_secs(10))
                 .build()
         };
 
@@ -98,6 +144,9 @@ impl Application {
             .add_service(TtsInferenceServer::new(grpc::TtsService {
                 voices_dir,
                 default_voice,
+                voices,
+                pool,
+                metrics: synthesis_metrics,
             }));
         let app = GrpcApp::start(
             GrpcAppConfig {
@@ -105,7 +154,7 @@ impl Application {
                 http_addr: settings.http_addr,
                 service_names: vec!["sonora.tts.v1.TtsInference"],
                 readiness,
-                metrics: Metrics::new(),
+                metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
             },

@@ -1,5 +1,6 @@
 //! Integration tests of `tts-inference`: the real service on port 0.
 
+mod synthesis;
 mod trace;
 
 use std::time::Duration;

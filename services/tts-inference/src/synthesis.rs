@@ -1,0 +1,354 @@
+//! Speech synthesis off the async executor: a fixed pool of inference threads behind a bounded
+//! queue, the loaded voices, and the per-request job that synthesises sentence by sentence,
+//! encodes each sentence and hands the bytes to the gRPC stream as soon as they exist.
+//!
+//! A full queue is refused at once (`RESOURCE_EXHAUSTED`) rather than letting latency grow
+//! without bound. A job stops after the sentence in progress when its client goes away (the
+//! stream's receiver is dropped).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::Instant,
+};
+
+use audio_codec::{AudioFormat, Encoder};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use sonora_proto::tts::v1::SynthesizeResponse;
+use tokio::sync::mpsc;
+use tonic::Status;
+use voice::{Scales, Voice};
+
+/// The longest text one request may carry, in characters.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The service's synthesis metrics.
+#[derive(Clone)]
+pub struct SynthesisMetrics {
+    generation: Histogram,
+    real_time_factor: Histogram,
+    first_audio: Histogram,
+    queue_depth: IntGauge,
+    model_loaded: IntGaugeVec,
+    cancelled: IntCounter,
+}
+
+impl SynthesisMetrics {
+    pub fn model_loaded_gauge(&self) -> IntGaugeVec {
+        self.model_loaded.clone()
+    }
+
+    pub fn queue_depth_gauge(&self) -> IntGauge {
+        self.queue_depth.clone()
+    }
+
+    pub fn register(registry: &Registry) -> Self {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric")
+        };
+        let metrics = Self {
+            generation: histogram(
+                "tts_generation_duration_seconds",
+                "Time to synthesise and encode a whole request.",
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            real_time_factor: histogram(
+                "tts_real_time_factor",
+                "Synthesis time divided by the duration of the audio made, per request.",
+                vec![0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0],
+            ),
+            first_audio: histogram(
+                "tts_time_to_first_audio_seconds",
+                "From the request's arrival to its first audio bytes.",
+                vec![0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            queue_depth: IntGauge::new("tts_queue_depth", "Synthesis jobs waiting for a thread.")
+                .expect("valid metric"),
+            model_loaded: IntGaugeVec::new(
+                Opts::new("tts_model_loaded", "1 for each voice loaded in memory."),
+                &["voice"],
+            )
+            .expect("valid metric"),
+            cancelled: IntCounter::new(
+                "tts_cancelled_total",
+                "Requests stopped early because the client went away.",
+            )
+            .expect("valid metric"),
+        };
+        for metric in [
+            Box::new(metrics.generation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.real_time_factor.clone()),
+            Box::new(metrics.first_audio.clone()),
+            Box::new(metrics.queue_depth.clone()),
+            Box::new(metrics.model_loaded.clone()),
+            Box::new(metrics.cancelled.clone()),
+        ] {
+            registry.register(metric).expect("unique metric names");
+        }
+        metrics
+    }
+}
+
+/// A fixed set of threads taking jobs from a bounded queue.
+pub struct InferencePool {
+    queue: SyncSender<Job>,
+    waiting: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl InferencePool {
+    pub fn new(threads: usize, capacity: usize, gauge: IntGauge) -> Self {
+        let (queue, jobs) = sync_channel::<Job>(capacity);
+        let jobs: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(jobs));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        for index in 0..threads.max(1) {
+            let (jobs, waiting, gauge) = (Arc::clone(&jobs), Arc::clone(&waiting), gauge.clone());
+            std::thread::Builder::new()
+                .name(format!("tts-inference-{index}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while taking a job, never while running one.
+                        let job = match jobs.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let left = waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+                        gauge.set(i64::try_from(left).unwrap_or(i64::MAX));
+                        job();
+                    }
+                })
+                .expect("threads can be started");
+        }
+        Self {
+            queue,
+            waiting,
+            gauge,
+        }
+    }
+
+    /// Queues `job`, or refuses it at once when the queue is full.
+    pub fn try_submit(&self, job: Job) -> Result<(), Status> {
+        let depth = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                self.gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(Status::resource_exhausted(
+                    "the synthesis queue is full; retry after a short wait",
+                ))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(Status::unavailable("the synthesis pool has stopped"))
+            }
+        }
+    }
+}
+
+/// The voices held in memory, loaded on first use (the default one at start).
+pub struct Voices {
+    dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<Voice>>>,
+    failures: Mutex<HashMap<String, String>>,
+    gauge: IntGaugeVec,
+}
+
+impl Voices {
+    pub fn new(dir: PathBuf, gauge: IntGaugeVec) -> Self {
+        Self {
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            gauge,
+        }
+    }
+
+    /// The voice `id`, loading it if needed. Blocks: call it on an inference thread.
+    pub fn get(&self, id: &str) -> Result<Arc<Voice>, String> {
+        if let Some(voice) = self.loaded.lock().expect("not poisoned").get(id) {
+            return Ok(Arc::clone(voice));
+        }
+        let path = self.dir.join(format!("{id}.onnx"));
+        let started = Instant::now();
+        match Voice::load(&path) {
+            Ok(voice) => {
+                tracing::info!(voice = id, elapsed = ?started.elapsed(), "voice loaded");
+                let voice = Arc::new(voice);
+                self.loaded
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(id.to_owned(), Arc::clone(&voice));
+                self.failures.lock().expect("not poisoned").remove(id);
+                self.gauge.with_label_values(&[id]).set(1);
+                Ok(voice)
+            }
+            Err(error) => {
+                let message = format!("voice {id} cannot be loaded: {error}");
+                tracing::error!(voice = id, %error, "voice load failed");
+                self.failures
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(id.to_owned(), message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    /// Whether `id` is in memory; the error says why not.
+    pub fn loaded(&self, id: &str) -> Result<(), String> {
+        if self.loaded.lock().expect("not poisoned").contains_key(id) {
+            return Ok(());
+        }
+        Err(self
+            .failures
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("voice {id} is loading")))
+    }
+}
+
+/// One request, validated.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub text: String,
+    pub voice: String,
+    pub speaker: Option<u32>,
+    pub length_scale: f32,
+    pub noise_scale: Option<f32>,
+    pub noise_w: Option<f32>,
+    pub format: AudioFormat,
+    pub sample_rate: Option<u32>,
+    pub received: Instant,
+}
+
+/// Runs one request on the calling (inference) thread, sending each piece of the stream to `tx`.
+pub fn run(
+    voices: &Voices,
+    metrics: &SynthesisMetrics,
+    request: Request,
+    tx: &mpsc::Sender<Result<SynthesizeResponse, Status>>,
+) {
+    let send = |item| tx.blocking_send(item).is_ok();
+    let voice = match voices.get(&request.voice) {
+        Ok(voice) => voice,
+        Err(message) => {
+            send(Err(Status::unavailable(message)));
+            return;
+        }
+    };
+    if let Some(speaker) = request.speaker
+        && usize::try_from(speaker).unwrap_or(usize::MAX) >= voice.config().num_speakers.max(1)
+    {
+        send(Err(Status::not_found(format!(
+            "voice {} has no speaker {speaker}",
+            request.voice
+        ))));
+        return;
+    }
+    let defaults = voice.default_scales();
+    let scales = Scales {
+        noise_scale: request.noise_scale.unwrap_or(defaults.noise_scale),
+        length_scale: request.length_scale,
+        noise_w: request.noise_w.unwrap_or(defaults.noise_w),
+    };
+    let mut encoder = match Encoder::new(request.format, voice.sample_rate(), request.sample_rate) {
+        Ok(encoder) => encoder,
+        Err(error) => {
+            send(Err(Status::invalid_argument(error.to_string())));
+            return;
+        }
+    };
+    let (content_type, sample_rate) = (
+        request.format.content_type().to_owned(),
+        encoder.output_rate(),
+    );
+    let message = |audio: Vec<u8>, sentence_index: u32, done: bool| SynthesizeResponse {
+        audio,
+        sentence_index,
+        content_type: content_type.clone(),
+        sample_rate,
+        done,
+    };
+    let chunks = match voice.synthesize(&request.text, request.speaker, scales) {
+        Ok(chunks) => chunks,
+        Err(error) => {
+            tracing::error!(%error, "synthesis failed");
+            send(Err(Status::internal(
+                "synthesis failed; it has been logged",
+            )));
+            return;
+        }
+    };
+    let mut audio_seconds = 0.0;
+    let mut index = 0u32;
+    for (i, chunk) in chunks.enumerate() {
+        if tx.is_closed() {
+            metrics.cancelled.inc();
+            tracing::info!(sentences_done = i, "client went away; synthesis stopped");
+            return;
+        }
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                tracing::error!(%error, sentence = i, "synthesis failed");
+                send(Err(Status::internal(
+                    "synthesis failed; it has been logged",
+                )));
+                return;
+            }
+        };
+        index = u32::try_from(i).unwrap_or(u32::MAX);
+        tracing::info!(
+            sentence_index = index,
+            samples = chunk.samples.len(),
+            "sentence synthesized"
+        );
+        audio_seconds += chunk.samples.len() as f64 / f64::from(voice.sample_rate());
+        let bytes = match encoder.push(&chunk.samples) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "encoding failed");
+                send(Err(Status::internal("encoding failed; it has been logged")));
+                return;
+            }
+        };
+        if i == 0 {
+            metrics
+                .first_audio
+                .observe(request.received.elapsed().as_secs_f64());
+        }
+        if !send(Ok(message(bytes, index, false))) {
+            metrics.cancelled.inc();
+            return;
+        }
+    }
+    match encoder.finish() {
+        Ok(tail) => {
+            send(Ok(message(tail, index, true)));
+        }
+        Err(error) => {
+            tracing::error!(%error, "encoding failed");
+            send(Err(Status::internal("encoding failed; it has been logged")));
+            return;
+        }
+    }
+    let elapsed = request.received.elapsed().as_secs_f64();
+    metrics.generation.observe(elapsed);
+    if audio_seconds > 0.0 {
+        metrics.real_time_factor.observe(elapsed / audio_seconds);
+    }
+}
