@@ -1,6 +1,7 @@
 //! The public `/v1` API.
 
 use actix_web::{HttpResponse, web};
+use futures::StreamExt as _;
 use http_problem::Problem;
 use serde::Serialize;
 use sonora_proto::tts::v1::ListVoicesRequest;
@@ -8,7 +9,9 @@ use sonora_proto::tts::v1::ListVoicesRequest;
 use crate::Peers;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/voices", web::get().to(list_voices));
+    cfg.route("/v1/voices", web::get().to(list_voices))
+        .route("/v1/tts", web::post().to(tts))
+        .route("/v1/audio/speech", web::post().to(audio_speech));
 }
 
 /// Maps a failed call to a backend to the problem the client sees. The backend's own message
@@ -81,4 +84,162 @@ async fn list_voices(peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
             })
             .collect(),
     }))
+}
+
+/// The body of `POST /v1/tts`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtsBody {
+    text: String,
+    #[serde(default)]
+    voice: Option<String>,
+    #[serde(default)]
+    speaker: Option<u32>,
+    #[serde(default)]
+    speed: Option<f32>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    sample_rate: Option<u32>,
+    #[serde(default)]
+    noise_scale: Option<f32>,
+    #[serde(default)]
+    noise_w: Option<f32>,
+}
+
+/// The body of `POST /v1/audio/speech`, in the shape OpenAI-style clients send.
+#[derive(Debug, serde::Deserialize)]
+struct SpeechBody {
+    input: String,
+    #[serde(default)]
+    voice: Option<String>,
+    #[serde(default)]
+    response_format: Option<String>,
+    #[serde(default)]
+    speed: Option<f32>,
+    /// Accepted and ignored: the voice decides the model.
+    #[serde(default, rename = "model")]
+    _model: Option<String>,
+}
+
+fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
+    use sonora_proto::tts::v1::AudioFormat as F;
+    let format = match name.unwrap_or("wav").to_ascii_lowercase().as_str() {
+        "wav" => F::Wav,
+        "pcm" | "pcm16" => F::Pcm16,
+        "mp3" => F::Mp3,
+        "opus" | "ogg" => F::Opus,
+        "flac" => F::Flac,
+        "mulaw" | "ulaw" => F::Mulaw,
+        other => {
+            return Err(Problem::invalid_request(format!(
+                "format {other:?} is not one of wav, pcm16, mp3, opus, flac, mulaw"
+            )));
+        }
+    };
+    Ok(format.into())
+}
+
+/// The largest text a request may carry, as tts-inference enforces it.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+fn synthesis_problem(status: &tonic::Status) -> Problem {
+    use actix_web::http::StatusCode;
+    match status.code() {
+        tonic::Code::InvalidArgument => Problem::invalid_request(status.message()),
+        tonic::Code::NotFound => {
+            Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found").detail(status.message())
+        }
+        tonic::Code::ResourceExhausted => {
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "busy", "Too Many Requests")
+                .detail("Speech synthesis is at capacity; retry shortly.")
+                .with("retry_after_seconds", 1)
+        }
+        _ => backend_problem("tts-inference", status),
+    }
+}
+
+/// Starts synthesis and streams the audio as it is made; errors before the first audio are
+/// problem+json, errors after it end the stream early (the status line is already sent).
+async fn speak(
+    peers: &Peers,
+    request: sonora_proto::tts::v1::SynthesizeRequest,
+) -> Result<HttpResponse, Problem> {
+    if request.text.trim().is_empty() {
+        return Err(Problem::invalid_request("The text is empty."));
+    }
+    let chars = request.text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(Problem::invalid_request(format!(
+            "The text has {chars} characters; the limit is {MAX_TEXT_CHARS}."
+        ))
+        .with("limit_chars", MAX_TEXT_CHARS));
+    }
+    let mut tts = peers.tts.clone();
+    let mut stream = tts
+        .synthesize(request)
+        .await
+        .map_err(|status| synthesis_problem(&status))?
+        .into_inner();
+    // Wait for the first audio so that a refusal still gets a proper status code.
+    let first = stream
+        .message()
+        .await
+        .map_err(|status| synthesis_problem(&status))?
+        .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
+    let content_type = first.content_type.clone();
+    let sample_rate = first.sample_rate;
+    let rest = futures::stream::unfold(stream, |mut stream| async move {
+        match stream.message().await {
+            Ok(Some(message)) => Some((
+                Ok::<_, actix_web::Error>(web::Bytes::from(message.audio)),
+                stream,
+            )),
+            Ok(None) => None,
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "synthesis stream broke off");
+                None
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok(web::Bytes::from(first.audio)) }).chain(rest);
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("x-sample-rate", sample_rate.to_string()))
+        .insert_header(("cache-control", "no-store"))
+        .streaming(body))
+}
+
+/// `POST /v1/tts`: speech for `text`, streamed sentence by sentence.
+#[tracing::instrument(skip_all)]
+async fn tts(peers: web::Data<Peers>, body: web::Json<TtsBody>) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    let request = sonora_proto::tts::v1::SynthesizeRequest {
+        text: body.text,
+        voice: body.voice.unwrap_or_default(),
+        speaker: body.speaker,
+        speed: body.speed.unwrap_or(1.0),
+        noise_scale: body.noise_scale,
+        noise_w: body.noise_w,
+        format: audio_format(body.format.as_deref())?,
+        sample_rate: body.sample_rate.unwrap_or(0),
+    };
+    speak(&peers, request).await
+}
+
+/// `POST /v1/audio/speech`: the same, for clients written against OpenAI's speech endpoint.
+#[tracing::instrument(skip_all)]
+async fn audio_speech(
+    peers: web::Data<Peers>,
+    body: web::Json<SpeechBody>,
+) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    let request = sonora_proto::tts::v1::SynthesizeRequest {
+        text: body.input,
+        voice: body.voice.unwrap_or_default(),
+        speed: body.speed.unwrap_or(1.0),
+        format: audio_format(body.response_format.as_deref())?,
+        ..Default::default()
+    };
+    speak(&peers, request).await
 }

@@ -342,3 +342,92 @@ fn bad_setting_exits_64_without_echoing_the_secret() {
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+async fn post(url: &str, body: serde_json::Value) -> (u16, String, Vec<u8>) {
+    let response = test_support::http_client()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn tts_streams_audio_from_tts_inference() {
+    let stack = plain().await;
+    let (status, content_type, body) = post(
+        &format!("{}/v1/tts", stack.base),
+        serde_json::json!({ "text": "Hello from Sonora. This is the second sentence.", "format": "wav" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(content_type, "audio/wav");
+    assert_eq!(&body[..4], b"RIFF");
+    // Two sentences of speech at 22,050 Hz, 16-bit: well over half a second.
+    assert!(body.len() > 44 + 22_050, "{} bytes", body.len());
+
+    let (status, content_type, body) = post(
+        &format!("{}/v1/audio/speech", stack.base),
+        serde_json::json!({ "model": "tts-1", "input": "Hi there.", "voice": "en_US-joe-medium", "response_format": "mp3" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(content_type, "audio/mpeg");
+    assert!(body.len() > 1000);
+}
+
+#[tokio::test]
+async fn tts_refusals_are_problem_json() {
+    let stack = plain().await;
+    let url = format!("{}/v1/tts", stack.base);
+    let long = "word ".repeat(1000);
+    for (body, status, kind) in [
+        (
+            serde_json::json!({ "text": long }),
+            400,
+            "/problems/invalid-request",
+        ),
+        (
+            serde_json::json!({ "text": "Hi.", "format": "aac" }),
+            400,
+            "/problems/invalid-request",
+        ),
+        (
+            serde_json::json!({ "text": "Hi.", "colour": "blue" }),
+            400,
+            "/problems/invalid-request",
+        ),
+        (
+            serde_json::json!({ "text": "Hi.", "speed": 9.0 }),
+            400,
+            "/problems/invalid-request",
+        ),
+        (
+            serde_json::json!({ "text": "Hi.", "voice": "xx-missing" }),
+            404,
+            "/problems/not-found",
+        ),
+        (
+            serde_json::json!({ "text": "x".repeat(70 * 1024) }),
+            413,
+            "/problems/body-too-large",
+        ),
+    ] {
+        let (got, content_type, bytes) = post(&url, body).await;
+        assert_eq!(got, status, "{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(content_type, "application/problem+json");
+        let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(problem["type"], kind, "{problem}");
+    }
+}
