@@ -1,0 +1,45 @@
+//! Whisper understands espeak-ng's robotic but clear speech: a check of the whole listener that
+//! does not depend on Sonora's own voice.
+
+use listener::word_error_rate;
+
+use crate::common::{espeak, listener};
+
+#[test]
+fn transcribes_espeak_speech() {
+    let sentences = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Please call me back before five o'clock tomorrow.",
+        "She sells sea shells by the sea shore.",
+    ];
+    let mut errors = 0.0;
+    let mut words = 0.0;
+    for sentence in sentences {
+        let (samples, rate) = espeak(sentence);
+        assert_eq!(rate, 22_050);
+        let t = listener().transcribe_timed(&samples, rate).unwrap();
+        let wer = word_error_rate(sentence, &t.text);
+        eprintln!(
+            "espeak: {:.2}s for {:.2}s of audio, WER {:.3}: {sentence:?} -> {:?}",
+            t.seconds,
+            samples.len() as f64 / f64::from(rate),
+            wer,
+            t.text
+        );
+        let n = listener::normalize(sentence).len() as f64;
+        errors += wer * n;
+        words += n;
+    }
+    let overall = errors / words;
+    eprintln!("espeak: overall WER {overall:.3}");
+    assert!(overall <= 0.15, "overall WER {overall:.3}");
+}
+
+#[test]
+fn silence_gives_no_words() {
+    // Two seconds of silence: Whisper should say nothing, or at most a filler such as "you".
+    let silence = vec![0f32; 32_000];
+    let text = listener().transcribe(&silence, 16_000).unwrap();
+    eprintln!("silence -> {text:?}");
+    assert!(listener::normalize(&text).len() <= 1, "{text:?}");
+}
