@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as w, model::Whisper};
 
 pub use crate::{
-    audio::{mel_filters, resample},
+    audio::{MelFrontEnd, N_FRAMES, mel_filters, resample},
     ct2::{Ct2Model, Dtype, Variable},
     tokens::Vocabulary,
     weights::to_tensor,
@@ -57,7 +57,7 @@ pub struct Listener {
     model: Whisper,
     config: w::Config,
     vocabulary: Vocabulary,
-    filters: Vec<f32>,
+    front_end: MelFrontEnd,
     /// Tokens masked at every step: the model's suppress list and every special token except
     /// end-of-text (timestamps, task and language tokens make no sense in plain transcripts).
     suppress: Vec<u32>,
@@ -125,11 +125,7 @@ impl Listener {
         let mut suppress_begin = ct2_config.suppress_ids_begin.clone();
         suppress_begin.push(vocabulary.eot);
         Ok(Self {
-            // Halved: see `mel`.
-            filters: mel_filters(w::SAMPLE_RATE as u32, w::N_FFT, config.num_mel_bins)
-                .into_iter()
-                .map(|f| f * 0.5)
-                .collect(),
+            front_end: MelFrontEnd::new(config.num_mel_bins),
             model,
             config,
             vocabulary,
@@ -167,28 +163,11 @@ impl Listener {
         })
     }
 
-    /// Log-mel features of exactly 30 seconds, computed as Whisper's `log_mel_spectrogram` does.
-    ///
-    /// candle's `pcm_to_mel` differs from it in two ways that are corrected here. It starts frame
-    /// `i` at sample `160 i`, where `torch.stft(center=True)` centres it there after reflecting
-    /// the first 200 samples; prepending that reflection lines the frames up again. And it folds
-    /// each bin's mirror image into the power spectrum, doubling every bin the mel filters weigh
-    /// (all but DC and Nyquist, where the filters are zero); halving the filters undoes that.
-    /// It pads the audio with zeros (at least 15 s) and the first 3,000 frames are kept.
+    /// Log-mel features of exactly 30 seconds, shaped `[1, n_mels, 3000]`.
     fn mel(&self, pcm: &[f32]) -> Result<Tensor, Error> {
         let n_mels = self.config.num_mel_bins;
-        let pad = w::N_FFT / 2;
-        let mut centred = Vec::with_capacity(pcm.len() + pad);
-        if pcm.len() > pad {
-            centred.extend(pcm[1..=pad].iter().rev());
-        } else {
-            centred.resize(pad, 0.0);
-        }
-        centred.extend_from_slice(pcm);
-        let mel = w::audio::pcm_to_mel(&self.config, &centred, &self.filters);
-        let frames = mel.len() / n_mels;
-        let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
-        Ok(mel.narrow(2, 0, w::N_FRAMES.min(frames))?)
+        let mel = self.front_end.log_mel(pcm);
+        Ok(Tensor::from_vec(mel, (1, n_mels, N_FRAMES), &self.device)?)
     }
 
     /// Greedy decoding: the most likely token at each step, until end-of-text.
