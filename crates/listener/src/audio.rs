@@ -324,7 +324,10 @@ mod tests {
         assert!(last[200] == 0.0 && last[190..200].iter().any(|&v| v > 0.0));
         // Every filter has some weight, and the bank is non-negative.
         for m in 0..80 {
-            assert!(f[m * 201..(m + 1) * 201].iter().any(|&v| v > 0.0), "filter {m}");
+            assert!(
+                f[m * 201..(m + 1) * 201].iter().any(|&v| v > 0.0),
+                "filter {m}"
+            );
         }
         assert!(f.iter().all(|&v| v >= 0.0));
     }

@@ -108,7 +108,7 @@ fn spell(n: u64) -> String {
         let rest = n % 100;
         if rest >= 20 {
             out.push(TENS[(rest / 10) as usize].into());
-            if rest % 10 != 0 {
+            if !rest.is_multiple_of(10) {
                 out.push(ONES[(rest % 10) as usize].into());
             }
         } else if rest > 0 || n == 0 {
@@ -186,10 +186,7 @@ mod tests {
         assert_eq!(spell(105), "one hundred five");
         assert_eq!(spell(2026), "two thousand twenty six");
         assert_eq!(spell(1_000_000), "one million");
-        assert_eq!(
-            spell(3_004_500),
-            "three million four thousand five hundred"
-        );
+        assert_eq!(spell(3_004_500), "three million four thousand five hundred");
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
                 let format = u16::from_le_bytes([bytes[body], bytes[body + 1]]);
                 let channels = u16::from_le_bytes([bytes[body + 2], bytes[body + 3]]);
                 let bits = u16::from_le_bytes([bytes[body + 14], bytes[body + 15]]);
-                assert_eq!((format, channels, bits), (1, 1, 16), "16-bit PCM mono expected");
+                assert_eq!(
+                    (format, channels, bits),
+                    (1, 1, 16),
+                    "16-bit PCM mono expected"
+                );
                 rate = Some(u32::from_le_bytes(
                     bytes[body + 4..body + 8].try_into().unwrap(),
                 ));

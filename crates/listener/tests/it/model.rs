@@ -14,7 +14,9 @@ fn model_bin_holds_whisper_tiny_en_in_fp16() {
     assert_eq!(emb.dtype, Dtype::F16);
     // The output projection is stored once, as an alias of the token embeddings.
     assert_eq!(
-        m.aliases.get("decoder/projection/weight").map(String::as_str),
+        m.aliases
+            .get("decoder/projection/weight")
+            .map(String::as_str),
         Some("decoder/embeddings/weight")
     );
     assert_eq!(m.get("decoder/num_heads").unwrap().scalar_int(), Some(6));
@@ -24,16 +26,16 @@ fn model_bin_holds_whisper_tiny_en_in_fp16() {
 fn the_config_comes_from_the_weights() {
     let l = listener();
     let c = l.config();
-    assert_eq!(
-        (c.d_model, c.encoder_layers, c.decoder_layers),
-        (384, 4, 4)
-    );
+    assert_eq!((c.d_model, c.encoder_layers, c.decoder_layers), (384, 4, 4));
     assert_eq!(
         (c.encoder_attention_heads, c.decoder_attention_heads),
         (6, 6)
     );
     assert_eq!((c.num_mel_bins, c.vocab_size), (80, 51864));
-    assert_eq!((c.max_source_positions, c.max_target_positions), (1500, 448));
+    assert_eq!(
+        (c.max_source_positions, c.max_target_positions),
+        (1500, 448)
+    );
 }
 
 /// candle recomputes the encoder's sinusoidal positions instead of loading them; that is only

@@ -58,7 +58,10 @@ fn the_default_voice_is_intelligible() {
             .collect::<Vec<_>>()
             .concat();
         let seconds = samples.len() as f64 / f64::from(rate);
-        assert!(seconds > 1.0, "{sentence:?} gave only {seconds:.2}s of audio");
+        assert!(
+            seconds > 1.0,
+            "{sentence:?} gave only {seconds:.2}s of audio"
+        );
         let t = listener().transcribe_timed(&samples, rate).unwrap();
         let wer = word_error_rate(sentence, &t.text);
         eprintln!(
@@ -71,8 +74,6 @@ fn the_default_voice_is_intelligible() {
         worst = worst.max(wer);
     }
     let overall = errors / words;
-    eprintln!(
-        "voice: overall WER {overall:.3} over {words} words, worst sentence {worst:.3}"
-    );
+    eprintln!("voice: overall WER {overall:.3} over {words} words, worst sentence {worst:.3}");
     assert!(overall <= 0.10, "overall WER {overall:.3} is above 10%");
 }
