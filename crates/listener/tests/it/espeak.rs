@@ -43,3 +43,28 @@ fn silence_gives_no_words() {
     eprintln!("silence -> {text:?}");
     assert!(listener::normalize(&text).len() <= 1, "{text:?}");
 }
+
+#[test]
+fn other_sample_rates_are_resampled_first() {
+    let sentence = "Please call me back before five o'clock tomorrow.";
+    let (samples, rate) = espeak(sentence);
+    // 16 kHz takes the path without resampling; 44.1 kHz is upsampled from the original and
+    // then brought down again by the listener.
+    for target in [16_000, 44_100] {
+        let converted = listener::resample(&samples, rate, target);
+        let text = listener().transcribe(&converted, target).unwrap();
+        let wer = word_error_rate(sentence, &text);
+        eprintln!("{target} Hz: WER {wer:.3}: {text:?}");
+        assert!(wer <= 0.2, "{target} Hz: {text:?}");
+    }
+}
+
+#[test]
+fn a_missing_model_folder_is_a_clear_error() {
+    let err = listener::Listener::load(std::path::Path::new("/nonexistent/whisper")).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("/nonexistent/whisper/model.bin"),
+        "{message}"
+    );
+}
