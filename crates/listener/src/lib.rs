@@ -16,7 +16,7 @@
 //! its cross-attention cache inside the model. On the 2-core development machine a 2–4 s clip
 //! takes about 2–3 s: about 50 ms of features, 1.7 s of encoder (always a full 30-second window)
 //! and about 70 ms per decoded token. Of each token's time about 50 ms is candle's decoder, most
-//! of it (by elimination) the cross-attention scaling and re-laying out its cached keys and
+//! of it probably (not profiled) the cross-attention scaling and re-laying out its cached keys and
 //! values at every step, and about 17 ms the logits; a decoder of our own that caches them
 //! pre-scaled would be the next speed-up.
 
