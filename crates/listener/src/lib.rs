@@ -229,3 +229,40 @@ impl Listener {
         Ok(tokens.split_off(prompt.len()))
     }
 }
+
+/// The folder the model is fetched into: `LISTENER_MODEL_DIR`, or `~/.cache/sonora/whisper-tiny-en`.
+pub fn default_model_dir() -> std::path::PathBuf {
+    std::env::var_os("LISTENER_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sonora/whisper-tiny-en")
+        })
+}
+
+/// Fetches the model into `dir` with `fetch-model.sh` (pinned by sha256) unless it is complete.
+pub fn ensure_model(dir: &Path) -> Result<(), Error> {
+    let complete = ["model.bin", "config.json", "vocabulary.txt"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    if complete {
+        return Ok(());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fetch-model.sh");
+    let status = std::process::Command::new("sh")
+        .arg(&script)
+        .env("LISTENER_MODEL_DIR", dir)
+        .status()
+        .map_err(|source| Error::Io {
+            path: script.display().to_string(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            path: script.display().to_string(),
+            source: std::io::Error::other(format!("fetch-model.sh failed: {status}")),
+        })
+    }
+}
