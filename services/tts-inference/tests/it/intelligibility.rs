@@ -2,6 +2,11 @@
 //! voice's own, noisy, scales, as clients get them), transcribed back by Whisper tiny.en; the
 //! overall word error rate must be at most 10%.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the transcripts are the evidence, printed with --no-capture"
+)]
+
 use listener::{Listener, default_model_dir, ensure_model, normalize, word_error_rate};
 use sonora_proto::tts::v1::{AudioFormat, SynthesizeRequest};
 
