@@ -1,6 +1,6 @@
 //! Times each VITS stage on one sentence: where does inference spend its time?
 //!
-//! `cargo run --release -p voice --example stages -- VOICE.onnx`
+//! `cargo run --release -p voice --example stages -- VOICE.onnx ["a sentence"]`
 #![allow(clippy::print_stdout)]
 
 use std::{path::PathBuf, time::Instant};
@@ -17,8 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &Weights::from_onnx_file(&model, &Device::Cpu)?,
         &Device::Cpu,
     )?;
-    let ipa = Phonemizer::new(&config.espeak.voice)?
-        .phonemize("It was a bright cold day in April, and the clocks were striking thirteen.")?;
+    let ipa = Phonemizer::new(&config.espeak.voice)?.phonemize(
+        &std::env::args().nth(2).unwrap_or_else(|| {
+            "It was a bright cold day in April, and the clocks were striking thirteen.".to_owned()
+        }),
+    )?;
     let ids = phoneme_ids(&config, &ipa);
     for round in 0..3 {
         let t = Instant::now();
