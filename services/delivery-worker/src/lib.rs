@@ -182,6 +182,17 @@ impl Settings {
         })
     }
 
+    /// The worker's fixed rules, from these settings.
+    pub fn worker_policy(&self) -> Policy {
+        Policy {
+            lease: self.lease,
+            schedule: self.schedule.clone(),
+            disable_after: self.disable_after,
+            failing_after_attempts: self.failing_after_attempts,
+            throttle: Duration::from_secs(5),
+        }
+    }
+
     pub fn keyring(&self) -> Keyring {
         let previous: Vec<String> = self
             .previous_encryption_keys
@@ -270,13 +281,7 @@ impl Application {
                 sender,
                 Arc::clone(&clock),
                 delivery_metrics.clone(),
-                Policy {
-                    lease: settings.lease,
-                    schedule: settings.schedule.clone(),
-                    disable_after: settings.disable_after,
-                    failing_after_attempts: settings.failing_after_attempts,
-                    throttle: Duration::from_secs(5),
-                },
+                settings.worker_policy(),
                 tuning_rx,
             );
             spawn_reloader(signals.clone(), tuning_tx);

@@ -8,39 +8,15 @@ use std::{
     time::Duration,
 };
 
-use delivery_worker::{
-    clock::SystemClock,
-    metrics::DeliveryMetrics,
-    policy::AddressPolicy,
-    sender::Sender,
-    store::Store,
-    worker::{Policy, Worker},
-};
+use delivery_worker::clock::SystemClock;
 use sonora_proto::delivery::v1::GetQueueStatsRequest;
 use test_support::{TestDatabase, eventually};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{Behavior, Receiver, endpoint, publish, settings, start};
 
-fn worker(s: &delivery_worker::Settings) -> Arc<Worker> {
-    let config = database::DatabaseConfig::from_settings(&s.database, delivery_worker::SCHEMA);
-    let store = Store::new(database::connect(&config).unwrap(), Arc::new(s.keyring()));
-    let policy = Arc::new(AddressPolicy::new(s.common.environment, vec![]));
-    let (_tx, rx) = tokio::sync::watch::channel(s.tuning);
-    Worker::new(
-        store,
-        Sender::new(policy, s.connect_timeout, s.request_timeout).unwrap(),
-        Arc::new(SystemClock),
-        DeliveryMetrics::register(&prometheus::Registry::new()),
-        Policy {
-            lease: s.lease,
-            schedule: s.schedule.clone(),
-            disable_after: s.disable_after,
-            failing_after_attempts: s.failing_after_attempts,
-            throttle: Duration::from_secs(5),
-        },
-        rx,
-    )
+fn worker(s: &delivery_worker::Settings) -> Arc<delivery_worker::worker::Worker> {
+    crate::support::manual_worker(s, Arc::new(SystemClock))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -287,11 +287,8 @@ pub fn manual_worker(
     clock: Arc<dyn delivery_worker::clock::Clock>,
 ) -> Arc<delivery_worker::worker::Worker> {
     use delivery_worker::{
-        metrics::DeliveryMetrics,
-        policy::AddressPolicy,
-        sender::Sender,
-        store::Store,
-        worker::{Policy, Worker},
+        metrics::DeliveryMetrics, policy::AddressPolicy, sender::Sender, store::Store,
+        worker::Worker,
     };
     let config =
         database::DatabaseConfig::from_settings(&settings.database, delivery_worker::SCHEMA);
@@ -310,13 +307,7 @@ pub fn manual_worker(
         sender,
         clock,
         DeliveryMetrics::register(&prometheus::Registry::new()),
-        Policy {
-            lease: settings.lease,
-            schedule: settings.schedule.clone(),
-            disable_after: settings.disable_after,
-            failing_after_attempts: settings.failing_after_attempts,
-            throttle: Duration::from_secs(5),
-        },
+        settings.worker_policy(),
         rx,
     )
 }
