@@ -35,6 +35,7 @@
 //! process for phonemes (espeak-ng is GPL, so it is never linked).
 
 pub mod config;
+mod kernels;
 pub mod model;
 pub mod phonemes;
 mod spline;

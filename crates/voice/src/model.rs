@@ -18,7 +18,11 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use crate::{Error, Weights, spline};
+use crate::{
+    Error, Weights,
+    kernels::{Activation, TimeConv, TimeUpsample},
+    spline,
+};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -198,10 +202,6 @@ impl ChannelNorm {
             .broadcast_mul(&self.gamma)?
             .broadcast_add(&self.beta)?)
     }
-}
-
-fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    Ok(x.maximum(&(x * slope)?)?)
 }
 
 /// Multi-head self-attention with relative-position keys and values (Shaw et al.), window 4.
@@ -653,26 +653,27 @@ impl CouplingLayer {
 }
 
 /// A HiFi-GAN residual block: `ResBlock1` (two convolutions per dilation) or `ResBlock2` (one).
+/// Its convolutions run time-major (`[1, time, channels]`), as [`kernels`] describes.
 #[derive(Debug, Clone)]
 enum ResBlock {
-    One(Vec<(Conv1d, Conv1d)>),
-    Two(Vec<Conv1d>),
+    One(Vec<(TimeConv, TimeConv)>),
+    Two(Vec<TimeConv>),
 }
 
 impl ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let act = Activation::leaky(LRELU_SLOPE as f32);
         let mut x = x.clone();
         match self {
             Self::One(pairs) => {
                 for (c1, c2) in pairs {
-                    let xt = c1.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-                    let xt = c2.forward(&leaky_relu(&xt, LRELU_SLOPE)?)?;
-                    x = (xt + x)?;
+                    let xt = c1.forward(&x, act, false)?;
+                    x = (c2.forward(&xt, act, false)? + x)?;
                 }
             }
             Self::Two(convs) => {
                 for c in convs {
-                    x = (c.forward(&leaky_relu(&x, LRELU_SLOPE)?)? + x)?;
+                    x = c.forward(&x, act, true)?;
                 }
             }
         }
@@ -680,23 +681,28 @@ impl ResBlock {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Upsample {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
+/// A time-major convolution from the weights, with the padding that keeps the length.
+fn time_conv_same(w: &Weights, prefix: &str, dilation: usize) -> Result<TimeConv> {
+    let weight = w.get(&format!("{prefix}.weight"))?;
+    let kernel = weight.dim(2)?;
+    let bias_name = format!("{prefix}.bias");
+    let bias = if w.contains(&bias_name) {
+        Some(w.get(&bias_name)?)
+    } else {
+        None
+    };
+    TimeConv::new(weight, bias, dilation, dilation * (kernel - 1) / 2)
 }
 
-/// The HiFi-GAN generator (`dec`).
+/// The HiFi-GAN generator (`dec`), run time-major on the fused kernels of [`kernels`].
 #[derive(Debug, Clone)]
 struct Generator {
-    conv_pre: Conv1d,
+    conv_pre: TimeConv,
     cond: Option<Conv1d>,
-    ups: Vec<Upsample>,
+    ups: Vec<TimeUpsample>,
     /// `ups.len()` groups of residual blocks, averaged within a group.
     resblocks: Vec<Vec<ResBlock>>,
-    conv_post: Conv1d,
+    conv_post: TimeConv,
 }
 
 impl Generator {
@@ -707,16 +713,16 @@ impl Generator {
             if !w.contains(&format!("{name}.weight")) {
                 break;
             }
-            let weight = w.get(&format!("{name}.weight"))?.clone();
+            let weight = w.get(&format!("{name}.weight"))?;
             let kernel = weight.dim(2)?;
             // Every Piper voice pairs kernel 2u with rate u (16/8, 8/4, 4/2), padding (k - u) / 2.
             let stride = kernel / 2;
-            ups.push(Upsample {
-                bias: w.get(&format!("{name}.bias"))?.reshape(((), 1))?,
+            ups.push(TimeUpsample::new(
                 weight,
+                w.get(&format!("{name}.bias"))?,
                 stride,
-                padding: (kernel - stride) / 2,
-            });
+                (kernel - stride) / 2,
+            )?);
         }
         let mut blocks = Vec::new();
         for j in 0.. {
@@ -737,7 +743,7 @@ impl Generator {
                 let convs = dilations
                     .iter()
                     .enumerate()
-                    .map(|(n, &d)| Conv1d::same(w, &format!("{p}.convs.{n}"), d, 1))
+                    .map(|(n, &d)| time_conv_same(w, &format!("{p}.convs.{n}"), d))
                     .collect::<Result<Vec<_>>>()?;
                 blocks.push(ResBlock::Two(convs));
             } else if w.contains(&format!("{p}.convs1.0.weight")) {
@@ -747,8 +753,8 @@ impl Generator {
                     .enumerate()
                     .map(|(n, &d)| {
                         Ok((
-                            Conv1d::same(w, &format!("{p}.convs1.{n}"), d, 1)?,
-                            Conv1d::same(w, &format!("{p}.convs2.{n}"), 1, 1)?,
+                            time_conv_same(w, &format!("{p}.convs1.{n}"), d)?,
+                            time_conv_same(w, &format!("{p}.convs2.{n}"), 1)?,
                         ))
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -776,27 +782,25 @@ impl Generator {
             None
         };
         Ok(Self {
-            conv_pre: Conv1d::same(w, "dec.conv_pre", 1, 1)?,
+            conv_pre: time_conv_same(w, "dec.conv_pre", 1)?,
             cond,
             ups,
             resblocks,
-            conv_post: Conv1d::same(w, "dec.conv_post", 1, 1)?,
+            conv_post: time_conv_same(w, "dec.conv_post", 1)?,
         })
     }
 
     fn forward(&self, z: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = self.conv_pre.forward(z)?;
+        let z = z.transpose(1, 2)?.contiguous()?;
+        let mut x = self.conv_pre.forward(&z, Activation::IDENTITY, false)?;
         if let (Some(cond), Some(g)) = (&self.cond, g) {
-            x = x.broadcast_add(&cond.forward(g)?)?;
+            x = x.broadcast_add(&cond.forward(g)?.transpose(1, 2)?)?;
         }
+        // Each level ends in the mean of its residual blocks; the 1 / n is applied by the next
+        // layer's activation (leaky ReLU commutes with a positive scale).
+        let mut scale = 1.0;
         for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
-            x = leaky_relu(&x, LRELU_SLOPE)?;
-            // candle's fast transposed convolution (matmul + col2im) only runs without padding;
-            // with padding it falls back to a direct loop that is many times slower. Padding a
-            // transposed convolution only trims the output, so trim it here instead.
-            let full = x.conv_transpose1d(&up.weight, 0, 0, up.stride, 1, 1)?;
-            let len = full.dim(2)? - 2 * up.padding;
-            x = full.narrow(2, up.padding, len)?.broadcast_add(&up.bias)?;
+            x = up.forward(&x, Activation::leaky(LRELU_SLOPE as f32).scaled(scale))?;
             let mut sum: Option<Tensor> = None;
             for block in blocks {
                 let y = block.forward(&x)?;
@@ -805,11 +809,16 @@ impl Generator {
                     None => y,
                 });
             }
-            x = (sum.expect("at least one block") / blocks.len() as f64)?;
+            x = sum.expect("at least one block");
+            scale = 1.0 / blocks.len() as f32;
         }
         // The last activation uses PyTorch's default slope, not HiFi-GAN's 0.1.
-        let x = leaky_relu(&x, 0.01)?;
-        Ok(self.conv_post.forward(&x)?.tanh()?)
+        let audio = self
+            .conv_post
+            .forward(&x, Activation::leaky(0.01).scaled(scale), false)?
+            .tanh()?;
+        // [1, time, 1] and [1, 1, time] hold the same values in the same order.
+        Ok(audio.reshape((1, 1, ()))?)
     }
 }
 
