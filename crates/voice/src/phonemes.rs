@@ -6,12 +6,16 @@
 //! reproduces that by splitting clauses itself ([`crate::text::split_clauses`]) and sending them to
 //! one espeak-ng process, one clause per line, which answers one line per clause.
 //!
-//! Cost: one process per batch of sentences (about 13 ms to start here), not one per clause.
+//! Cost: one process per batch of sentences, not one per clause. Starting espeak-ng (loading its
+//! dictionaries) takes about 10 ms here, so each [`Phonemizer`] keeps one process already started
+//! and waiting on its input: a request takes it, and a replacement starts at once, initialising
+//! while the request is served. A pre-started process that has died is replaced transparently.
 
 use std::{
     io::Write,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use unicode_normalization::UnicodeNormalization;
@@ -23,6 +27,43 @@ use crate::{Error, VoiceConfig, text};
 pub struct Phonemizer {
     program: PathBuf,
     voice: String,
+    /// A process started ahead of the next request, shared by clones.
+    ready: Arc<ReadyProcess>,
+}
+
+/// At most one espeak-ng process, started and waiting for its input. Killed when dropped.
+#[derive(Debug, Default)]
+struct ReadyProcess(Mutex<Option<Child>>);
+
+impl ReadyProcess {
+    fn take(&self) -> Option<Child> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, child: Child) {
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(child);
+        if let Some(old) = old {
+            reap(old);
+        }
+    }
+}
+
+impl Drop for ReadyProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.take() {
+            reap(child);
+        }
+    }
+}
+
+/// Stops a process that will not be used and collects its exit status.
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Phonemizer {
@@ -45,10 +86,52 @@ impl Phonemizer {
                 "invalid espeak-ng voice {voice:?}"
             )));
         }
-        Ok(Self {
+        let phonemizer = Self {
             program: program.into(),
             voice: voice.to_owned(),
-        })
+            ready: Arc::default(),
+        };
+        phonemizer.start_ahead();
+        Ok(phonemizer)
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        Command::new(&self.program)
+            .args(["-q", "--ipa", "-v", &self.voice])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+
+    /// Starts the process the next request will use. A failure here is left for that request
+    /// to report, when it starts a process of its own.
+    fn start_ahead(&self) {
+        if let Ok(child) = self.spawn() {
+            self.ready.put(child);
+        }
+    }
+
+    /// The pre-started process if it is still alive, or a new one; then starts the next.
+    fn process(&self) -> Result<Child, Error> {
+        let ready = self
+            .ready
+            .take()
+            .and_then(|mut child| match child.try_wait() {
+                Ok(None) => Some(child),
+                _ => {
+                    reap(child);
+                    None
+                }
+            });
+        let child = match ready {
+            Some(child) => child,
+            None => self.spawn().map_err(|e| {
+                Error::Phonemizer(format!("cannot start {}: {e}", self.program.display()))
+            })?,
+        };
+        self.start_ahead();
+        Ok(child)
     }
 
     /// IPA phonemes of one sentence, with Piper's punctuation.
@@ -96,15 +179,7 @@ impl Phonemizer {
 
     /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
     fn run(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
-        let mut child = Command::new(&self.program)
-            .args(["-q", "--ipa", "-v", &self.voice])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Error::Phonemizer(format!("cannot start {}: {e}", self.program.display()))
-            })?;
+        let mut child = self.process()?;
         let mut input = String::new();
         for line in lines {
             // A newline inside a clause would desynchronise the one-line-per-clause answer.
@@ -197,6 +272,42 @@ mod tests {
         );
         // Unknown phonemes are skipped.
         assert_eq!(phoneme_ids(&config, "ax"), vec![1, 0, 5, 0, 2]);
+    }
+
+    fn ready_pid(p: &Phonemizer) -> Option<u32> {
+        p.ready.0.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    #[test]
+    fn a_process_is_started_ahead_and_a_dead_one_is_replaced() {
+        let p = Phonemizer::new("en-us").unwrap();
+        let first = ready_pid(&p).expect("a process is started with the phonemizer");
+        let ipa = p.phonemize("Hello there.").unwrap();
+        assert_eq!(ipa, "həlˈoʊ ðˈɛɹ.");
+        let second = ready_pid(&p).expect("the next process is started at once");
+        assert_ne!(first, second, "the pre-started process served the request");
+
+        // The waiting process dies: the next request starts its own and gives the same answer.
+        {
+            let mut ready = p.ready.0.lock().unwrap();
+            let child = ready.as_mut().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        assert_eq!(p.phonemize("Hello there.").unwrap(), ipa);
+        assert!(ready_pid(&p).is_some());
+    }
+
+    #[test]
+    fn the_waiting_process_is_stopped_with_the_last_clone() {
+        let p = Phonemizer::new("en-us").unwrap();
+        let clone = p.clone();
+        let pid = ready_pid(&p).unwrap();
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        drop(p);
+        assert!(proc_dir.exists(), "a clone still holds it");
+        drop(clone);
+        assert!(!proc_dir.exists(), "killed and reaped");
     }
 
     #[test]

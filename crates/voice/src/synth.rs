@@ -1,10 +1,62 @@
 //! Text in, audio out, one sentence at a time.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::VecDeque, path::Path, sync::Arc};
 
 use candle_core::Device;
 
 use crate::{Error, Phonemizer, Scales, Vits, VoiceConfig, Weights, phoneme_ids, text};
+
+/// Characters of text phonemised per espeak-ng batch after the first piece (espeak-ng takes
+/// about 0.1 ms a character here, so a batch costs tens of milliseconds, well under the audio
+/// of the piece before it).
+pub const PHONEME_BATCH_CHARS: usize = 600;
+
+/// The pieces of one request: those still to phonemise and those phonemised but not spoken.
+struct Pieces {
+    waiting: VecDeque<String>,
+    ready: VecDeque<(String, String)>,
+    first: bool,
+}
+
+impl Pieces {
+    /// Phonemises the next batch: the first piece alone, then up to [`PHONEME_BATCH_CHARS`].
+    /// Pieces without phonemes (nothing speakable) are dropped.
+    fn phonemize_next(&mut self, phonemizer: &Phonemizer) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        let mut chars = 0;
+        while let Some(piece) = self.waiting.front() {
+            let n = piece.chars().count();
+            if !batch.is_empty() && (self.first || chars + n > PHONEME_BATCH_CHARS) {
+                break;
+            }
+            chars += n;
+            batch.extend(self.waiting.pop_front());
+        }
+        self.first = false;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let phonemes = phonemizer.phonemize_all(&batch)?;
+        self.ready.extend(
+            batch
+                .into_iter()
+                .zip(phonemes)
+                .filter(|(_, p)| !p.trim().is_empty()),
+        );
+        Ok(())
+    }
+
+    /// The next piece and its phonemes, phonemising another batch when none is ready.
+    fn next(&mut self, phonemizer: &Phonemizer) -> Option<Result<(String, String), Error>> {
+        while self.ready.is_empty() && !self.waiting.is_empty() {
+            if let Err(e) = self.phonemize_next(phonemizer) {
+                self.waiting.clear();
+                return Some(Err(e));
+            }
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
 
 /// A loaded voice: its configuration, its model and its phonemizer.
 #[derive(Debug, Clone)]
@@ -67,10 +119,12 @@ impl Voice {
         self.config.audio.sample_rate
     }
 
-    /// Synthesises `text` sentence by sentence. Phonemes for every sentence are made first, by one
-    /// espeak-ng process; each sentence's audio is computed when the iterator reaches it, so the
-    /// first chunk is ready after one sentence's inference. This blocks: run it off any async
-    /// executor.
+    /// Synthesises `text` piece by piece (its sentences, cut as [`text::pieces`] describes).
+    /// The first piece is phonemised at once, on its own, so the first chunk is ready after one
+    /// espeak-ng round trip and one piece's inference; later pieces are phonemised in batches of
+    /// about [`PHONEME_BATCH_CHARS`] when the iterator reaches them, so a long text never delays
+    /// the first audio by phonemising all of it first. This blocks: run it off any async
+    /// executor. An error after the first chunk ends the iterator.
     pub fn synthesize<'a>(
         &'a self,
         text: &str,
@@ -82,21 +136,33 @@ impl Voice {
         {
             return Err(Error::Format(format!("the voice has no speaker {id}")));
         }
-        let sentences = text::split_sentences(&text::normalize(text));
-        let phonemes = self.phonemizer.phonemize_all(&sentences)?;
-        Ok(sentences
-            .into_iter()
-            .zip(phonemes)
-            .filter(|(_, p)| !p.trim().is_empty())
-            .map(move |(sentence, phonemes)| {
-                let ids = phoneme_ids(&self.config, &phonemes);
-                let samples = self.model.synthesize(&ids, speaker, scales)?;
-                Ok(Chunk {
-                    sentence,
-                    phonemes,
-                    samples,
-                })
+        let mut pieces = Pieces {
+            waiting: text::pieces(text).into(),
+            ready: VecDeque::new(),
+            first: true,
+        };
+        pieces.phonemize_next(&self.phonemizer)?;
+        let mut failed = false;
+        Ok(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let (sentence, phonemes) = match pieces.next(&self.phonemizer)? {
+                Ok(piece) => piece,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            };
+            let ids = phoneme_ids(&self.config, &phonemes);
+            let samples = self.model.synthesize(&ids, speaker, scales);
+            failed = samples.is_err();
+            Some(samples.map(|samples| Chunk {
+                sentence,
+                phonemes,
+                samples,
             }))
+        }))
     }
 
     /// Synthesises `text` on a blocking thread of the current tokio runtime and hands each
@@ -129,5 +195,49 @@ impl Voice {
             }
         });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_piece_is_phonemised_alone_and_the_rest_in_bounded_batches() {
+        let phonemizer = Phonemizer::new("en-us").unwrap();
+        let text: String = (1..=40)
+            .map(|n| format!("Sentence number {n} is here. "))
+            .collect();
+        let all = text::pieces(&text);
+        let mut pieces = Pieces {
+            waiting: all.clone().into(),
+            ready: VecDeque::new(),
+            first: true,
+        };
+        pieces.phonemize_next(&phonemizer).unwrap();
+        assert_eq!(pieces.ready.len(), 1, "the first piece goes alone");
+        let mut batches = vec![1];
+        let mut spoken = Vec::new();
+        while let Some(piece) = pieces.next(&phonemizer) {
+            if pieces.ready.is_empty() && !pieces.waiting.is_empty() {
+                // The next call phonemises a batch: record its size once it is made.
+                spoken.push(piece.unwrap());
+                let before = pieces.waiting.len();
+                pieces.phonemize_next(&phonemizer).unwrap();
+                let batch = before - pieces.waiting.len();
+                let chars: usize = pieces.ready.iter().map(|(s, _)| s.chars().count()).sum();
+                assert!(
+                    chars <= PHONEME_BATCH_CHARS,
+                    "{chars} characters in one batch"
+                );
+                batches.push(batch);
+                continue;
+            }
+            spoken.push(piece.unwrap());
+        }
+        assert!(batches.len() > 2, "{batches:?}");
+        // Same pieces, same order, same phonemes as one batch of everything.
+        let whole = phonemizer.phonemize_all(&all).unwrap();
+        assert_eq!(spoken, all.into_iter().zip(whole).collect::<Vec<_>>());
     }
 }

@@ -1,4 +1,5 @@
-//! Text preparation before phonemisation: normalisation, sentence and clause splitting.
+//! Text preparation before phonemisation: normalisation, sentence and clause splitting, and the
+//! pieces a text is synthesised in ([`pieces`]).
 //!
 //! All pure functions. espeak-ng reads most text well, but it reads some things badly or
 //! differently from how a listener expects: currency and percentages, ordinals, common
@@ -351,6 +352,85 @@ pub fn split_sentences(text: &str) -> Vec<String> {
     sentences
 }
 
+/// The longest piece of text synthesised at once, in characters. A longer sentence is cut at
+/// clause boundaries, and a clause still longer than this at spaces: the text encoder's memory
+/// grows with the square of a piece's length, and a piece is the unit of streaming.
+pub const MAX_PIECE_CHARS: usize = 400;
+
+/// A first sentence longer than this (in characters) is cut after its first clause, so that the
+/// first audio waits for one clause's inference rather than a whole sentence's.
+pub const FIRST_PIECE_CHARS: usize = 80;
+
+/// The pieces `text` is synthesised in, in order: its sentences after [`normalize`], where
+/// the first sentence, if longer than [`FIRST_PIECE_CHARS`], gives its first clause a piece of
+/// its own, and no piece is longer than [`MAX_PIECE_CHARS`]. Cut clauses keep their
+/// punctuation, so the pause and intonation at the cut stay those of the clause.
+pub fn pieces(text: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    for (i, sentence) in split_sentences(&normalize(text)).into_iter().enumerate() {
+        let chars = sentence.chars().count();
+        if chars <= MAX_PIECE_CHARS && (i > 0 || chars <= FIRST_PIECE_CHARS) {
+            pieces.push(sentence);
+            continue;
+        }
+        let mut clauses: Vec<String> = split_clauses(&sentence)
+            .into_iter()
+            .map(|c| match c.terminator {
+                Some(t) => format!("{}{t}", c.text),
+                None => c.text,
+            })
+            .collect();
+        if i == 0 && clauses.len() > 1 {
+            pack(vec![clauses.remove(0)], &mut pieces);
+        }
+        pack(clauses, &mut pieces);
+    }
+    pieces
+}
+
+/// Joins consecutive clauses (with a space) into pieces of at most [`MAX_PIECE_CHARS`]; a clause
+/// longer than that is cut at spaces, and a word longer than that is cut anywhere.
+fn pack(clauses: Vec<String>, pieces: &mut Vec<String>) {
+    let mut current = String::new();
+    let mut current_chars = 0;
+    let mut flush = |current: &mut String, current_chars: &mut usize| {
+        if !current.is_empty() {
+            pieces.push(std::mem::take(current));
+        }
+        *current_chars = 0;
+    };
+    for clause in clauses {
+        let words: Vec<String> = if clause.chars().count() <= MAX_PIECE_CHARS {
+            vec![clause]
+        } else {
+            clause
+                .split_whitespace()
+                .flat_map(|w| {
+                    let chars: Vec<char> = w.chars().collect();
+                    chars
+                        .chunks(MAX_PIECE_CHARS)
+                        .map(|c| c.iter().collect::<String>())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for word in words {
+            let n = word.chars().count();
+            let sep = usize::from(!current.is_empty());
+            if current_chars + sep + n > MAX_PIECE_CHARS {
+                flush(&mut current, &mut current_chars);
+            }
+            if !current.is_empty() {
+                current.push(' ');
+                current_chars += 1;
+            }
+            current.push_str(&word);
+            current_chars += n;
+        }
+    }
+    flush(&mut current, &mut current_chars);
+}
+
 /// A clause of a sentence and the punctuation that ends it (Piper keeps that punctuation as a
 /// phoneme: it shapes the pause and the intonation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,6 +570,66 @@ mod tests {
             split_sentences("Go to example.com now."),
             vec!["Go to example.com now."]
         );
+    }
+
+    #[test]
+    fn short_sentences_are_their_own_pieces() {
+        assert_eq!(
+            pieces("Hello there. How are you?"),
+            vec!["Hello there.", "How are you?"]
+        );
+    }
+
+    #[test]
+    fn a_long_first_sentence_gives_its_first_clause_a_piece() {
+        let first = "The old lighthouse stood at the edge of the cliff, its white paint peeling in \
+                     the salt wind, and nobody came.";
+        let later = "Later, a sentence just as long as the first one stays whole, because only \
+                     the first audio waits.";
+        let p = pieces(&format!("{first} {later}"));
+        assert_eq!(
+            p,
+            vec![
+                "The old lighthouse stood at the edge of the cliff,",
+                "its white paint peeling in the salt wind, and nobody came.",
+                later,
+            ]
+        );
+    }
+
+    #[test]
+    fn no_piece_is_longer_than_the_limit() {
+        // One clause of 1,000 words and no punctuation, then a single enormous word.
+        let words = vec!["word"; 1000].join(" ");
+        let giant = "x".repeat(2 * MAX_PIECE_CHARS + 5);
+        for text in [
+            words.clone(),
+            giant.clone(),
+            format!("Intro, {words}, outro. {giant}"),
+        ] {
+            let p = pieces(&text);
+            assert!(
+                p.iter().all(|s| s.chars().count() <= MAX_PIECE_CHARS),
+                "{p:?}"
+            );
+            // Nothing is lost: the words come out in order.
+            let joined: String = p.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
+            let want: String = normalize(&text)
+                .replace('.', "")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert_eq!(
+                joined.replace('.', "").replace(' ', ""),
+                want.replace(' ', "")
+            );
+        }
+        // Clauses are packed together up to the limit rather than one piece each.
+        let clauses = vec!["a short clause"; 100].join(", ");
+        let p = pieces(&format!("{clauses}."));
+        assert!(p.len() < 10, "{} pieces", p.len());
+        assert!(p.last().unwrap().ends_with("a short clause."), "{p:?}");
+        assert!(p[1].ends_with(','), "a cut keeps the clause's comma: {p:?}");
     }
 
     #[test]
