@@ -20,6 +20,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::{
     Error, Weights,
+    fused::{ChannelNorm, RelativeBand, TanhSigmoidGate},
     kernels::{Activation, TimeConv, TimeUpsample},
     spline,
 };
@@ -179,29 +180,12 @@ impl Conv1d {
 }
 
 /// LayerNorm over the channel axis of a `[1, C, T]` tensor (VITS's `modules.LayerNorm`).
-#[derive(Debug, Clone)]
-struct ChannelNorm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-impl ChannelNorm {
-    fn load(w: &Weights, prefix: &str) -> Result<Self> {
-        Ok(Self {
-            gamma: w.get(&format!("{prefix}.gamma"))?.reshape(((), 1))?,
-            beta: w.get(&format!("{prefix}.beta"))?.reshape(((), 1))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(1)?;
-        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        Ok(normed
-            .broadcast_mul(&self.gamma)?
-            .broadcast_add(&self.beta)?)
-    }
+fn channel_norm(w: &Weights, prefix: &str) -> Result<ChannelNorm> {
+    ChannelNorm::new(
+        w.get(&format!("{prefix}.gamma"))?,
+        w.get(&format!("{prefix}.beta"))?,
+        LN_EPS as f32,
+    )
 }
 
 /// Multi-head self-attention with relative-position keys and values (Shaw et al.), window 4.
@@ -228,8 +212,7 @@ impl RelativeAttention {
         })
     }
 
-    /// `band` is the `[T, 2W+1, T]` one-hot map from (query i, offset k) to key `i + k - W`.
-    fn forward(&self, x: &Tensor, band: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, channels, t) = x.dims3()?;
         let head_dim = channels / HEADS;
         let heads = |y: Tensor| -> Result<Tensor> {
@@ -243,44 +226,20 @@ impl RelativeAttention {
         let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
 
-        let mut scores = q.matmul(&k.t()?)?; // [H, T, T]
-        // Relative keys: logits per offset, then placed on the band around the diagonal.
+        let band = RelativeBand { window: WINDOW };
+        let scores = q.matmul(&k.t()?)?; // [H, T, T]
+        // Relative keys: logits per offset, added on the band around the diagonal.
         let rel_logits = q.broadcast_matmul(&self.rel_k.t()?)?; // [H, T, 2W+1]
-        let local = rel_logits
-            .transpose(0, 1)?
-            .contiguous()?
-            .matmul(band)? // [T, H, T]
-            .transpose(0, 1)?;
-        scores = (scores + local)?;
-        let p = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+        let scores = band.add_to_scores(&scores, &rel_logits)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
 
-        let mut out = p.matmul(&v)?; // [H, T, d]
+        let out = p.matmul(&v)?; // [H, T, d]
         // Relative values: attention weights gathered per offset, times the offset embeddings.
-        let rel_weights = p
-            .transpose(0, 1)?
-            .contiguous()?
-            .matmul(&band.transpose(1, 2)?.contiguous()?)? // [T, H, 2W+1]
-            .transpose(0, 1)?
-            .contiguous()?;
-        out = (out + rel_weights.broadcast_matmul(&self.rel_v)?)?;
+        let rel_weights = band.gather(&p)?; // [H, T, 2W+1]
+        let out = (out + rel_weights.broadcast_matmul(&self.rel_v)?)?;
         let out = out.transpose(1, 2)?.reshape((1, channels, t))?;
         self.o.forward(&out)
     }
-}
-
-/// The `[T, 2W+1, T]` band: entry (i, k, j) is 1 when key j sits at offset k - W from query i.
-fn relative_band(t: usize, device: &Device) -> Result<Tensor> {
-    let width = 2 * WINDOW + 1;
-    let mut band = vec![0f32; t * width * t];
-    for i in 0..t {
-        for k in 0..width {
-            let j = i as isize + k as isize - WINDOW as isize;
-            if (0..t as isize).contains(&j) {
-                band[(i * width + k) * t + j as usize] = 1.0;
-            }
-        }
-    }
-    Ok(Tensor::from_vec(band, (t, width, t), device)?)
 }
 
 /// The transformer layer's feed-forward block: two "same" convolutions with ReLU between.
@@ -324,12 +283,12 @@ impl TextEncoder {
             let ffn = format!("enc_p.encoder.ffn_layers.{i}");
             layers.push(EncoderLayer {
                 attn: RelativeAttention::load(w, &p)?,
-                norm_1: ChannelNorm::load(w, &format!("enc_p.encoder.norm_layers_1.{i}"))?,
+                norm_1: channel_norm(w, &format!("enc_p.encoder.norm_layers_1.{i}"))?,
                 ffn: ConvFeedForward {
                     conv_1: Conv1d::same(w, &format!("{ffn}.conv_1"), 1, 1)?,
                     conv_2: Conv1d::same(w, &format!("{ffn}.conv_2"), 1, 1)?,
                 },
-                norm_2: ChannelNorm::load(w, &format!("enc_p.encoder.norm_layers_2.{i}"))?,
+                norm_2: channel_norm(w, &format!("enc_p.encoder.norm_layers_2.{i}"))?,
             });
         }
         if layers.is_empty() {
@@ -363,9 +322,8 @@ impl TextEncoder {
             .t()?
             .unsqueeze(0)?
             .contiguous()?;
-        let band = relative_band(t, device)?;
         for layer in &self.layers {
-            let y = layer.attn.forward(&x, &band)?;
+            let y = layer.attn.forward(&x)?;
             x = layer.norm_1.forward(&(x + y)?)?;
             let y = layer.ffn.forward(&x)?;
             x = layer.norm_2.forward(&(x + y)?)?;
@@ -410,9 +368,9 @@ impl DdsConv {
             let dilation = kernel.pow(i as u32);
             layers.push((
                 Conv1d::same(w, &sep, dilation, channels)?,
-                ChannelNorm::load(w, &format!("{prefix}.norms_1.{i}"))?,
+                channel_norm(w, &format!("{prefix}.norms_1.{i}"))?,
                 Conv1d::same(w, &format!("{prefix}.convs_1x1.{i}"), 1, 1)?,
-                ChannelNorm::load(w, &format!("{prefix}.norms_2.{i}"))?,
+                channel_norm(w, &format!("{prefix}.norms_2.{i}"))?,
             ));
         }
         Ok(Self { layers })
@@ -613,8 +571,7 @@ impl WaveNet {
             if let Some(g) = &g {
                 x_in = x_in.broadcast_add(&g.narrow(1, i * 2 * n, 2 * n)?)?;
             }
-            let acts =
-                (x_in.narrow(1, 0, n)?.tanh()? * candle_nn::ops::sigmoid(&x_in.narrow(1, n, n)?)?)?;
+            let acts = TanhSigmoidGate::forward(&x_in.contiguous()?)?;
             let rs = res_skip.forward(&acts)?;
             let skip = if i < last {
                 x = (x + rs.narrow(1, 0, n)?)?;
@@ -1010,22 +967,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn band_places_offsets_around_the_diagonal() {
-        let t = 6;
-        let band = relative_band(t, &Device::Cpu).unwrap();
-        let v = band.to_vec3::<f32>().unwrap();
-        // Query 0 sees keys 0..=4 at offsets 4..=8 and nothing at negative offsets.
-        assert_eq!(v[0][WINDOW][0], 1.0);
-        assert_eq!(v[0][WINDOW + 4][4], 1.0);
-        assert_eq!(v[0][WINDOW - 1].iter().sum::<f32>(), 0.0);
-        // Each (query, offset) row holds at most one key.
-        for row in v.iter().flatten() {
-            assert!(row.iter().sum::<f32>() <= 1.0);
-        }
-        assert_eq!(v[5][0][1], 1.0);
-    }
-
-    #[test]
     fn durations_round_up_and_scale() {
         let logw = Tensor::new(&[[[0.0f32, (2.5f32).ln(), -30.0]]], &Device::Cpu).unwrap();
         assert_eq!(durations(&logw, 1.0).unwrap(), vec![1, 3, 1]);
@@ -1047,10 +988,12 @@ mod tests {
     #[test]
     fn channel_norm_normalises_each_frame() {
         let x = Tensor::new(&[[[1f32, 10.], [3., 10.], [5., 40.]]], &Device::Cpu).unwrap();
-        let norm = ChannelNorm {
-            gamma: Tensor::ones((3, 1), DType::F32, &Device::Cpu).unwrap(),
-            beta: Tensor::zeros((3, 1), DType::F32, &Device::Cpu).unwrap(),
-        };
+        let norm = ChannelNorm::new(
+            &Tensor::ones((3, 1), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((3, 1), DType::F32, &Device::Cpu).unwrap(),
+            1e-5,
+        )
+        .unwrap();
         let y = norm
             .forward(&x)
             .unwrap()
