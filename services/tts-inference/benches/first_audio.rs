@@ -6,7 +6,9 @@
 //! - time to first audio: from sending `Synthesize` to receiving the first audio message, for a
 //!   request whose first sentence is short ("Hello.") followed by a longer one;
 //! - real-time factor for a long paragraph: wall time of the whole stream divided by the duration
-//!   of the audio it carried (pcm16).
+//!   of the audio it carried (pcm16);
+//! - throughput under load: four paragraphs requested at once, as audio seconds made per wall
+//!   second, with the slowest first audio. Compare `TTS_WORKERS=1` and `2` (the default here).
 //!
 //! The voices folder comes from `TEST_VOICES_DIR` (as for the tests). Figures are printed with
 //! their parameters; record them in docs/benchmarks.md.
@@ -135,5 +137,32 @@ async fn main() {
             first.unwrap_or_default()
         );
     }
+    // Four requests at once: the inference pool's threads share the machine's cores.
+    let sent = Instant::now();
+    let runs = (0..4).map(|_| {
+        let mut client = client.clone();
+        let text = request(PARAGRAPH);
+        tokio::spawn(async move {
+            let mut stream = client.synthesize(text).await.unwrap().into_inner();
+            let (mut bytes, mut first) = (0usize, None);
+            while let Some(message) = stream.message().await.unwrap() {
+                first.get_or_insert_with(|| sent.elapsed());
+                bytes += message.audio.len();
+            }
+            (bytes, first.unwrap_or_default())
+        })
+    });
+    let mut audio = 0.0;
+    let mut slowest_first = Duration::ZERO;
+    for run in runs.collect::<Vec<_>>() {
+        let (bytes, first) = run.await.unwrap();
+        audio += bytes as f64 / 2.0 / 22_050.0;
+        slowest_first = slowest_first.max(first);
+    }
+    let wall = sent.elapsed();
+    println!(
+        "4 paragraphs at once: {audio:.1} s of audio in {wall:.2?}, {:.1} audio seconds per second, slowest first audio {slowest_first:.0?}",
+        audio / wall.as_secs_f64()
+    );
     signals.shutdown.cancel();
 }
