@@ -223,6 +223,12 @@ impl TimeConv {
         })
     }
 
+    /// How far an output sample sees on either side of its own position, in input samples
+    /// (for "same" padding).
+    pub fn reach(&self) -> usize {
+        self.dilation * (self.kernel - 1) / 2
+    }
+
     /// `conv(act(x)) + bias`, plus `x` itself when `residual`; `x` is `[1, time, Cin]`.
     pub fn forward(&self, x: &Tensor, act: Activation, residual: bool) -> Result<Tensor> {
         if residual && self.c_in != self.c_out {
@@ -384,6 +390,11 @@ impl TimeUpsample {
             stride,
             padding,
         })
+    }
+
+    /// Output samples per input sample.
+    pub fn stride(&self) -> usize {
+        self.stride
     }
 
     /// `conv_transpose(act(x)) + bias`; `x` is `[1, time, Cin]`, the result

@@ -618,6 +618,14 @@ enum ResBlock {
 }
 
 impl ResBlock {
+    /// How far an output sample sees on either side, in samples: its convolutions' reaches add up.
+    fn reach(&self) -> usize {
+        match self {
+            Self::One(pairs) => pairs.iter().map(|(a, b)| a.reach() + b.reach()).sum(),
+            Self::Two(convs) => convs.iter().map(TimeConv::reach).sum(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let act = Activation::leaky(LRELU_SLOPE as f32);
         let mut x = x.clone();
@@ -660,6 +668,10 @@ struct Generator {
     /// `ups.len()` groups of residual blocks, averaged within a group.
     resblocks: Vec<Vec<ResBlock>>,
     conv_post: TimeConv,
+    /// Output samples per latent frame (the product of the upsampling strides).
+    hop: usize,
+    /// Latent frames on either side of a frame that can change its audio (rounded up, plus one).
+    context: usize,
 }
 
 impl Generator {
@@ -728,7 +740,7 @@ impl Generator {
             )));
         }
         let per_level = blocks.len() / ups.len();
-        let mut resblocks = Vec::new();
+        let mut resblocks: Vec<Vec<ResBlock>> = Vec::new();
         let mut blocks = blocks.into_iter();
         for _ in 0..ups.len() {
             resblocks.push(blocks.by_ref().take(per_level).collect());
@@ -738,12 +750,28 @@ impl Generator {
         } else {
             None
         };
+        let conv_pre = time_conv_same(w, "dec.conv_pre", 1)?;
+        let conv_post = time_conv_same(w, "dec.conv_post", 1)?;
+        // The receptive field in latent frames: each layer's reach in its own samples, divided
+        // by the samples per frame at its level. A transposed convolution with kernel 2s reads
+        // one input sample on either side.
+        let mut rate = 1;
+        let mut reach = conv_pre.reach() as f64;
+        for (up, blocks) in ups.iter().zip(&resblocks) {
+            reach += 1.0 / rate as f64;
+            rate *= up.stride();
+            let widest = blocks.iter().map(ResBlock::reach).max().unwrap_or(0);
+            reach += widest as f64 / rate as f64;
+        }
+        reach += conv_post.reach() as f64 / rate as f64;
         Ok(Self {
-            conv_pre: time_conv_same(w, "dec.conv_pre", 1)?,
+            conv_pre,
             cond,
             ups,
             resblocks,
-            conv_post: time_conv_same(w, "dec.conv_post", 1)?,
+            conv_post,
+            hop: rate,
+            context: reach.ceil() as usize + 1,
         })
     }
 
@@ -778,6 +806,11 @@ impl Generator {
         Ok(audio.reshape((1, 1, ()))?)
     }
 }
+
+/// Latent frames [`Vits::synthesize`] decodes at once (about 4.6 s of audio at 22,050 Hz): a
+/// longer sentence is decoded in windows ([`Vits::decode_windowed`]), so the decoder's memory
+/// (about 70 MB per window for a medium voice) does not grow with the sentence.
+pub const DECODE_WINDOW_FRAMES: usize = 400;
 
 /// Synthesis scales (Piper's `scales` input).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -927,6 +960,34 @@ impl Vits {
         self.dec.forward(z, g)
     }
 
+    /// Stage 5 in windows of at most `window` latent frames, each decoded with the frames around
+    /// it that its audio depends on (the decoder's receptive field) and trimmed back: the same
+    /// audio as [`Vits::decode`], with memory bounded by the window instead of the sentence.
+    pub fn decode_windowed(
+        &self,
+        z: &Tensor,
+        g: Option<&Tensor>,
+        window: usize,
+    ) -> Result<Vec<f32>> {
+        let frames = z.dim(2)?;
+        let window = window.max(1);
+        if frames <= window {
+            return Ok(self.decode(z, g)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let (hop, context) = (self.dec.hop, self.dec.context);
+        let mut audio = Vec::with_capacity(frames * hop);
+        let mut start = 0;
+        while start < frames {
+            let end = (start + window).min(frames);
+            let (lo, hi) = (start.saturating_sub(context), (end + context).min(frames));
+            let part = self.decode(&z.narrow(2, lo, hi - lo)?, g)?;
+            let part = part.flatten_all()?.to_vec1::<f32>()?;
+            audio.extend_from_slice(&part[(start - lo) * hop..(end - lo) * hop]);
+            start = end;
+        }
+        Ok(audio)
+    }
+
     /// All stages: phoneme ids → audio samples in `[-1, 1]`.
     pub fn synthesize(
         &self,
@@ -941,8 +1002,7 @@ impl Vits {
         let (m, logs) = self.expand(&encoded, &frames)?;
         let z_p = self.prior_sample(&m, &logs, scales.noise_scale)?;
         let z = self.flow_reverse(&z_p, g.as_ref())?;
-        let audio = self.decode(&z, g.as_ref())?;
-        Ok(audio.flatten_all()?.to_vec1::<f32>()?)
+        self.decode_windowed(&z, g.as_ref(), DECODE_WINDOW_FRAMES)
     }
 }
 

@@ -105,6 +105,21 @@ fn decoder_matches_on_the_chain_and_on_its_own() {
 }
 
 #[test]
+fn windowed_decoding_gives_the_same_audio() {
+    let z = reference("sentence", "z");
+    let want = reference("sentence", "audio");
+    let frames = z.dim(2).unwrap();
+    // Windows far smaller than the receptive field's span, uneven ones, and one window.
+    for window in [5, frames / 2 + 1, frames] {
+        let audio = common::model().decode_windowed(&z, None, window).unwrap();
+        let audio = candle_core::Tensor::new(audio.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let diff = max_abs_diff(&audio, &want);
+        eprintln!("decoder in windows of {window}: max |diff| = {diff:e}");
+        assert!(diff < DECODER_TOL, "window {window}: {diff}");
+    }
+}
+
+#[test]
 fn whole_model_matches_end_to_end() {
     let scales = Scales {
         noise_scale: 0.0,
