@@ -192,6 +192,14 @@ The environment of one service's container, after envFrom the shared ConfigMap:
       name: {{ include "sonora.secretName" $root }}
       key: {{ $root.Values.secrets.redisUrlKey }}
 {{- end }}
+{{- if eq $name "tts-inference" }}
+{{- /* Inference's thread pools (rayon, candle) follow the CPU limit, not the node's cores. */}}
+- name: RAYON_NUM_THREADS
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
+{{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY
   valueFrom:

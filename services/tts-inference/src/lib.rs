@@ -30,7 +30,10 @@ pub struct Settings {
     pub voices_dir: PathBuf,
     /// The voice used when a request names none; the service is ready once it is loaded.
     pub default_voice: String,
-    /// Inference threads (`TTS_WORKERS`, default: the number of cores).
+    /// Requests synthesised at once (`TTS_WORKERS`, default: twice the cores this process may
+    /// use). Each request's convolutions already spread over every core, so more workers than
+    /// cores do not add throughput; they let a request that arrives behind a long one start at
+    /// once, sharing the cores, instead of waiting for it to finish (docs/benchmarks.md).
     pub workers: usize,
     /// Requests that may wait for a thread before new ones are refused (`TTS_QUEUE_CAPACITY`).
     pub queue_capacity: usize,
@@ -55,7 +58,7 @@ impl Settings {
                 "TTS_WORKERS",
                 src.or(
                     "TTS_WORKERS",
-                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                    2 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
                 )?,
             )?,
             queue_capacity: bounded("TTS_QUEUE_CAPACITY", src.or("TTS_QUEUE_CAPACITY", 8usize)?)?,
