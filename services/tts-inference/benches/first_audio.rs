@@ -8,7 +8,8 @@
 //! - real-time factor for a long paragraph: wall time of the whole stream divided by the duration
 //!   of the audio it carried (pcm16);
 //! - throughput under load: four paragraphs requested at once, as audio seconds made per wall
-//!   second, with the slowest first audio. Compare `TTS_WORKERS=1` and `2` (the default here).
+//!   second, with the slowest first audio. Set `TTS_WORKERS` to compare worker counts (default:
+//!   the service's).
 //!
 //! The voices folder comes from `TEST_VOICES_DIR` (as for the tests). Figures are printed with
 //! their parameters; record them in docs/benchmarks.md.
@@ -45,16 +46,19 @@ async fn main() {
             std::env::var("HOME").unwrap_or_default()
         )
     });
-    let workers = std::env::var("TTS_WORKERS").unwrap_or_else(|_| "2".to_owned());
-    let src = settings::Sources::from_pairs([
+    // TTS_WORKERS from the environment, else the service's default.
+    let workers = std::env::var("TTS_WORKERS").ok();
+    let mut pairs = vec![
         ("VOICES_DIR", voices.as_str()),
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("HTTP_ADDR", "127.0.0.1:0"),
-        ("TTS_WORKERS", workers.as_str()),
-    ])
-    .unwrap();
+    ];
+    pairs.extend(workers.as_deref().map(|w| ("TTS_WORKERS", w)));
+    let src = settings::Sources::from_pairs(pairs).unwrap();
+    let settings = Settings::load(&src).unwrap();
+    let workers = settings.workers;
     let signals = Signals::new();
-    let app = Application::build(Settings::load(&src).unwrap(), signals.clone()).unwrap();
+    let app = Application::build(settings, signals.clone()).unwrap();
     let http = format!("http://127.0.0.1:{}/ready", app.http_port());
     let grpc = app.grpc_port();
     tokio::spawn(app.stopped());
@@ -71,7 +75,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "voice loaded and service ready in {:.0?}; {workers} inference thread(s)",
+        "voice loaded and service ready in {:.0?}; {workers} inference worker(s)",
         started.elapsed()
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
