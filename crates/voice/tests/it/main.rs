@@ -9,4 +9,5 @@ mod common;
 mod equivalence;
 mod loading;
 mod phonemes;
+mod speakers;
 mod synthesis;
