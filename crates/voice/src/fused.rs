@@ -11,22 +11,35 @@ use crate::Error;
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// The contiguous f32 values of a `[1, channels, time]` tensor.
-fn channel_major<'a>(
+/// The contiguous f32 values of a rank-3 tensor, and its dimensions.
+pub(crate) fn rank3<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
-) -> candle_core::Result<(&'a [f32], usize, usize)> {
+) -> candle_core::Result<(&'a [f32], [usize; 3])> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: expects f32 values");
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("{op}: expects a contiguous tensor");
     };
-    let &[1, channels, time] = layout.dims() else {
-        candle_core::bail!("{op}: expects [1, channels, time], got {:?}", layout.dims());
+    let &[a, b, c] = layout.dims() else {
+        candle_core::bail!("{op}: expects rank 3, got {:?}", layout.dims());
     };
-    Ok((&data[start..end], channels, time))
+    Ok((&data[start..end], [a, b, c]))
+}
+
+/// The values of a contiguous `[1, a, b]` f32 tensor (a batch of one), with `a` and `b`.
+pub(crate) fn single<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<(&'a [f32], usize, usize)> {
+    let (values, [batch, a, b]) = rank3(storage, layout, op)?;
+    if batch != 1 {
+        candle_core::bail!("{op}: expects a batch of one, got {:?}", layout.dims());
+    }
+    Ok((values, a, b))
 }
 
 /// Layer norm over the channels of each frame, then a per-channel affine map
@@ -68,7 +81,7 @@ impl CustomOp1 for ChannelNorm {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, channels, time) = channel_major(storage, layout, self.name())?;
+        let (x, channels, time) = single(storage, layout, self.name())?;
         if channels != self.gamma.len() {
             candle_core::bail!(
                 "{}: {channels} channels, {} scales",
@@ -131,7 +144,7 @@ impl CustomOp1 for TanhSigmoidGate {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, channels, time) = channel_major(storage, layout, self.name())?;
+        let (x, channels, time) = single(storage, layout, self.name())?;
         if channels % 2 != 0 {
             candle_core::bail!("{}: {channels} channels is not two halves", self.name());
         }
@@ -144,24 +157,6 @@ impl CustomOp1 for TanhSigmoidGate {
             .collect();
         Ok((CpuStorage::F32(out), Shape::from((1, channels / 2, time))))
     }
-}
-
-/// The contiguous f32 values of a rank-3 tensor, and its dimensions.
-fn rank3<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<(&'a [f32], [usize; 3])> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: expects f32 values");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: expects a contiguous tensor");
-    };
-    let &[a, b, c] = layout.dims() else {
-        candle_core::bail!("{op}: expects rank 3, got {:?}", layout.dims());
-    };
-    Ok((&data[start..end], [a, b, c]))
 }
 
 /// Relative-position attention's band (Shaw et al., window `W`): query `i` and key `j` interact
@@ -282,12 +277,13 @@ fn tanh(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors of the same shape.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::Error;
+use crate::{Error, fused::single};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -157,22 +157,43 @@ fn block_rows(rows: usize, row_values: usize) -> usize {
     by_cache.min(by_threads)
 }
 
-/// The contiguous f32 values of a `[1, time, channels]` tensor.
-fn time_major<'a>(
+/// The input of a time-major op, `[1, time, channels]` with the channels its weights expect:
+/// its values, its length and its channels.
+fn input_rows<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
+    channels: usize,
 ) -> candle_core::Result<(&'a [f32], usize, usize)> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: expects f32 values");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: expects a contiguous tensor");
-    };
-    let &[1, time, channels] = layout.dims() else {
-        candle_core::bail!("{op}: expects [1, time, channels], got {:?}", layout.dims());
-    };
-    Ok((&data[start..end], time, channels))
+    let (x, len, c_in) = single(storage, layout, op)?;
+    if c_in != channels {
+        candle_core::bail!("{op}: {c_in} input channels, the weights want {channels}");
+    }
+    Ok((x, len, c_in))
+}
+
+/// Fills `dst` with `rows` rows of `act(x)` from signal row `first` on; rows before the signal
+/// (`first` may be negative) or past its `len` rows are zero. Rows are `width` values.
+fn load_rows(
+    x: &[f32],
+    len: usize,
+    width: usize,
+    first: isize,
+    rows: usize,
+    act: Activation,
+    dst: &mut Vec<f32>,
+) {
+    dst.clear();
+    dst.resize(rows * width, 0.0);
+    let lo = (-first).clamp(0, rows as isize) as usize;
+    let hi = (len as isize - first).clamp(0, rows as isize) as usize;
+    if lo < hi {
+        let src = (first + lo as isize) as usize;
+        act.apply(
+            &x[src * width..(src + hi - lo) * width],
+            &mut dst[lo * width..hi * width],
+        );
+    }
 }
 
 /// A 1-D convolution over a time-major signal.
@@ -261,14 +282,7 @@ impl CustomOp1 for ConvOp<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let c = self.conv;
-        let (x, len, c_in) = time_major(storage, layout, self.name())?;
-        if c_in != c.c_in {
-            candle_core::bail!(
-                "{}: {c_in} input channels, the weights want {}",
-                self.name(),
-                c.c_in
-            );
-        }
+        let (x, len, c_in) = input_rows(storage, layout, self.name(), c.c_in)?;
         let span = c.dilation * (c.kernel - 1);
         let Some(out_len) = (len + 2 * c.padding).checked_sub(span) else {
             candle_core::bail!("{}: {len} samples are shorter than the kernel", self.name());
@@ -287,19 +301,8 @@ impl CustomOp1 for ConvOp<'_> {
                 SCRATCH.with_borrow_mut(|(input, _)| {
                     // The block's input rows t0 - padding .. t0 + n + span - padding, activated,
                     // zero outside the signal.
-                    let in_rows = n + span;
-                    input.clear();
-                    input.resize(in_rows * c_in, 0.0);
                     let first = t0 as isize - c.padding as isize;
-                    let lo = (-first).clamp(0, in_rows as isize) as usize;
-                    let hi = (len as isize - first).clamp(0, in_rows as isize) as usize;
-                    if lo < hi {
-                        let src = (first + lo as isize) as usize;
-                        self.act.apply(
-                            &x[src * c_in..(src + hi - lo) * c_in],
-                            &mut input[lo * c_in..hi * c_in],
-                        );
-                    }
+                    load_rows(x, len, c_in, first, n + span, self.act, input);
                     for (i, row) in dst.chunks_exact_mut(c_out).enumerate() {
                         row.copy_from_slice(&c.bias);
                         if self.residual {
@@ -420,14 +423,7 @@ impl CustomOp1 for UpsampleOp<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let u = self.up;
-        let (x, len, c_in) = time_major(storage, layout, self.name())?;
-        if c_in != u.c_in {
-            candle_core::bail!(
-                "{}: {c_in} input channels, the weights want {}",
-                self.name(),
-                u.c_in
-            );
-        }
+        let (x, len, c_in) = input_rows(storage, layout, self.name(), u.c_in)?;
         let (s, p, c_out) = (u.stride, u.padding, u.c_out);
         let out_len = (len + 1) * s - 2 * p;
         let mut out = vec![0f32; out_len * c_out];
@@ -444,18 +440,7 @@ impl CustomOp1 for UpsampleOp<'_> {
                 let qn = q1 - q0;
                 SCRATCH.with_borrow_mut(|(input, full)| {
                     // Input rows q0 - 1 .. q1 (qn + 1 of them), activated, zero outside the signal.
-                    input.clear();
-                    input.resize((qn + 1) * c_in, 0.0);
-                    let first = q0 as isize - 1;
-                    let lo = (-first).clamp(0, qn as isize + 1) as usize;
-                    let hi = (len as isize - first).clamp(0, qn as isize + 1) as usize;
-                    if lo < hi {
-                        let src = (first + lo as isize) as usize;
-                        self.act.apply(
-                            &x[src * c_in..(src + hi - lo) * c_in],
-                            &mut input[lo * c_in..hi * c_in],
-                        );
-                    }
+                    load_rows(x, len, c_in, q0 as isize - 1, qn + 1, self.act, input);
                     full.clear();
                     full.resize(qn * s * c_out, 0.0);
                     // Row q of the product is [x[q - 1], x[q]] · weight: all s phases of step q.
@@ -490,19 +475,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::fused::tests::max_diff;
 
     fn leaky(x: &Tensor, slope: f64) -> Tensor {
         x.maximum(&(x * slope).unwrap()).unwrap()
