@@ -89,6 +89,9 @@ impl CustomOp1 for ChannelNorm {
                 self.gamma.len()
             );
         }
+        if time == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), Shape::from((1, channels, 0))));
+        }
         let n = channels as f32;
         let mut mean = vec![0f32; time];
         for row in x.chunks_exact(time) {
@@ -213,6 +216,9 @@ impl CustomOp2 for BandAdd {
             );
         }
         let mut out = scores.to_vec();
+        if t == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((h, 0, 0))));
+        }
         for (row, (dst, rel)) in out
             .chunks_exact_mut(t)
             .zip(rel.chunks_exact(width))
@@ -242,6 +248,9 @@ impl CustomOp1 for BandGather {
         }
         let width = 2 * self.0.window + 1;
         let mut out = vec![0f32; h * t * width];
+        if t == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((h, 0, width))));
+        }
         for (row, (dst, p)) in out
             .chunks_exact_mut(width)
             .zip(p.chunks_exact(t))

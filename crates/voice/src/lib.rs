@@ -51,6 +51,12 @@ use std::path::PathBuf;
 pub use config::VoiceConfig;
 pub use model::{Encoded, Scales, Vits};
 pub use phonemes::{Phonemizer, phoneme_ids};
+
+/// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is
+/// `RAYON_NUM_THREADS` when set and otherwise the cores this process may use.
+pub fn inference_threads() -> usize {
+    rayon::current_num_threads()
+}
 pub use synth::{Chunk, Voice};
 pub use weights::Weights;
 

@@ -982,6 +982,13 @@ impl Vits {
             let (lo, hi) = (start.saturating_sub(context), (end + context).min(frames));
             let part = self.decode(&z.narrow(2, lo, hi - lo)?, g)?;
             let part = part.flatten_all()?.to_vec1::<f32>()?;
+            if part.len() != (hi - lo) * hop {
+                return Err(Error::Format(format!(
+                    "the decoder made {} samples for {} frames, not {hop} a frame",
+                    part.len(),
+                    hi - lo
+                )));
+            }
             audio.extend_from_slice(&part[(start - lo) * hop..(end - lo) * hop]);
             start = end;
         }

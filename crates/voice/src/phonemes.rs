@@ -8,8 +8,9 @@
 //!
 //! Cost: one process per batch of sentences, not one per clause. Starting espeak-ng (loading its
 //! dictionaries) takes about 10 ms here, so each [`Phonemizer`] keeps one process already started
-//! and waiting on its input: a request takes it, and a replacement starts at once, initialising
-//! while the request is served. A pre-started process that has died is replaced transparently.
+//! and waiting on its input: a request takes it, and once the request has its answer a
+//! replacement starts, initialising before the next request. A pre-started process that has
+//! died is replaced transparently; concurrent requests that find none start their own.
 
 use std::{
     io::Write,
@@ -40,14 +41,19 @@ impl ReadyProcess {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Keeps `child` unless a process is already waiting (a concurrent request put one there
+    /// first), in which case `child` is stopped.
     fn put(&self, child: Child) {
-        let old = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(child);
-        if let Some(old) = old {
-            reap(old);
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(child);
+        } else {
+            drop(slot);
+            reap(child);
         }
     }
 }
@@ -104,16 +110,18 @@ impl Phonemizer {
             .spawn()
     }
 
-    /// Starts the process the next request will use. A failure here is left for that request
-    /// to report, when it starts a process of its own.
+    /// Starts the process the next request will use, unless one is already waiting. A failure
+    /// here is left for that request to report, when it starts a process of its own.
     fn start_ahead(&self) {
-        if let Ok(child) = self.spawn() {
+        if self.ready.is_empty()
+            && let Ok(child) = self.spawn()
+        {
             self.ready.put(child);
         }
     }
 
-    /// The pre-started process if it is still alive, or a new one; then starts the next.
-    fn process(&self) -> Result<Child, Error> {
+    /// The pre-started process if it is still alive (and `true`), or a new one (and `false`).
+    fn process(&self) -> Result<(Child, bool), Error> {
         let ready = self
             .ready
             .take()
@@ -124,14 +132,15 @@ impl Phonemizer {
                     None
                 }
             });
-        let child = match ready {
-            Some(child) => child,
-            None => self.spawn().map_err(|e| {
-                Error::Phonemizer(format!("cannot start {}: {e}", self.program.display()))
-            })?,
-        };
-        self.start_ahead();
-        Ok(child)
+        match ready {
+            Some(child) => Ok((child, true)),
+            None => Ok((self.fresh()?, false)),
+        }
+    }
+
+    fn fresh(&self) -> Result<Child, Error> {
+        self.spawn()
+            .map_err(|e| Error::Phonemizer(format!("cannot start {}: {e}", self.program.display())))
     }
 
     /// IPA phonemes of one sentence, with Piper's punctuation.
@@ -179,39 +188,52 @@ impl Phonemizer {
 
     /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
     fn run(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
-        let mut child = self.process()?;
         let mut input = String::new();
         for line in lines {
             // A newline inside a clause would desynchronise the one-line-per-clause answer.
             input.push_str(&line.replace(['\n', '\r'], " "));
             input.push('\n');
         }
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // Written from another thread: espeak-ng answers while it reads, and a large input
-        // would otherwise fill both pipes and deadlock.
-        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let output = child
-            .wait_with_output()
-            .map_err(|e| Error::Phonemizer(format!("espeak-ng failed: {e}")))?;
-        writer
-            .join()
-            .map_err(|_| Error::Phonemizer("writing to espeak-ng panicked".into()))?
-            .map_err(|e| Error::Phonemizer(format!("writing to espeak-ng: {e}")))?;
-        if !output.status.success() {
-            return Err(Error::Phonemizer(format!(
-                "espeak-ng exited with {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        let stdout = String::from_utf8(output.stdout)
-            .map_err(|_| Error::Phonemizer("espeak-ng wrote invalid UTF-8".into()))?;
+        let (child, pre_started) = self.process()?;
+        let output = match communicate(child, input.clone()) {
+            // A pre-started process can die between the liveness check and the write: the
+            // request then gets one fresh process before it fails.
+            Err(_) if pre_started => communicate(self.fresh()?, input),
+            result => result,
+        };
+        // The next request's process starts after this one's answer, off its critical path.
+        self.start_ahead();
+        let stdout = output?;
         Ok(stdout
             .lines()
             .map(|l| strip_language_switches(l.trim()))
             .filter(|l| !l.is_empty())
             .collect())
     }
+}
+
+/// Writes `input` to espeak-ng, closes its input and returns everything it printed.
+fn communicate(mut child: Child, input: String) -> Result<String, Error> {
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written from another thread: espeak-ng answers while it reads, and a large input would
+    // otherwise fill both pipes and deadlock.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Error::Phonemizer(format!("espeak-ng failed: {e}")))?;
+    writer
+        .join()
+        .map_err(|_| Error::Phonemizer("writing to espeak-ng panicked".into()))?
+        .map_err(|e| Error::Phonemizer(format!("writing to espeak-ng: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::Phonemizer(format!(
+            "espeak-ng exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    String::from_utf8(output.stdout)
+        .map_err(|_| Error::Phonemizer("espeak-ng wrote invalid UTF-8".into()))
 }
 
 /// Removes espeak-ng's language-switch markers such as `(en)` or `(fr)`, as Piper does.

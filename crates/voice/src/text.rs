@@ -357,8 +357,10 @@ pub fn split_sentences(text: &str) -> Vec<String> {
 /// grows with the square of a piece's length, and a piece is the unit of streaming.
 pub const MAX_PIECE_CHARS: usize = 400;
 
-/// A first sentence longer than this (in characters) is cut after its first clause, so that the
-/// first audio waits for one clause's inference rather than a whole sentence's.
+/// A first sentence longer than this (in characters) is cut after its first clause, when it has
+/// more than one, so that the first audio waits for one clause's inference rather than a whole
+/// sentence's. A first sentence without a clause break stays whole (up to [`MAX_PIECE_CHARS`]):
+/// cutting between words would change its intonation.
 pub const FIRST_PIECE_CHARS: usize = 80;
 
 /// The pieces `text` is synthesised in, in order: its sentences after [`normalize`], where

@@ -192,7 +192,7 @@ The environment of one service's container, after envFrom the shared ConfigMap:
       name: {{ include "sonora.secretName" $root }}
       key: {{ $root.Values.secrets.redisUrlKey }}
 {{- end }}
-{{- if eq $name "tts-inference" }}
+{{- if and (eq $name "tts-inference") (not (hasKey $env "RAYON_NUM_THREADS")) }}
 {{- /* Inference's thread pools (rayon, candle) follow the CPU limit, not the node's cores. */}}
 - name: RAYON_NUM_THREADS
   valueFrom:

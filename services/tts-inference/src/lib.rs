@@ -30,8 +30,8 @@ pub struct Settings {
     pub voices_dir: PathBuf,
     /// The voice used when a request names none; the service is ready once it is loaded.
     pub default_voice: String,
-    /// Requests synthesised at once (`TTS_WORKERS`, default: twice the cores this process may
-    /// use). Each request's convolutions already spread over every core, so more workers than
+    /// Requests synthesised at once (`TTS_WORKERS`, default: twice [`voice::inference_threads`],
+    /// the threads one synthesis spreads over). Each request's convolutions already spread over every core, so more workers than
     /// cores do not add throughput; they let a request that arrives behind a long one start at
     /// once, sharing the cores, instead of waiting for it to finish (docs/benchmarks.md).
     pub workers: usize,
@@ -56,10 +56,7 @@ impl Settings {
             default_voice,
             workers: bounded(
                 "TTS_WORKERS",
-                src.or(
-                    "TTS_WORKERS",
-                    2 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-                )?,
+                src.or("TTS_WORKERS", (2 * voice::inference_threads()).min(1024))?,
             )?,
             queue_capacity: bounded("TTS_QUEUE_CAPACITY", src.or("TTS_QUEUE_CAPACITY", 8usize)?)?,
         })
