@@ -357,15 +357,15 @@ pub fn split_sentences(text: &str) -> Vec<String> {
 /// grows with the square of a piece's length, and a piece is the unit of streaming.
 pub const MAX_PIECE_CHARS: usize = 400;
 
-/// A first sentence longer than this (in characters) is cut after its first clause, when it has
-/// more than one, so that the first audio waits for one clause's inference rather than a whole
-/// sentence's. A first sentence without a clause break stays whole (up to [`MAX_PIECE_CHARS`]):
-/// cutting between words would change its intonation.
+/// A first sentence longer than this (in characters) is cut early, so that the first audio waits
+/// for a few words' inference rather than a whole sentence's: after its first clause when that
+/// clause is at most twice this long, otherwise between words, at most this long. A clause break
+/// keeps the intonation of the cut natural; a cut between words costs a little of it, once.
 pub const FIRST_PIECE_CHARS: usize = 80;
 
-/// The pieces `text` is synthesised in, in order: its sentences after [`normalize`], where
-/// the first sentence, if longer than [`FIRST_PIECE_CHARS`], gives its first clause a piece of
-/// its own, and no piece is longer than [`MAX_PIECE_CHARS`]. Cut clauses keep their
+/// The pieces `text` is synthesised in, in order: its sentences after [`normalize`], where the
+/// first sentence, if longer than [`FIRST_PIECE_CHARS`], gives its beginning a piece of its own
+/// (see there), and no piece is longer than [`MAX_PIECE_CHARS`]. Cut clauses keep their
 /// punctuation, so the pause and intonation at the cut stay those of the clause.
 pub fn pieces(text: &str) -> Vec<String> {
     let mut pieces = Vec::new();
@@ -382,17 +382,31 @@ pub fn pieces(text: &str) -> Vec<String> {
                 None => c.text,
             })
             .collect();
-        if i == 0 && clauses.len() > 1 {
-            pack(vec![clauses.remove(0)], &mut pieces);
+        if i == 0 && !clauses.is_empty() {
+            let first = clauses.remove(0);
+            if clauses.is_empty() || first.chars().count() > 2 * FIRST_PIECE_CHARS {
+                // No clause break near the start: the first words make the first piece, and the
+                // rest of the clause goes on with the others.
+                let mut words = Vec::new();
+                pack(vec![first], FIRST_PIECE_CHARS, &mut words);
+                let mut words = words.into_iter();
+                pieces.extend(words.next());
+                let rest = words.collect::<Vec<_>>().join(" ");
+                if !rest.is_empty() {
+                    clauses.insert(0, rest);
+                }
+            } else {
+                pieces.push(first);
+            }
         }
-        pack(clauses, &mut pieces);
+        pack(clauses, MAX_PIECE_CHARS, &mut pieces);
     }
     pieces
 }
 
-/// Joins consecutive clauses (with a space) into pieces of at most [`MAX_PIECE_CHARS`]; a clause
+/// Joins consecutive clauses (with a space) into pieces of at most `limit` characters; a clause
 /// longer than that is cut at spaces, and a word longer than that is cut anywhere.
-fn pack(clauses: Vec<String>, pieces: &mut Vec<String>) {
+fn pack(clauses: Vec<String>, limit: usize, pieces: &mut Vec<String>) {
     let mut current = String::new();
     let mut current_chars = 0;
     let mut flush = |current: &mut String, current_chars: &mut usize| {
@@ -402,7 +416,7 @@ fn pack(clauses: Vec<String>, pieces: &mut Vec<String>) {
         *current_chars = 0;
     };
     for clause in clauses {
-        let words: Vec<String> = if clause.chars().count() <= MAX_PIECE_CHARS {
+        let words: Vec<String> = if clause.chars().count() <= limit {
             vec![clause]
         } else {
             clause
@@ -410,7 +424,7 @@ fn pack(clauses: Vec<String>, pieces: &mut Vec<String>) {
                 .flat_map(|w| {
                     let chars: Vec<char> = w.chars().collect();
                     chars
-                        .chunks(MAX_PIECE_CHARS)
+                        .chunks(limit)
                         .map(|c| c.iter().collect::<String>())
                         .collect::<Vec<_>>()
                 })
@@ -419,7 +433,7 @@ fn pack(clauses: Vec<String>, pieces: &mut Vec<String>) {
         for word in words {
             let n = word.chars().count();
             let sep = usize::from(!current.is_empty());
-            if current_chars + sep + n > MAX_PIECE_CHARS {
+            if current_chars + sep + n > limit {
                 flush(&mut current, &mut current_chars);
             }
             if !current.is_empty() {
@@ -596,6 +610,28 @@ mod tests {
                 "its white paint peeling in the salt wind, and nobody came.",
                 later,
             ]
+        );
+    }
+
+    #[test]
+    fn a_long_first_sentence_without_a_clause_break_is_cut_between_words() {
+        let words = "the keeper climbed the spiral stairs to light the great lamp every evening \
+                     of the year without fail";
+        let p = pieces(&format!("{words}. Then he slept."));
+        assert!(p[0].chars().count() <= FIRST_PIECE_CHARS, "{p:?}");
+        assert!(
+            p[0].starts_with("the keeper climbed") && !p[0].ends_with(' '),
+            "{p:?}"
+        );
+        assert_eq!(format!("{} {}", p[0], p[1]), format!("{words}."));
+        assert_eq!(p[2], "Then he slept.");
+        // The same goes for a first clause over twice the limit.
+        let long_clause = vec!["word"; 60].join(" ");
+        let p = pieces(&format!("{long_clause}, and a short end."));
+        assert!(p[0].chars().count() <= FIRST_PIECE_CHARS, "{p:?}");
+        assert_eq!(
+            p.concat().replace(' ', ""),
+            format!("{long_clause},andashortend.").replace(' ', "")
         );
     }
 
