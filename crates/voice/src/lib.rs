@@ -28,6 +28,9 @@
 //! - Hyper-parameters that the weights do not reveal are Piper's: 2 attention heads, window 4,
 //!   spline with 10 bins and tail bound 5, upsampling stride = kernel / 2, `ResBlock2` dilations
 //!   chosen by kernel size (3 → 1,2; 5 → 2,6; 7 → 3,12), `ResBlock1` dilations 1,3,5.
+//! - Only `en_US-joe-medium` is installed here. The decoder shape of Piper's high quality voices
+//!   (`ResBlock1`, four upsamplers) is tested against its direct definition in candle's own
+//!   operators, with random weights (`model::tests`).
 //! - Multi-speaker conditioning (`emb_g`, `dp.cond`, the flows' `cond_layer`, `dec.cond`) is
 //!   tested on the default voice given synthetic speaker layers (`tests/it/speakers.rs`: zero
 //!   layers must leave the audio unchanged, random ones must tell speakers apart), not against a

@@ -775,6 +775,34 @@ impl Generator {
         })
     }
 
+    /// [`Generator::forward`] in windows of latent frames; see [`Vits::decode_windowed`].
+    fn forward_windowed(&self, z: &Tensor, g: Option<&Tensor>, window: usize) -> Result<Vec<f32>> {
+        let frames = z.dim(2)?;
+        let window = window.max(1);
+        if frames <= window {
+            return Ok(self.forward(z, g)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let (hop, context) = (self.hop, self.context);
+        let mut audio = Vec::with_capacity(frames * hop);
+        let mut start = 0;
+        while start < frames {
+            let end = (start + window).min(frames);
+            let (lo, hi) = (start.saturating_sub(context), (end + context).min(frames));
+            let part = self.forward(&z.narrow(2, lo, hi - lo)?, g)?;
+            let part = part.flatten_all()?.to_vec1::<f32>()?;
+            if part.len() != (hi - lo) * hop {
+                return Err(Error::Format(format!(
+                    "the decoder made {} samples for {} frames, not {hop} a frame",
+                    part.len(),
+                    hi - lo
+                )));
+            }
+            audio.extend_from_slice(&part[(start - lo) * hop..(end - lo) * hop]);
+            start = end;
+        }
+        Ok(audio)
+    }
+
     fn forward(&self, z: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
         let z = z.transpose(1, 2)?.contiguous()?;
         let mut x = self.conv_pre.forward(&z, Activation::IDENTITY, false)?;
@@ -969,30 +997,7 @@ impl Vits {
         g: Option<&Tensor>,
         window: usize,
     ) -> Result<Vec<f32>> {
-        let frames = z.dim(2)?;
-        let window = window.max(1);
-        if frames <= window {
-            return Ok(self.decode(z, g)?.flatten_all()?.to_vec1::<f32>()?);
-        }
-        let (hop, context) = (self.dec.hop, self.dec.context);
-        let mut audio = Vec::with_capacity(frames * hop);
-        let mut start = 0;
-        while start < frames {
-            let end = (start + window).min(frames);
-            let (lo, hi) = (start.saturating_sub(context), (end + context).min(frames));
-            let part = self.decode(&z.narrow(2, lo, hi - lo)?, g)?;
-            let part = part.flatten_all()?.to_vec1::<f32>()?;
-            if part.len() != (hi - lo) * hop {
-                return Err(Error::Format(format!(
-                    "the decoder made {} samples for {} frames, not {hop} a frame",
-                    part.len(),
-                    hi - lo
-                )));
-            }
-            audio.extend_from_slice(&part[(start - lo) * hop..(end - lo) * hop]);
-            start = end;
-        }
-        Ok(audio)
+        self.dec.forward_windowed(z, g, window)
     }
 
     /// All stages: phoneme ids → audio samples in `[-1, 1]`.
@@ -1031,7 +1036,115 @@ pub fn durations(logw: &Tensor, length_scale: f32) -> Result<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::fused::tests::max_diff;
+
+    /// A HiFi-GAN decoder of Piper's "high" shape (ResBlock1 with kernels 3/7/11, four
+    /// upsamplers 8·8·2·2 with kernels 16/16/4/4), narrow and with random weights, written the
+    /// PyTorch way for [`Weights::from_tensors`]: no installed voice has this shape.
+    fn high_quality_decoder(latent: usize, first: usize) -> HashMap<String, Tensor> {
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        let mut put = |name: String, shape: &[usize]| {
+            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+            let std = (1.0 / fan_in as f64).sqrt();
+            t.insert(name, Tensor::randn(0f32, std as f32, shape, &dev).unwrap());
+        };
+        put("dec.conv_pre.weight".into(), &[first, latent, 7]);
+        put("dec.conv_pre.bias".into(), &[first]);
+        let rates = [8, 8, 2, 2];
+        let mut channels = first;
+        let mut block = 0;
+        for (i, rate) in rates.iter().enumerate() {
+            let out = channels / 2;
+            put(format!("dec.ups.{i}.weight"), &[channels, out, 2 * rate]);
+            put(format!("dec.ups.{i}.bias"), &[out]);
+            for kernel in [3, 7, 11] {
+                for n in 0..3 {
+                    for convs in ["convs1", "convs2"] {
+                        let p = format!("dec.resblocks.{block}.{convs}.{n}");
+                        put(format!("{p}.weight"), &[out, out, kernel]);
+                        put(format!("{p}.bias"), &[out]);
+                    }
+                }
+                block += 1;
+            }
+            channels = out;
+        }
+        put("dec.conv_post.weight".into(), &[1, channels, 7]);
+        t
+    }
+
+    /// The same decoder written directly with candle's channel-major operators, as HiFi-GAN
+    /// defines it.
+    fn reference_decode(w: &HashMap<String, Tensor>, z: &Tensor) -> Tensor {
+        let conv = |x: &Tensor, name: &str, dilation: usize| {
+            let weight = &w[&format!("{name}.weight")];
+            let k = weight.dim(2).unwrap();
+            let y = x
+                .conv1d(weight, dilation * (k - 1) / 2, 1, dilation, 1)
+                .unwrap();
+            match w.get(&format!("{name}.bias")) {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1)).unwrap()).unwrap(),
+                None => y,
+            }
+        };
+        let leaky = |x: &Tensor, slope: f64| x.maximum(&(x * slope).unwrap()).unwrap();
+        let mut x = conv(z, "dec.conv_pre", 1);
+        let mut block = 0;
+        for i in 0..4 {
+            let weight = &w[&format!("dec.ups.{i}.weight")];
+            let k = weight.dim(2).unwrap();
+            let up = leaky(&x, 0.1)
+                .conv_transpose1d(weight, (k - k / 2) / 2, 0, k / 2, 1, 1)
+                .unwrap()
+                .broadcast_add(&w[&format!("dec.ups.{i}.bias")].reshape((1, (), 1)).unwrap())
+                .unwrap();
+            let mut sum: Option<Tensor> = None;
+            for _ in 0..3 {
+                let mut y = up.clone();
+                for (n, d) in [1, 3, 5].into_iter().enumerate() {
+                    let p = format!("dec.resblocks.{block}");
+                    let xt = conv(&leaky(&y, 0.1), &format!("{p}.convs1.{n}"), d);
+                    let xt = conv(&leaky(&xt, 0.1), &format!("{p}.convs2.{n}"), 1);
+                    y = (xt + y).unwrap();
+                }
+                sum = Some(match sum {
+                    Some(s) => (s + y).unwrap(),
+                    None => y,
+                });
+                block += 1;
+            }
+            x = (sum.unwrap() / 3.0).unwrap();
+        }
+        conv(&leaky(&x, 0.01), "dec.conv_post", 1).tanh().unwrap()
+    }
+
+    #[test]
+    fn a_high_quality_decoder_matches_its_direct_definition() {
+        let tensors = high_quality_decoder(6, 32);
+        let generator = Generator::load(&Weights::from_tensors(tensors.clone())).unwrap();
+        assert_eq!(generator.hop, 256);
+        let z = Tensor::randn(0f32, 1.0, (1, 6, 48), &Device::Cpu).unwrap();
+        let want = reference_decode(&tensors, &z);
+        let ours = generator.forward(&z, None).unwrap();
+        assert_eq!(ours.dims(), &[1, 1, 48 * 256]);
+        let diff = max_diff(&ours, &want);
+        assert!(diff < 1e-5, "{diff}");
+        // Its receptive field, and so windowed decoding, holds for this shape too.
+        let whole = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Windows of 5 frames, each far smaller than its context (about 14 frames each side).
+        let windowed = generator.forward_windowed(&z, None, 5).unwrap();
+        assert_eq!(whole.len(), windowed.len());
+        let diff = whole
+            .iter()
+            .zip(&windowed)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "windowed: {diff}");
+    }
 
     #[test]
     fn durations_round_up_and_scale() {
