@@ -63,6 +63,11 @@ impl TtsService {
                 "text: {chars} characters; the limit is {MAX_TEXT_CHARS}"
             )));
         }
+        if voice::text::pieces(&r.text).is_empty() {
+            return Err(Status::invalid_argument(
+                "text: has nothing to speak (no letters or digits)",
+            ));
+        }
         let speed = if r.speed == 0.0 { 1.0 } else { r.speed };
         if !(0.25..=4.0).contains(&speed) || speed.is_nan() {
             return Err(Status::invalid_argument(

@@ -164,6 +164,11 @@ async fn bad_requests_are_refused_before_any_work() {
             request("  ", AudioFormat::Wav),
             tonic::Code::InvalidArgument,
         ),
+        // Punctuation alone: nothing to speak.
+        (
+            request("... ?! --", AudioFormat::Wav),
+            tonic::Code::InvalidArgument,
+        ),
         (
             SynthesizeRequest {
                 speed: 5.0,
