@@ -52,7 +52,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::VoiceConfig;
-pub use model::{Encoded, Scales, Vits};
+pub use model::{Encoded, Latent, Scales, Vits};
 pub use phonemes::{Phonemizer, phoneme_ids};
 
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is
@@ -60,7 +60,7 @@ pub use phonemes::{Phonemizer, phoneme_ids};
 pub fn inference_threads() -> usize {
     rayon::current_num_threads()
 }
-pub use synth::{Chunk, Voice};
+pub use synth::{Chunk, FIRST_WINDOW_FRAMES, PHONEME_BATCH_CHARS, Part, Voice};
 pub use weights::Weights;
 
 /// Everything that can go wrong while loading or running a voice.

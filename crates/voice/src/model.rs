@@ -659,6 +659,21 @@ fn time_conv_same(w: &Weights, prefix: &str, dilation: usize) -> Result<TimeConv
     TimeConv::new(weight, bias, dilation, dilation * (kernel - 1) / 2)
 }
 
+/// Cuts `frames` latent frames into windows: the first of `first` frames, the others of
+/// `window` (both at least 1), as `(start, end)` pairs in order.
+pub fn windows(frames: usize, first: usize, window: usize) -> Vec<(usize, usize)> {
+    let mut bounds = Vec::new();
+    let mut start = 0;
+    let mut size = first.max(1);
+    while start < frames {
+        let end = (start + size).min(frames);
+        bounds.push((start, end));
+        start = end;
+        size = window.max(1);
+    }
+    bounds
+}
+
 /// The HiFi-GAN generator (`dec`), run time-major on the fused kernels of [`kernels`].
 #[derive(Debug, Clone)]
 struct Generator {
@@ -778,29 +793,40 @@ impl Generator {
     /// [`Generator::forward`] in windows of latent frames; see [`Vits::decode_windowed`].
     fn forward_windowed(&self, z: &Tensor, g: Option<&Tensor>, window: usize) -> Result<Vec<f32>> {
         let frames = z.dim(2)?;
-        let window = window.max(1);
-        if frames <= window {
-            return Ok(self.forward(z, g)?.flatten_all()?.to_vec1::<f32>()?);
-        }
-        let (hop, context) = (self.hop, self.context);
-        let mut audio = Vec::with_capacity(frames * hop);
-        let mut start = 0;
-        while start < frames {
-            let end = (start + window).min(frames);
-            let (lo, hi) = (start.saturating_sub(context), (end + context).min(frames));
-            let part = self.forward(&z.narrow(2, lo, hi - lo)?, g)?;
-            let part = part.flatten_all()?.to_vec1::<f32>()?;
-            if part.len() != (hi - lo) * hop {
-                return Err(Error::Format(format!(
-                    "the decoder made {} samples for {} frames, not {hop} a frame",
-                    part.len(),
-                    hi - lo
-                )));
-            }
-            audio.extend_from_slice(&part[(start - lo) * hop..(end - lo) * hop]);
-            start = end;
+        let mut audio = Vec::with_capacity(frames * self.hop);
+        for (start, end) in windows(frames, window, window) {
+            audio.extend(self.forward_frames(z, g, start, end)?);
         }
         Ok(audio)
+    }
+
+    /// The audio of latent frames `start .. end` alone, decoded with the frames around them that
+    /// it depends on (`context` on either side, where the latent has them) and trimmed back.
+    fn forward_frames(
+        &self,
+        z: &Tensor,
+        g: Option<&Tensor>,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<f32>> {
+        let (hop, frames) = (self.hop, z.dim(2)?);
+        let (lo, hi) = (
+            start.saturating_sub(self.context),
+            (end + self.context).min(frames),
+        );
+        let part = self.forward(&z.narrow(2, lo, hi - lo)?, g)?;
+        let part = part.flatten_all()?.to_vec1::<f32>()?;
+        if part.len() != (hi - lo) * hop {
+            return Err(Error::Format(format!(
+                "the decoder made {} samples for {} frames, not {hop} a frame",
+                part.len(),
+                hi - lo
+            )));
+        }
+        if (lo, hi) == (start, end) {
+            return Ok(part);
+        }
+        Ok(part[(start - lo) * hop..(end - lo) * hop].to_vec())
     }
 
     fn forward(&self, z: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
@@ -1007,6 +1033,12 @@ impl Vits {
         speaker: Option<u32>,
         scales: Scales,
     ) -> Result<Vec<f32>> {
+        let latent = self.latent(ids, speaker, scales)?;
+        self.decode_windowed(&latent.z, latent.g.as_ref(), DECODE_WINDOW_FRAMES)
+    }
+
+    /// Stages 1 to 4: phoneme ids → the latent the decoder turns into audio.
+    pub fn latent(&self, ids: &[i64], speaker: Option<u32>, scales: Scales) -> Result<Latent> {
         let g = self.speaker(speaker)?;
         let encoded = self.encode(ids)?;
         let logw = self.log_durations(&encoded.x, g.as_ref(), scales.noise_w)?;
@@ -1014,8 +1046,29 @@ impl Vits {
         let (m, logs) = self.expand(&encoded, &frames)?;
         let z_p = self.prior_sample(&m, &logs, scales.noise_scale)?;
         let z = self.flow_reverse(&z_p, g.as_ref())?;
-        self.decode_windowed(&z, g.as_ref(), DECODE_WINDOW_FRAMES)
+        Ok(Latent { z, g })
     }
+
+    /// Stage 5 for latent frames `start .. end` alone (see [`windows`]): the same samples
+    /// [`Vits::decode`] makes for those frames, decoded with only the frames around them that
+    /// they depend on. This is how a long sentence is streamed window by window.
+    pub fn decode_frames(&self, latent: &Latent, start: usize, end: usize) -> Result<Vec<f32>> {
+        if start >= end || end > latent.z.dim(2)? {
+            return Err(Error::Format(format!(
+                "frames {start}..{end} are not inside the latent"
+            )));
+        }
+        self.dec
+            .forward_frames(&latent.z, latent.g.as_ref(), start, end)
+    }
+}
+
+/// The decoder's input for one sentence: the latent `z` (`[1, C, F]`) and the speaker
+/// conditioning, if the voice has speakers.
+#[derive(Debug, Clone)]
+pub struct Latent {
+    pub z: Tensor,
+    pub g: Option<Tensor>,
 }
 
 /// Stage 3a: frames per phoneme, `ceil(exp(logw) * length_scale)`.

@@ -4,7 +4,11 @@ use std::{collections::VecDeque, path::Path, sync::Arc};
 
 use candle_core::Device;
 
-use crate::{Error, Phonemizer, Scales, Vits, VoiceConfig, Weights, phoneme_ids, text};
+use crate::{
+    Error, Phonemizer, Scales, Vits, VoiceConfig, Weights,
+    model::{self, Latent},
+    phoneme_ids, text,
+};
 
 /// Characters of text phonemised per espeak-ng batch after the first piece (espeak-ng takes
 /// about 0.1 ms a character here, so a batch costs tens of milliseconds, well under the audio
@@ -66,6 +70,104 @@ pub struct Voice {
     phonemizer: Phonemizer,
 }
 
+/// Latent frames in the first window of a request's first piece (about 1.2 s of audio at
+/// 22,050 Hz): small, so the first audio comes soon, and long enough that its decoding context
+/// (about 15 frames on either side) stays a small overhead.
+pub const FIRST_WINDOW_FRAMES: usize = 100;
+
+/// Part of one piece's audio, as [`Voice::synthesize_parts`] streams it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// Which piece of the text (0, 1, ...) this audio belongs to.
+    pub piece: usize,
+    /// That piece, after normalisation.
+    pub sentence: Arc<str>,
+    /// Its phonemes, as given to the model.
+    pub phonemes: Arc<str>,
+    /// Mono samples in `[-1, 1]` at the voice's sample rate, following the piece's previous part.
+    pub samples: Vec<f32>,
+    /// Whether this is the piece's last part.
+    pub last: bool,
+}
+
+/// The iterator behind [`Voice::synthesize_parts`].
+struct Parts<'a> {
+    voice: &'a Voice,
+    speaker: Option<u32>,
+    scales: Scales,
+    pieces: Pieces,
+    next_piece: usize,
+    current: Option<CurrentPiece>,
+    failed: bool,
+}
+
+/// The piece being decoded, and its windows still to decode.
+struct CurrentPiece {
+    piece: usize,
+    sentence: Arc<str>,
+    phonemes: Arc<str>,
+    latent: Latent,
+    windows: VecDeque<(usize, usize)>,
+}
+
+impl Parts<'_> {
+    fn step(&mut self) -> Result<Option<Part>, Error> {
+        let voice = self.voice;
+        if self.current.as_ref().is_none_or(|c| c.windows.is_empty()) {
+            let Some(next) = self.pieces.next(&voice.phonemizer) else {
+                return Ok(None);
+            };
+            let (sentence, phonemes) = next?;
+            let ids = phoneme_ids(&voice.config, &phonemes);
+            let latent = voice.model.latent(&ids, self.speaker, self.scales)?;
+            let first = if self.next_piece == 0 {
+                FIRST_WINDOW_FRAMES
+            } else {
+                model::DECODE_WINDOW_FRAMES
+            };
+            let windows = model::windows(latent.z.dim(2)?, first, model::DECODE_WINDOW_FRAMES);
+            self.current = Some(CurrentPiece {
+                piece: self.next_piece,
+                sentence: sentence.into(),
+                phonemes: phonemes.into(),
+                latent,
+                windows: windows.into(),
+            });
+            self.next_piece += 1;
+        }
+        let current = self.current.as_mut().expect("a piece is being decoded");
+        let (start, end) = current
+            .windows
+            .pop_front()
+            .expect("a latent has at least one frame");
+        let samples = voice.model.decode_frames(&current.latent, start, end)?;
+        Ok(Some(Part {
+            piece: current.piece,
+            sentence: Arc::clone(&current.sentence),
+            phonemes: Arc::clone(&current.phonemes),
+            samples,
+            last: current.windows.is_empty(),
+        }))
+    }
+}
+
+impl Iterator for Parts<'_> {
+    type Item = Result<Part, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(part) => part.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// The audio of one sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -119,18 +221,52 @@ impl Voice {
         self.config.audio.sample_rate
     }
 
-    /// Synthesises `text` piece by piece (its sentences, cut as [`text::pieces`] describes).
-    /// The first piece is phonemised at once, on its own, so the first chunk is ready after one
-    /// espeak-ng round trip and one piece's inference; later pieces are phonemised in batches of
-    /// about [`PHONEME_BATCH_CHARS`] when the iterator reaches them, so a long text never delays
-    /// the first audio by phonemising all of it first. This blocks: run it off any async
-    /// executor. An error after the first chunk ends the iterator.
+    /// Synthesises `text` piece by piece (its sentences, cut as [`text::pieces`] describes), one
+    /// [`Chunk`] a piece: [`Voice::synthesize_parts`] with each piece's parts joined.
     pub fn synthesize<'a>(
         &'a self,
         text: &str,
         speaker: Option<u32>,
         scales: Scales,
     ) -> Result<impl Iterator<Item = Result<Chunk, Error>> + 'a, Error> {
+        let mut parts = self.synthesize_parts(text, speaker, scales)?;
+        Ok(std::iter::from_fn(move || {
+            let mut samples = Vec::new();
+            loop {
+                match parts.next()? {
+                    Ok(part) => {
+                        samples.extend_from_slice(&part.samples);
+                        if part.last {
+                            return Some(Ok(Chunk {
+                                sentence: part.sentence.to_string(),
+                                phonemes: part.phonemes.to_string(),
+                                samples,
+                            }));
+                        }
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }))
+    }
+
+    /// Synthesises `text` as a stream of [`Part`]s, for the lowest latency.
+    ///
+    /// - The text is cut into pieces ([`text::pieces`]). The first piece is phonemised at once,
+    ///   on its own. Later pieces are phonemised in batches of about [`PHONEME_BATCH_CHARS`]
+    ///   when the iterator reaches them, so a long text never delays the first audio.
+    /// - Each piece's latent is made whole (encoder, durations, flows), then decoded in windows:
+    ///   the first piece's first window has [`FIRST_WINDOW_FRAMES`] latent frames, every other
+    ///   one [`model::DECODE_WINDOW_FRAMES`]. The first audio therefore waits for one piece's
+    ///   text side and one short window of the decoder, which does most of the arithmetic.
+    ///
+    /// This blocks: run it off any async executor. An error ends the iterator.
+    pub fn synthesize_parts<'a>(
+        &'a self,
+        text: &str,
+        speaker: Option<u32>,
+        scales: Scales,
+    ) -> Result<impl Iterator<Item = Result<Part, Error>> + 'a, Error> {
         if let Some(id) = speaker
             && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
         {
@@ -142,27 +278,15 @@ impl Voice {
             first: true,
         };
         pieces.phonemize_next(&self.phonemizer)?;
-        let mut failed = false;
-        Ok(std::iter::from_fn(move || {
-            if failed {
-                return None;
-            }
-            let (sentence, phonemes) = match pieces.next(&self.phonemizer)? {
-                Ok(piece) => piece,
-                Err(e) => {
-                    failed = true;
-                    return Some(Err(e));
-                }
-            };
-            let ids = phoneme_ids(&self.config, &phonemes);
-            let samples = self.model.synthesize(&ids, speaker, scales);
-            failed = samples.is_err();
-            Some(samples.map(|samples| Chunk {
-                sentence,
-                phonemes,
-                samples,
-            }))
-        }))
+        Ok(Parts {
+            voice: self,
+            speaker,
+            scales,
+            pieces,
+            next_piece: 0,
+            current: None,
+            failed: false,
+        })
     }
 
     /// Synthesises `text` on a blocking thread of the current tokio runtime and hands each

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use voice::{Scales, Voice};
+use voice::{FIRST_WINDOW_FRAMES, Part, Scales, Voice};
 
 use crate::common;
 
@@ -128,4 +128,56 @@ async fn the_stream_yields_the_same_chunks_in_order() {
     let mut rx = v.stream("Hi.".into(), Some(9), DETERMINISTIC);
     assert!(rx.recv().await.unwrap().is_err());
     assert!(rx.recv().await.is_none());
+}
+
+#[test]
+fn parts_stream_each_piece_in_windows_that_add_up_to_its_chunk() {
+    let v = voice();
+    // The first sentence makes well over FIRST_WINDOW_FRAMES latent frames.
+    let text =
+        "The lighthouse keeper climbed the stairs every evening to light the lamp. Then he slept.";
+    let parts: Vec<Part> = v
+        .synthesize_parts(text, None, DETERMINISTIC)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let chunks: Vec<_> = v
+        .synthesize(text, None, DETERMINISTIC)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(chunks.len(), 2);
+    // The first piece comes in several parts, the first of them one short window.
+    let first: Vec<&Part> = parts.iter().filter(|p| p.piece == 0).collect();
+    assert!(first.len() > 1, "{} parts", first.len());
+    assert_eq!(first[0].samples.len(), FIRST_WINDOW_FRAMES * 256);
+    assert!(!first[0].last && first.last().unwrap().last);
+    for (piece, chunk) in chunks.iter().enumerate() {
+        let of_piece: Vec<&Part> = parts.iter().filter(|p| p.piece == piece).collect();
+        assert!(of_piece.iter().all(|p| *p.sentence == chunk.sentence));
+        let joined: Vec<f32> = of_piece
+            .iter()
+            .flat_map(|p| p.samples.iter().copied())
+            .collect();
+        assert_eq!(joined, chunk.samples);
+        // The same audio as the model decoding the piece whole.
+        let ids = voice::phoneme_ids(&common::config(), &chunk.phonemes);
+        let whole = common::model()
+            .synthesize(&ids, None, DETERMINISTIC)
+            .unwrap();
+        assert_eq!(joined.len(), whole.len());
+        let diff = joined
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "piece {piece}: {diff}");
+    }
+    // Pieces arrive in order, each ending with its last part.
+    let order: Vec<(usize, bool)> = parts.iter().map(|p| (p.piece, p.last)).collect();
+    assert!(
+        order
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && (w[0].0 == w[1].0 || w[0].1))
+    );
 }
