@@ -1,9 +1,10 @@
 //! Speech synthesis off the async executor: a fixed pool of inference threads behind a bounded
-//! queue, the loaded voices, and the per-request job that synthesises sentence by sentence,
-//! encodes each sentence and hands the bytes to the gRPC stream as soon as they exist.
+//! queue, the loaded voices, and the per-request job that synthesises the text part by part
+//! (`voice::Voice::synthesize_parts`: pieces of the text, each decoded in windows), encodes each
+//! part and hands the bytes to the gRPC stream as soon as they exist.
 //!
 //! A full queue is refused at once (`RESOURCE_EXHAUSTED`) rather than letting latency grow
-//! without bound. A job stops after the sentence in progress when its client goes away (the
+//! without bound. A job stops after the part in progress when its client goes away (the
 //! stream's receiver is dropped).
 
 use std::{
@@ -283,8 +284,8 @@ pub fn run(
         sample_rate,
         done,
     };
-    let chunks = match voice.synthesize(&request.text, request.speaker, scales) {
-        Ok(chunks) => chunks,
+    let parts = match voice.synthesize_parts(&request.text, request.speaker, scales) {
+        Ok(parts) => parts,
         Err(error) => {
             tracing::error!(%error, "synthesis failed");
             send(Err(Status::internal(
@@ -295,30 +296,35 @@ pub fn run(
     };
     let mut audio_seconds = 0.0;
     let mut index = 0u32;
-    for (i, chunk) in chunks.enumerate() {
+    let mut first_sent = false;
+    for part in parts {
         if tx.is_closed() {
             metrics.cancelled.inc();
-            tracing::info!(sentences_done = i, "client went away; synthesis stopped");
+            tracing::info!(
+                sentence_index = index,
+                "client went away; synthesis stopped"
+            );
             return;
         }
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
+        let part = match part {
+            Ok(part) => part,
             Err(error) => {
-                tracing::error!(%error, sentence = i, "synthesis failed");
+                tracing::error!(%error, sentence_index = index, "synthesis failed");
                 send(Err(Status::internal(
                     "synthesis failed; it has been logged",
                 )));
                 return;
             }
         };
-        index = u32::try_from(i).unwrap_or(u32::MAX);
+        index = u32::try_from(part.piece).unwrap_or(u32::MAX);
         tracing::info!(
             sentence_index = index,
-            samples = chunk.samples.len(),
-            "sentence synthesized"
+            samples = part.samples.len(),
+            last = part.last,
+            "audio synthesized"
         );
-        audio_seconds += chunk.samples.len() as f64 / f64::from(voice.sample_rate());
-        let bytes = match encoder.push(&chunk.samples) {
+        audio_seconds += part.samples.len() as f64 / f64::from(voice.sample_rate());
+        let bytes = match encoder.push(&part.samples) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!(%error, "encoding failed");
@@ -326,7 +332,12 @@ pub fn run(
                 return;
             }
         };
-        if i == 0 {
+        if bytes.is_empty() {
+            // The codec holds these samples until it has a whole frame to write.
+            continue;
+        }
+        if !first_sent {
+            first_sent = true;
             metrics
                 .first_audio
                 .observe(request.received.elapsed().as_secs_f64());
