@@ -364,10 +364,11 @@ impl TimeUpsample {
     /// From a PyTorch `ConvTranspose1d` weight `[Cin, Cout, K]` and bias `[Cout]`.
     pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Self> {
         let (c_in, c_out, kernel) = weight.dims3()?;
-        if kernel != 2 * stride || 2 * padding > stride {
+        if kernel != 2 * stride || 2 * padding != stride {
             return Err(Error::Format(format!(
                 "upsampling with kernel {kernel}, stride {stride}, padding {padding} is not \
-                 supported (kernel must be twice the stride, padding at most half of it)"
+                 supported (the kernel must be twice the stride and the padding half of it, so that\
+                 each input sample makes exactly `stride` output samples)"
             )));
         }
         // [Cin, Cout, 2, s] → [2, Cin, s, Cout]; half j = 1 holds taps s.., j = 0 taps 0..s.

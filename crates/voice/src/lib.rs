@@ -55,13 +55,14 @@ pub use config::VoiceConfig;
 pub use model::{Encoded, Latent, Scales, Vits};
 pub use phonemes::{Phonemizer, phoneme_ids};
 
+pub use synth::{Chunk, FIRST_WINDOW_FRAMES, PHONEME_BATCH_CHARS, Part, Voice};
+pub use weights::Weights;
+
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is
 /// `RAYON_NUM_THREADS` when set and otherwise the cores this process may use.
 pub fn inference_threads() -> usize {
     rayon::current_num_threads()
 }
-pub use synth::{Chunk, FIRST_WINDOW_FRAMES, PHONEME_BATCH_CHARS, Part, Voice};
-pub use weights::Weights;
 
 /// Everything that can go wrong while loading or running a voice.
 #[derive(Debug, thiserror::Error)]

@@ -659,17 +659,21 @@ fn time_conv_same(w: &Weights, prefix: &str, dilation: usize) -> Result<TimeConv
     TimeConv::new(weight, bias, dilation, dilation * (kernel - 1) / 2)
 }
 
-/// Cuts `frames` latent frames into windows: the first of `first` frames, the others of
-/// `window` (both at least 1), as `(start, end)` pairs in order.
+/// Cuts `frames` latent frames into windows as `(start, end)` pairs in order: the first of
+/// `first` frames, each next one twice as long as the one before, up to `window`. Growing
+/// windows keep a stream ahead of its listener: each window takes about as long to decode as
+/// the audio before it lasts, even on a loaded machine, where jumping from a short first window
+/// to a long one would leave a gap.
 pub fn windows(frames: usize, first: usize, window: usize) -> Vec<(usize, usize)> {
+    let window = window.max(1);
     let mut bounds = Vec::new();
     let mut start = 0;
-    let mut size = first.max(1);
+    let mut size = first.clamp(1, window);
     while start < frames {
         let end = (start + size).min(frames);
         bounds.push((start, end));
         start = end;
-        size = window.max(1);
+        size = (2 * size).min(window);
     }
     bounds
 }
@@ -1197,6 +1201,17 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "windowed: {diff}");
+    }
+
+    #[test]
+    fn windows_grow_from_the_first_to_the_largest() {
+        assert_eq!(
+            windows(1000, 100, 400),
+            [(0, 100), (100, 300), (300, 700), (700, 1000)]
+        );
+        assert_eq!(windows(50, 100, 400), [(0, 50)]);
+        assert_eq!(windows(5, 0, 0), [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]);
+        assert!(windows(0, 100, 400).is_empty());
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub const FIRST_WINDOW_FRAMES: usize = 100;
 /// Part of one piece's audio, as [`Voice::synthesize_parts`] streams it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
-    /// Which piece of the text (0, 1, ...) this audio belongs to.
+    /// Which piece of the text (0, 1, ...) this audio belongs to, counting only pieces with
+    /// something to speak.
     pub piece: usize,
     /// That piece, after normalisation.
     pub sentence: Arc<str>,
@@ -256,8 +257,8 @@ impl Voice {
     ///   on its own. Later pieces are phonemised in batches of about [`PHONEME_BATCH_CHARS`]
     ///   when the iterator reaches them, so a long text never delays the first audio.
     /// - Each piece's latent is made whole (encoder, durations, flows), then decoded in windows:
-    ///   the first piece's first window has [`FIRST_WINDOW_FRAMES`] latent frames, every other
-    ///   one [`model::DECODE_WINDOW_FRAMES`]. The first audio therefore waits for one piece's
+    ///   the first piece's first window has [`FIRST_WINDOW_FRAMES`] latent frames, and each
+    ///   next one twice as many, up to [`model::DECODE_WINDOW_FRAMES`] ([`model::windows`]). The first audio therefore waits for one piece's
     ///   text side and one short window of the decoder, which does most of the arithmetic.
     ///
     /// This blocks: run it off any async executor. An error ends the iterator.

@@ -359,8 +359,9 @@ pub const MAX_PIECE_CHARS: usize = 400;
 
 /// A first sentence longer than this (in characters) is cut early, so that the first audio waits
 /// for a few words' inference rather than a whole sentence's: after its first clause when that
-/// clause is at most twice this long, otherwise between words, at most this long. A clause break
-/// keeps the intonation of the cut natural; a cut between words costs a little of it, once.
+/// clause is at most twice this long, otherwise between words, at most this long (when at least
+/// half this much follows). A clause break keeps the intonation of the cut natural; a cut between
+/// words costs a little of it, once.
 pub const FIRST_PIECE_CHARS: usize = 80;
 
 /// The pieces `text` is synthesised in, in order: its sentences after [`normalize`], where the
@@ -387,13 +388,12 @@ pub fn pieces(text: &str) -> Vec<String> {
             if clauses.is_empty() || first.chars().count() > 2 * FIRST_PIECE_CHARS {
                 // No clause break near the start: the first words make the first piece, and the
                 // rest of the clause goes on with the others.
-                let mut words = Vec::new();
-                pack(vec![first], FIRST_PIECE_CHARS, &mut words);
-                let mut words = words.into_iter();
-                pieces.extend(words.next());
-                let rest = words.collect::<Vec<_>>().join(" ");
-                if !rest.is_empty() {
-                    clauses.insert(0, rest);
+                match cut_between_words(&first) {
+                    Some((head, rest)) => {
+                        pieces.push(head);
+                        clauses.insert(0, rest);
+                    }
+                    None => clauses.insert(0, first),
                 }
             } else {
                 pieces.push(first);
@@ -402,6 +402,29 @@ pub fn pieces(text: &str) -> Vec<String> {
         pack(clauses, MAX_PIECE_CHARS, &mut pieces);
     }
     pieces
+}
+
+/// The first words of `clause` up to [`FIRST_PIECE_CHARS`], and the rest; `None` when a cut
+/// would not help: the first word alone is longer than that, or the rest would be shorter than
+/// half of it (a short tail is spoken soon anyway, and each cut costs a little intonation).
+fn cut_between_words(clause: &str) -> Option<(String, String)> {
+    let mut end = 0;
+    let mut chars = 0;
+    for (at, word) in clause.split(' ').scan(0, |at, w| {
+        let start = *at;
+        *at += w.len() + 1;
+        Some((start, w))
+    }) {
+        let n = word.chars().count() + usize::from(chars > 0);
+        if chars + n > FIRST_PIECE_CHARS {
+            break;
+        }
+        chars += n;
+        end = at + word.len();
+    }
+    let (head, rest) = (clause[..end].trim(), clause[end..].trim());
+    (!head.is_empty() && rest.chars().count() >= FIRST_PIECE_CHARS / 2)
+        .then(|| (head.to_owned(), rest.to_owned()))
 }
 
 /// Joins consecutive clauses (with a space) into pieces of at most `limit` characters; a clause
@@ -616,7 +639,7 @@ mod tests {
     #[test]
     fn a_long_first_sentence_without_a_clause_break_is_cut_between_words() {
         let words = "the keeper climbed the spiral stairs to light the great lamp every evening \
-                     of the year without fail";
+                     of the year without fail and in every kind of weather the sea could bring";
         let p = pieces(&format!("{words}. Then he slept."));
         assert!(p[0].chars().count() <= FIRST_PIECE_CHARS, "{p:?}");
         assert!(
@@ -625,6 +648,17 @@ mod tests {
         );
         assert_eq!(format!("{} {}", p[0], p[1]), format!("{words}."));
         assert_eq!(p[2], "Then he slept.");
+        // No cut when the tail would be short, or when the first word alone is too long.
+        let p = pieces(
+            "the farmer watches the lazy dog and the quick brown fox from his porch all day",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        let giant = "x".repeat(FIRST_PIECE_CHARS + 10);
+        let p = pieces(&format!(
+            "{giant} and then a good many more words follow it here"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with(&format!("{giant} and")), "{p:?}");
         // The same goes for a first clause over twice the limit.
         let long_clause = vec!["word"; 60].join(" ");
         let p = pieces(&format!("{long_clause}, and a short end."));

@@ -210,7 +210,8 @@ async fn speak(
         .streaming(body))
 }
 
-/// `POST /v1/tts`: speech for `text`, streamed sentence by sentence.
+/// `POST /v1/tts`: speech for `text`, streamed as tts-inference makes it (sentence by sentence,
+/// each in parts).
 #[tracing::instrument(skip_all)]
 async fn tts(peers: web::Data<Peers>, body: web::Json<TtsBody>) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();

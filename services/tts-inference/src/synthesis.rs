@@ -284,7 +284,7 @@ pub fn run(
         sample_rate,
         done,
     };
-    let parts = match voice.synthesize_parts(&request.text, request.speaker, scales) {
+    let mut parts = match voice.synthesize_parts(&request.text, request.speaker, scales) {
         Ok(parts) => parts,
         Err(error) => {
             tracing::error!(%error, "synthesis failed");
@@ -297,7 +297,8 @@ pub fn run(
     let mut audio_seconds = 0.0;
     let mut index = 0u32;
     let mut first_sent = false;
-    for part in parts {
+    loop {
+        // Checked before each part is computed, so a departed client costs no more work.
         if tx.is_closed() {
             metrics.cancelled.inc();
             tracing::info!(
@@ -306,9 +307,10 @@ pub fn run(
             );
             return;
         }
-        let part = match part {
-            Ok(part) => part,
-            Err(error) => {
+        let part = match parts.next() {
+            None => break,
+            Some(Ok(part)) => part,
+            Some(Err(error)) => {
                 tracing::error!(%error, sentence_index = index, "synthesis failed");
                 send(Err(Status::internal(
                     "synthesis failed; it has been logged",
@@ -349,6 +351,12 @@ pub fn run(
     }
     match encoder.finish() {
         Ok(tail) => {
+            if !first_sent && !tail.is_empty() {
+                // A short text in a codec with a long frame: all of it is in the tail.
+                metrics
+                    .first_audio
+                    .observe(request.received.elapsed().as_secs_f64());
+            }
             send(Ok(message(tail, index, true)));
         }
         Err(error) => {

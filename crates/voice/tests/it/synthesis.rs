@@ -159,7 +159,6 @@ fn parts_stream_each_piece_in_windows_that_add_up_to_its_chunk() {
             .iter()
             .flat_map(|p| p.samples.iter().copied())
             .collect();
-        assert_eq!(joined, chunk.samples);
         // The same audio as the model decoding the piece whole.
         let ids = voice::phoneme_ids(&common::config(), &chunk.phonemes);
         let whole = common::model()
@@ -173,11 +172,12 @@ fn parts_stream_each_piece_in_windows_that_add_up_to_its_chunk() {
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "piece {piece}: {diff}");
     }
-    // Pieces arrive in order, each ending with its last part.
+    // Pieces arrive in order and none is skipped, each ending with its last part.
     let order: Vec<(usize, bool)> = parts.iter().map(|p| (p.piece, p.last)).collect();
     assert!(
         order
             .windows(2)
-            .all(|w| w[0].0 <= w[1].0 && (w[0].0 == w[1].0 || w[0].1))
+            .all(|w| (w[1].0 == w[0].0 && !w[0].1) || (w[1].0 == w[0].0 + 1 && w[0].1)),
+        "{order:?}"
     );
 }

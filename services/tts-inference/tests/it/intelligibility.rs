@@ -27,7 +27,8 @@ const SENTENCES: [&str; 12] = [
     "Thank you very much for your help yesterday.",
     "When the old lighthouse keeper finally retired after forty years, the whole village came \
      to thank him.",
-    "The quick brown fox jumps over the lazy dog while the farmer watches quietly from his porch",
+    "The quick brown fox jumps over the lazy dog while the farmer watches quietly from his porch \
+     as the sun goes down over the hills",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,8 +60,12 @@ async fn whisper_understands_the_service() {
             rate = message.sample_rate;
             pieces = message.sentence_index + 1;
         }
-        let long = sentence.chars().count() > voice::text::FIRST_PIECE_CHARS;
-        assert_eq!(pieces, if long { 2 } else { 1 }, "{sentence:?}");
+        let want = voice::text::pieces(sentence).len();
+        assert_eq!(pieces as usize, want, "{sentence:?}");
+        assert!(
+            sentence.len() < 80 || want == 2,
+            "{sentence:?} is cut in two"
+        );
         let samples: Vec<f32> = pcm
             .chunks_exact(2)
             .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)

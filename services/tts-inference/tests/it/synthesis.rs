@@ -336,8 +336,10 @@ async fn the_first_sentence_arrives_before_the_second_is_synthesized() {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(log.clone()))
         .unwrap();
     let mut svc = start(&[]).await;
-    let text = "First comes a short one. Then a second sentence follows it. A third one is here. \
-                The fourth sentence is a little longer than the others. And this is the fifth.";
+    // The first sentence is about three seconds long: several decoder windows.
+    let text = "The first sentence is long enough to need more than one window. Then a second \
+                one follows it. A third one is here. The fourth sentence is a little longer \
+                than the others. And this is the fifth.";
     let mut stream = svc
         .client
         .synthesize(request(text, AudioFormat::Opus))
@@ -361,12 +363,19 @@ async fn the_first_sentence_arrives_before_the_second_is_synthesized() {
             .position(|e| e == what)
             .unwrap_or_else(|| panic!("{what} missing: {events:?}"))
     };
-    assert!(
-        position("received 0") < position("synthesized 1"),
-        "{events:?}"
-    );
+    // The first part of sentence 0 is made, then received, while the rest of sentence 0 and
+    // all of sentence 1 are still to be synthesized.
     assert!(
         position("synthesized 0") < position("received 0"),
+        "{events:?}"
+    );
+    let last_of_first = events.iter().rposition(|e| e == "synthesized 0").unwrap();
+    assert!(
+        position("received 0") < last_of_first,
+        "parts within a sentence are streamed: {events:?}"
+    );
+    assert!(
+        position("received 0") < position("synthesized 1"),
         "{events:?}"
     );
 }
