@@ -408,20 +408,13 @@ pub fn pieces(text: &str) -> Vec<String> {
 /// would not help: the first word alone is longer than that, or the rest would be shorter than
 /// half of it (a short tail is spoken soon anyway, and each cut costs a little intonation).
 fn cut_between_words(clause: &str) -> Option<(String, String)> {
-    let mut end = 0;
-    let mut chars = 0;
-    for (at, word) in clause.split(' ').scan(0, |at, w| {
-        let start = *at;
-        *at += w.len() + 1;
-        Some((start, w))
-    }) {
-        let n = word.chars().count() + usize::from(chars > 0);
-        if chars + n > FIRST_PIECE_CHARS {
-            break;
-        }
-        chars += n;
-        end = at + word.len();
-    }
+    // The longest run of whole words (the clause ends at a space or at its end) that fits.
+    let end = clause
+        .match_indices(' ')
+        .map(|(at, _)| at)
+        .chain([clause.len()])
+        .take_while(|&at| clause[..at].chars().count() <= FIRST_PIECE_CHARS)
+        .last()?;
     let (head, rest) = (clause[..end].trim(), clause[end..].trim());
     (!head.is_empty() && rest.chars().count() >= FIRST_PIECE_CHARS / 2)
         .then(|| (head.to_owned(), rest.to_owned()))

@@ -74,6 +74,14 @@ pub fn reference(case: &str, name: &str) -> Tensor {
 }
 
 /// The largest absolute difference between two tensors of the same shape.
+/// The largest absolute difference between two sample sequences, compared up to the shorter.
+pub fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     (a - b)

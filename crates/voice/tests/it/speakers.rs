@@ -69,13 +69,6 @@ fn multi_speaker(random: bool) -> Vits {
     Vits::load(&Weights::from_tensors(tensors), &dev).expect("multi-speaker model")
 }
 
-fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
 fn ids() -> Vec<i64> {
     common::reference("sentence", "ids")
         .to_vec1::<i64>()
@@ -94,7 +87,7 @@ fn zero_conditioning_leaves_every_speaker_sounding_like_the_voice() {
             .synthesize(&ids(), Some(speaker), DETERMINISTIC)
             .unwrap();
         assert_eq!(audio.len(), single.len());
-        let diff = largest_difference(&audio, &single);
+        let diff = common::largest_difference(&audio, &single);
         assert!(diff < 1e-6, "speaker {speaker}: {diff}");
     }
 }
@@ -105,7 +98,7 @@ fn speakers_differ_and_out_of_range_ones_are_refused() {
     let a = model.synthesize(&ids(), Some(0), DETERMINISTIC).unwrap();
     let b = model.synthesize(&ids(), Some(2), DETERMINISTIC).unwrap();
     assert!(a.iter().chain(&b).all(|s| s.is_finite() && s.abs() <= 1.0));
-    let differ = a.len() != b.len() || largest_difference(&a, &b) > 1e-3;
+    let differ = a.len() != b.len() || common::largest_difference(&a, &b) > 1e-3;
     assert!(differ, "two speakers gave the same audio");
     // Speaker conditioning also reaches the windowed decoder.
     let g = model.speaker(Some(2)).unwrap();
@@ -119,7 +112,7 @@ fn speakers_differ_and_out_of_range_ones_are_refused() {
         .unwrap();
     let windowed = model.decode_windowed(&z, g.as_ref(), 50).unwrap();
     assert_eq!(whole.len(), windowed.len());
-    let diff = largest_difference(&whole, &windowed);
+    let diff = common::largest_difference(&whole, &windowed);
     assert!(diff < 1e-5, "windowed decoding with a speaker: {diff}");
     assert!(
         model

@@ -165,11 +165,7 @@ fn parts_stream_each_piece_in_windows_that_add_up_to_its_chunk() {
             .synthesize(&ids, None, DETERMINISTIC)
             .unwrap();
         assert_eq!(joined.len(), whole.len());
-        let diff = joined
-            .iter()
-            .zip(&whole)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = common::largest_difference(&joined, &whole);
         assert!(diff < 1e-5, "piece {piece}: {diff}");
     }
     // Pieces arrive in order and none is skipped, each ending with its last part.
