@@ -4,6 +4,7 @@
 //! <service>            serve (the default)
 //! <service> serve      serve until SIGTERM/SIGINT, then drain
 //! <service> migrate    apply this service's database migrations and exit
+//! <service> generate-internal-key   print a new internal signing key and its public entry
 //! <service> --help | --version
 //! ```
 //!
@@ -34,6 +35,9 @@ pub struct ServiceMain<S> {
     pub load: fn(&Sources) -> Result<S, SettingError>,
     /// The settings every service has.
     pub common: fn(&S) -> &CommonSettings,
+    /// Settings needed to serve but not by one-off commands (the internal-auth keys: `migrate`
+    /// calls no one); checked before serving, with the same one line and exit code.
+    pub serve_check: fn(&S) -> Result<(), SettingError>,
     /// One-off subcommands besides `serve`: `migrate` for a service with a database, and any
     /// other the service has. Each runs once and exits.
     pub commands: Vec<Command<S>>,
@@ -86,6 +90,13 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
     {
         [] | ["serve"] => Invocation::Serve,
         [name] if named(name).is_some() => Invocation::Once(named(name).expect("checked")),
+        ["generate-internal-key"] => {
+            print!(
+                "{}",
+                internal_rpc::settings::generate_key_text(service.name)
+            );
+            return ExitCode::SUCCESS;
+        }
         ["--version" | "-V"] => {
             println!("{} {}", service.name, env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -105,7 +116,13 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
         }
     };
 
-    let settings = match Sources::from_env().and_then(|src| (service.load)(&src)) {
+    let loaded = Sources::from_env()
+        .and_then(|src| (service.load)(&src))
+        .and_then(|settings| match command {
+            Invocation::Serve => (service.serve_check)(&settings).map(|()| settings),
+            Invocation::Once(_) => Ok(settings),
+        });
+    let settings = match loaded {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("{}: {error}", service.name);
@@ -198,7 +215,7 @@ fn usage<S>(service: &ServiceMain<S>) -> String {
         .map(|c| format!("\n  {} {}   {}", service.name, c.name, c.about))
         .collect();
     format!(
-        "{name}: {about}\n\nUsage:\n  {name} [serve]   serve until SIGTERM or SIGINT{commands}\n  {name} --version\n\nSettings come from the environment (see README.md, \"Configuration\").",
+        "{name}: {about}\n\nUsage:\n  {name} [serve]   serve until SIGTERM or SIGINT{commands}\n  {name} generate-internal-key   print a new internal signing key and the entry servers trust it by\n  {name} --version\n\nSettings come from the environment (see README.md, \"Configuration\").",
         name = service.name,
         about = service.about,
     )

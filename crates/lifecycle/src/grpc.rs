@@ -1,15 +1,11 @@
-//! gRPC serving and gRPC peers: a tonic server that drains on shutdown, the standard health
-//! service kept in step with readiness, and lazily connected channels to other services.
+//! gRPC serving: a tonic server behind the internal-auth guard that drains on shutdown, with the
+//! standard health service kept in step with readiness. Channels to other services are built by
+//! `internal_rpc::Peer`.
 
 use std::{future::Future, time::Duration};
 
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::{
-    ServingStatus,
-    pb::{HealthCheckRequest, health_check_response, health_client::HealthClient},
-    server::HealthReporter,
-};
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::Readiness;
 
@@ -67,36 +63,6 @@ pub fn sync_health(
     })
 }
 
-/// A channel to a gRPC peer that connects on first use and reconnects by itself, with bounded
-/// connect and call times.
-pub fn peer_channel(url: &str, call_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(call_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
-/// Asks a peer's health service whether it is SERVING; a readiness check for gRPC peers.
-pub async fn check_peer(channel: Channel) -> Result<(), String> {
-    let mut client = HealthClient::new(channel);
-    let response = client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable => "unreachable".to_owned(),
-            code => format!("health check failed: {code:?}"),
-        })?;
-    match response.into_inner().status() {
-        health_check_response::ServingStatus::Serving => Ok(()),
-        other => Err(format!("reports {}", other.as_str_name())),
-    }
-}
-
 /// Where and how a gRPC service serves: its gRPC port, and the HTTP port for `/health`,
 /// `/ready` and `/metrics`.
 #[derive(Debug, Clone)]
@@ -110,6 +76,9 @@ pub struct GrpcAppConfig {
     pub metrics: telemetry::metrics::Metrics,
     pub shutdown: CancellationToken,
     pub grace: Duration,
+    /// Admits only calls with a valid internal token that the method's policy allows; the
+    /// health service stays open.
+    pub guard: internal_rpc::Guard,
 }
 
 /// A running gRPC service with its operational HTTP server.
@@ -121,12 +90,10 @@ pub struct GrpcApp {
 }
 
 impl GrpcApp {
-    /// Binds both ports and starts serving `router` (plus the standard health service) and the
-    /// operational endpoints. Port 0 picks a free port; see [`GrpcApp::grpc_port`].
-    pub fn start(
-        config: GrpcAppConfig,
-        router: tonic::transport::server::Router,
-    ) -> std::io::Result<Self> {
+    /// Binds both ports and starts serving `routes` (plus the standard health service) behind
+    /// the guard, and the operational endpoints. Port 0 picks a free port; see
+    /// [`GrpcApp::grpc_port`].
+    pub fn start(config: GrpcAppConfig, routes: tonic::service::Routes) -> std::io::Result<Self> {
         let grpc_listener = crate::http::bind(config.grpc_addr)?;
         let grpc_port = grpc_listener.local_addr()?.port();
         let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
@@ -139,7 +106,10 @@ impl GrpcApp {
             config.shutdown.clone(),
             Duration::from_secs(1),
         );
-        let server = router
+        let server = tonic::transport::Server::builder()
+            .trace_fn(telemetry::propagation::grpc_server_span)
+            .layer(config.guard.clone())
+            .add_routes(routes)
             .add_service(health_service)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

@@ -7,6 +7,12 @@
 pub mod tts {
     pub mod v1 {
         tonic::include_proto!("sonora.tts.v1");
+
+        /// The longest text `Synthesize` accepts, in characters; the gateway refuses longer
+        /// texts before calling.
+        pub const MAX_TEXT_CHARS: usize = 4096;
+        /// The fully qualified name of the service, for method policies.
+        pub const SERVICE: &str = "sonora.tts.v1.TtsInference";
     }
 }
 
@@ -15,5 +21,12 @@ pub mod tts {
 pub mod delivery {
     pub mod v1 {
         tonic::include_proto!("sonora.delivery.v1");
+
+        /// The largest `payload_json` a published event may carry, in bytes.
+        pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+        /// The most events one `PublishBatch` may carry.
+        pub const MAX_BATCH_EVENTS: usize = 500;
+        /// The fully qualified name of the service, for method policies.
+        pub const SERVICE: &str = "sonora.delivery.v1.DeliveryService";
     }
 }

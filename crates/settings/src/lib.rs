@@ -430,18 +430,6 @@ impl RedisSettings {
     }
 }
 
-/// The address of a gRPC peer, such as `http://tts-inference:50051`.
-pub fn grpc_peer(src: &Sources, name: &str, default: &str) -> Result<Url, SettingError> {
-    let url: Url = src.or(name, Url::parse(default).expect("default peer URL parses"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(SettingError::new(
-            name,
-            "must be an http:// or https:// URL with a host, such as http://tts-inference:50051",
-        ));
-    }
-    Ok(url)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

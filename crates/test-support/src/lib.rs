@@ -4,8 +4,11 @@
 //! Tests talk to the real PostgreSQL and Redis that `scripts/test` starts on loopback; their
 //! addresses come from `TEST_DATABASE_URL` and `TEST_REDIS_URL` when set.
 
+pub mod keys;
 pub mod otlp;
 pub mod proxy;
+
+pub use keys::internal_keys;
 
 use std::{future::Future, time::Duration};
 
@@ -68,13 +71,16 @@ pub fn host_port(url: &str) -> String {
 }
 
 /// Settings for a service under test: loopback addresses on port 0, text logs, a short grace
-/// period; `pairs` add to or override them.
+/// period, and the test process's internal-auth keys (every calling service trusted); `pairs`
+/// add to or override them. A calling service also needs its `INTERNAL_AUTH_KEY`
+/// ([`keys::InternalKeys::signing`]).
 pub fn sources<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Sources {
     let mut src = Sources::from_pairs([
         ("HTTP_ADDR", "127.0.0.1:0"),
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("LOG_FORMAT", "text"),
         ("SHUTDOWN_GRACE_PERIOD", "5s"),
+        ("INTERNAL_AUTH_TRUSTED_KEYS", internal_keys().trusted()),
     ])
     .expect("no settings file");
     for (key, value) in pairs {

@@ -8,13 +8,14 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use internal_rpc::{InternalAuthSettings, Peer, PeerSettings, Policy};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    grpc::{GrpcApp, GrpcAppConfig, check_peer, peer_channel},
+    grpc::{GrpcApp, GrpcAppConfig},
 };
-use settings::{CommonSettings, DatabaseSettings, SettingError, Sources, Url, grpc_peer};
-use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+use settings::{CommonSettings, DatabaseSettings, SettingError, Sources};
+use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "audio-generation";
 /// The PostgreSQL schema this service owns.
@@ -25,23 +26,32 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// Its signing key (it calls delivery-worker) and the keys of its callers.
+    pub internal_auth: InternalAuthSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
     /// Where finished audio files are written (`AUDIO_STORAGE_PATH`).
     pub storage_path: PathBuf,
-    pub delivery_worker_url: Url,
+    pub delivery_worker: PeerSettings,
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
+            internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9102).into())?,
             database: DatabaseSettings::load(src)?,
             storage_path: src.or("AUDIO_STORAGE_PATH", PathBuf::from("/var/lib/sonora/audio"))?,
-            delivery_worker_url: grpc_peer(src, "DELIVERY_WORKER_URL", "http://127.0.0.1:50053")?,
+            delivery_worker: PeerSettings::load(
+                src,
+                "delivery-worker",
+                "DELIVERY_WORKER",
+                "http://127.0.0.1:50053",
+                std::time::Duration::from_secs(10),
+            )?,
         })
     }
 }
@@ -53,6 +63,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "sound effects and background music generated on Replicate",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |s| s.internal_auth.require(true, true),
         commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
@@ -91,21 +102,19 @@ impl Application {
             || MIGRATIONS,
             signals.shutdown.clone(),
         )?;
-        let delivery_worker = peer_channel(
-            settings.delivery_worker_url.as_str(),
-            std::time::Duration::from_secs(10),
-        )?;
+        let delivery_worker =
+            Peer::new(&settings.delivery_worker, settings.internal_auth.minter()?)?;
         let storage = Arc::new(settings.storage_path.clone());
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
             .check("storage", move || check_storage(Arc::clone(&storage)))
             .check("delivery-worker", move || {
-                check_peer(delivery_worker.clone())
+                let peer = delivery_worker.clone();
+                async move { peer.check().await }
             })
             .build();
-        let router = tonic::transport::Server::builder()
-            .trace_fn(grpc_server_span)
-            .add_routes(tonic::service::Routes::default());
+        // No methods yet; each one added gets a rule in the policy.
+        let routes = tonic::service::Routes::default();
         let app = GrpcApp::start(
             GrpcAppConfig {
                 grpc_addr: settings.grpc_addr,
@@ -115,8 +124,9 @@ impl Application {
                 metrics: Metrics::new(),
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
+                guard: settings.internal_auth.guard(Policy::new())?,
             },
-            router,
+            routes,
         )?;
         Ok(Self { app })
     }

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use database::DatabaseError;
+use internal_rpc::caller;
 use sonora_proto::delivery::v1::{self as pb, delivery_service_server::DeliveryService as Api};
 use tonic::{Request, Response, Status};
 use webhook_signature::SigningKey;
@@ -19,8 +20,7 @@ use crate::{
     },
 };
 
-/// The largest payload a message may carry.
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+pub use sonora_proto::delivery::v1::MAX_PAYLOAD_BYTES;
 const MAX_SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -60,12 +60,6 @@ fn token_chars(
         return Err(invalid(field, "has characters outside the allowed set"));
     }
     Ok(())
-}
-
-fn tenant(value: &str) -> Result<(), Status> {
-    token_chars("tenant", value, 128, |c| {
-        c.is_ascii_alphanumeric() || "-_.:".contains(c)
-    })
 }
 
 fn event_type(field: &str, value: &str) -> Result<(), Status> {
@@ -312,14 +306,15 @@ fn next_token<T>(rows: &[T], page_size: u32, last: impl Fn(&T) -> String) -> Str
 
 #[tonic::async_trait]
 impl Api for DeliveryApi {
-    #[tracing::instrument(skip_all, fields(tenant = %request.get_ref().tenant, event_type = %request.get_ref().event_type))]
+    #[tracing::instrument(skip_all, fields(event_type = %request.get_ref().event_type))]
     async fn publish(
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         token_chars("event_id", &r.event_id, 256, |c| !c.is_control())?;
         event_type("event_type", &r.event_type)?;
         if r.payload_json.len() > MAX_PAYLOAD_BYTES {
@@ -338,7 +333,7 @@ impl Api for DeliveryApi {
             .store
             .publish(
                 &NewMessage {
-                    tenant: r.tenant,
+                    tenant: tenant.to_string(),
                     event_id: r.event_id,
                     event_type: r.event_type,
                     payload: r.payload_json,
@@ -360,8 +355,9 @@ impl Api for DeliveryApi {
         request: Request<pb::CreateEndpointRequest>,
     ) -> Result<Response<pb::CreateEndpointResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let url = self.check_url(&r.url)?;
         description(&r.description)?;
         let scheme = match pb::SigningScheme::try_from(r.signing)
@@ -375,7 +371,7 @@ impl Api for DeliveryApi {
             .store
             .create_endpoint(
                 NewEndpoint {
-                    tenant: r.tenant,
+                    tenant: tenant.to_string(),
                     url,
                     description: r.description,
                     event_types: list("event_types", &r.event_types, event_type)?,
@@ -399,10 +395,11 @@ impl Api for DeliveryApi {
         request: Request<pb::GetEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         Ok(Response::new(endpoint_to_proto(
-            self.store.get_endpoint(&r.tenant, &r.id).await?,
+            self.store.get_endpoint(tenant.as_str(), &r.id).await?,
         )))
     }
 
@@ -411,12 +408,13 @@ impl Api for DeliveryApi {
         request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         let rows = self
             .store
-            .list_endpoints(&r.tenant, &r.page_token, page_size)
+            .list_endpoints(tenant.as_str(), &r.page_token, page_size)
             .await?;
         let next_page_token = next_token(&rows, page_size, |row| row.id.clone());
         Ok(Response::new(pb::ListEndpointsResponse {
@@ -430,8 +428,9 @@ impl Api for DeliveryApi {
         request: Request<pb::UpdateEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let url = r.url.as_deref().map(|u| self.check_url(u)).transpose()?;
         if let Some(d) = &r.description {
             description(d)?;
@@ -457,7 +456,7 @@ impl Api for DeliveryApi {
         };
         let row = self
             .store
-            .update_endpoint(&r.tenant, &r.id, changes, self.clock.now())
+            .update_endpoint(tenant.as_str(), &r.id, changes, self.clock.now())
             .await?;
         Ok(Response::new(endpoint_to_proto(row)))
     }
@@ -467,10 +466,11 @@ impl Api for DeliveryApi {
         request: Request<pb::DeleteEndpointRequest>,
     ) -> Result<Response<pb::DeleteEndpointResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         self.store
-            .delete_endpoint(&r.tenant, &r.id, self.clock.now())
+            .delete_endpoint(tenant.as_str(), &r.id, self.clock.now())
             .await?;
         Ok(Response::new(pb::DeleteEndpointResponse {}))
     }
@@ -480,11 +480,12 @@ impl Api for DeliveryApi {
         request: Request<pb::GetEndpointSecretRequest>,
     ) -> Result<Response<pb::EndpointSecret>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let key = self
             .store
-            .current_key(&r.tenant, &r.id, self.clock.now())
+            .current_key(tenant.as_str(), &r.id, self.clock.now())
             .await?;
         Ok(Response::new(pb::EndpointSecret {
             key: key.verification_key(),
@@ -496,9 +497,10 @@ impl Api for DeliveryApi {
         request: Request<pb::RotateEndpointSecretRequest>,
     ) -> Result<Response<pb::EndpointSecret>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
-        let endpoint = self.store.get_endpoint(&r.tenant, &r.id).await?;
+        let tenant = caller.tenant(&r.tenant)?;
+        let endpoint = self.store.get_endpoint(tenant.as_str(), &r.id).await?;
         let key = signing_key(endpoint.signing(), &r.secret)?;
         let ttl = match r.old_secret_ttl_seconds {
             0 => DEFAULT_SECRET_TTL,
@@ -509,7 +511,7 @@ impl Api for DeliveryApi {
         }
         let ttl = chrono::Duration::from_std(ttl).expect("bounded");
         self.store
-            .rotate_secret(&r.tenant, &r.id, &key, ttl, self.clock.now())
+            .rotate_secret(tenant.as_str(), &r.id, &key, ttl, self.clock.now())
             .await?;
         Ok(Response::new(pb::EndpointSecret {
             key: key.verification_key(),
@@ -521,8 +523,9 @@ impl Api for DeliveryApi {
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         if !r.event_type.is_empty() {
             event_type("event_type", &r.event_type)?;
         }
@@ -530,7 +533,7 @@ impl Api for DeliveryApi {
         let rows = self
             .store
             .list_messages(
-                &r.tenant,
+                tenant.as_str(),
                 (!r.event_type.is_empty()).then_some(r.event_type.as_str()),
                 from_millis("after_unix_ms", r.after_unix_ms)?,
                 from_millis("before_unix_ms", r.before_unix_ms)?,
@@ -550,13 +553,14 @@ impl Api for DeliveryApi {
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         let rows = self
             .store
             .list_deliveries(
-                &r.tenant,
+                tenant.as_str(),
                 (!r.endpoint_id.is_empty()).then_some(r.endpoint_id.as_str()),
                 (!r.message_id.is_empty()).then_some(r.message_id.as_str()),
                 status_name(r.status)?,
@@ -576,13 +580,14 @@ impl Api for DeliveryApi {
         request: Request<pb::ListAttemptsRequest>,
     ) -> Result<Response<pb::ListAttemptsResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         let rows = self
             .store
             .list_attempts(
-                &r.tenant,
+                tenant.as_str(),
                 (!r.endpoint_id.is_empty()).then_some(r.endpoint_id.as_str()),
                 (!r.message_id.is_empty()).then_some(r.message_id.as_str()),
                 (r.delivery_id != 0).then_some(r.delivery_id),
@@ -602,12 +607,13 @@ impl Api for DeliveryApi {
         request: Request<pb::RetryDeliveryRequest>,
     ) -> Result<Response<pb::Delivery>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let row = self
             .store
             .retry_delivery(
-                &r.tenant,
+                tenant.as_str(),
                 r.delivery_id,
                 self.schedule.max_attempts(),
                 self.clock.now(),
@@ -621,12 +627,13 @@ impl Api for DeliveryApi {
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        tenant(&r.tenant)?;
+        let tenant = caller.tenant(&r.tenant)?;
         let count = self
             .store
             .redrive(
-                &r.tenant,
+                tenant.as_str(),
                 &r.endpoint_id,
                 from_millis("since_unix_ms", r.since_unix_ms)?,
                 from_millis("until_unix_ms", r.until_unix_ms)?,
@@ -644,13 +651,12 @@ impl Api for DeliveryApi {
         request: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
         self.ready()?;
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        if !r.tenant.is_empty() {
-            tenant(&r.tenant)?;
-        }
+        let tenant = caller.optional_tenant(&r.tenant)?;
         let stats = self
             .store
-            .queue_stats((!r.tenant.is_empty()).then_some(r.tenant.as_str()))
+            .queue_stats(tenant.as_ref().map(ids::Tenant::as_str))
             .await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Response::new(pb::QueueStats {

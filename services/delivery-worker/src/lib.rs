@@ -22,6 +22,7 @@ pub mod worker;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use internal_rpc::{Access, InternalAuthSettings, Scope};
 use lifecycle::{
     Readiness, Signals,
     cli::{Command, ServiceMain},
@@ -31,8 +32,8 @@ use secret_box::Keyring;
 use settings::{
     CommonSettings, DatabaseSettings, ExposeSecret as _, SecretString, SettingError, Sources,
 };
-use sonora_proto::delivery::v1::delivery_service_server::DeliveryServiceServer;
-use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+use sonora_proto::delivery::v1::{SERVICE, delivery_service_server::DeliveryServiceServer};
+use telemetry::metrics::Metrics;
 use tokio::sync::watch;
 
 use crate::{
@@ -52,6 +53,8 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// The keys of the services allowed to call this one.
+    pub internal_auth: InternalAuthSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
@@ -156,6 +159,7 @@ impl Settings {
             })?;
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
+            internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50053).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9103).into())?,
             database: DatabaseSettings::load(src)?,
@@ -203,6 +207,49 @@ impl Settings {
     }
 }
 
+/// Who may call which method.
+///
+/// - Services publish their own events (audio-generation's and webhook-ingest's outbox relays);
+///   the gateway publishes a client's test event.
+/// - Everything about a tenant's endpoints, messages and deliveries is asked by the gateway for
+///   a client whose key has the `webhooks` scope; the tenant is the client's.
+/// - Cleaning up delivered rows spans every tenant: only the gateway acting for itself (an
+///   operator's tool), never for a client.
+pub fn api_policy() -> internal_rpc::Policy {
+    const GATEWAY: &[&str] = &["gateway"];
+    let client = Access::Client(Scope::Webhooks);
+    let mut policy = internal_rpc::Policy::new().allow(
+        SERVICE,
+        "Publish",
+        &["audio-generation", "webhook-ingest", "gateway"],
+        Access::ServiceOrClient(Scope::Webhooks),
+    );
+    for method in [
+        "CreateEndpoint",
+        "GetEndpoint",
+        "ListEndpoints",
+        "UpdateEndpoint",
+        "DeleteEndpoint",
+        "GetEndpointSecret",
+        "RotateEndpointSecret",
+        "ListMessages",
+        "ListDeliveries",
+        "ListAttempts",
+        "RetryDelivery",
+        "RedriveDeadLetters",
+    ] {
+        policy = policy.allow(SERVICE, method, GATEWAY, client);
+    }
+    policy
+        .allow(
+            SERVICE,
+            "GetQueueStats",
+            GATEWAY,
+            Access::ServiceOrClient(Scope::Webhooks),
+        )
+        .allow(SERVICE, "CleanupDelivered", GATEWAY, Access::Service)
+}
+
 /// The process entry point's description of this service.
 pub fn service() -> ServiceMain<Settings> {
     ServiceMain {
@@ -210,6 +257,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "signed outbound webhooks to partners from a PostgreSQL queue",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |s| s.internal_auth.require(false, true),
         commands: vec![
             Command::migrate(|settings| {
                 Box::pin(async move {
@@ -306,15 +354,13 @@ impl Application {
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
             .build();
-        let router = tonic::transport::Server::builder()
-            .trace_fn(grpc_server_span)
-            .add_service(DeliveryServiceServer::new(grpc::DeliveryApi {
-                database: database.clone(),
-                store,
-                clock,
-                policy,
-                schedule: settings.schedule.clone(),
-            }));
+        let routes = tonic::service::Routes::new(DeliveryServiceServer::new(grpc::DeliveryApi {
+            database: database.clone(),
+            store,
+            clock,
+            policy,
+            schedule: settings.schedule.clone(),
+        }));
         let app = GrpcApp::start(
             GrpcAppConfig {
                 grpc_addr: settings.grpc_addr,
@@ -324,8 +370,9 @@ impl Application {
                 metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
+                guard: settings.internal_auth.guard(api_policy())?,
             },
-            router,
+            routes,
         )?;
         Ok(Self {
             app,

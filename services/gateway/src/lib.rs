@@ -10,17 +10,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use actix_web::web;
 use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use internal_rpc::{InternalAuthSettings, Peer, PeerChannel, PeerSettings};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    grpc::{check_peer, peer_channel},
     http::{HttpServerTask, base_app, bind},
 };
-use settings::{
-    CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer,
-};
+use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources};
 use sonora_proto::tts::v1::tts_inference_client::TtsInferenceClient;
-use telemetry::{metrics::Metrics, propagation::InjectTraceContext};
+use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "gateway";
 /// The PostgreSQL schema this service owns.
@@ -34,24 +32,46 @@ pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// The key the gateway signs its calls to the backends with.
+    pub internal_auth: InternalAuthSettings,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
-    pub tts_inference_url: Url,
-    pub audio_generation_url: Url,
-    pub delivery_worker_url: Url,
+    pub tts_inference: PeerSettings,
+    pub audio_generation: PeerSettings,
+    pub delivery_worker: PeerSettings,
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
+            internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
-            tts_inference_url: grpc_peer(src, "TTS_INFERENCE_URL", "http://127.0.0.1:50051")?,
-            audio_generation_url: grpc_peer(src, "AUDIO_GENERATION_URL", "http://127.0.0.1:50052")?,
-            delivery_worker_url: grpc_peer(src, "DELIVERY_WORKER_URL", "http://127.0.0.1:50053")?,
+            // Synthesis answers once its first audio is made, which can wait behind a full queue.
+            tts_inference: PeerSettings::load(
+                src,
+                "tts-inference",
+                "TTS_INFERENCE",
+                "http://127.0.0.1:50051",
+                Duration::from_secs(30),
+            )?,
+            audio_generation: PeerSettings::load(
+                src,
+                "audio-generation",
+                "AUDIO_GENERATION",
+                "http://127.0.0.1:50052",
+                Duration::from_secs(10),
+            )?,
+            delivery_worker: PeerSettings::load(
+                src,
+                "delivery-worker",
+                "DELIVERY_WORKER",
+                "http://127.0.0.1:50053",
+                Duration::from_secs(10),
+            )?,
         })
     }
 }
@@ -63,6 +83,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "the public HTTP API of Sonora",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |s| s.internal_auth.require(true, false),
         commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
@@ -77,12 +98,7 @@ pub fn service() -> ServiceMain<Settings> {
 /// The gRPC clients of the services behind the gateway.
 #[derive(Clone)]
 pub struct Peers {
-    pub tts: TtsInferenceClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            InjectTraceContext,
-        >,
-    >,
+    pub tts: TtsInferenceClient<PeerChannel>,
 }
 
 /// The running service.
@@ -99,23 +115,32 @@ impl Application {
             signals.shutdown.clone(),
         )?;
         let redis = redis_pool::connect(&redis_pool::RedisConfig::from_settings(&settings.redis))?;
-        let call_timeout = Duration::from_secs(30);
-        let tts = peer_channel(settings.tts_inference_url.as_str(), call_timeout)?;
-        let audio = peer_channel(settings.audio_generation_url.as_str(), call_timeout)?;
-        let delivery = peer_channel(settings.delivery_worker_url.as_str(), call_timeout)?;
+        let minter = settings.internal_auth.minter()?;
+        let tts = Peer::new(&settings.tts_inference, minter.clone())?;
+        let audio = Peer::new(&settings.audio_generation, minter.clone())?;
+        let delivery = Peer::new(&settings.delivery_worker, minter)?;
 
         let readiness = {
             let (tts, redis) = (tts.clone(), redis.clone());
             Readiness::builder()
                 .check("database", database.readiness_check())
                 .check("redis", redis_pool::readiness_check(&redis))
-                .check("tts-inference", move || check_peer(tts.clone()))
-                .check("audio-generation", move || check_peer(audio.clone()))
-                .check("delivery-worker", move || check_peer(delivery.clone()))
+                .check("tts-inference", move || {
+                    let tts = tts.clone();
+                    async move { tts.check().await }
+                })
+                .check("audio-generation", move || {
+                    let audio = audio.clone();
+                    async move { audio.check().await }
+                })
+                .check("delivery-worker", move || {
+                    let delivery = delivery.clone();
+                    async move { delivery.check().await }
+                })
                 .build()
         };
         let peers = Peers {
-            tts: TtsInferenceClient::with_interceptor(tts, InjectTraceContext),
+            tts: TtsInferenceClient::new(tts.channel()),
         };
         let metrics = Metrics::new();
         let app_readiness = readiness.clone();

@@ -141,7 +141,7 @@ fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
 }
 
 /// The largest text a request may carry, as tts-inference enforces it.
-pub const MAX_TEXT_CHARS: usize = 4096;
+pub use sonora_proto::tts::v1::MAX_TEXT_CHARS;
 
 fn synthesis_problem(status: &tonic::Status) -> Problem {
     use actix_web::http::StatusCode;

@@ -41,6 +41,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "a local stand-in for Replicate's prediction API",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |_| Ok(()),
         commands: Vec::new(),
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })

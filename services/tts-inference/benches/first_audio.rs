@@ -52,6 +52,10 @@ async fn main() {
         ("VOICES_DIR", voices.as_str()),
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("HTTP_ADDR", "127.0.0.1:0"),
+        (
+            "INTERNAL_AUTH_TRUSTED_KEYS",
+            test_support::internal_keys().trusted(),
+        ),
     ];
     pairs.extend(workers.as_deref().map(|w| ("TTS_WORKERS", w)));
     let src = settings::Sources::from_pairs(pairs).unwrap();
@@ -78,12 +82,8 @@ async fn main() {
         "voice loaded and service ready in {:.0?}; {workers} inference worker(s)",
         started.elapsed()
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = TtsInferenceClient::new(channel);
+    let peer = test_support::internal_keys().peer("gateway", "tts-inference", grpc);
+    let mut client = TtsInferenceClient::new(peer.channel());
     let request = |text: &str| SynthesizeRequest {
         text: text.to_owned(),
         format: AudioFormat::Pcm16.into(),

@@ -9,14 +9,15 @@ pub mod synthesis;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
+use internal_rpc::{Access, InternalAuthSettings, Policy, Scope};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
     grpc::{GrpcApp, GrpcAppConfig},
 };
 use settings::{CommonSettings, SettingError, Sources};
-use sonora_proto::tts::v1::tts_inference_server::TtsInferenceServer;
-use telemetry::{metrics::Metrics, propagation::grpc_server_span};
+use sonora_proto::tts::v1::{SERVICE, tts_inference_server::TtsInferenceServer};
+use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "tts-inference";
 
@@ -24,6 +25,8 @@ pub const NAME: &str = "tts-inference";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// The keys of the services allowed to call this one.
+    pub internal_auth: InternalAuthSettings,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// Where Piper voices (`<id>.onnx` + `<id>.onnx.json`) are installed.
@@ -50,6 +53,7 @@ impl Settings {
         }
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
+            internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50051).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9101).into())?,
             voices_dir: src.or("VOICES_DIR", PathBuf::from("/var/lib/sonora/voices"))?,
@@ -61,6 +65,25 @@ impl Settings {
             queue_capacity: bounded("TTS_QUEUE_CAPACITY", src.or("TTS_QUEUE_CAPACITY", 8usize)?)?,
         })
     }
+}
+
+/// Who may call which method: the gateway, for its clients (`tts` scope) or for itself (the
+/// voice catalogue).
+pub fn policy() -> Policy {
+    const GATEWAY: &[&str] = &["gateway"];
+    Policy::new()
+        .allow(
+            SERVICE,
+            "ListVoices",
+            GATEWAY,
+            Access::ServiceOrClient(Scope::Tts),
+        )
+        .allow(
+            SERVICE,
+            "Synthesize",
+            GATEWAY,
+            Access::ServiceOrClient(Scope::Tts),
+        )
 }
 
 fn bounded(name: &str, value: usize) -> Result<usize, SettingError> {
@@ -78,6 +101,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "Piper-compatible neural text-to-speech over gRPC",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |s| s.internal_auth.require(false, true),
         commands: Vec::new(),
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
@@ -139,15 +163,13 @@ impl Application {
                 .build()
         };
 
-        let router = tonic::transport::Server::builder()
-            .trace_fn(grpc_server_span)
-            .add_service(TtsInferenceServer::new(grpc::TtsService {
-                voices_dir,
-                default_voice,
-                voices,
-                pool,
-                metrics: synthesis_metrics,
-            }));
+        let routes = tonic::service::Routes::new(TtsInferenceServer::new(grpc::TtsService {
+            voices_dir,
+            default_voice,
+            voices,
+            pool,
+            metrics: synthesis_metrics,
+        }));
         let app = GrpcApp::start(
             GrpcAppConfig {
                 grpc_addr: settings.grpc_addr,
@@ -157,8 +179,9 @@ impl Application {
                 metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
+                guard: settings.internal_auth.guard(policy())?,
             },
-            router,
+            routes,
         )?;
         Ok(Self { app })
     }

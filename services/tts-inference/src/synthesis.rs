@@ -26,7 +26,7 @@ use tonic::Status;
 use voice::{Scales, Voice};
 
 /// The longest text one request may carry, in characters.
-pub const MAX_TEXT_CHARS: usize = 4096;
+pub use sonora_proto::tts::v1::MAX_TEXT_CHARS;
 
 type Job = Box<dyn FnOnce() + Send>;
 

@@ -9,15 +9,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use actix_web::web;
 use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use internal_rpc::{InternalAuthSettings, Peer, PeerSettings};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    grpc::{check_peer, peer_channel},
     http::{HttpServerTask, base_app, bind},
 };
-use settings::{
-    CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources, Url, grpc_peer,
-};
+use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources};
 use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "webhook-ingest";
@@ -29,22 +27,37 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// The key webhook-ingest signs its calls with.
+    pub internal_auth: InternalAuthSettings,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
-    pub audio_generation_url: Url,
-    pub delivery_worker_url: Url,
+    pub audio_generation: PeerSettings,
+    pub delivery_worker: PeerSettings,
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
         Ok(Self {
             common: CommonSettings::load(src, NAME)?,
+            internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8081).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
-            audio_generation_url: grpc_peer(src, "AUDIO_GENERATION_URL", "http://127.0.0.1:50052")?,
-            delivery_worker_url: grpc_peer(src, "DELIVERY_WORKER_URL", "http://127.0.0.1:50053")?,
+            audio_generation: PeerSettings::load(
+                src,
+                "audio-generation",
+                "AUDIO_GENERATION",
+                "http://127.0.0.1:50052",
+                Duration::from_secs(10),
+            )?,
+            delivery_worker: PeerSettings::load(
+                src,
+                "delivery-worker",
+                "DELIVERY_WORKER",
+                "http://127.0.0.1:50053",
+                Duration::from_secs(10),
+            )?,
         })
     }
 }
@@ -56,6 +69,7 @@ pub fn service() -> ServiceMain<Settings> {
         about: "verified inbound webhooks, stored before they are acknowledged",
         load: Settings::load,
         common: |s| &s.common,
+        serve_check: |s| s.internal_auth.require(true, false),
         commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
@@ -81,14 +95,20 @@ impl Application {
             signals.shutdown.clone(),
         )?;
         let redis = redis_pool::connect(&redis_pool::RedisConfig::from_settings(&settings.redis))?;
-        let call_timeout = Duration::from_secs(30);
-        let audio = peer_channel(settings.audio_generation_url.as_str(), call_timeout)?;
-        let delivery = peer_channel(settings.delivery_worker_url.as_str(), call_timeout)?;
+        let minter = settings.internal_auth.minter()?;
+        let audio = Peer::new(&settings.audio_generation, minter.clone())?;
+        let delivery = Peer::new(&settings.delivery_worker, minter)?;
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
             .check("redis", redis_pool::readiness_check(&redis))
-            .check("audio-generation", move || check_peer(audio.clone()))
-            .check("delivery-worker", move || check_peer(delivery.clone()))
+            .check("audio-generation", move || {
+                let audio = audio.clone();
+                async move { audio.check().await }
+            })
+            .check("delivery-worker", move || {
+                let delivery = delivery.clone();
+                async move { delivery.check().await }
+            })
             .build();
         let metrics = Metrics::new();
         let app_readiness = readiness.clone();

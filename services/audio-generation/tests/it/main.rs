@@ -3,78 +3,50 @@
 
 use std::time::Duration;
 
-use lifecycle::Signals;
-use test_support::{TestDatabase, assert_operational, grpc_health, sources, wait_ready};
+use test_stack::{Service, Stack};
+use test_support::{TestDatabase, assert_operational, grpc_health, wait_ready};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test]
 async fn ready_with_database_storage_and_peer() {
     let db = TestDatabase::create().await.unwrap();
-    let signals = Signals::new();
-    let delivery = delivery_worker::Application::build(
-        delivery_worker::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            (
-                "WEBHOOK_SECRET_ENCRYPTION_KEY",
-                test_support::TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
     let storage = std::env::temp_dir().join(format!("audio-it-{}", db.name));
-    let app = audio_generation::Application::build(
-        audio_generation::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            (
-                "DELIVERY_WORKER_URL",
-                format!("http://127.0.0.1:{}", delivery.grpc_port()),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let (grpc, base) = (
-        app.grpc_port(),
-        format!("http://127.0.0.1:{}", app.http_port()),
-    );
-    let _tasks = (
-        tokio::spawn(delivery.stopped()),
-        tokio::spawn(app.stopped()),
-    );
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_audio()
+        .setting(
+            Service::AudioGeneration,
+            "AUDIO_STORAGE_PATH",
+            storage.display().to_string(),
+        )
+        .start()
+        .await;
+    let grpc = stack.grpc_port(Service::AudioGeneration);
+    let base = stack.http_url(Service::AudioGeneration);
     assert_operational(&base, &["database", "delivery-worker", "storage"]).await;
     assert!(storage.is_dir(), "the storage root is created");
     test_support::eventually(Duration::from_secs(10), "SERVING", || async {
         (grpc_health(grpc).await == Some(ServingStatus::Serving)).then_some(())
     })
     .await;
-    signals.shutdown.cancel();
 }
 
 #[tokio::test]
 async fn unwritable_storage_and_missing_peer_are_named() {
     let db = TestDatabase::create().await.unwrap();
-    let signals = Signals::new();
     let blocker = std::env::temp_dir().join(format!("audio-it-file-{}", db.name));
     std::fs::write(&blocker, b"a file, not a folder").unwrap();
-    let app = audio_generation::Application::build(
-        audio_generation::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            (
-                "AUDIO_STORAGE_PATH",
-                blocker.join("audio").display().to_string(),
-            ),
-            ("DELIVERY_WORKER_URL", "http://127.0.0.1:1".to_owned()),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", app.http_port());
-    let _task = tokio::spawn(app.stopped());
+    // delivery-worker is not started: its address refuses connections.
+    let stack = Stack::new(&db)
+        .with_audio()
+        .setting(
+            Service::AudioGeneration,
+            "AUDIO_STORAGE_PATH",
+            blocker.join("audio").display().to_string(),
+        )
+        .start()
+        .await;
+    let base = stack.http_url(Service::AudioGeneration);
     let body = test_support::eventually(Duration::from_secs(30), "database up", || async {
         let body = wait_ready(&base, 503).await;
         (body["components"]["database"]["status"] == "up").then_some(body)
@@ -85,7 +57,6 @@ async fn unwritable_storage_and_missing_peer_are_named() {
         body["components"]["delivery-worker"]["error"], "unreachable",
         "{body}"
     );
-    signals.shutdown.cancel();
 }
 
 #[test]

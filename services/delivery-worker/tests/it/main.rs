@@ -1,6 +1,7 @@
 //! Integration tests of `delivery-worker`: the real service and workers against the real
 //! PostgreSQL, delivering to real HTTP receivers on loopback.
 
+mod auth;
 mod queue;
 mod support;
 
@@ -326,7 +327,7 @@ async fn retries_follow_the_schedule_then_dead_letter_and_redrive() {
     .unwrap();
 
     let schedule = s.schedule.delays.clone();
-    let delivery = |c: &mut support_client::Client, id: &str| {
+    let delivery = |c: &mut support::Client, id: &str| {
         let mut c = c.clone();
         let id = id.to_owned();
         async move {
@@ -422,13 +423,6 @@ async fn retries_follow_the_schedule_then_dead_letter_and_redrive() {
         (d.status(), d.attempt_count),
         (DeliveryStatus::Delivered, 9)
     );
-}
-
-/// The typed gRPC client, named for the closure above.
-mod support_client {
-    pub type Client = sonora_proto::delivery::v1::delivery_service_client::DeliveryServiceClient<
-        tonic::transport::Channel,
-    >;
 }
 
 fn clock_ms(clock: &ManualClock) -> i64 {

@@ -134,6 +134,10 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
             ("WEBHOOK_REQUEST_TIMEOUT", "2s"),
             ("MAX_CONCURRENT_DELIVERIES", "32"),
             ("LOG_FORMAT", "json"),
+            (
+                "INTERNAL_AUTH_TRUSTED_KEYS",
+                test_support::internal_keys().trusted(),
+            ),
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -205,6 +209,10 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
             ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
             ("SONORA_CONFIG_FILE", file.to_str().unwrap()),
             ("LOG_FORMAT", "json"),
+            (
+                "INTERNAL_AUTH_TRUSTED_KEYS",
+                test_support::internal_keys().trusted(),
+            ),
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -224,7 +232,7 @@ async fn sighup_reloads_the_worker_limits_without_stopping() {
             break u16::try_from(port).unwrap();
         }
     };
-    let mut c = crate::support::client(grpc_port).await;
+    let mut c = crate::support::Client::new(grpc_port);
     // Until its migrations are applied the service answers UNAVAILABLE, which callers retry.
     eventually(
         Duration::from_secs(30),

@@ -9,12 +9,10 @@ use std::{
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use delivery_worker::{Application, Settings};
+use internal_rpc::{Principal, Scopes, on_behalf};
 use lifecycle::Signals;
-use sonora_proto::delivery::v1::{
-    CreateEndpointRequest, PublishRequest, delivery_service_client::DeliveryServiceClient,
-};
-use test_support::{TestDatabase, sources};
-use tonic::transport::Channel;
+use sonora_proto::delivery::v1::{self as pb, delivery_service_client::DeliveryServiceClient};
+use test_support::{TestDatabase, internal_keys, sources};
 use webhook_signature::{SignedHeaders, VerifyingKey, verify};
 
 /// How the receiver answers on one path.
@@ -201,10 +199,100 @@ pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Settings {
     Settings::load(&sources(pairs)).unwrap()
 }
 
+/// A gRPC client to delivery-worker that signs each call as its real callers do: events are
+/// published by audio-generation acting on its own, everything about a tenant's endpoints by the
+/// gateway acting for a client of that tenant (the request's `tenant`, with every scope).
+#[derive(Clone)]
+pub struct Client {
+    gateway: DeliveryServiceClient<internal_rpc::PeerChannel>,
+    relay: DeliveryServiceClient<internal_rpc::PeerChannel>,
+}
+
+/// A request made by the gateway for a client of `tenant` whose key has every scope.
+pub fn acting<T>(tenant: &str, message: T) -> tonic::Request<T> {
+    let principal = Principal {
+        tenant: ids::Tenant::parse(tenant).expect("a valid tenant"),
+        key_id: Some(ids::KeyId::new()),
+        scopes: Scopes::all(),
+    };
+    on_behalf(message, &principal)
+}
+
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
+macro_rules! for_the_requests_tenant {
+    ($($method:ident($request:ty) -> $response:ty;)*) => {$(
+        pub async fn $method(&mut self, request: $request) -> Reply<$response> {
+            let tenant = request.tenant.clone();
+            self.gateway.$method(acting(&tenant, request)).await
+        }
+    )*};
+}
+
+#[allow(
+    dead_code,
+    reason = "the client mirrors the whole API, whichever methods the tests use today"
+)]
+impl Client {
+    pub fn new(port: u16) -> Self {
+        let keys = internal_keys();
+        Self {
+            gateway: DeliveryServiceClient::new(
+                keys.peer("gateway", "delivery-worker", port).channel(),
+            ),
+            relay: DeliveryServiceClient::new(
+                keys.peer("audio-generation", "delivery-worker", port)
+                    .channel(),
+            ),
+        }
+    }
+
+    pub async fn publish(&mut self, request: pb::PublishRequest) -> Reply<pb::PublishResponse> {
+        self.relay.publish(request).await
+    }
+
+    /// Across every tenant (the gateway for itself) when the request names none.
+    pub async fn get_queue_stats(
+        &mut self,
+        request: pb::GetQueueStatsRequest,
+    ) -> Reply<pb::QueueStats> {
+        if request.tenant.is_empty() {
+            self.gateway.get_queue_stats(request).await
+        } else {
+            let tenant = request.tenant.clone();
+            self.gateway.get_queue_stats(acting(&tenant, request)).await
+        }
+    }
+
+    pub async fn cleanup_delivered(
+        &mut self,
+        request: pb::CleanupDeliveredRequest,
+    ) -> Reply<pb::CleanupDeliveredResponse> {
+        self.gateway.cleanup_delivered(request).await
+    }
+
+    for_the_requests_tenant! {
+        create_endpoint(pb::CreateEndpointRequest) -> pb::CreateEndpointResponse;
+        get_endpoint(pb::GetEndpointRequest) -> pb::Endpoint;
+        list_endpoints(pb::ListEndpointsRequest) -> pb::ListEndpointsResponse;
+        update_endpoint(pb::UpdateEndpointRequest) -> pb::Endpoint;
+        delete_endpoint(pb::DeleteEndpointRequest) -> pb::DeleteEndpointResponse;
+        get_endpoint_secret(pb::GetEndpointSecretRequest) -> pb::EndpointSecret;
+        rotate_endpoint_secret(pb::RotateEndpointSecretRequest) -> pb::EndpointSecret;
+        list_messages(pb::ListMessagesRequest) -> pb::ListMessagesResponse;
+        list_deliveries(pb::ListDeliveriesRequest) -> pb::ListDeliveriesResponse;
+        list_attempts(pb::ListAttemptsRequest) -> pb::ListAttemptsResponse;
+        retry_delivery(pb::RetryDeliveryRequest) -> pb::Delivery;
+        redrive_dead_letters(pb::RedriveDeadLettersRequest) -> pb::RedriveDeadLettersResponse;
+    }
+}
+
 /// A running delivery-worker and a gRPC client to it.
 pub struct Running {
-    pub client: DeliveryServiceClient<Channel>,
+    pub client: Client,
     pub signals: Signals,
+    /// The gRPC port.
+    pub port: u16,
 }
 
 impl Drop for Running {
@@ -230,30 +318,22 @@ pub async fn start(
         .unwrap();
     tokio::spawn(app.stopped());
     Running {
-        client: client(grpc).await,
+        client: Client::new(grpc),
         signals,
+        port: grpc,
     }
-}
-
-pub async fn client(port: u16) -> DeliveryServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    DeliveryServiceClient::new(channel)
 }
 
 /// Creates an endpoint and registers its key with the receiver; returns (endpoint id, key).
 pub async fn endpoint(
-    client: &mut DeliveryServiceClient<Channel>,
+    client: &mut Client,
     receiver: &Receiver,
     tenant: &str,
     path: &str,
     event_types: &[&str],
 ) -> (String, String) {
     let response = client
-        .create_endpoint(CreateEndpointRequest {
+        .create_endpoint(pb::CreateEndpointRequest {
             tenant: tenant.to_owned(),
             url: receiver.url(path),
             event_types: event_types.iter().map(|s| (*s).to_owned()).collect(),
@@ -271,8 +351,8 @@ pub fn publish(
     event_id: &str,
     event_type: &str,
     payload: serde_json::Value,
-) -> PublishRequest {
-    PublishRequest {
+) -> pb::PublishRequest {
+    pb::PublishRequest {
         tenant: tenant.to_owned(),
         event_id: event_id.to_owned(),
         event_type: event_type.to_owned(),

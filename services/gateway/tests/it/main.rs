@@ -1,129 +1,56 @@
 //! Integration tests of `gateway`: the real service on port 0, with its real gRPC peers
-//! (`tts-inference`, `audio-generation`, `delivery-worker`) started in-process on port 0, against
-//! the real PostgreSQL and Redis.
+//! (`tts-inference`, `audio-generation`, `delivery-worker`) started in-process on port 0 by the
+//! test stack, against the real PostgreSQL and Redis.
 
 use std::time::Duration;
 
-use lifecycle::Signals;
+use test_stack::{Service, Stack};
 use test_support::{
-    TestDatabase, assert_operational, get_json, host_port, proxy::TcpProxy, redis_url, sources,
-    wait_ready,
+    TestDatabase, assert_operational, get_json, host_port, proxy::TcpProxy, redis_url, wait_ready,
 };
 
 /// The gateway and its peers, running until dropped.
-struct Stack {
+struct Gateway {
     base: String,
-    signals: Signals,
-    gateway: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _db: TestDatabase,
-    _proxies: Vec<TcpProxy>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.signals.shutdown.cancel();
-    }
+    stack: Stack,
 }
 
 struct Options {
     /// Put the gateway's PostgreSQL and Redis behind proxies a test can cut.
     proxied: bool,
-    /// Point the gateway at a tts-inference address where nothing listens.
+    /// Leave tts-inference out: the gateway's calls to it are refused.
     tts_down: bool,
 }
 
-async fn start(options: Options) -> (Stack, Option<(TcpProxy, TcpProxy)>) {
+async fn start(options: Options) -> (Gateway, Option<(TcpProxy, TcpProxy)>) {
     let db = TestDatabase::create().await.unwrap();
-    let signals = Signals::new();
-
-    let tts = tts_inference::Application::build(
-        tts_inference::Settings::load(&sources([(
-            "VOICES_DIR",
-            test_support::voices_dir().display().to_string(),
-        )]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let delivery = delivery_worker::Application::build(
-        delivery_worker::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            (
-                "WEBHOOK_SECRET_ENCRYPTION_KEY",
-                test_support::TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let storage = std::env::temp_dir().join(format!("gateway-it-{}", db.name));
-    let audio = audio_generation::Application::build(
-        audio_generation::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            (
-                "DELIVERY_WORKER_URL",
-                format!("http://127.0.0.1:{}", delivery.grpc_port()),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-
-    let tts_url = if options.tts_down {
-        // Port 1 (tcpmux) is never served here, so connections are refused; a port picked as
-        // free could be taken by a parallel test's server in the meantime.
-        "http://127.0.0.1:1".to_owned()
-    } else {
-        format!("http://127.0.0.1:{}", tts.grpc_port())
-    };
-    let (database_url, redis, proxies) = if options.proxied {
+    let mut builder = Stack::new(&db).with_delivery().with_audio().with_gateway();
+    if !options.tts_down {
+        builder = builder.with_tts();
+    }
+    let proxies = if options.proxied {
         let pg = TcpProxy::start(host_port(&db.url)).await.unwrap();
         let rd = TcpProxy::start(host_port(&redis_url())).await.unwrap();
-        let redis = format!("redis://127.0.0.1:{}/0", rd.port());
-        (db.url_via(pg.port()), redis, Some((pg, rd)))
+        builder = builder
+            .setting(Service::Gateway, "DATABASE_URL", db.url_via(pg.port()))
+            .setting(
+                Service::Gateway,
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}/0", rd.port()),
+            );
+        Some((pg, rd))
     } else {
-        (db.url.clone(), redis_url(), None)
+        None
     };
-    let gateway = gateway::Application::build(
-        gateway::Settings::load(&sources([
-            ("DATABASE_URL", database_url),
-            ("REDIS_URL", redis),
-            ("TTS_INFERENCE_URL", tts_url),
-            (
-                "AUDIO_GENERATION_URL",
-                format!("http://127.0.0.1:{}", audio.grpc_port()),
-            ),
-            (
-                "DELIVERY_WORKER_URL",
-                format!("http://127.0.0.1:{}", delivery.grpc_port()),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", gateway.port());
-    for task in [
-        tokio::spawn(tts.stopped()),
-        tokio::spawn(delivery.stopped()),
-        tokio::spawn(audio.stopped()),
-    ] {
-        drop(task);
-    }
-    let stack = Stack {
-        base,
-        signals,
-        gateway: Some(tokio::spawn(gateway.stopped())),
-        _db: db,
-        _proxies: Vec::new(),
+    let stack = builder.start().await;
+    let gateway = Gateway {
+        base: stack.http_url(Service::Gateway),
+        stack,
     };
-    (stack, proxies)
+    (gateway, proxies)
 }
 
-async fn plain() -> Stack {
+async fn plain() -> Gateway {
     start(Options {
         proxied: false,
         tts_down: false,
@@ -269,15 +196,12 @@ async fn unknown_paths_are_problem_json() {
 
 #[tokio::test]
 async fn shutdown_drains_then_refuses_connections() {
-    let mut stack = plain().await;
-    let health = format!("{}/health", stack.base);
+    let gateway = plain().await;
+    let health = format!("{}/health", gateway.base);
     assert_eq!(get_json(&health).await.unwrap().0, 200);
-    stack.signals.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), stack.gateway.take().unwrap())
+    tokio::time::timeout(Duration::from_secs(10), gateway.stack.stop())
         .await
-        .expect("stops within the grace period")
-        .unwrap()
-        .unwrap();
+        .expect("stops within the grace period");
     assert!(
         get_json(&health).await.is_err(),
         "still accepting after shutdown"
@@ -430,4 +354,40 @@ async fn tts_refusals_are_problem_json() {
         let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(problem["type"], kind, "{problem}");
     }
+}
+
+#[test]
+fn serving_without_an_internal_key_exits_64_naming_it() {
+    let run = test_support::run_binary(
+        env!("CARGO_BIN_EXE_gateway"),
+        &[],
+        &[
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ],
+    );
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("INTERNAL_AUTH_KEY"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    // The key generator needs no settings at all, and its key is accepted.
+    let generated = test_support::run_binary(
+        env!("CARGO_BIN_EXE_gateway"),
+        &["generate-internal-key"],
+        &[],
+    );
+    assert_eq!(generated.code, Some(0), "{}", generated.stderr);
+    let key = generated
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("INTERNAL_AUTH_KEY="))
+        .expect("a key line");
+    assert!(internal_rpc::SigningKey::parse(key).is_ok());
+    assert!(
+        generated
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("gateway=ipk_")),
+        "{}",
+        generated.stdout
+    );
 }

@@ -134,13 +134,8 @@ async fn lists_installed_voices_with_their_speakers() {
     .unwrap();
 
     let svc = start(&dir);
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", svc.app_grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut client = TtsInferenceClient::new(channel);
+    let peer = test_support::internal_keys().peer("gateway", "tts-inference", svc.app_grpc);
+    let mut client = TtsInferenceClient::new(peer.channel());
     let voices = client
         .list_voices(ListVoicesRequest {})
         .await
@@ -221,4 +216,34 @@ fn uuid_like() -> String {
         .unwrap()
         .as_nanos();
     format!("{}-{nanos}", std::process::id())
+}
+
+#[tokio::test]
+async fn only_signed_calls_from_the_gateway_are_served() {
+    let svc = start(&test_support::voices_dir());
+    let anonymous =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", svc.app_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = TtsInferenceClient::new(anonymous)
+        .list_voices(ListVoicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // Health stays open to probes that carry no token.
+    eventually(Duration::from_secs(10), "SERVING", || async {
+        (grpc_health(svc.app_grpc).await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
+    // A genuine service that has no business here is refused.
+    let ingest =
+        test_support::internal_keys().peer("webhook-ingest", "tts-inference", svc.app_grpc);
+    let status = TtsInferenceClient::new(ingest.channel())
+        .list_voices(ListVoicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    svc.signals.shutdown.cancel();
 }

@@ -6,16 +6,16 @@ use std::{
     time::Duration,
 };
 
+use internal_rpc::PeerChannel;
 use lifecycle::Signals;
 use sonora_proto::tts::v1::{
     AudioFormat, SynthesizeRequest, tts_inference_client::TtsInferenceClient,
 };
 use test_support::{eventually, sources, wait_ready};
-use tonic::transport::Channel;
 use tts_inference::{Application, Settings};
 
 pub struct Service {
-    pub client: TtsInferenceClient<Channel>,
+    pub client: TtsInferenceClient<PeerChannel>,
     pub http: String,
     pub signals: Signals,
 }
@@ -41,13 +41,9 @@ pub async fn start(extra: &[(&str, &str)]) -> Service {
     );
     tokio::spawn(app.stopped());
     wait_ready(&http, 200).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let peer = test_support::internal_keys().peer("gateway", "tts-inference", grpc);
     Service {
-        client: TtsInferenceClient::new(channel),
+        client: TtsInferenceClient::new(peer.channel()),
         http,
         signals,
     }
@@ -67,7 +63,7 @@ fn request(text: &str, format: AudioFormat) -> SynthesizeRequest {
 /// The whole stream, with the sample rate it announced and the sentence index of each message
 /// (which must never go back).
 async fn collect(
-    client: &mut TtsInferenceClient<Channel>,
+    client: &mut TtsInferenceClient<PeerChannel>,
     req: SynthesizeRequest,
 ) -> (Vec<u8>, u32, Vec<u32>) {
     let mut stream = client.synthesize(req).await.unwrap().into_inner();

@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use lifecycle::Signals;
-use test_support::{TestDatabase, otlp::OtlpReceiver, redis_url, sources};
+use test_stack::{Service, Stack};
+use test_support::{TestDatabase, internal_keys, otlp::OtlpReceiver};
 
 /// Reads the service's JSON log lines until the one announcing its ports.
 fn grpc_port_from_logs(stdout: impl std::io::Read) -> u16 {
@@ -44,6 +44,7 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
             ("HTTP_ADDR", "127.0.0.1:0"),
             ("VOICES_DIR", test_support::voices_dir().to_str().unwrap()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("INTERNAL_AUTH_TRUSTED_KEYS", internal_keys().trusted()),
             ("LOG_FORMAT", "json"),
         ])
         .stdout(Stdio::piped())
@@ -55,19 +56,16 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .unwrap();
 
     let db = TestDatabase::create().await.unwrap();
-    let signals = Signals::new();
-    let gateway = gateway::Application::build(
-        gateway::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            ("REDIS_URL", redis_url()),
-            ("TTS_INFERENCE_URL", format!("http://127.0.0.1:{tts_port}")),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", gateway.port());
-    let gateway_task = tokio::spawn(gateway.stopped());
+    let stack = Stack::new(&db)
+        .with_gateway()
+        .setting(
+            Service::Gateway,
+            "TTS_INFERENCE_URL",
+            format!("http://127.0.0.1:{tts_port}"),
+        )
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
 
     // The caller starts the trace: its traceparent must be adopted by the gateway.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -91,8 +89,7 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "tts-inference exits 0 after SIGTERM");
 
-    signals.shutdown.cancel();
-    gateway_task.await.unwrap().unwrap();
+    stack.stop().await;
     tokio::task::spawn_blocking(move || guard.shutdown())
         .await
         .unwrap();

@@ -1,82 +1,35 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
-//! against the real PostgreSQL and Redis.
+//! (started by the test stack) against the real PostgreSQL and Redis.
 
-use lifecycle::Signals;
+use test_stack::{Service, Stack};
 use test_support::{
-    TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, sources, wait_ready,
+    TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, wait_ready,
 };
 
-struct Stack {
+struct Ingest {
     base: String,
-    signals: Signals,
     redis: TcpProxy,
-    _db: TestDatabase,
+    _stack: Stack,
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.signals.shutdown.cancel();
-    }
-}
-
-async fn start() -> Stack {
+async fn start() -> Ingest {
     let db = TestDatabase::create().await.unwrap();
-    let signals = Signals::new();
-    let delivery = delivery_worker::Application::build(
-        delivery_worker::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            (
-                "WEBHOOK_SECRET_ENCRYPTION_KEY",
-                test_support::TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let storage = std::env::temp_dir().join(format!("ingest-it-{}", db.name));
-    let audio = audio_generation::Application::build(
-        audio_generation::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            ("AUDIO_STORAGE_PATH", storage.display().to_string()),
-            (
-                "DELIVERY_WORKER_URL",
-                format!("http://127.0.0.1:{}", delivery.grpc_port()),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
     let redis = TcpProxy::start(host_port(&redis_url())).await.unwrap();
-    let app = webhook_ingest::Application::build(
-        webhook_ingest::Settings::load(&sources([
-            ("DATABASE_URL", db.url.clone()),
-            ("REDIS_URL", format!("redis://127.0.0.1:{}/0", redis.port())),
-            (
-                "AUDIO_GENERATION_URL",
-                format!("http://127.0.0.1:{}", audio.grpc_port()),
-            ),
-            (
-                "DELIVERY_WORKER_URL",
-                format!("http://127.0.0.1:{}", delivery.grpc_port()),
-            ),
-        ]))
-        .unwrap(),
-        signals.clone(),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    drop((
-        tokio::spawn(delivery.stopped()),
-        tokio::spawn(audio.stopped()),
-        tokio::spawn(app.stopped()),
-    ));
-    Stack {
-        base,
-        signals,
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_audio()
+        .with_ingest()
+        .setting(
+            Service::WebhookIngest,
+            "REDIS_URL",
+            format!("redis://127.0.0.1:{}/0", redis.port()),
+        )
+        .start()
+        .await;
+    Ingest {
+        base: stack.http_url(Service::WebhookIngest),
         redis,
-        _db: db,
+        _stack: stack,
     }
 }
 

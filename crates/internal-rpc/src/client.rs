@@ -1,0 +1,171 @@
+//! The client side: the one place channels to other services are built, from settings, with the
+//! internal token, the trace context and a deadline attached to every call.
+
+use std::{sync::Arc, time::Duration};
+
+use settings::{SettingError, Sources, Url};
+use tonic::{
+    Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
+
+use crate::token::{Minter, Principal};
+
+/// Where a peer service is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// The peer's service name, the audience of the tokens sent to it (`tts-inference`).
+    pub name: &'static str,
+    /// `<PREFIX>_URL`, such as `http://tts-inference:50051`.
+    pub url: Url,
+    /// `<PREFIX>_CONNECT_TIMEOUT`: how long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// `<PREFIX>_TIMEOUT`: the deadline of one call (until its answer starts, for a stream);
+    /// sent to the peer as `grpc-timeout` so it stops working on a call nobody waits for.
+    pub timeout: Duration,
+}
+
+impl PeerSettings {
+    /// Reads `<prefix>_URL`, `<prefix>_CONNECT_TIMEOUT` and `<prefix>_TIMEOUT`.
+    pub fn load(
+        src: &Sources,
+        name: &'static str,
+        prefix: &str,
+        default_url: &str,
+        default_timeout: Duration,
+    ) -> Result<Self, SettingError> {
+        let url_name = format!("{prefix}_URL");
+        let url: Url = src.or(
+            &url_name,
+            Url::parse(default_url).expect("default peer URL parses"),
+        )?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(SettingError::new(
+                url_name,
+                format!("must be an http:// or https:// URL with a host, such as {default_url}"),
+            ));
+        }
+        let bounded = |suffix: &str, default: Duration| -> Result<Duration, SettingError> {
+            let setting = format!("{prefix}_{suffix}");
+            let value: Duration = src.or(&setting, default)?;
+            if value < Duration::from_millis(10) || value > Duration::from_secs(600) {
+                return Err(SettingError::new(setting, "must be between 10ms and 10m"));
+            }
+            Ok(value)
+        };
+        Ok(Self {
+            name,
+            url,
+            connect_timeout: bounded("CONNECT_TIMEOUT", Duration::from_secs(2))?,
+            timeout: bounded("TIMEOUT", default_timeout)?,
+        })
+    }
+}
+
+/// Marks a request as made for an API client: its token then carries the client's tenant, key
+/// id and scopes. Put it in the request's extensions, or use [`on_behalf`].
+#[derive(Debug, Clone)]
+pub struct OnBehalfOf(pub Principal);
+
+/// A request acting for `principal`.
+pub fn on_behalf<T>(message: T, principal: &Principal) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .extensions_mut()
+        .insert(OnBehalfOf(principal.clone()));
+    request
+}
+
+/// Attaches the trace context, a token for the peer and the call's deadline to every call.
+#[derive(Debug, Clone)]
+pub struct PeerAuth {
+    minter: Arc<Minter>,
+    audience: &'static str,
+    timeout: Duration,
+}
+
+impl Interceptor for PeerAuth {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let mut request = telemetry::propagation::InjectTraceContext.call(request)?;
+        let principal = request.extensions().get::<OnBehalfOf>().map(|o| &o.0);
+        let token = self
+            .minter
+            .token(self.audience, principal)
+            .map_err(|error| {
+                tracing::error!(%error, "cannot sign an internal token");
+                Status::internal("cannot sign an internal token")
+            })?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("an internal token is not a valid header"))?;
+        request.metadata_mut().insert("authorization", value);
+        if !request.metadata().contains_key("grpc-timeout") {
+            request.set_timeout(self.timeout);
+        }
+        Ok(request)
+    }
+}
+
+/// The channel type every generated client is built on: `FooClient::new(peer.channel())`.
+pub type PeerChannel = InterceptedService<Channel, PeerAuth>;
+
+/// A peer service: a lazily connected channel that reconnects by itself.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    name: &'static str,
+    channel: Channel,
+    auth: PeerAuth,
+}
+
+impl Peer {
+    /// Builds the channel; nothing connects until the first call.
+    pub fn new(
+        settings: &PeerSettings,
+        minter: Arc<Minter>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(settings.url.to_string())?
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            name: settings.name,
+            channel,
+            auth: PeerAuth {
+                minter,
+                audience: settings.name,
+                timeout: settings.timeout,
+            },
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The channel for calls, with token, trace context and deadline.
+    pub fn channel(&self) -> PeerChannel {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
+    }
+
+    /// Asks the peer's health service whether it is SERVING; a readiness check.
+    pub async fn check(&self) -> Result<(), String> {
+        let response = HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable => "unreachable".to_owned(),
+                code => format!("health check failed: {code:?}"),
+            })?;
+        match response.into_inner().status() {
+            health_check_response::ServingStatus::Serving => Ok(()),
+            other => Err(format!("reports {}", other.as_str_name())),
+        }
+    }
+}
