@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use database::DatabaseError;
-use internal_rpc::caller;
+use internal_rpc::{Caller, caller};
 use sonora_proto::delivery::v1::{self as pb, delivery_service_server::DeliveryService as Api};
 use tonic::{Request, Response, Status};
 use webhook_signature::SigningKey;
@@ -20,7 +20,7 @@ use crate::{
     },
 };
 
-pub use sonora_proto::delivery::v1::MAX_PAYLOAD_BYTES;
+pub use sonora_proto::delivery::v1::{MAX_BATCH_EVENTS, MAX_PAYLOAD_BYTES};
 const MAX_SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -296,6 +296,40 @@ fn signing_key(scheme: Signing, secret: &str) -> Result<SigningKey, Status> {
     }
 }
 
+/// Checks one event to publish, at the edge.
+fn new_message(caller: &Caller, r: pb::PublishRequest) -> Result<NewMessage, Status> {
+    let tenant = caller.tenant(&r.tenant)?;
+    token_chars("event_id", &r.event_id, 256, |c| !c.is_control())?;
+    event_type("event_type", &r.event_type)?;
+    if r.payload_json.len() > MAX_PAYLOAD_BYTES {
+        return Err(invalid(
+            "payload_json",
+            format!("is larger than {MAX_PAYLOAD_BYTES} bytes"),
+        ));
+    }
+    let parsed: serde_json::Value = serde_json::from_str(&r.payload_json)
+        .map_err(|e| invalid("payload_json", format!("is not JSON: {e}")))?;
+    if !parsed.is_object() {
+        return Err(invalid("payload_json", "must be a JSON object"));
+    }
+    let channels = list("channels", &r.channels, channel)?.unwrap_or_default();
+    Ok(NewMessage {
+        tenant: tenant.to_string(),
+        event_id: r.event_id,
+        event_type: r.event_type,
+        payload: r.payload_json,
+        channels,
+    })
+}
+
+fn published_to_proto(published: crate::store::Published) -> pb::PublishResponse {
+    pb::PublishResponse {
+        message_id: published.message_id,
+        duplicate: published.duplicate,
+        deliveries: published.deliveries,
+    }
+}
+
 fn next_token<T>(rows: &[T], page_size: u32, last: impl Fn(&T) -> String) -> String {
     let full = rows.len() >= usize::try_from(page_size.clamp(1, 500)).unwrap_or(500);
     match rows.last() {
@@ -313,40 +347,43 @@ impl Api for DeliveryApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         self.ready()?;
         let caller = caller(&request)?.clone();
-        let r = request.into_inner();
-        let tenant = caller.tenant(&r.tenant)?;
-        token_chars("event_id", &r.event_id, 256, |c| !c.is_control())?;
-        event_type("event_type", &r.event_type)?;
-        if r.payload_json.len() > MAX_PAYLOAD_BYTES {
-            return Err(invalid(
-                "payload_json",
-                format!("is larger than {MAX_PAYLOAD_BYTES} bytes"),
-            ));
-        }
-        let parsed: serde_json::Value = serde_json::from_str(&r.payload_json)
-            .map_err(|e| invalid("payload_json", format!("is not JSON: {e}")))?;
-        if !parsed.is_object() {
-            return Err(invalid("payload_json", "must be a JSON object"));
-        }
-        let channels = list("channels", &r.channels, channel)?.unwrap_or_default();
+        let message = new_message(&caller, request.into_inner())?;
         let published = self
             .store
-            .publish(
-                &NewMessage {
-                    tenant: tenant.to_string(),
-                    event_id: r.event_id,
-                    event_type: r.event_type,
-                    payload: r.payload_json,
-                    channels,
-                },
-                self.schedule.max_attempts(),
-                self.clock.now(),
-            )
+            .publish(&message, self.schedule.max_attempts(), self.clock.now())
             .await?;
-        Ok(Response::new(pb::PublishResponse {
-            message_id: published.message_id,
-            duplicate: published.duplicate,
-            deliveries: published.deliveries,
+        Ok(Response::new(published_to_proto(published)))
+    }
+
+    #[tracing::instrument(skip_all, fields(events = request.get_ref().events.len()))]
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        self.ready()?;
+        let caller = caller(&request)?.clone();
+        let events = request.into_inner().events;
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(invalid(
+                "events",
+                format!("has more than {MAX_BATCH_EVENTS} events"),
+            ));
+        }
+        let messages = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                new_message(&caller, event).map_err(|status| {
+                    Status::invalid_argument(format!("events[{i}].{}", status.message()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let published = self
+            .store
+            .publish_batch(&messages, self.schedule.max_attempts(), self.clock.now())
+            .await?;
+        Ok(Response::new(pb::PublishBatchResponse {
+            results: published.into_iter().map(published_to_proto).collect(),
         }))
     }
 

@@ -218,12 +218,19 @@ impl Settings {
 pub fn api_policy() -> internal_rpc::Policy {
     const GATEWAY: &[&str] = &["gateway"];
     let client = Access::Client(Scope::Webhooks);
-    let mut policy = internal_rpc::Policy::new().allow(
-        SERVICE,
-        "Publish",
-        &["audio-generation", "webhook-ingest", "gateway"],
-        Access::ServiceOrClient(Scope::Webhooks),
-    );
+    let mut policy = internal_rpc::Policy::new()
+        .allow(
+            SERVICE,
+            "Publish",
+            &["audio-generation", "webhook-ingest", "gateway"],
+            Access::ServiceOrClient(Scope::Webhooks),
+        )
+        .allow(
+            SERVICE,
+            "PublishBatch",
+            &["audio-generation", "webhook-ingest"],
+            Access::Service,
+        );
     for method in [
         "CreateEndpoint",
         "GetEndpoint",

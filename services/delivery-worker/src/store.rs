@@ -696,6 +696,27 @@ impl Store {
         Ok(published)
     }
 
+    /// Publishes several messages in one transaction, in order; each is idempotent on its own.
+    pub async fn publish_batch(
+        &self,
+        messages: &[NewMessage],
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>> {
+        let mut conn = self.conn().await?;
+        let messages = messages.to_vec();
+        let published = conn
+            .transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let mut published = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    published.push(publish_in(conn, message, max_attempts, now).await?);
+                }
+                Ok(published)
+            })
+            .await?;
+        Ok(published)
+    }
+
     /// Claims up to `limit` due deliveries for `lease` under `claim_id`, each with its endpoint's
     /// live secrets (one round trip for the whole batch).
     pub async fn claim(

@@ -768,3 +768,62 @@ fn bad_encryption_key_exits_64_without_echoing_it() {
     );
     assert!(!run.stderr.contains("c2hvcnQta2V5"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn a_batch_publishes_in_one_transaction_idempotently_per_event() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    let mut svc = start(settings(&db, &[]), None).await;
+    let c = &mut svc.client;
+    endpoint(c, &receiver, "acme", "/all", &[]).await;
+    endpoint(c, &receiver, "beta", "/beta", &[]).await;
+    c.publish(publish("acme", "evt-a", "a.b", serde_json::json!({"n": 0})))
+        .await
+        .unwrap();
+
+    // One invalid event refuses the whole batch, naming it, and enqueues nothing.
+    let status = c
+        .publish_batch(vec![
+            publish("acme", "evt-b", "a.b", serde_json::json!({"n": 1})),
+            publish("acme", "evt-c", "Not A Type", serde_json::json!({})),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("events[1].event_type"),
+        "{status:?}"
+    );
+
+    let results = c
+        .publish_batch(vec![
+            publish("acme", "evt-a", "a.b", serde_json::json!({"n": 0})),
+            publish("acme", "evt-b", "a.b", serde_json::json!({"n": 1})),
+            publish("beta", "evt-b", "a.b", serde_json::json!({"n": 2})),
+        ])
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let summary: Vec<_> = results
+        .iter()
+        .map(|r| (r.duplicate, r.deliveries))
+        .collect();
+    assert_eq!(summary, [(true, 0), (false, 1), (false, 1)]);
+    let received = eventually(Duration::from_secs(20), "three deliveries", || async {
+        let got = receiver.received();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let mut bodies: Vec<_> = received.iter().map(|r| r.body.as_str()).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, [r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
+
+    let too_many = (0..501)
+        .map(|i| publish("acme", &format!("x{i}"), "a.b", serde_json::json!({})))
+        .collect();
+    assert_eq!(
+        c.publish_batch(too_many).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+}

@@ -251,6 +251,15 @@ impl Client {
         self.relay.publish(request).await
     }
 
+    pub async fn publish_batch(
+        &mut self,
+        events: Vec<pb::PublishRequest>,
+    ) -> Reply<pb::PublishBatchResponse> {
+        self.relay
+            .publish_batch(pb::PublishBatchRequest { events })
+            .await
+    }
+
     /// Across every tenant (the gateway for itself) when the request names none.
     pub async fn get_queue_stats(
         &mut self,
