@@ -26,9 +26,10 @@ use delivery_worker::{
     metrics::DeliveryMetrics,
     policy::AddressPolicy,
     retry::RetrySchedule,
+    rules::Policy,
     sender::Sender,
     store::{NewEndpoint, NewMessage, Signing, Store},
-    worker::{Policy, Tuning, Worker},
+    worker::{Tuning, Worker},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, SimpleAsyncConnection as _};
 use tokio_util::sync::CancellationToken;

@@ -4,7 +4,9 @@
 //!
 //! - [`store`]: endpoints, encrypted secrets, messages, the delivery queue, attempts, audit log.
 //! - [`worker`]: claims due deliveries with `SKIP LOCKED` and a lease, sends them within global
-//!   and per-endpoint limits, retries on a schedule, dead-letters, disables failing endpoints.
+//!   and per-endpoint limits, and records what became of them.
+//! - [`rules`]: what an attempt means (retry on a schedule, dead-letter, disable a failing
+//!   endpoint) and which operational events it raises, as pure functions.
 //! - [`sender`] and [`policy`]: the HTTP side, and where it may connect (SSRF protection).
 //! - [`grpc`]: the `DeliveryService` API.
 //!
@@ -15,6 +17,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod policy;
 pub mod retry;
+pub mod rules;
 pub mod sender;
 pub mod store;
 pub mod worker;
@@ -40,8 +43,9 @@ use crate::{
     clock::{Clock, SystemClock},
     policy::{AddressPolicy, IpNet},
     retry::{Delays, RetrySchedule},
+    rules::Policy,
     store::Store,
-    worker::{Policy, Tuning, Worker},
+    worker::{Tuning, Worker},
 };
 
 pub const NAME: &str = "delivery-worker";

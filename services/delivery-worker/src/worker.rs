@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures::StreamExt as _;
 use tokio::{
@@ -27,8 +26,8 @@ use webhook_signature::SigningKey;
 use crate::{
     clock::Clock,
     metrics::DeliveryMetrics,
-    retry::{RetrySchedule, bounded_retry_after},
-    sender::{AttemptResult, Sender},
+    rules::{Policy, chrono, decide},
+    sender::Sender,
     store::{Claimed, Outcome, QUEUE_CHANNEL, Store},
 };
 
@@ -39,105 +38,6 @@ pub struct Tuning {
     pub poll_interval: Duration,
     pub max_concurrent: usize,
     pub per_endpoint: usize,
-}
-
-/// What does not change while the worker runs.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub lease: Duration,
-    pub schedule: RetrySchedule,
-    /// An endpoint failing with no success for this long is disabled.
-    pub disable_after: Duration,
-    /// `message.attempt.failing` is published after this many failed attempts.
-    pub failing_after_attempts: i32,
-    /// How long a 502/504/timeout/429 without `Retry-After` holds an endpoint back.
-    pub throttle: Duration,
-}
-
-fn chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-/// Decides what one attempt means for its delivery and its endpoint. Pure, so the rules can be
-/// read and tested in one place.
-pub fn decide(
-    claimed: &Claimed,
-    claim_id: Uuid,
-    result: &AttemptResult,
-    policy: &Policy,
-    now: DateTime<Utc>,
-    jitter_unit: f64,
-) -> Outcome {
-    let attempt = claimed.attempt_count + 1;
-    let status_code = result.status;
-    let mut throttle_until = None;
-    let mut disable_reason = None;
-    let mut error = result.error.clone();
-    let (status, next_retry_at) = if result.succeeded() {
-        ("delivered", now)
-    } else {
-        if let Some(code) = status_code {
-            if (300..400).contains(&code) {
-                error.get_or_insert_with(|| format!("redirect {code} not followed"));
-            }
-            if code == 410 {
-                disable_reason = Some("the endpoint answered 410 Gone".to_owned());
-            }
-        }
-        let retry_after = match status_code {
-            Some(429 | 503) => result.retry_after.map(bounded_retry_after),
-            _ => None,
-        };
-        let slow_down = matches!(status_code, Some(429 | 502 | 503 | 504)) || result.timed_out;
-        if slow_down {
-            let hold = retry_after
-                .unwrap_or(policy.throttle)
-                .min(Duration::from_secs(3600));
-            throttle_until = Some(now + chrono(hold));
-        }
-        if disable_reason.is_some() {
-            // The endpoint is disabled; the delivery waits, due, for it to be enabled again.
-            ("failed", now)
-        } else if attempt >= claimed.max_attempts {
-            ("dead_letter", now)
-        } else {
-            // A receiver that says when to come back is believed, within bounds.
-            let delay = retry_after.unwrap_or_else(|| {
-                policy
-                    .schedule
-                    .delay_after(attempt, jitter_unit)
-                    .unwrap_or(Duration::ZERO)
-            });
-            ("failed", now + chrono(delay))
-        }
-    };
-    Outcome {
-        delivery_id: claimed.id,
-        claim_id,
-        message_id: claimed.message_id.clone(),
-        endpoint_id: claimed.endpoint_id.clone(),
-        tenant: claimed.tenant.clone(),
-        event_type: claimed.event_type.clone(),
-        status,
-        attempt_count: attempt,
-        next_retry_at,
-        attempted_at: now,
-        enqueued_at: claimed.enqueued_at,
-        duration_ms: i32::try_from(result.duration.as_millis()).unwrap_or(i32::MAX),
-        request_headers: result.request_headers.clone(),
-        response_status: status_code.map(i32::from),
-        response_body: result.body.clone(),
-        error,
-        attempt_outcome: if result.succeeded() {
-            "success"
-        } else if result.timed_out {
-            "timeout"
-        } else {
-            "failure"
-        },
-        throttle_until,
-        disable_reason,
-    }
 }
 
 /// A random number in [0, 1) for retry jitter.

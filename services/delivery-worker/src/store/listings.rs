@@ -1,0 +1,236 @@
+//! What the API lists and counts: endpoints, messages, deliveries and attempts (keyset pages by
+//! id), and the queue's statistics.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryableByName,
+    sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz},
+};
+use diesel_async::RunQueryDsl;
+
+use super::{EndpointRow, Result, Store, endpoints::ENDPOINT_COLUMNS, page};
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct MessageRow {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Text)]
+    pub tenant: String,
+    #[diesel(sql_type = Text)]
+    pub event_id: String,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    #[diesel(sql_type = Array<Text>)]
+    pub channels: Vec<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DeliveryRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub message_id: String,
+    #[diesel(sql_type = Text)]
+    pub endpoint_id: String,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = Integer)]
+    pub attempt_count: i32,
+    #[diesel(sql_type = Integer)]
+    pub max_attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub next_retry_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub last_response_status: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+pub(super) const DELIVERY_COLUMNS: &str = "d.id, d.message_id, d.endpoint_id, d.status, d.attempt_count, \
+    d.max_attempts, d.next_retry_at, d.last_response_status, d.last_error, d.created_at, d.delivered_at";
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct AttemptRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub delivery_id: i64,
+    #[diesel(sql_type = Text)]
+    pub message_id: String,
+    #[diesel(sql_type = Text)]
+    pub endpoint_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub attempted_at: DateTime<Utc>,
+    #[diesel(sql_type = Integer)]
+    pub duration_ms: i32,
+    #[diesel(sql_type = Jsonb)]
+    pub request_headers: serde_json::Value,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub response_status: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub response_body: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default, QueryableByName)]
+pub struct QueueStats {
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = BigInt)]
+    pub delivered: i64,
+    #[diesel(sql_type = BigInt)]
+    pub failed: i64,
+    #[diesel(sql_type = BigInt)]
+    pub dead_letter: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub oldest_pending: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    pub average_attempts: Option<f64>,
+}
+
+impl Store {
+    pub async fn list_endpoints(
+        &self,
+        tenant: &str,
+        after: &str,
+        page_size: u32,
+    ) -> Result<Vec<EndpointRow>> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind::<Text, _>(tenant)
+        .bind::<Text, _>(after)
+        .bind::<BigInt, _>(page(page_size))
+        .load(&mut conn)
+        .await?)
+    }
+
+    pub async fn list_messages(
+        &self,
+        tenant: &str,
+        event_type: Option<&str>,
+        after: Option<DateTime<Utc>>,
+        before: Option<DateTime<Utc>>,
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<Vec<MessageRow>> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "SELECT id, tenant, event_id, event_type, payload, channels, created_at FROM messages \
+             WHERE tenant = $1 AND ($2::text IS NULL OR event_type = $2) \
+               AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) \
+               AND ($5 = '' OR id < $5) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind::<Text, _>(tenant)
+        .bind::<Nullable<Text>, _>(event_type)
+        .bind::<Nullable<Timestamptz>, _>(after)
+        .bind::<Nullable<Timestamptz>, _>(before)
+        .bind::<Text, _>(page_token)
+        .bind::<BigInt, _>(page(page_size))
+        .load(&mut conn)
+        .await?)
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        tenant: &str,
+        endpoint_id: Option<&str>,
+        message_id: Option<&str>,
+        status: Option<&str>,
+        after_id: i64,
+        page_size: u32,
+    ) -> Result<Vec<DeliveryRow>> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
+             WHERE e.tenant = $1 AND ($2::text IS NULL OR d.endpoint_id = $2) \
+               AND ($3::text IS NULL OR d.message_id = $3) AND ($4::text IS NULL OR d.status = $4) \
+               AND d.id > $5 ORDER BY d.id LIMIT $6"
+        ))
+        .bind::<Text, _>(tenant)
+        .bind::<Nullable<Text>, _>(endpoint_id)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<Nullable<Text>, _>(status)
+        .bind::<BigInt, _>(after_id)
+        .bind::<BigInt, _>(page(page_size))
+        .load(&mut conn)
+        .await?)
+    }
+
+    pub async fn list_attempts(
+        &self,
+        tenant: &str,
+        endpoint_id: Option<&str>,
+        message_id: Option<&str>,
+        delivery_id: Option<i64>,
+        after_id: i64,
+        page_size: u32,
+    ) -> Result<Vec<AttemptRow>> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "SELECT a.id, a.delivery_id, a.message_id, a.endpoint_id, a.attempted_at, a.duration_ms, \
+                    a.request_headers, a.response_status, a.response_body, a.error, a.outcome \
+             FROM attempts a JOIN endpoints e ON e.id = a.endpoint_id \
+             WHERE e.tenant = $1 AND ($2::text IS NULL OR a.endpoint_id = $2) \
+               AND ($3::text IS NULL OR a.message_id = $3) AND ($4::bigint IS NULL OR a.delivery_id = $4) \
+               AND a.id > $5 ORDER BY a.id LIMIT $6",
+        )
+        .bind::<Text, _>(tenant)
+        .bind::<Nullable<Text>, _>(endpoint_id)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<Nullable<BigInt>, _>(delivery_id)
+        .bind::<BigInt, _>(after_id)
+        .bind::<BigInt, _>(page(page_size))
+        .load(&mut conn)
+        .await?)
+    }
+
+    pub async fn queue_stats(&self, tenant: Option<&str>) -> Result<QueueStats> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE d.status = 'pending') AS pending, \
+                    count(*) FILTER (WHERE d.status = 'delivered') AS delivered, \
+                    count(*) FILTER (WHERE d.status = 'failed') AS failed, \
+                    count(*) FILTER (WHERE d.status = 'dead_letter') AS dead_letter, \
+                    min(d.created_at) FILTER (WHERE d.status IN ('pending', 'failed')) AS oldest_pending, \
+                    avg(d.attempt_count)::float8 AS average_attempts \
+             FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
+             WHERE $1::text IS NULL OR e.tenant = $1",
+        )
+        .bind::<Nullable<Text>, _>(tenant)
+        .get_result(&mut conn)
+        .await?)
+    }
+
+    /// Every delivery's status, counted, for the queue-size gauge.
+    pub async fn status_counts(&self) -> Result<BTreeMap<String, i64>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            status: String,
+            #[diesel(sql_type = BigInt)]
+            count: i64,
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT status, count(*) AS count FROM deliveries GROUP BY status")
+                .load(&mut conn)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
+    }
+}
