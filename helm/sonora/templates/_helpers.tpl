@@ -57,12 +57,35 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret holding DATABASE_URL, REDIS_URL and the webhook secret encryption keys. */}}
+{{/*
+The Secret holding DATABASE_URL, REDIS_URL, the webhook secret encryption keys
+and the internal signing keys of the services that call others.
+*/}}
 {{- define "sonora.secretName" -}}
 {{- if .Values.secrets.existingSecret -}}
 {{- .Values.secrets.existingSecret -}}
 {{- else -}}
 {{- printf "%s-secrets" (include "sonora.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+INTERNAL_AUTH_TRUSTED_KEYS as the services read it: internalAuth.trustedKeys,
+a list of "<service>=ipk_..." entries (or one comma-separated string), joined
+with commas. Empty when none is set.
+*/}}
+{{- define "sonora.trustedKeys" -}}
+{{- $t := .Values.internalAuth.trustedKeys -}}
+{{- if kindIs "slice" $t -}}
+{{- $entries := list -}}
+{{- range $t -}}
+{{- if . -}}
+{{- $entries = append $entries (trim (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $entries -}}
+{{- else if $t -}}
+{{- trim (toString $t) -}}
 {{- end -}}
 {{- end -}}
 
@@ -80,7 +103,9 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{/*
 What the chart knows about each service and never asks for in values: which
 stores it uses, whether it needs the webhook secret encryption keys
-(encryption), and which gRPC peers it calls. Read with
+(encryption), which gRPC peers it calls (a service with peers signs its calls
+with its own INTERNAL_AUTH_KEY), and whether it serves gRPC (serves: it then
+needs INTERNAL_AUTH_TRUSTED_KEYS). Read with
   $catalog := include "sonora.catalog" . | fromYaml
 */}}
 {{- define "sonora.catalog" -}}
@@ -91,6 +116,7 @@ gateway:
   redis: true
   encryption: false
   peers: [tts-inference, audio-generation, delivery-worker]
+  serves: false
 webhook-ingest:
   component: webhooks
   public: true
@@ -98,6 +124,7 @@ webhook-ingest:
   redis: true
   encryption: false
   peers: [audio-generation, delivery-worker]
+  serves: false
 tts-inference:
   component: inference
   public: false
@@ -105,6 +132,7 @@ tts-inference:
   redis: false
   encryption: false
   peers: []
+  serves: true
 audio-generation:
   component: audio
   public: false
@@ -112,6 +140,7 @@ audio-generation:
   redis: false
   encryption: false
   peers: [delivery-worker]
+  serves: true
 delivery-worker:
   component: delivery
   public: false
@@ -119,6 +148,7 @@ delivery-worker:
   redis: false
   encryption: true
   peers: []
+  serves: true
 replicate-simulator:
   component: simulator
   public: false
@@ -126,6 +156,7 @@ replicate-simulator:
   redis: false
   encryption: false
   peers: []
+  serves: false
 {{- end -}}
 
 {{/*
@@ -166,6 +197,11 @@ The environment of one service's container, after envFrom the shared ConfigMap:
 {{- $url := printf "http://%s:%v" (include "sonora.serviceName" (dict "root" $root "service" $peer)) $peerValues.ports.grpc -}}
 {{- $_ := set $defaults $var $url -}}
 {{- end -}}
+{{- if $facts.serves -}}
+{{- /* Always rendered for a gRPC server, even empty: the service reads an empty
+value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
+{{- $_ := set $defaults "INTERNAL_AUTH_TRUSTED_KEYS" (include "sonora.trustedKeys" $root) -}}
+{{- end -}}
 {{- $env := merge (dict) $defaults -}}
 {{- range $k, $val := $v.env -}}
 {{- if not (kindIs "invalid" $val) -}}
@@ -191,6 +227,14 @@ The environment of one service's container, after envFrom the shared ConfigMap:
     secretKeyRef:
       name: {{ include "sonora.secretName" $root }}
       key: {{ $root.Values.secrets.redisUrlKey }}
+{{- end }}
+{{- if and $facts.peers (not (hasKey $env "INTERNAL_AUTH_KEY_FILE")) }}
+{{- /* The service's own signing key, and no other service's. */}}
+- name: INTERNAL_AUTH_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ (index $root.Values.internalAuth $name).signingKeyKey }}
 {{- end }}
 {{- if and (eq $name "tts-inference") (not (hasKey $env "RAYON_NUM_THREADS")) }}
 {{- /* Inference's thread pools (rayon, candle) follow the CPU limit, not the node's cores. */}}
