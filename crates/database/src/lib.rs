@@ -23,6 +23,85 @@ use diesel_async::{
 };
 use diesel_migrations::MigrationHarness;
 pub use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+/// The migrations of one schema: the service's own, and those of the shared crates whose tables
+/// live in that schema (the outbox). diesel applies the pending ones of all sets in version order
+/// and records them in the schema's one bookkeeping table.
+pub struct MigrationSet(Vec<EmbeddedMigrations>);
+
+impl MigrationSet {
+    /// Adds another set, such as `outbox::MIGRATIONS`.
+    pub fn and(mut self, more: EmbeddedMigrations) -> Self {
+        self.0.push(more);
+        self
+    }
+}
+
+impl From<EmbeddedMigrations> for MigrationSet {
+    fn from(migrations: EmbeddedMigrations) -> Self {
+        Self(vec![migrations])
+    }
+}
+
+impl diesel::migration::MigrationSource<diesel::pg::Pg> for MigrationSet {
+    fn migrations(
+        &self,
+    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<diesel::pg::Pg>>>> {
+        let mut all = Vec::new();
+        for set in &self.0 {
+            all.extend(diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(set)?);
+        }
+        Ok(all)
+    }
+}
+
+/// Keeps a `LISTEN channel` connection open and wakes `wake` on every notification (and once
+/// after each (re)connection, for whatever was missed); reconnects with backoff when PostgreSQL
+/// goes away, until `shutdown`. Callers poll as a backstop, so a gap costs latency, not work.
+pub async fn listen(
+    url: String,
+    channel: String,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt as _;
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let connected = async {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            diesel::sql_query(format!("LISTEN {channel}"))
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(conn)
+        };
+        let mut conn = match tokio::time::timeout(Duration::from_secs(5), connected).await {
+            Ok(Ok(conn)) => conn,
+            outcome => {
+                if let Ok(Err(error)) = outcome {
+                    tracing::debug!(%error, channel, "LISTEN connection failed");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        wake.notify_one();
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => wake.notify_one(),
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+    }
+}
 use futures::FutureExt as _;
 
 /// A pool of connections whose `search_path` is the service's schema.
@@ -168,8 +247,9 @@ struct Locked {
 /// that concurrent callers wait for each other. Returns the versions that were applied.
 pub async fn migrate(
     config: &DatabaseConfig,
-    migrations: EmbeddedMigrations,
+    migrations: impl Into<MigrationSet>,
 ) -> Result<Vec<String>, DatabaseError> {
+    let migrations = migrations.into();
     check_schema(config.schema)?;
     let schema = config.schema;
     let mut conn = tokio::time::timeout(
@@ -275,9 +355,9 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Builds the pool and starts applying the migrations `migrations` returns (a service's
     /// `const` set, as `|| MIGRATIONS`); `stop` ends the attempts early.
-    pub fn start(
+    pub fn start<M: Into<MigrationSet> + Send + 'static>(
         config: DatabaseConfig,
-        migrations: fn() -> EmbeddedMigrations,
+        migrations: fn() -> M,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Self, DatabaseError> {
         let pool = connect(&config)?;
@@ -352,7 +432,7 @@ impl Database {
 pub async fn migrate_command(
     settings: &settings::DatabaseSettings,
     schema: &'static str,
-    migrations: EmbeddedMigrations,
+    migrations: impl Into<MigrationSet>,
 ) -> Result<(), DatabaseError> {
     let applied = migrate(&DatabaseConfig::from_settings(settings, schema), migrations).await?;
     tracing::info!(schema, applied = applied.len(), "migrations are up to date");

@@ -28,6 +28,10 @@ pub struct Problem {
     /// Extra members, flattened into the body.
     #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Seconds after which a retry may succeed: the `Retry-After` header (and the
+    /// `retry_after_seconds` member).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -40,7 +44,15 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to retry: the `Retry-After` header, and `retry_after_seconds` in
+    /// the body for clients that only read JSON.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self.with("retry_after_seconds", seconds)
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -105,10 +117,14 @@ impl Problem {
     }
 
     pub fn to_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
+        let mut response = HttpResponse::build(self.status_code());
+        response
             .insert_header((header::CONTENT_TYPE, CONTENT_TYPE))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(self)
+            .insert_header((header::CACHE_CONTROL, "no-store"));
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(self)
     }
 }
 

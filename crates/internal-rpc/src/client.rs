@@ -152,6 +152,20 @@ impl Peer {
         InterceptedService::new(self.channel.clone(), self.auth.clone())
     }
 
+    /// [`Peer::check`] in the shape readiness checks take.
+    pub fn readiness_check(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync
+    + 'static {
+        let peer = self.clone();
+        move || {
+            let peer = peer.clone();
+            Box::pin(async move { peer.check().await })
+        }
+    }
+
     /// Asks the peer's health service whether it is SERVING; a readiness check.
     pub async fn check(&self) -> Result<(), String> {
         let response = HealthClient::new(self.channel.clone())

@@ -31,8 +31,9 @@ where
 }
 
 /// Keeps the gRPC health service in step with readiness: every `interval`, the overall status
-/// (service `""`) and each named service are set to SERVING when every component is up and
-/// NOT_SERVING otherwise; on shutdown, NOT_SERVING for good.
+/// (service `""`) and each named service are set to SERVING while the replica can serve (every
+/// required component up; a degradation does not count) and NOT_SERVING otherwise; on shutdown,
+/// NOT_SERVING for good.
 pub fn sync_health(
     reporter: HealthReporter,
     services: Vec<&'static str>,
@@ -121,11 +122,10 @@ impl GrpcApp {
             config.grace,
         ));
 
-        let (readiness, metrics) = (config.readiness.clone(), config.metrics.clone());
-        let http = crate::http::serve(
-            crate::http::bind(config.http_addr)?,
-            move || crate::http::base_app(readiness.clone(), metrics.clone()),
+        let http = crate::http::serve_ops(
+            config.http_addr,
             config.readiness,
+            config.metrics,
             config.shutdown,
             config.grace,
         )?;

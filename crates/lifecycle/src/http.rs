@@ -1,5 +1,10 @@
 //! The operational endpoints every service serves, and an actix-web server that drains on
 //! shutdown.
+//!
+//! Two kinds of port: the **ops port** serves `/health`, `/ready` (which names each dependency
+//! and its error) and `/metrics` to probes and scrapers inside the cluster, and no Ingress routes
+//! to it; the public port of the gateway and webhook-ingest serves their API and `/health` only,
+//! so dependency errors and metrics never reach the internet.
 
 use std::{net::TcpListener, time::Duration};
 
@@ -22,7 +27,8 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: 200 when every dependency is usable, 503 naming the ones that are not.
+/// `GET /ready`: 200 while the replica can serve (every required component is up; degraded
+/// ones are named in the body), 503 naming the required ones that are down.
 async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     let report = readiness.report().await;
     let mut response = if report.is_ready() {
@@ -35,8 +41,10 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
         .json(report)
 }
 
-/// `GET /metrics`: the service's registry in the Prometheus text format.
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+/// `GET /metrics`: the service's registry in the Prometheus text format, with the dependency
+/// gauges checked afresh.
+async fn metrics(metrics: web::Data<Metrics>, readiness: web::Data<Readiness>) -> HttpResponse {
+    readiness.report().await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())
@@ -50,9 +58,30 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-/// The app every HTTP server starts from: readiness and metrics as app data, the tracing and
-/// metrics middleware, and the operational routes.
-pub fn base_app(
+/// The app of a public port: readiness and metrics as app data, the tracing and metrics
+/// middleware, and `/health` only; the service adds its API.
+pub fn public_app(
+    readiness: Readiness,
+    metrics: Metrics,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(readiness))
+        .app_data(web::Data::new(metrics))
+        .wrap(from_fn(http_middleware))
+        .route("/health", web::get().to(health))
+}
+
+/// The app of an ops port: readiness and metrics as app data, the tracing and metrics
+/// middleware, and the operational routes.
+pub fn ops_app(
     readiness: Readiness,
     metrics: Metrics,
 ) -> App<
@@ -125,6 +154,29 @@ where
     });
     let task = tokio::spawn(server);
     Ok(HttpServerTask { port, task })
+}
+
+/// Serves the ops app on `addr` until shutdown, with the readiness gauges registered once in the
+/// service's registry.
+pub fn serve_ops(
+    addr: std::net::SocketAddr,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<HttpServerTask> {
+    metrics
+        .registry()
+        .register(Box::new(readiness.gauge()))
+        .map_err(std::io::Error::other)?;
+    let app_readiness = readiness.clone();
+    serve(
+        bind(addr)?,
+        move || ops_app(app_readiness.clone(), metrics.clone()),
+        readiness,
+        shutdown,
+        grace,
+    )
 }
 
 /// Binds a TCP listener, with a message that names the address when it cannot.

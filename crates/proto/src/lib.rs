@@ -28,5 +28,22 @@ pub mod delivery {
         pub const MAX_BATCH_EVENTS: usize = 500;
         /// The fully qualified name of the service, for method policies.
         pub const SERVICE: &str = "sonora.delivery.v1.DeliveryService";
+
+        /// An event type: dotted, 1 to 128 characters of lowercase letters, digits, `.`, `_` and
+        /// `-` (`audio.sound_effect.completed`).
+        pub fn is_event_type(text: &str) -> bool {
+            (1..=128).contains(&text.len())
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        }
+
+        /// A channel: 1 to 128 characters of letters, digits, `-`, `_`, `.` and `:`.
+        pub fn is_channel(text: &str) -> bool {
+            (1..=128).contains(&text.len())
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        }
     }
 }

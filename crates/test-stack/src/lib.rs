@@ -127,6 +127,7 @@ impl StackBuilder {
                     let ports = Ports {
                         grpc: Some(app.grpc_port()),
                         http: app.http_port(),
+                        ops: app.http_port(),
                     };
                     stack.tasks.push(tokio::spawn(app.stopped()));
                     ports
@@ -140,6 +141,7 @@ impl StackBuilder {
                     let ports = Ports {
                         grpc: Some(app.grpc_port()),
                         http: app.http_port(),
+                        ops: app.http_port(),
                     };
                     tokio::time::timeout(Duration::from_secs(60), app.database().migrated())
                         .await
@@ -156,6 +158,7 @@ impl StackBuilder {
                     let ports = Ports {
                         grpc: Some(app.grpc_port()),
                         http: app.http_port(),
+                        ops: app.http_port(),
                     };
                     stack.tasks.push(tokio::spawn(app.stopped()));
                     ports
@@ -169,6 +172,7 @@ impl StackBuilder {
                     let ports = Ports {
                         grpc: None,
                         http: app.port(),
+                        ops: app.ops_port(),
                     };
                     stack.tasks.push(tokio::spawn(app.stopped()));
                     ports
@@ -182,6 +186,7 @@ impl StackBuilder {
                     let ports = Ports {
                         grpc: None,
                         http: app.port(),
+                        ops: app.ops_port(),
                     };
                     stack.tasks.push(tokio::spawn(app.stopped()));
                     ports
@@ -196,7 +201,10 @@ impl StackBuilder {
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     grpc: Option<u16>,
+    /// The public port of the gateway and webhook-ingest; the ops port of the gRPC services.
     http: u16,
+    /// `/health`, `/ready` and `/metrics`.
+    ops: u16,
 }
 
 /// Running services; they stop when it is dropped (or on [`Stack::stop`]).
@@ -301,6 +309,16 @@ impl Stack {
             .get(&service)
             .unwrap_or_else(|| panic!("{} is not started", service.name()))
             .http;
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// The base URL of a started service's ops port (`/health`, `/ready`, `/metrics`).
+    pub fn ops_url(&self, service: Service) -> String {
+        let port = self
+            .ports
+            .get(&service)
+            .unwrap_or_else(|| panic!("{} is not started", service.name()))
+            .ops;
         format!("http://127.0.0.1:{port}")
     }
 

@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod otlp;
 pub mod proxy;
+pub mod receiver;
 
 pub use keys::internal_keys;
 
@@ -78,6 +79,7 @@ pub fn sources<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Source
     let mut src = Sources::from_pairs([
         ("HTTP_ADDR", "127.0.0.1:0"),
         ("GRPC_ADDR", "127.0.0.1:0"),
+        ("OPS_ADDR", "127.0.0.1:0"),
         ("LOG_FORMAT", "text"),
         ("SHUTDOWN_GRACE_PERIOD", "5s"),
         ("INTERNAL_AUTH_TRUSTED_KEYS", internal_keys().trusted()),

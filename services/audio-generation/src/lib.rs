@@ -7,13 +7,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use database::{Database, DatabaseConfig, EmbeddedMigrations, MigrationSet, embed_migrations};
 use internal_rpc::{InternalAuthSettings, Peer, PeerSettings, Policy};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
     grpc::{GrpcApp, GrpcAppConfig},
 };
+use outbox::{Relay, RelaySettings, relay::OutboxMetrics};
 use settings::{CommonSettings, DatabaseSettings, SettingError, Sources};
 use telemetry::metrics::Metrics;
 
@@ -21,6 +22,11 @@ pub const NAME: &str = "audio-generation";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "audio";
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
+
+/// The service's migrations and those of its outbox table, in its schema.
+pub fn migrations() -> MigrationSet {
+    MigrationSet::from(MIGRATIONS).and(outbox::MIGRATIONS)
+}
 
 /// Everything `audio-generation` can be configured with.
 #[derive(Debug, Clone)]
@@ -34,24 +40,28 @@ pub struct Settings {
     /// Where finished audio files are written (`AUDIO_STORAGE_PATH`).
     pub storage_path: PathBuf,
     pub delivery_worker: PeerSettings,
+    /// How the outbox relay hands events to delivery-worker.
+    pub outbox: RelaySettings,
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        let delivery_worker = PeerSettings::load(
+            src,
+            "delivery-worker",
+            "DELIVERY_WORKER",
+            "http://127.0.0.1:50053",
+            std::time::Duration::from_secs(10),
+        )?;
         Ok(Self {
+            outbox: RelaySettings::load(src, delivery_worker.timeout)?,
+            delivery_worker,
             common: CommonSettings::load(src, NAME)?,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9102).into())?,
             database: DatabaseSettings::load(src)?,
             storage_path: src.or("AUDIO_STORAGE_PATH", PathBuf::from("/var/lib/sonora/audio"))?,
-            delivery_worker: PeerSettings::load(
-                src,
-                "delivery-worker",
-                "DELIVERY_WORKER",
-                "http://127.0.0.1:50053",
-                std::time::Duration::from_secs(10),
-            )?,
         })
     }
 }
@@ -66,7 +76,7 @@ pub fn service() -> ServiceMain<Settings> {
         serve_check: |s| s.internal_auth.require(true, true),
         commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
-                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
+                Ok(database::migrate_command(&settings.database, SCHEMA, migrations()).await?)
             })
         })],
         serve: |settings, signals| {
@@ -92,6 +102,7 @@ async fn check_storage(root: Arc<PathBuf>) -> Result<(), String> {
 /// The running service.
 pub struct Application {
     app: GrpcApp,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -99,20 +110,34 @@ impl Application {
     pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
         let database = Database::start(
             DatabaseConfig::from_settings(&settings.database, SCHEMA),
-            || MIGRATIONS,
+            migrations,
             signals.shutdown.clone(),
         )?;
         let delivery_worker =
             Peer::new(&settings.delivery_worker, settings.internal_auth.minter()?)?;
         let storage = Arc::new(settings.storage_path.clone());
+        // Jobs live in the database: without it nothing can be served. Storage is needed only
+        // to finish a job and delivery-worker only to hand events on (the outbox keeps them):
+        // degradations, which a shared bucket or peer outage must not turn into every replica
+        // leaving its Service.
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
-            .check("storage", move || check_storage(Arc::clone(&storage)))
-            .check("delivery-worker", move || {
-                let peer = delivery_worker.clone();
-                async move { peer.check().await }
-            })
+            .degraded_without("storage", move || check_storage(Arc::clone(&storage)))
+            .degraded_without("delivery-worker", delivery_worker.readiness_check())
             .build();
+        let metrics = Metrics::new();
+        let relay = Relay::new(
+            database.pool().clone(),
+            &delivery_worker,
+            settings.outbox.clone(),
+            OutboxMetrics::register(metrics.registry()),
+        )
+        .spawn(
+            &database,
+            settings.database.url.expose().to_owned(),
+            SCHEMA,
+            signals.shutdown.clone(),
+        );
         // No methods yet; each one added gets a rule in the policy.
         let routes = tonic::service::Routes::default();
         let app = GrpcApp::start(
@@ -121,14 +146,14 @@ impl Application {
                 http_addr: settings.http_addr,
                 service_names: vec![],
                 readiness,
-                metrics: Metrics::new(),
+                metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
                 guard: settings.internal_auth.guard(Policy::new())?,
             },
             routes,
         )?;
-        Ok(Self { app })
+        Ok(Self { app, relay })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -139,8 +164,10 @@ impl Application {
         self.app.http_port()
     }
 
-    /// Resolves once shutdown was requested and the servers have drained.
+    /// Resolves once shutdown was requested, the servers have drained and the relay has stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        self.app.stopped().await
+        let served = self.app.stopped().await;
+        let _ = self.relay.await;
+        served
     }
 }

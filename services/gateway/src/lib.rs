@@ -14,7 +14,7 @@ use internal_rpc::{InternalAuthSettings, Peer, PeerChannel, PeerSettings};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    http::{HttpServerTask, base_app, bind},
+    http::{HttpServerTask, bind, public_app, serve_ops},
 };
 use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources};
 use sonora_proto::tts::v1::tts_inference_client::TtsInferenceClient;
@@ -34,7 +34,11 @@ pub struct Settings {
     pub common: CommonSettings,
     /// The key the gateway signs its calls to the backends with.
     pub internal_auth: InternalAuthSettings,
+    /// The public API (`HTTP_ADDR`), behind the Ingress.
     pub http_addr: SocketAddr,
+    /// `/health`, `/ready` and `/metrics` for probes and Prometheus (`OPS_ADDR`); never routed
+    /// by the Ingress.
+    pub ops_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub tts_inference: PeerSettings,
@@ -48,6 +52,7 @@ impl Settings {
             common: CommonSettings::load(src, NAME)?,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
+            ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9100).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
             // Synthesis answers once its first audio is made, which can wait behind a full queue.
@@ -104,6 +109,7 @@ pub struct Peers {
 /// The running service.
 pub struct Application {
     http: HttpServerTask,
+    ops: HttpServerTask,
 }
 
 impl Application {
@@ -120,34 +126,32 @@ impl Application {
         let audio = Peer::new(&settings.audio_generation, minter.clone())?;
         let delivery = Peer::new(&settings.delivery_worker, minter)?;
 
-        let readiness = {
-            let (tts, redis) = (tts.clone(), redis.clone());
-            Readiness::builder()
-                .check("database", database.readiness_check())
-                .check("redis", redis_pool::readiness_check(&redis))
-                .check("tts-inference", move || {
-                    let tts = tts.clone();
-                    async move { tts.check().await }
-                })
-                .check("audio-generation", move || {
-                    let audio = audio.clone();
-                    async move { audio.check().await }
-                })
-                .check("delivery-worker", move || {
-                    let delivery = delivery.clone();
-                    async move { delivery.check().await }
-                })
-                .build()
-        };
+        // Every dependency is shared by all replicas, and each serves only some routes: none
+        // may take the gateway out of its Service. The routes that need a missing one answer
+        // 503 with Retry-After (ARCHITECTURE.md, "Readiness").
+        let readiness = Readiness::builder()
+            .degraded_without("database", database.readiness_check())
+            .degraded_without("redis", redis_pool::readiness_check(&redis))
+            .degraded_without("tts-inference", tts.readiness_check())
+            .degraded_without("audio-generation", audio.readiness_check())
+            .degraded_without("delivery-worker", delivery.readiness_check())
+            .build();
         let peers = Peers {
             tts: TtsInferenceClient::new(tts.channel()),
         };
         let metrics = Metrics::new();
+        let ops = serve_ops(
+            settings.ops_addr,
+            readiness.clone(),
+            metrics.clone(),
+            signals.shutdown.clone(),
+            settings.common.shutdown_grace_period,
+        )?;
         let app_readiness = readiness.clone();
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
-                base_app(app_readiness.clone(), metrics.clone())
+                public_app(app_readiness.clone(), metrics.clone())
                     .app_data(web::Data::new(peers.clone()))
                     .app_data(
                         web::JsonConfig::default()
@@ -163,16 +167,23 @@ impl Application {
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
-        tracing::info!(port = http.port(), "listening");
-        Ok(Self { http })
+        tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
+        Ok(Self { http, ops })
     }
 
+    /// The public port.
     pub fn port(&self) -> u16 {
         self.http.port()
     }
 
+    /// The ops port.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
+    }
+
     /// Resolves once shutdown was requested and in-flight requests have finished.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        Ok(self.http.stopped().await?)
+        self.http.stopped().await?;
+        Ok(self.ops.stopped().await?)
     }
 }

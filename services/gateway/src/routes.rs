@@ -24,7 +24,7 @@ fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
         | tonic::Code::ResourceExhausted => Problem::unavailable(format!(
             "The {backend} service is not available right now; retry later."
         ))
-        .with("retry_after_seconds", 5),
+        .retry_after(5),
         _ => Problem::bad_gateway(format!(
             "The {backend} service failed to answer; it has been logged."
         )),
@@ -153,7 +153,7 @@ fn synthesis_problem(status: &tonic::Status) -> Problem {
         tonic::Code::ResourceExhausted => {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "busy", "Too Many Requests")
                 .detail("Speech synthesis is at capacity; retry shortly.")
-                .with("retry_after_seconds", 1)
+                .retry_after(1)
         }
         _ => backend_problem("tts-inference", status),
     }

@@ -11,7 +11,7 @@ use actix_web::web;
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    http::{HttpServerTask, base_app, bind},
+    http::{HttpServerTask, bind, ops_app},
 };
 use settings::{CommonSettings, SettingError, Sources};
 use telemetry::metrics::Metrics;
@@ -62,7 +62,7 @@ impl Application {
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
-                base_app(app_readiness.clone(), metrics.clone())
+                ops_app(app_readiness.clone(), metrics.clone())
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

@@ -8,13 +8,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use actix_web::web;
-use database::{Database, DatabaseConfig, EmbeddedMigrations, embed_migrations};
+use database::{Database, DatabaseConfig, EmbeddedMigrations, MigrationSet, embed_migrations};
 use internal_rpc::{InternalAuthSettings, Peer, PeerSettings};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
-    http::{HttpServerTask, base_app, bind},
+    http::{HttpServerTask, bind, public_app, serve_ops},
 };
+use outbox::{Relay, RelaySettings, relay::OutboxMetrics};
 use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources};
 use telemetry::metrics::Metrics;
 
@@ -23,25 +24,46 @@ pub const NAME: &str = "webhook-ingest";
 pub const SCHEMA: &str = "ingest";
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!();
 
+/// The service's migrations and those of its outbox table, in its schema.
+pub fn migrations() -> MigrationSet {
+    MigrationSet::from(MIGRATIONS).and(outbox::MIGRATIONS)
+}
+
 /// Everything `webhook-ingest` can be configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
     /// The key webhook-ingest signs its calls with.
     pub internal_auth: InternalAuthSettings,
+    /// The public receivers (`HTTP_ADDR`), behind the Ingress.
     pub http_addr: SocketAddr,
+    /// `/health`, `/ready` and `/metrics` for probes and Prometheus (`OPS_ADDR`); never routed
+    /// by the Ingress.
+    pub ops_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub audio_generation: PeerSettings,
     pub delivery_worker: PeerSettings,
+    /// How the outbox relay hands events to delivery-worker.
+    pub outbox: RelaySettings,
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        let delivery_worker = PeerSettings::load(
+            src,
+            "delivery-worker",
+            "DELIVERY_WORKER",
+            "http://127.0.0.1:50053",
+            Duration::from_secs(10),
+        )?;
         Ok(Self {
+            outbox: RelaySettings::load(src, delivery_worker.timeout)?,
+            delivery_worker,
             common: CommonSettings::load(src, NAME)?,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8081).into())?,
+            ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
             audio_generation: PeerSettings::load(
@@ -49,13 +71,6 @@ impl Settings {
                 "audio-generation",
                 "AUDIO_GENERATION",
                 "http://127.0.0.1:50052",
-                Duration::from_secs(10),
-            )?,
-            delivery_worker: PeerSettings::load(
-                src,
-                "delivery-worker",
-                "DELIVERY_WORKER",
-                "http://127.0.0.1:50053",
                 Duration::from_secs(10),
             )?,
         })
@@ -72,7 +87,7 @@ pub fn service() -> ServiceMain<Settings> {
         serve_check: |s| s.internal_auth.require(true, false),
         commands: vec![lifecycle::cli::Command::migrate(|settings| {
             Box::pin(async move {
-                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
+                Ok(database::migrate_command(&settings.database, SCHEMA, migrations()).await?)
             })
         })],
         serve: |settings, signals| {
@@ -84,6 +99,8 @@ pub fn service() -> ServiceMain<Settings> {
 /// The running service.
 pub struct Application {
     http: HttpServerTask,
+    ops: HttpServerTask,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -91,47 +108,73 @@ impl Application {
     pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
         let database = Database::start(
             DatabaseConfig::from_settings(&settings.database, SCHEMA),
-            || MIGRATIONS,
+            migrations,
             signals.shutdown.clone(),
         )?;
         let redis = redis_pool::connect(&redis_pool::RedisConfig::from_settings(&settings.redis))?;
         let minter = settings.internal_auth.minter()?;
         let audio = Peer::new(&settings.audio_generation, minter.clone())?;
         let delivery = Peer::new(&settings.delivery_worker, minter)?;
+        // Nothing is acknowledged before it is committed, so without the database there is
+        // nothing to serve. Redis and the peers are shared by every replica and needed only
+        // after an event is stored (the outbox and the inbox retry): degradations.
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
-            .check("redis", redis_pool::readiness_check(&redis))
-            .check("audio-generation", move || {
-                let audio = audio.clone();
-                async move { audio.check().await }
-            })
-            .check("delivery-worker", move || {
-                let delivery = delivery.clone();
-                async move { delivery.check().await }
-            })
+            .degraded_without("redis", redis_pool::readiness_check(&redis))
+            .degraded_without("audio-generation", audio.readiness_check())
+            .degraded_without("delivery-worker", delivery.readiness_check())
             .build();
         let metrics = Metrics::new();
+        let relay = Relay::new(
+            database.pool().clone(),
+            &delivery,
+            settings.outbox.clone(),
+            OutboxMetrics::register(metrics.registry()),
+        )
+        .spawn(
+            &database,
+            settings.database.url.expose().to_owned(),
+            SCHEMA,
+            signals.shutdown.clone(),
+        );
+        let ops = serve_ops(
+            settings.ops_addr,
+            readiness.clone(),
+            metrics.clone(),
+            signals.shutdown.clone(),
+            settings.common.shutdown_grace_period,
+        )?;
         let app_readiness = readiness.clone();
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
-                base_app(app_readiness.clone(), metrics.clone())
+                public_app(app_readiness.clone(), metrics.clone())
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
-        tracing::info!(port = http.port(), "listening");
-        Ok(Self { http })
+        tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
+        Ok(Self { http, ops, relay })
     }
 
+    /// The public port.
     pub fn port(&self) -> u16 {
         self.http.port()
     }
 
-    /// Resolves once shutdown was requested and in-flight requests have finished.
+    /// The ops port.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
+    }
+
+    /// Resolves once shutdown was requested, in-flight requests have finished and the relay has
+    /// stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        Ok(self.http.stopped().await?)
+        self.http.stopped().await?;
+        self.ops.stopped().await?;
+        let _ = self.relay.await;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use lifecycle::{
     Readiness,
-    http::{base_app, bind, serve},
+    http::{bind, ops_app, serve},
 };
 use telemetry::metrics::Metrics;
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ async fn in_flight_request_finishes_after_shutdown_and_new_ones_are_refused() {
         bind("127.0.0.1:0".parse().unwrap()).unwrap(),
         move || {
             let started = started_tx.clone();
-            base_app(app_readiness.clone(), Metrics::new()).route(
+            ops_app(app_readiness.clone(), Metrics::new()).route(
                 "/slow",
                 web::get().to(move || {
                     let started = started.clone();

@@ -11,7 +11,10 @@ use test_support::{
 
 /// The gateway and its peers, running until dropped.
 struct Gateway {
+    /// The public port: the API and `/health`.
     base: String,
+    /// The ops port: `/health`, `/ready`, `/metrics`.
+    ops: String,
     stack: Stack,
 }
 
@@ -45,6 +48,7 @@ async fn start(options: Options) -> (Gateway, Option<(TcpProxy, TcpProxy)>) {
     let stack = builder.start().await;
     let gateway = Gateway {
         base: stack.http_url(Service::Gateway),
+        ops: stack.ops_url(Service::Gateway),
         stack,
     };
     (gateway, proxies)
@@ -63,7 +67,7 @@ async fn plain() -> Gateway {
 async fn health_ready_and_metrics_with_every_component() {
     let stack = plain().await;
     assert_operational(
-        &stack.base,
+        &stack.ops,
         &[
             "audio-generation",
             "database",
@@ -75,44 +79,125 @@ async fn health_ready_and_metrics_with_every_component() {
     .await;
 }
 
+/// Waits until `/ready` (still 200: the gateway keeps serving) shows `component` as `status`.
+async fn wait_component(ops: &str, component: &str, status: &str) -> serde_json::Value {
+    test_support::eventually(
+        Duration::from_secs(30),
+        &format!("{component} {status}"),
+        || async {
+            let (code, body) = get_json(&format!("{ops}/ready")).await.ok()?;
+            (code == 200 && body["components"][component]["status"] == status).then_some(body)
+        },
+    )
+    .await
+}
+
+async fn voices_status(base: &str) -> u16 {
+    get_json(&format!("{base}/v1/voices")).await.unwrap().0
+}
+
 #[tokio::test]
-async fn ready_names_postgres_while_it_is_away_and_recovers_without_restart() {
+async fn postgres_away_degrades_without_unreadiness_and_recovers() {
     let (stack, proxies) = start(Options {
         proxied: true,
         tts_down: false,
     })
     .await;
     let (pg, _redis) = proxies.unwrap();
-    wait_ready(&stack.base, 200).await;
+    wait_ready(&stack.ops, 200).await;
 
     pg.cut();
-    let body = wait_ready(&stack.base, 503).await;
-    assert_eq!(body["status"], "not_ready");
-    assert_eq!(body["components"]["database"]["status"], "down", "{body}");
+    let body = wait_component(&stack.ops, "database", "down").await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["components"]["database"]["required"], false, "{body}");
     assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
+    assert_eq!(
+        voices_status(&stack.base).await,
+        200,
+        "speech does not need it"
+    );
 
     pg.restore();
-    let body = wait_ready(&stack.base, 200).await;
-    assert_eq!(body["components"]["database"]["status"], "up");
+    let body = wait_component(&stack.ops, "database", "up").await;
+    assert_eq!(body["status"], "ready", "{body}");
 }
 
 #[tokio::test]
-async fn ready_names_redis_while_it_is_away_and_recovers_without_restart() {
+async fn redis_away_keeps_the_gateway_ready_and_serving() {
     let (stack, proxies) = start(Options {
         proxied: true,
         tts_down: false,
     })
     .await;
     let (_pg, redis) = proxies.unwrap();
-    wait_ready(&stack.base, 200).await;
+    wait_ready(&stack.ops, 200).await;
 
     redis.cut();
-    let body = wait_ready(&stack.base, 503).await;
-    assert_eq!(body["components"]["redis"]["status"], "down", "{body}");
-    assert_eq!(body["components"]["database"]["status"], "up", "{body}");
+    let body = wait_component(&stack.ops, "redis", "down").await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(voices_status(&stack.base).await, 200);
+    let metrics = test_support::http_client()
+        .get(format!("{}/metrics", stack.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"dependency_up{component="redis",required="false"} 0"#),
+        "{metrics}"
+    );
 
     redis.restore();
-    wait_ready(&stack.base, 200).await;
+    wait_component(&stack.ops, "redis", "up").await;
+}
+
+#[tokio::test]
+async fn audio_generation_away_leaves_speech_served() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_tts()
+        .with_delivery()
+        .with_gateway()
+        .start()
+        .await;
+    let (base, ops) = (
+        stack.http_url(Service::Gateway),
+        stack.ops_url(Service::Gateway),
+    );
+    let body = wait_component(&ops, "tts-inference", "up").await;
+    assert_eq!(
+        body["components"]["audio-generation"]["status"], "down",
+        "{body}"
+    );
+    assert_eq!(body["status"], "degraded", "{body}");
+    let (status, _, audio) = post(
+        &format!("{base}/v1/tts"),
+        serde_json::json!({ "text": "Still speaking.", "format": "wav" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&audio[..4], b"RIFF");
+}
+
+#[tokio::test]
+async fn the_public_port_serves_no_metrics_and_no_readiness_details() {
+    let stack = plain().await;
+    for path in ["/metrics", "/ready"] {
+        let response = test_support::http_client()
+            .get(format!("{}{path}", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let (status, body) = get_json(&format!("{}/health", stack.base)).await.unwrap();
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 }
 
 #[tokio::test]
@@ -134,7 +219,7 @@ async fn voices_come_from_tts_inference_over_grpc() {
 }
 
 #[tokio::test]
-async fn a_backend_that_is_down_gives_problem_json_and_not_ready() {
+async fn a_backend_that_is_down_gives_a_503_with_retry_after_and_degrades() {
     let (stack, _) = start(Options {
         proxied: false,
         tts_down: true,
@@ -150,23 +235,27 @@ async fn a_backend_that_is_down_gives_problem_json_and_not_ready() {
         response.headers()["content-type"],
         "application/problem+json"
     );
+    assert_eq!(response.headers()["retry-after"], "5");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["type"], "/problems/unavailable");
     assert_eq!(body["status"], 503);
 
-    // Everything else becomes ready; the missing peer keeps the gateway not ready.
+    assert_eq!(body["retry_after_seconds"], 5, "{body}");
+
+    // Everything else comes up; the missing peer degrades the gateway without making it unready.
     let body = test_support::eventually(
         Duration::from_secs(30),
         "all but tts-inference up",
         || async {
-            let (status, body) = get_json(&format!("{}/ready", stack.base)).await.ok()?;
+            let (status, body) = get_json(&format!("{}/ready", stack.ops)).await.ok()?;
             let up = |name: &str| body["components"][name]["status"] == "up";
-            (status == 503 && up("audio-generation") && up("delivery-worker") && up("database"))
+            (status == 200 && up("audio-generation") && up("delivery-worker") && up("database"))
                 .then_some(body)
         },
     )
     .await;
+    assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(
         body["components"]["tts-inference"]["status"], "down",
         "{body}"

@@ -7,7 +7,10 @@ use test_support::{
 };
 
 struct Ingest {
+    /// The public port.
     base: String,
+    /// The ops port.
+    ops: String,
     redis: TcpProxy,
     _stack: Stack,
 }
@@ -28,6 +31,7 @@ async fn start() -> Ingest {
         .await;
     Ingest {
         base: stack.http_url(Service::WebhookIngest),
+        ops: stack.ops_url(Service::WebhookIngest),
         redis,
         _stack: stack,
     }
@@ -37,21 +41,55 @@ async fn start() -> Ingest {
 async fn operational_endpoints_with_every_component() {
     let stack = start().await;
     assert_operational(
-        &stack.base,
+        &stack.ops,
         &["audio-generation", "database", "delivery-worker", "redis"],
     )
     .await;
 }
 
 #[tokio::test]
-async fn ready_names_redis_while_it_is_away() {
+async fn redis_away_degrades_but_keeps_it_ready() {
     let stack = start().await;
-    wait_ready(&stack.base, 200).await;
+    wait_ready(&stack.ops, 200).await;
     stack.redis.cut();
-    let body = wait_ready(&stack.base, 503).await;
-    assert_eq!(body["components"]["redis"]["status"], "down", "{body}");
+    let body = test_support::eventually(
+        std::time::Duration::from_secs(30),
+        "redis down, still ready",
+        || async {
+            let (status, body) = test_support::get_json(&format!("{}/ready", stack.ops))
+                .await
+                .ok()?;
+            (status == 200 && body["components"]["redis"]["status"] == "down").then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["components"]["database"]["required"], true, "{body}");
     stack.redis.restore();
-    wait_ready(&stack.base, 200).await;
+    let body = wait_ready(&stack.ops, 200).await;
+    assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
+}
+
+#[tokio::test]
+async fn the_public_port_serves_no_metrics_and_no_readiness_details() {
+    let stack = start().await;
+    for path in ["/metrics", "/ready"] {
+        let response = test_support::http_client()
+            .get(format!("{}{path}", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{path}");
+    }
+    let metrics = test_support::http_client()
+        .get(format!("{}/metrics", stack.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outbox_pending"), "{metrics}");
 }
 
 #[tokio::test]
