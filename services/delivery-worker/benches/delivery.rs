@@ -24,11 +24,12 @@ use chrono::Utc;
 use delivery_worker::{
     clock::SystemClock,
     metrics::DeliveryMetrics,
+    model::Signing,
     policy::AddressPolicy,
     retry::RetrySchedule,
     rules::Policy,
     sender::Sender,
-    store::{NewEndpoint, NewMessage, Signing, Store},
+    store::{NewEndpoint, NewMessage, Store},
     worker::{Tuning, Worker},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, SimpleAsyncConnection as _};
@@ -114,7 +115,7 @@ async fn setup(receiver_port: u16, endpoints: usize) -> Bench {
         store
             .create_endpoint(
                 NewEndpoint {
-                    tenant: "bench".into(),
+                    tenant: ids::Tenant::parse("bench").unwrap(),
                     url: format!("http://127.0.0.1:{receiver_port}/e{i}"),
                     description: String::new(),
                     event_types: None,
@@ -168,7 +169,7 @@ fn worker(bench: &Bench, tuning: Tuning) -> Arc<Worker> {
 
 fn message(i: usize) -> NewMessage {
     NewMessage {
-        tenant: "bench".into(),
+        tenant: ids::Tenant::parse("bench").unwrap(),
         event_id: format!("evt-{i}"),
         event_type: "bench.event".into(),
         payload: format!(
@@ -269,7 +270,7 @@ async fn main() {
             .publish(&message(1_000_000 + i), 8, Utc::now())
             .await
             .unwrap();
-        published.insert(out.message_id, at);
+        published.insert(out.message_id.to_string(), at);
     }
     let sent = published.len() * endpoints;
     let deadline = Instant::now() + Duration::from_secs(30);

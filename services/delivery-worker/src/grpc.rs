@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use database::DatabaseError;
+use ids::{AttemptId, DeliveryId, EndpointId, IdError, MessageId};
 use internal_rpc::{Caller, caller};
 use sonora_proto::delivery::v1::{self as pb, delivery_service_server::DeliveryService as Api};
 use tonic::{Request, Response, Status};
@@ -12,11 +13,12 @@ use webhook_signature::SigningKey;
 
 use crate::{
     clock::Clock,
+    model::{DeliveryStatus, Signing},
     policy::AddressPolicy,
     retry::RetrySchedule,
     store::{
         AttemptRow, DeliveryRow, EndpointChanges, EndpointRow, MessageRow, NewEndpoint, NewMessage,
-        Signing, Store, StoreError,
+        Store, StoreError,
     },
 };
 
@@ -128,29 +130,60 @@ fn from_millis(field: &str, ms: i64) -> Result<Option<DateTime<Utc>>, Status> {
         .ok_or_else(|| invalid(field, "is not a valid time"))
 }
 
-fn numeric_token(token: &str) -> Result<i64, Status> {
+/// A required id of its kind: the message names the field and the rule, never the value.
+fn id<T: std::str::FromStr<Err = IdError>>(field: &str, text: &str) -> Result<T, Status> {
+    if text.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    text.parse().map_err(|e| invalid(field, e))
+}
+
+/// An optional id filter: empty means none.
+fn optional_id<T: std::str::FromStr<Err = IdError>>(
+    field: &str,
+    text: &str,
+) -> Result<Option<T>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    id(field, text).map(Some)
+}
+
+/// A page token: empty for the first page, otherwise the last id of the previous page, which is
+/// what `next_token` hands out. Anything else was not given out by this API.
+fn page_token<T: std::str::FromStr<Err = IdError>>(token: &str) -> Result<Option<T>, Status> {
     if token.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     token
         .parse()
+        .map(Some)
         .map_err(|_| invalid("page_token", "is not a token this API gave out"))
 }
 
-fn status_name(status: i32) -> Result<Option<&'static str>, Status> {
+fn status_filter(status: i32) -> Result<Option<DeliveryStatus>, Status> {
     Ok(
         match pb::DeliveryStatus::try_from(status).map_err(|_| invalid("status", "is unknown"))? {
             pb::DeliveryStatus::Unspecified => None,
-            pb::DeliveryStatus::Pending => Some("pending"),
-            pb::DeliveryStatus::Delivered => Some("delivered"),
-            pb::DeliveryStatus::Failed => Some("failed"),
-            pb::DeliveryStatus::DeadLetter => Some("dead_letter"),
+            pb::DeliveryStatus::Pending => Some(DeliveryStatus::Pending),
+            pb::DeliveryStatus::Delivered => Some(DeliveryStatus::Delivered),
+            pb::DeliveryStatus::Failed => Some(DeliveryStatus::Failed),
+            pb::DeliveryStatus::DeadLetter => Some(DeliveryStatus::DeadLetter),
         },
     )
 }
 
+fn status_to_proto(status: DeliveryStatus) -> pb::DeliveryStatus {
+    match status {
+        DeliveryStatus::Pending => pb::DeliveryStatus::Pending,
+        DeliveryStatus::Delivered => pb::DeliveryStatus::Delivered,
+        DeliveryStatus::Failed => pb::DeliveryStatus::Failed,
+        DeliveryStatus::DeadLetter => pb::DeliveryStatus::DeadLetter,
+    }
+}
+
 fn endpoint_to_proto(row: EndpointRow) -> pb::Endpoint {
-    let signing = match row.signing() {
+    let signing = match row.signing {
         Signing::Hmac => pb::SigningScheme::HmacSha256,
         Signing::Ed25519 => pb::SigningScheme::Ed25519,
     };
@@ -164,8 +197,8 @@ fn endpoint_to_proto(row: EndpointRow) -> pb::Endpoint {
                     .collect()
             })
             .unwrap_or_default(),
-        id: row.id,
-        tenant: row.tenant,
+        id: row.id.to_string(),
+        tenant: row.tenant.to_string(),
         url: row.url,
         description: row.description,
         event_types: row.event_types.unwrap_or_default(),
@@ -183,8 +216,8 @@ fn endpoint_to_proto(row: EndpointRow) -> pb::Endpoint {
 
 fn message_to_proto(row: MessageRow) -> pb::Message {
     pb::Message {
-        id: row.id,
-        tenant: row.tenant,
+        id: row.id.to_string(),
+        tenant: row.tenant.to_string(),
         event_id: row.event_id,
         event_type: row.event_type,
         payload_json: row.payload,
@@ -194,18 +227,11 @@ fn message_to_proto(row: MessageRow) -> pb::Message {
 }
 
 fn delivery_to_proto(row: DeliveryRow) -> pb::Delivery {
-    let status = match row.status.as_str() {
-        "pending" => pb::DeliveryStatus::Pending,
-        "delivered" => pb::DeliveryStatus::Delivered,
-        "failed" => pb::DeliveryStatus::Failed,
-        "dead_letter" => pb::DeliveryStatus::DeadLetter,
-        _ => pb::DeliveryStatus::Unspecified,
-    };
     pb::Delivery {
-        id: row.id,
-        message_id: row.message_id,
-        endpoint_id: row.endpoint_id,
-        status: status.into(),
+        id: row.id.to_string(),
+        message_id: row.message_id.to_string(),
+        endpoint_id: row.endpoint_id.to_string(),
+        status: status_to_proto(row.status).into(),
         attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
         max_attempts: u32::try_from(row.max_attempts).unwrap_or(0),
         next_retry_at_unix_ms: millis(row.next_retry_at),
@@ -220,10 +246,10 @@ fn delivery_to_proto(row: DeliveryRow) -> pb::Delivery {
 
 fn attempt_to_proto(row: AttemptRow) -> pb::Attempt {
     pb::Attempt {
-        id: row.id,
-        delivery_id: row.delivery_id,
-        message_id: row.message_id,
-        endpoint_id: row.endpoint_id,
+        id: row.id.to_string(),
+        delivery_id: row.delivery_id.to_string(),
+        message_id: row.message_id.to_string(),
+        endpoint_id: row.endpoint_id.to_string(),
         attempted_at_unix_ms: millis(row.attempted_at),
         duration_ms: u32::try_from(row.duration_ms).unwrap_or(0),
         request_headers: row
@@ -240,7 +266,7 @@ fn attempt_to_proto(row: AttemptRow) -> pb::Attempt {
             .map_or(0, |s| u32::try_from(s).unwrap_or(0)),
         response_body: row.response_body.unwrap_or_default(),
         error: row.error.unwrap_or_default(),
-        outcome: row.outcome,
+        outcome: row.outcome.as_str().to_owned(),
     }
 }
 
@@ -314,7 +340,7 @@ fn new_message(caller: &Caller, r: pb::PublishRequest) -> Result<NewMessage, Sta
     }
     let channels = list("channels", &r.channels, channel)?.unwrap_or_default();
     Ok(NewMessage {
-        tenant: tenant.to_string(),
+        tenant,
         event_id: r.event_id,
         event_type: r.event_type,
         payload: r.payload_json,
@@ -324,16 +350,22 @@ fn new_message(caller: &Caller, r: pb::PublishRequest) -> Result<NewMessage, Sta
 
 fn published_to_proto(published: crate::store::Published) -> pb::PublishResponse {
     pb::PublishResponse {
-        message_id: published.message_id,
+        message_id: published.message_id.to_string(),
         duplicate: published.duplicate,
         deliveries: published.deliveries,
     }
 }
 
-fn next_token<T>(rows: &[T], page_size: u32, last: impl Fn(&T) -> String) -> String {
+/// The token of the next page: the last id of a full page (the store pages by id), or empty
+/// when this page is the last.
+fn next_token<T, Id: std::fmt::Display>(
+    rows: &[T],
+    page_size: u32,
+    last: impl Fn(&T) -> Id,
+) -> String {
     let full = rows.len() >= usize::try_from(page_size.clamp(1, 500)).unwrap_or(500);
     match rows.last() {
-        Some(row) if full => last(row),
+        Some(row) if full => last(row).to_string(),
         _ => String::new(),
     }
 }
@@ -408,7 +440,7 @@ impl Api for DeliveryApi {
             .store
             .create_endpoint(
                 NewEndpoint {
-                    tenant: tenant.to_string(),
+                    tenant,
                     url,
                     description: r.description,
                     event_types: list("event_types", &r.event_types, event_type)?,
@@ -435,8 +467,9 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
+        let id = id("id", &r.id)?;
         Ok(Response::new(endpoint_to_proto(
-            self.store.get_endpoint(tenant.as_str(), &r.id).await?,
+            self.store.get_endpoint(&tenant, id).await?,
         )))
     }
 
@@ -451,9 +484,9 @@ impl Api for DeliveryApi {
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         let rows = self
             .store
-            .list_endpoints(tenant.as_str(), &r.page_token, page_size)
+            .list_endpoints(&tenant, page_token(&r.page_token)?, page_size)
             .await?;
-        let next_page_token = next_token(&rows, page_size, |row| row.id.clone());
+        let next_page_token = next_token(&rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListEndpointsResponse {
             endpoints: rows.into_iter().map(endpoint_to_proto).collect(),
             next_page_token,
@@ -468,6 +501,7 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
+        let id = id("id", &r.id)?;
         let url = r.url.as_deref().map(|u| self.check_url(u)).transpose()?;
         if let Some(d) = &r.description {
             description(d)?;
@@ -493,7 +527,7 @@ impl Api for DeliveryApi {
         };
         let row = self
             .store
-            .update_endpoint(tenant.as_str(), &r.id, changes, self.clock.now())
+            .update_endpoint(&tenant, id, changes, self.clock.now())
             .await?;
         Ok(Response::new(endpoint_to_proto(row)))
     }
@@ -506,8 +540,9 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
+        let id = id("id", &r.id)?;
         self.store
-            .delete_endpoint(tenant.as_str(), &r.id, self.clock.now())
+            .delete_endpoint(&tenant, id, self.clock.now())
             .await?;
         Ok(Response::new(pb::DeleteEndpointResponse {}))
     }
@@ -520,9 +555,10 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
+        let id = id("id", &r.id)?;
         let key = self
             .store
-            .current_key(tenant.as_str(), &r.id, self.clock.now())
+            .current_key(&tenant, id, self.clock.now())
             .await?;
         Ok(Response::new(pb::EndpointSecret {
             key: key.verification_key(),
@@ -537,8 +573,9 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
-        let endpoint = self.store.get_endpoint(tenant.as_str(), &r.id).await?;
-        let key = signing_key(endpoint.signing(), &r.secret)?;
+        let id = id("id", &r.id)?;
+        let endpoint = self.store.get_endpoint(&tenant, id).await?;
+        let key = signing_key(endpoint.signing, &r.secret)?;
         let ttl = match r.old_secret_ttl_seconds {
             0 => DEFAULT_SECRET_TTL,
             s => Duration::from_secs(u64::from(s)),
@@ -548,7 +585,7 @@ impl Api for DeliveryApi {
         }
         let ttl = chrono::Duration::from_std(ttl).expect("bounded");
         self.store
-            .rotate_secret(tenant.as_str(), &r.id, &key, ttl, self.clock.now())
+            .rotate_secret(&tenant, id, &key, ttl, self.clock.now())
             .await?;
         Ok(Response::new(pb::EndpointSecret {
             key: key.verification_key(),
@@ -570,15 +607,15 @@ impl Api for DeliveryApi {
         let rows = self
             .store
             .list_messages(
-                tenant.as_str(),
+                &tenant,
                 (!r.event_type.is_empty()).then_some(r.event_type.as_str()),
                 from_millis("after_unix_ms", r.after_unix_ms)?,
                 from_millis("before_unix_ms", r.before_unix_ms)?,
-                &r.page_token,
+                page_token::<MessageId>(&r.page_token)?,
                 page_size,
             )
             .await?;
-        let next_page_token = next_token(&rows, page_size, |row| row.id.clone());
+        let next_page_token = next_token(&rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListMessagesResponse {
             messages: rows.into_iter().map(message_to_proto).collect(),
             next_page_token,
@@ -597,15 +634,15 @@ impl Api for DeliveryApi {
         let rows = self
             .store
             .list_deliveries(
-                tenant.as_str(),
-                (!r.endpoint_id.is_empty()).then_some(r.endpoint_id.as_str()),
-                (!r.message_id.is_empty()).then_some(r.message_id.as_str()),
-                status_name(r.status)?,
-                numeric_token(&r.page_token)?,
+                &tenant,
+                optional_id::<EndpointId>("endpoint_id", &r.endpoint_id)?,
+                optional_id::<MessageId>("message_id", &r.message_id)?,
+                status_filter(r.status)?,
+                page_token::<DeliveryId>(&r.page_token)?,
                 page_size,
             )
             .await?;
-        let next_page_token = next_token(&rows, page_size, |row| row.id.to_string());
+        let next_page_token = next_token(&rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListDeliveriesResponse {
             deliveries: rows.into_iter().map(delivery_to_proto).collect(),
             next_page_token,
@@ -624,15 +661,15 @@ impl Api for DeliveryApi {
         let rows = self
             .store
             .list_attempts(
-                tenant.as_str(),
-                (!r.endpoint_id.is_empty()).then_some(r.endpoint_id.as_str()),
-                (!r.message_id.is_empty()).then_some(r.message_id.as_str()),
-                (r.delivery_id != 0).then_some(r.delivery_id),
-                numeric_token(&r.page_token)?,
+                &tenant,
+                optional_id::<EndpointId>("endpoint_id", &r.endpoint_id)?,
+                optional_id::<MessageId>("message_id", &r.message_id)?,
+                optional_id::<DeliveryId>("delivery_id", &r.delivery_id)?,
+                page_token::<AttemptId>(&r.page_token)?,
                 page_size,
             )
             .await?;
-        let next_page_token = next_token(&rows, page_size, |row| row.id.to_string());
+        let next_page_token = next_token(&rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListAttemptsResponse {
             attempts: rows.into_iter().map(attempt_to_proto).collect(),
             next_page_token,
@@ -650,8 +687,8 @@ impl Api for DeliveryApi {
         let row = self
             .store
             .retry_delivery(
-                tenant.as_str(),
-                r.delivery_id,
+                &tenant,
+                id("delivery_id", &r.delivery_id)?,
                 self.schedule.max_attempts(),
                 self.clock.now(),
             )
@@ -670,8 +707,8 @@ impl Api for DeliveryApi {
         let count = self
             .store
             .redrive(
-                tenant.as_str(),
-                &r.endpoint_id,
+                &tenant,
+                id("endpoint_id", &r.endpoint_id)?,
                 from_millis("since_unix_ms", r.since_unix_ms)?,
                 from_millis("until_unix_ms", r.until_unix_ms)?,
                 self.schedule.max_attempts(),
@@ -691,10 +728,7 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.optional_tenant(&r.tenant)?;
-        let stats = self
-            .store
-            .queue_stats(tenant.as_ref().map(ids::Tenant::as_str))
-            .await?;
+        let stats = self.store.queue_stats(tenant.as_ref()).await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Response::new(pb::QueueStats {
             pending: count(stats.pending),

@@ -15,6 +15,7 @@
 pub mod clock;
 pub mod grpc;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod retry;
 pub mod rules;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 
 use crate::{
     clock::{Clock, SystemClock},
+    model::DeliveryStatus,
     policy::{AddressPolicy, IpNet},
     retry::{Delays, RetrySchedule},
     rules::Policy,
@@ -445,10 +447,10 @@ fn spawn_queue_gauge(
     tokio::spawn(async move {
         loop {
             if let Ok(counts) = store.status_counts().await {
-                for status in ["pending", "delivered", "failed", "dead_letter"] {
+                for status in DeliveryStatus::ALL {
                     metrics
                         .queue_size
-                        .with_label_values(&[status])
+                        .with_label_values(&[status.as_str()])
                         .set(counts.get(status).copied().unwrap_or(0));
                 }
             }

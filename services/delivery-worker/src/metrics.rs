@@ -4,7 +4,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use crate::store::Outcome;
+use crate::{model::DeliveryStatus, store::Outcome};
 
 #[derive(Clone)]
 pub struct DeliveryMetrics {
@@ -71,18 +71,21 @@ impl DeliveryMetrics {
     /// Counts one recorded outcome.
     pub fn observe(&self, outcome: &Outcome) {
         self.attempts
-            .with_label_values(&[outcome.attempt_outcome])
+            .with_label_values(&[outcome.attempt_outcome.as_str()])
             .inc();
         match outcome.status {
-            "delivered" => {
+            DeliveryStatus::Delivered => {
                 self.delivered
-                    .with_label_values(&[outcome.tenant.as_str(), outcome.endpoint_id.as_str()])
+                    .with_label_values(&[
+                        outcome.tenant.as_str(),
+                        outcome.endpoint_id.to_string().as_str(),
+                    ])
                     .inc();
                 let waited = (outcome.attempted_at - outcome.enqueued_at).num_milliseconds();
                 self.latency.observe(waited.max(0) as f64 / 1000.0);
             }
-            "dead_letter" => self.dead_letters.inc(),
-            _ => {}
+            DeliveryStatus::DeadLetter => self.dead_letters.inc(),
+            DeliveryStatus::Pending | DeliveryStatus::Failed => {}
         }
     }
 }

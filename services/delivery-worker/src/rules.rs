@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ids::{EndpointId, Tenant};
 use uuid::Uuid;
 
 use crate::{
+    model::{AttemptOutcome, DeliveryStatus},
     retry::{RetrySchedule, bounded_retry_after},
     sender::AttemptResult,
     store::{Claimed, NewMessage, Outcome},
@@ -50,7 +52,7 @@ pub fn decide(
     let mut disable_reason = None;
     let mut error = result.error.clone();
     let (status, next_retry_at) = if result.succeeded() {
-        ("delivered", now)
+        (DeliveryStatus::Delivered, now)
     } else {
         if let Some(code) = status_code {
             if (300..400).contains(&code) {
@@ -73,9 +75,9 @@ pub fn decide(
         }
         if disable_reason.is_some() {
             // The endpoint is disabled; the delivery waits, due, for it to be enabled again.
-            ("failed", now)
+            (DeliveryStatus::Failed, now)
         } else if attempt >= claimed.max_attempts {
-            ("dead_letter", now)
+            (DeliveryStatus::DeadLetter, now)
         } else {
             // A receiver that says when to come back is believed, within bounds.
             let delay = retry_after.unwrap_or_else(|| {
@@ -84,14 +86,14 @@ pub fn decide(
                     .delay_after(attempt, jitter_unit)
                     .unwrap_or(Duration::ZERO)
             });
-            ("failed", now + chrono(delay))
+            (DeliveryStatus::Failed, now + chrono(delay))
         }
     };
     Outcome {
         delivery_id: claimed.id,
         claim_id,
-        message_id: claimed.message_id.clone(),
-        endpoint_id: claimed.endpoint_id.clone(),
+        message_id: claimed.message_id,
+        endpoint_id: claimed.endpoint_id,
         tenant: claimed.tenant.clone(),
         event_type: claimed.event_type.clone(),
         status,
@@ -105,11 +107,11 @@ pub fn decide(
         response_body: result.body.clone(),
         error,
         attempt_outcome: if result.succeeded() {
-            "success"
+            AttemptOutcome::Success
         } else if result.timed_out {
-            "timeout"
+            AttemptOutcome::Timeout
         } else {
-            "failure"
+            AttemptOutcome::Failure
         },
         throttle_until,
         disable_reason,
@@ -136,7 +138,7 @@ pub fn failing_reason(since: DateTime<Utc>) -> String {
 /// successes have been applied to its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointHealth {
-    pub id: String,
+    pub id: EndpointId,
     /// The start of its current run of failures; `None` when a success in the batch ended it.
     pub failing_since: Option<DateTime<Utc>>,
 }
@@ -149,26 +151,26 @@ pub fn endpoints_to_disable(
     health: &[EndpointHealth],
     disable_after: chrono::Duration,
     now: DateTime<Utc>,
-) -> Vec<(String, String)> {
-    let enabled = |id: &str| health.iter().any(|h| h.id == id);
-    let mut chosen: Vec<(String, String)> = Vec::new();
-    let mut choose = |id: &str, reason: String| {
-        if !chosen.iter().any(|(c, _)| c == id) {
-            chosen.push((id.to_owned(), reason));
+) -> Vec<(EndpointId, String)> {
+    let enabled = |id: EndpointId| health.iter().any(|h| h.id == id);
+    let mut chosen: Vec<(EndpointId, String)> = Vec::new();
+    let mut choose = |id: EndpointId, reason: String| {
+        if !chosen.iter().any(|(c, _)| *c == id) {
+            chosen.push((id, reason));
         }
     };
     for o in applied {
         if let Some(reason) = &o.disable_reason
-            && enabled(&o.endpoint_id)
+            && enabled(o.endpoint_id)
         {
-            choose(&o.endpoint_id, reason.clone());
+            choose(o.endpoint_id, reason.clone());
         }
     }
     for h in health {
         if let Some(since) = h.failing_since
             && since <= now - disable_after
         {
-            choose(&h.id, failing_reason(since));
+            choose(h.id, failing_reason(since));
         }
     }
     chosen
@@ -177,8 +179,8 @@ pub fn endpoints_to_disable(
 /// An endpoint the store has just disabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisabledEndpoint {
-    pub id: String,
-    pub tenant: String,
+    pub id: EndpointId,
+    pub tenant: Tenant,
     pub url: String,
     pub reason: String,
 }
@@ -187,7 +189,7 @@ pub struct DisabledEndpoint {
 /// endpoints like any other event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperationalEvent {
-    pub tenant: String,
+    pub tenant: Tenant,
     pub event_type: &'static str,
     /// Stable for what happened, so recording the same thing twice publishes it once.
     pub event_id: String,
@@ -237,8 +239,10 @@ pub fn attempt_event(outcome: &Outcome, failing_after_attempts: i32) -> Option<O
         return None;
     }
     let event_type = match outcome.status {
-        "dead_letter" => "message.attempt.exhausted",
-        "failed" if outcome.attempt_count == failing_after_attempts => "message.attempt.failing",
+        DeliveryStatus::DeadLetter => "message.attempt.exhausted",
+        DeliveryStatus::Failed if outcome.attempt_count == failing_after_attempts => {
+            "message.attempt.failing"
+        }
         _ => return None,
     };
     Some(OperationalEvent {
@@ -284,8 +288,25 @@ pub fn operational_events(
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone as _;
+    use ids::{DeliveryId, MessageId};
 
     use super::*;
+
+    fn endpoint(n: u8) -> EndpointId {
+        EndpointId::parse(&format!("ep_{n:032x}")).unwrap()
+    }
+
+    fn delivery() -> DeliveryId {
+        DeliveryId::parse(&format!("dlv_{:032x}", 7)).unwrap()
+    }
+
+    fn message() -> MessageId {
+        MessageId::parse(&format!("msg_{:032x}", 1)).unwrap()
+    }
+
+    fn acme() -> Tenant {
+        Tenant::parse("acme").unwrap()
+    }
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()
@@ -306,13 +327,13 @@ mod tests {
 
     fn claimed(attempt_count: i32) -> Claimed {
         Claimed {
-            id: 7,
-            message_id: "msg_1".into(),
-            endpoint_id: "ep_1".into(),
+            id: delivery(),
+            message_id: message(),
+            endpoint_id: endpoint(1),
             attempt_count,
             max_attempts: 3,
             enqueued_at: t0(),
-            tenant: "acme".into(),
+            tenant: acme(),
             event_type: "order.paid".into(),
             payload: "{}".into(),
             url: "https://example.com/hook".into(),
@@ -340,7 +361,10 @@ mod tests {
     #[test]
     fn success_is_delivered() {
         let o = outcome_of(&claimed(0), &answered(204));
-        assert_eq!((o.status, o.attempt_outcome), ("delivered", "success"));
+        assert_eq!(
+            (o.status, o.attempt_outcome),
+            (DeliveryStatus::Delivered, AttemptOutcome::Success)
+        );
         assert_eq!((o.attempt_count, o.next_retry_at), (1, t0()));
         assert_eq!((o.throttle_until, o.disable_reason), (None, None));
     }
@@ -348,13 +372,19 @@ mod tests {
     #[test]
     fn failures_follow_the_schedule_then_dead_letter() {
         let first = outcome_of(&claimed(0), &answered(500));
-        assert_eq!((first.status, first.attempt_outcome), ("failed", "failure"));
+        assert_eq!(
+            (first.status, first.attempt_outcome),
+            (DeliveryStatus::Failed, AttemptOutcome::Failure)
+        );
         assert_eq!(first.next_retry_at, t0() + chrono::Duration::seconds(10));
         assert_eq!(first.throttle_until, None);
         let second = outcome_of(&claimed(1), &answered(500));
         assert_eq!(second.next_retry_at, t0() + chrono::Duration::seconds(60));
         let last = outcome_of(&claimed(2), &answered(500));
-        assert_eq!((last.status, last.attempt_count), ("dead_letter", 3));
+        assert_eq!(
+            (last.status, last.attempt_count),
+            (DeliveryStatus::DeadLetter, 3)
+        );
     }
 
     #[test]
@@ -384,14 +414,17 @@ mod tests {
             request_headers: serde_json::json!({}),
         };
         let o = outcome_of(&claimed(0), &result);
-        assert_eq!((o.status, o.attempt_outcome), ("failed", "timeout"));
+        assert_eq!(
+            (o.status, o.attempt_outcome),
+            (DeliveryStatus::Failed, AttemptOutcome::Timeout)
+        );
         assert!(o.throttle_until.is_some());
     }
 
     #[test]
     fn gone_disables_and_keeps_the_delivery_due() {
         let o = outcome_of(&claimed(2), &answered(410));
-        assert_eq!((o.status, o.next_retry_at), ("failed", t0()));
+        assert_eq!((o.status, o.next_retry_at), (DeliveryStatus::Failed, t0()));
         assert_eq!(o.disable_reason.as_deref(), Some(GONE_REASON));
         let redirect = outcome_of(&claimed(0), &answered(302));
         assert_eq!(redirect.error.as_deref(), Some("redirect 302 not followed"));
@@ -401,23 +434,23 @@ mod tests {
     fn endpoints_are_disabled_when_gone_or_failing_too_long_each_once() {
         let gone = outcome_of(&claimed(0), &answered(410));
         let mut other = outcome_of(&claimed(0), &answered(500));
-        other.endpoint_id = "ep_2".into();
+        other.endpoint_id = endpoint(2);
         let health = [
             EndpointHealth {
-                id: "ep_1".into(),
+                id: endpoint(1),
                 failing_since: Some(t0() - chrono::Duration::hours(5)),
             },
             EndpointHealth {
-                id: "ep_2".into(),
+                id: endpoint(2),
                 failing_since: Some(t0() - chrono::Duration::hours(1)),
             },
             EndpointHealth {
-                id: "ep_3".into(),
+                id: endpoint(3),
                 failing_since: Some(t0() - chrono::Duration::minutes(59)),
             },
             // A success in the same batch ended its failing run.
             EndpointHealth {
-                id: "ep_4".into(),
+                id: endpoint(4),
                 failing_since: None,
             },
         ];
@@ -430,9 +463,9 @@ mod tests {
         assert_eq!(
             chosen,
             [
-                ("ep_1".to_owned(), GONE_REASON.to_owned()),
+                (endpoint(1), GONE_REASON.to_owned()),
                 (
-                    "ep_2".to_owned(),
+                    endpoint(2),
                     "failing with no success since 2029-12-31T23:00:00Z".to_owned()
                 ),
             ]
@@ -449,15 +482,18 @@ mod tests {
         );
         let failing = attempt_event(&outcome_of(&claimed(1), &answered(500)), 2).unwrap();
         assert_eq!(failing.event_type, "message.attempt.failing");
-        assert_eq!(failing.event_id, "message.attempt.failing:7:2");
-        assert_eq!(failing.tenant, "acme");
+        assert_eq!(
+            failing.event_id,
+            format!("message.attempt.failing:{}:2", delivery())
+        );
+        assert_eq!(failing.tenant, acme());
         assert_eq!(
             failing.payload,
             serde_json::json!({
                 "type": "message.attempt.failing",
                 "data": {
-                    "messageId": "msg_1",
-                    "endpointId": "ep_1",
+                    "messageId": message(),
+                    "endpointId": endpoint(1),
                     "eventType": "order.paid",
                     "attempts": 2,
                     "lastResponseStatus": 500,
@@ -467,8 +503,11 @@ mod tests {
         );
         let exhausted = attempt_event(&outcome_of(&claimed(2), &answered(500)), 2).unwrap();
         assert_eq!(
-            (exhausted.event_type, exhausted.event_id.as_str()),
-            ("message.attempt.exhausted", "message.attempt.exhausted:7:3")
+            (exhausted.event_type, exhausted.event_id),
+            (
+                "message.attempt.exhausted",
+                format!("message.attempt.exhausted:{}:3", delivery())
+            )
         );
         assert_eq!(
             attempt_event(&outcome_of(&claimed(1), &answered(200)), 2),
@@ -490,16 +529,20 @@ mod tests {
 
     #[test]
     fn endpoint_disabled_event_names_the_endpoint_and_reason() {
-        let endpoint = DisabledEndpoint {
-            id: "ep_1".into(),
-            tenant: "acme".into(),
+        let disabled = DisabledEndpoint {
+            id: endpoint(1),
+            tenant: acme(),
             url: "https://example.com/hook".into(),
             reason: GONE_REASON.into(),
         };
-        let event = endpoint_disabled(&endpoint, t0());
+        let event = endpoint_disabled(&disabled, t0());
         assert_eq!(
             event.event_id,
-            format!("endpoint.disabled:ep_1:{}", t0().timestamp_millis())
+            format!(
+                "endpoint.disabled:{}:{}",
+                endpoint(1),
+                t0().timestamp_millis()
+            )
         );
         assert_eq!(event.payload["data"]["reason"], GONE_REASON);
         assert_eq!(event.payload["data"]["disabledAt"], "2030-01-01T00:00:00Z");
@@ -509,7 +552,7 @@ mod tests {
             ("endpoint.disabled", "acme")
         );
         let all = operational_events(
-            &[endpoint],
+            &[disabled],
             &[&outcome_of(&claimed(2), &answered(500))],
             2,
             t0(),

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use ids::MessageId;
 use webhook_signature::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningKey, signature_header,
 };
@@ -70,15 +71,16 @@ impl Sender {
     pub async fn send(
         &self,
         url: &str,
-        message_id: &str,
+        message_id: MessageId,
         payload: &str,
         keys: &[SigningKey],
         now: DateTime<Utc>,
     ) -> AttemptResult {
         let timestamp = now.timestamp();
+        let message_id = message_id.to_string();
         let request_headers = serde_json::json!({
             "content-type": "application/json",
-            HEADER_ID: message_id,
+            HEADER_ID: &message_id,
             HEADER_TIMESTAMP: timestamp.to_string(),
         });
         let started = std::time::Instant::now();
@@ -99,12 +101,12 @@ impl Sender {
         if keys.is_empty() {
             return failed("the endpoint has no live signing secret".to_owned(), false);
         }
-        let signature = signature_header(keys, message_id, timestamp, payload.as_bytes());
+        let signature = signature_header(keys, &message_id, timestamp, payload.as_bytes());
         let response = self
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(HEADER_ID, message_id)
+            .header(HEADER_ID, &message_id)
             .header(HEADER_TIMESTAMP, timestamp.to_string())
             .header(HEADER_SIGNATURE, signature)
             .body(payload.to_owned())

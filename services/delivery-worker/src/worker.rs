@@ -15,6 +15,7 @@ use std::{
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures::StreamExt as _;
+use ids::EndpointId;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
@@ -51,7 +52,7 @@ fn unit_random() -> f64 {
 /// Per-endpoint concurrency and rate limits, local to this worker instance.
 #[derive(Default)]
 struct EndpointGates {
-    gates: Mutex<HashMap<String, Arc<Gate>>>,
+    gates: Mutex<HashMap<EndpointId, Arc<Gate>>>,
 }
 
 struct Gate {
@@ -61,9 +62,9 @@ struct Gate {
 }
 
 impl EndpointGates {
-    fn gate(&self, endpoint: &str, per_endpoint: usize) -> Arc<Gate> {
+    fn gate(&self, endpoint: EndpointId, per_endpoint: usize) -> Arc<Gate> {
         let mut gates = self.gates.lock().expect("not poisoned");
-        Arc::clone(gates.entry(endpoint.to_owned()).or_insert_with(|| {
+        Arc::clone(gates.entry(endpoint).or_insert_with(|| {
             Arc::new(Gate {
                 concurrency: Arc::new(Semaphore::new(per_endpoint.max(1))),
                 next_slot: tokio::sync::Mutex::new(tokio::time::Instant::now()),
@@ -165,7 +166,7 @@ impl Worker {
     async fn claim(
         &self,
         limit: usize,
-    ) -> Result<(Uuid, Vec<Claimed>, HashMap<String, Vec<SigningKey>>), crate::store::StoreError>
+    ) -> Result<(Uuid, Vec<Claimed>, HashMap<EndpointId, Vec<SigningKey>>), crate::store::StoreError>
     {
         let claim_id = Uuid::new_v4();
         let now = self.clock.now();
@@ -179,14 +180,14 @@ impl Worker {
             )
             .await?;
         // Open each endpoint's secrets once per batch.
-        let mut keys: HashMap<String, Vec<SigningKey>> = HashMap::new();
+        let mut keys: HashMap<EndpointId, Vec<SigningKey>> = HashMap::new();
         for c in &claimed {
             if keys.contains_key(&c.endpoint_id) {
                 continue;
             }
             let mut opened = Vec::new();
             for sealed in c.sealed_secrets.iter().flatten() {
-                match self.store.open_sealed(sealed, &c.endpoint_id) {
+                match self.store.open_sealed(sealed, c.endpoint_id) {
                     Ok(key) => opened.push(key),
                     // A secret that does not open (a key missing from the keyring) is left out;
                     // the others still sign, and with none the attempt fails visibly.
@@ -195,7 +196,7 @@ impl Worker {
                     }
                 }
             }
-            keys.insert(c.endpoint_id.clone(), opened);
+            keys.insert(c.endpoint_id, opened);
         }
         Ok((claim_id, claimed, keys))
     }
@@ -207,14 +208,14 @@ impl Worker {
         keys: &[SigningKey],
         per_endpoint: usize,
     ) -> Outcome {
-        let gate = self.gates.gate(&claimed.endpoint_id, per_endpoint);
+        let gate = self.gates.gate(claimed.endpoint_id, per_endpoint);
         let _permit = gate.pass(claimed.rate_limit_per_second).await;
         let now = self.clock.now();
         let result = self
             .sender
             .send(
                 &claimed.url,
-                &claimed.message_id,
+                claimed.message_id,
                 &claimed.payload,
                 keys,
                 now,

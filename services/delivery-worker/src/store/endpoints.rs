@@ -10,38 +10,17 @@ use diesel::{
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use webhook_signature::SigningKey;
 
-use super::{Result, Store, StoreError, audit, new_id};
+use ids::{EndpointId, Tenant};
 
-/// The signing scheme of an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signing {
-    Hmac,
-    Ed25519,
-}
-
-impl Signing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hmac => "hmac",
-            Self::Ed25519 => "ed25519",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        if text == "ed25519" {
-            Self::Ed25519
-        } else {
-            Self::Hmac
-        }
-    }
-}
+use super::{Result, Store, StoreError, audit};
+use crate::model::Signing;
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct EndpointRow {
     #[diesel(sql_type = Text)]
-    pub id: String,
+    pub id: EndpointId,
     #[diesel(sql_type = Text)]
-    pub tenant: String,
+    pub tenant: Tenant,
     #[diesel(sql_type = Text)]
     pub url: String,
     #[diesel(sql_type = Text)]
@@ -59,17 +38,11 @@ pub struct EndpointRow {
     #[diesel(sql_type = Jsonb)]
     pub metadata: serde_json::Value,
     #[diesel(sql_type = Text)]
-    pub signing: String,
+    pub signing: Signing,
     #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
     pub updated_at: DateTime<Utc>,
-}
-
-impl EndpointRow {
-    pub fn signing(&self) -> Signing {
-        Signing::parse(&self.signing)
-    }
 }
 
 pub(super) const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, event_types, channels, disabled, \
@@ -78,7 +51,7 @@ pub(super) const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, event_t
 /// A new endpoint, already validated.
 #[derive(Debug, Clone)]
 pub struct NewEndpoint {
-    pub tenant: String,
+    pub tenant: Tenant,
     pub url: String,
     pub description: String,
     pub event_types: Option<Vec<String>>,
@@ -105,7 +78,7 @@ struct SecretRow {
     #[diesel(sql_type = BigInt)]
     id: i64,
     #[diesel(sql_type = Text)]
-    endpoint_id: String,
+    endpoint_id: EndpointId,
     #[diesel(sql_type = Bytea)]
     ciphertext: Vec<u8>,
 }
@@ -118,8 +91,10 @@ impl Store {
         secret: &SigningKey,
         now: DateTime<Utc>,
     ) -> Result<EndpointRow> {
-        let id = new_id("ep");
-        let sealed = self.keyring.seal(secret.to_secret_string().as_bytes(), &id);
+        let id = EndpointId::new();
+        let sealed = self
+            .keyring
+            .seal(secret.to_secret_string().as_bytes(), &id.to_string());
         let key_id = self.keyring.current_key_id().to_owned();
         let mut conn = self.conn().await?;
         let row = conn
@@ -137,7 +112,7 @@ impl Store {
                     .bind::<Nullable<Array<Text>>, _>(&new.channels)
                     .bind::<Nullable<Integer>, _>(new.rate_limit_per_second)
                     .bind::<Jsonb, _>(&new.metadata)
-                    .bind::<Text, _>(new.signing.as_str())
+                    .bind::<Text, _>(new.signing)
                     .bind::<Timestamptz, _>(now)
                     .get_result(conn)
                     .await?;
@@ -158,7 +133,7 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn get_endpoint(&self, tenant: &str, id: &str) -> Result<EndpointRow> {
+    pub async fn get_endpoint(&self, tenant: &Tenant, id: EndpointId) -> Result<EndpointRow> {
         let mut conn = self.conn().await?;
         Ok(diesel::sql_query(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE tenant = $1 AND id = $2"
@@ -171,13 +146,13 @@ impl Store {
 
     pub async fn update_endpoint(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &Tenant,
+        id: EndpointId,
         changes: EndpointChanges,
         now: DateTime<Utc>,
     ) -> Result<EndpointRow> {
         let mut conn = self.conn().await?;
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let tenant = tenant.clone();
         let row = conn
             .transaction::<_, StoreError, _>(async move |conn| {
                     let current: EndpointRow = diesel::sql_query(format!(
@@ -223,9 +198,14 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn delete_endpoint(&self, tenant: &str, id: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn delete_endpoint(
+        &self,
+        tenant: &Tenant,
+        id: EndpointId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut conn = self.conn().await?;
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let tenant = tenant.clone();
         conn.transaction::<_, StoreError, _>(async move |conn| {
             let deleted = diesel::sql_query("DELETE FROM endpoints WHERE tenant = $1 AND id = $2")
                 .bind::<Text, _>(&tenant)
@@ -253,9 +233,9 @@ impl Store {
     /// one still inside its rotation window.
     pub async fn signing_keys(
         &self,
-        endpoint_ids: &[String],
+        endpoint_ids: &[EndpointId],
         now: DateTime<Utc>,
-    ) -> Result<HashMap<String, Vec<SigningKey>>> {
+    ) -> Result<HashMap<EndpointId, Vec<SigningKey>>> {
         let mut conn = self.conn().await?;
         let rows: Vec<SecretRow> = diesel::sql_query(
             "SELECT id, endpoint_id, ciphertext FROM endpoint_secrets \
@@ -266,7 +246,7 @@ impl Store {
         .bind::<Timestamptz, _>(now)
         .load(&mut conn)
         .await?;
-        let mut keys: HashMap<String, Vec<SigningKey>> = HashMap::new();
+        let mut keys: HashMap<EndpointId, Vec<SigningKey>> = HashMap::new();
         for row in rows {
             let key = self.open_secret(&row)?;
             keys.entry(row.endpoint_id).or_default().push(key);
@@ -275,14 +255,14 @@ impl Store {
     }
 
     fn open_secret(&self, row: &SecretRow) -> Result<SigningKey> {
-        self.open_sealed(&row.ciphertext, &row.endpoint_id)
+        self.open_sealed(&row.ciphertext, row.endpoint_id)
     }
 
     /// Opens one sealed secret of `endpoint_id` into a signing key.
-    pub fn open_sealed(&self, sealed: &[u8], endpoint_id: &str) -> Result<SigningKey> {
+    pub fn open_sealed(&self, sealed: &[u8], endpoint_id: EndpointId) -> Result<SigningKey> {
         let plain = self
             .keyring
-            .open(sealed, endpoint_id)
+            .open(sealed, &endpoint_id.to_string())
             .map_err(|e| StoreError::Secret(e.to_string()))?;
         let text = String::from_utf8(plain).map_err(|e| StoreError::Secret(e.to_string()))?;
         SigningKey::parse(&text).map_err(|e| StoreError::Secret(e.to_string()))
@@ -291,14 +271,14 @@ impl Store {
     /// The endpoint's current key.
     pub async fn current_key(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &Tenant,
+        id: EndpointId,
         now: DateTime<Utc>,
     ) -> Result<SigningKey> {
         self.get_endpoint(tenant, id).await?;
-        self.signing_keys(&[id.to_owned()], now)
+        self.signing_keys(&[id], now)
             .await?
-            .remove(id)
+            .remove(&id)
             .and_then(|keys| keys.into_iter().next())
             .ok_or(StoreError::NotFound)
     }
@@ -306,17 +286,19 @@ impl Store {
     /// Makes `secret` current; the old live secrets expire after `old_ttl`.
     pub async fn rotate_secret(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &Tenant,
+        id: EndpointId,
         secret: &SigningKey,
         old_ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.get_endpoint(tenant, id).await?;
-        let sealed = self.keyring.seal(secret.to_secret_string().as_bytes(), id);
+        let sealed = self
+            .keyring
+            .seal(secret.to_secret_string().as_bytes(), &id.to_string());
         let key_id = self.keyring.current_key_id().to_owned();
         let mut conn = self.conn().await?;
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let tenant = tenant.clone();
         conn.transaction::<_, StoreError, _>(async move |conn| {
                 diesel::sql_query(
                     "UPDATE endpoint_secrets SET expires_at = LEAST(COALESCE(expires_at, $2), $2) \
@@ -374,9 +356,9 @@ impl Store {
                 }
                 let plain = self
                     .keyring
-                    .open(&row.ciphertext, &row.endpoint_id)
+                    .open(&row.ciphertext, &row.endpoint_id.to_string())
                     .map_err(|e| StoreError::Secret(e.to_string()))?;
-                let sealed = self.keyring.seal(&plain, &row.endpoint_id);
+                let sealed = self.keyring.seal(&plain, &row.endpoint_id.to_string());
                 diesel::sql_query("UPDATE endpoint_secrets SET ciphertext = $2, key_id = $3 WHERE id = $1 AND ciphertext = $4")
                     .bind::<BigInt, _>(row.id)
                     .bind::<Bytea, _>(&sealed)

@@ -10,14 +10,17 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
+use ids::{AttemptId, DeliveryId, EndpointId, MessageId, Tenant};
+
 use super::{EndpointRow, Result, Store, endpoints::ENDPOINT_COLUMNS, page};
+use crate::model::{AttemptOutcome, DeliveryStatus};
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct MessageRow {
     #[diesel(sql_type = Text)]
-    pub id: String,
+    pub id: MessageId,
     #[diesel(sql_type = Text)]
-    pub tenant: String,
+    pub tenant: Tenant,
     #[diesel(sql_type = Text)]
     pub event_id: String,
     #[diesel(sql_type = Text)]
@@ -32,14 +35,14 @@ pub struct MessageRow {
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct DeliveryRow {
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
     #[diesel(sql_type = Text)]
-    pub message_id: String,
+    pub id: DeliveryId,
     #[diesel(sql_type = Text)]
-    pub endpoint_id: String,
+    pub message_id: MessageId,
     #[diesel(sql_type = Text)]
-    pub status: String,
+    pub endpoint_id: EndpointId,
+    #[diesel(sql_type = Text)]
+    pub status: DeliveryStatus,
     #[diesel(sql_type = Integer)]
     pub attempt_count: i32,
     #[diesel(sql_type = Integer)]
@@ -61,14 +64,14 @@ pub(super) const DELIVERY_COLUMNS: &str = "d.id, d.message_id, d.endpoint_id, d.
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct AttemptRow {
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    #[diesel(sql_type = BigInt)]
-    pub delivery_id: i64,
     #[diesel(sql_type = Text)]
-    pub message_id: String,
+    pub id: AttemptId,
     #[diesel(sql_type = Text)]
-    pub endpoint_id: String,
+    pub delivery_id: DeliveryId,
+    #[diesel(sql_type = Text)]
+    pub message_id: MessageId,
+    #[diesel(sql_type = Text)]
+    pub endpoint_id: EndpointId,
     #[diesel(sql_type = Timestamptz)]
     pub attempted_at: DateTime<Utc>,
     #[diesel(sql_type = Integer)]
@@ -82,7 +85,7 @@ pub struct AttemptRow {
     #[diesel(sql_type = Nullable<Text>)]
     pub error: Option<String>,
     #[diesel(sql_type = Text)]
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
 }
 
 #[derive(Debug, Clone, Default, QueryableByName)]
@@ -102,30 +105,33 @@ pub struct QueueStats {
 }
 
 impl Store {
+    /// A page of the tenant's endpoints, oldest first, after the id `after` when given.
     pub async fn list_endpoints(
         &self,
-        tenant: &str,
-        after: &str,
+        tenant: &Tenant,
+        after: Option<EndpointId>,
         page_size: u32,
     ) -> Result<Vec<EndpointRow>> {
         let mut conn = self.conn().await?;
         Ok(diesel::sql_query(format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints \
+             WHERE tenant = $1 AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3"
         ))
         .bind::<Text, _>(tenant)
-        .bind::<Text, _>(after)
+        .bind::<Nullable<Text>, _>(after)
         .bind::<BigInt, _>(page(page_size))
         .load(&mut conn)
         .await?)
     }
 
+    /// A page of the tenant's messages, newest first, before the id `before_id` when given.
     pub async fn list_messages(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         event_type: Option<&str>,
         after: Option<DateTime<Utc>>,
         before: Option<DateTime<Utc>>,
-        page_token: &str,
+        before_id: Option<MessageId>,
         page_size: u32,
     ) -> Result<Vec<MessageRow>> {
         let mut conn = self.conn().await?;
@@ -133,26 +139,27 @@ impl Store {
             "SELECT id, tenant, event_id, event_type, payload, channels, created_at FROM messages \
              WHERE tenant = $1 AND ($2::text IS NULL OR event_type = $2) \
                AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) \
-               AND ($5 = '' OR id < $5) \
+               AND ($5::text IS NULL OR id < $5) \
              ORDER BY id DESC LIMIT $6",
         )
         .bind::<Text, _>(tenant)
         .bind::<Nullable<Text>, _>(event_type)
         .bind::<Nullable<Timestamptz>, _>(after)
         .bind::<Nullable<Timestamptz>, _>(before)
-        .bind::<Text, _>(page_token)
+        .bind::<Nullable<Text>, _>(before_id)
         .bind::<BigInt, _>(page(page_size))
         .load(&mut conn)
         .await?)
     }
 
+    /// A page of the tenant's deliveries, oldest first, after the id `after` when given.
     pub async fn list_deliveries(
         &self,
-        tenant: &str,
-        endpoint_id: Option<&str>,
-        message_id: Option<&str>,
-        status: Option<&str>,
-        after_id: i64,
+        tenant: &Tenant,
+        endpoint_id: Option<EndpointId>,
+        message_id: Option<MessageId>,
+        status: Option<DeliveryStatus>,
+        after: Option<DeliveryId>,
         page_size: u32,
     ) -> Result<Vec<DeliveryRow>> {
         let mut conn = self.conn().await?;
@@ -160,25 +167,26 @@ impl Store {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
              WHERE e.tenant = $1 AND ($2::text IS NULL OR d.endpoint_id = $2) \
                AND ($3::text IS NULL OR d.message_id = $3) AND ($4::text IS NULL OR d.status = $4) \
-               AND d.id > $5 ORDER BY d.id LIMIT $6"
+               AND ($5::text IS NULL OR d.id > $5) ORDER BY d.id LIMIT $6"
         ))
         .bind::<Text, _>(tenant)
         .bind::<Nullable<Text>, _>(endpoint_id)
         .bind::<Nullable<Text>, _>(message_id)
         .bind::<Nullable<Text>, _>(status)
-        .bind::<BigInt, _>(after_id)
+        .bind::<Nullable<Text>, _>(after)
         .bind::<BigInt, _>(page(page_size))
         .load(&mut conn)
         .await?)
     }
 
+    /// A page of the tenant's attempts, oldest first, after the id `after` when given.
     pub async fn list_attempts(
         &self,
-        tenant: &str,
-        endpoint_id: Option<&str>,
-        message_id: Option<&str>,
-        delivery_id: Option<i64>,
-        after_id: i64,
+        tenant: &Tenant,
+        endpoint_id: Option<EndpointId>,
+        message_id: Option<MessageId>,
+        delivery_id: Option<DeliveryId>,
+        after: Option<AttemptId>,
         page_size: u32,
     ) -> Result<Vec<AttemptRow>> {
         let mut conn = self.conn().await?;
@@ -187,20 +195,20 @@ impl Store {
                     a.request_headers, a.response_status, a.response_body, a.error, a.outcome \
              FROM attempts a JOIN endpoints e ON e.id = a.endpoint_id \
              WHERE e.tenant = $1 AND ($2::text IS NULL OR a.endpoint_id = $2) \
-               AND ($3::text IS NULL OR a.message_id = $3) AND ($4::bigint IS NULL OR a.delivery_id = $4) \
-               AND a.id > $5 ORDER BY a.id LIMIT $6",
+               AND ($3::text IS NULL OR a.message_id = $3) AND ($4::text IS NULL OR a.delivery_id = $4) \
+               AND ($5::text IS NULL OR a.id > $5) ORDER BY a.id LIMIT $6",
         )
         .bind::<Text, _>(tenant)
         .bind::<Nullable<Text>, _>(endpoint_id)
         .bind::<Nullable<Text>, _>(message_id)
-        .bind::<Nullable<BigInt>, _>(delivery_id)
-        .bind::<BigInt, _>(after_id)
+        .bind::<Nullable<Text>, _>(delivery_id)
+        .bind::<Nullable<Text>, _>(after)
         .bind::<BigInt, _>(page(page_size))
         .load(&mut conn)
         .await?)
     }
 
-    pub async fn queue_stats(&self, tenant: Option<&str>) -> Result<QueueStats> {
+    pub async fn queue_stats(&self, tenant: Option<&Tenant>) -> Result<QueueStats> {
         let mut conn = self.conn().await?;
         Ok(diesel::sql_query(
             "SELECT count(*) FILTER (WHERE d.status = 'pending') AS pending, \
@@ -218,11 +226,11 @@ impl Store {
     }
 
     /// Every delivery's status, counted, for the queue-size gauge.
-    pub async fn status_counts(&self) -> Result<BTreeMap<String, i64>> {
+    pub async fn status_counts(&self) -> Result<BTreeMap<DeliveryStatus, i64>> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = Text)]
-            status: String,
+            status: DeliveryStatus,
             #[diesel(sql_type = BigInt)]
             count: i64,
         }

@@ -8,12 +8,14 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 
-use super::{Result, Store, new_id, notify};
+use ids::{MessageId, Tenant};
+
+use super::{Result, Store, notify};
 
 /// A message to publish, already validated.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub tenant: String,
+    pub tenant: Tenant,
     pub event_id: String,
     pub event_type: String,
     pub payload: String,
@@ -22,7 +24,7 @@ pub struct NewMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    pub message_id: String,
+    pub message_id: MessageId,
     pub duplicate: bool,
     pub deliveries: u32,
 }
@@ -30,12 +32,13 @@ pub struct Published {
 #[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = Text)]
-    id: String,
+    id: MessageId,
 }
 
 impl Store {
     /// Stores a message and enqueues a delivery for every enabled endpoint subscribed to it, in
-    /// one transaction; the same (tenant, event id) again changes nothing.
+    /// one transaction; the same (tenant, event id) again changes nothing. Delivery ids are made
+    /// by the schema's `new_id` function, one per endpoint the fan-out finds (see its migration).
     pub async fn publish(
         &self,
         message: &NewMessage,
@@ -80,7 +83,7 @@ pub(super) async fn publish_in(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> std::result::Result<Published, diesel::result::Error> {
-    let id = new_id("msg");
+    let id = MessageId::new();
     let inserted: Vec<IdRow> = diesel::sql_query(
         "INSERT INTO messages (id, tenant, event_id, event_type, channels, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, event_id) DO NOTHING RETURNING id",
@@ -108,8 +111,8 @@ pub(super) async fn publish_in(
         });
     }
     let enqueued = diesel::sql_query(
-        "INSERT INTO deliveries (message_id, endpoint_id, max_attempts, next_retry_at, created_at) \
-         SELECT $1, e.id, $2, $3, $3 FROM endpoints e \
+        "INSERT INTO deliveries (id, message_id, endpoint_id, max_attempts, next_retry_at, created_at) \
+         SELECT new_id('dlv_'), $1, e.id, $2, $3, $3 FROM endpoints e \
          WHERE e.tenant = $4 AND NOT e.disabled \
            AND (e.event_types IS NULL OR $5 = ANY (e.event_types)) \
            AND (e.channels IS NULL OR e.channels && $6)",

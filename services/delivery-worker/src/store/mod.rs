@@ -23,11 +23,11 @@ use chrono::{DateTime, Utc};
 use database::{DatabaseError, Pool};
 use diesel::sql_types::{Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use ids::{EndpointId, Tenant};
 use secret_box::Keyring;
-use uuid::Uuid;
 
 pub use self::{
-    endpoints::{EndpointChanges, EndpointRow, NewEndpoint, Signing},
+    endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
     listings::{AttemptRow, DeliveryRow, MessageRow, QueueStats},
     messages::{NewMessage, Published},
     queue::{Claimed, Outcome, Recorded},
@@ -54,11 +54,6 @@ impl From<diesel::result::Error> for StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// Prefixed random ids: `ep_…`, `msg_…`.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", Uuid::new_v4().simple())
-}
 
 /// The store: a pool and the keyring that seals endpoint secrets.
 #[derive(Clone)]
@@ -88,8 +83,8 @@ impl Store {
 
 async fn audit(
     conn: &mut AsyncPgConnection,
-    tenant: &str,
-    endpoint_id: Option<&str>,
+    tenant: &Tenant,
+    endpoint_id: Option<&EndpointId>,
     action: &str,
     details: serde_json::Value,
     now: DateTime<Utc>,

@@ -10,22 +10,26 @@ use diesel::{
     },
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use ids::{AttemptId, DeliveryId, EndpointId, MessageId, Tenant};
 use uuid::Uuid;
 
 use super::{
     DeliveryRow, Result, Store, audit, listings::DELIVERY_COLUMNS, messages::publish_in, notify,
 };
-use crate::rules::{self, OperationalEvent};
+use crate::{
+    model::{AttemptOutcome, DeliveryStatus},
+    rules::{self, OperationalEvent},
+};
 
 /// A delivery the caller now holds the lease of, with what it needs to send it.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Claimed {
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
     #[diesel(sql_type = Text)]
-    pub message_id: String,
+    pub id: DeliveryId,
     #[diesel(sql_type = Text)]
-    pub endpoint_id: String,
+    pub message_id: MessageId,
+    #[diesel(sql_type = Text)]
+    pub endpoint_id: EndpointId,
     #[diesel(sql_type = Integer)]
     pub attempt_count: i32,
     #[diesel(sql_type = Integer)]
@@ -33,7 +37,7 @@ pub struct Claimed {
     #[diesel(sql_type = Timestamptz)]
     pub enqueued_at: DateTime<Utc>,
     #[diesel(sql_type = Text)]
-    pub tenant: String,
+    pub tenant: Tenant,
     #[diesel(sql_type = Text)]
     pub event_type: String,
     #[diesel(sql_type = Text)]
@@ -50,14 +54,14 @@ pub struct Claimed {
 /// What became of one claimed delivery, decided by the worker.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub delivery_id: i64,
+    pub delivery_id: DeliveryId,
     pub claim_id: Uuid,
-    pub message_id: String,
-    pub endpoint_id: String,
-    pub tenant: String,
+    pub message_id: MessageId,
+    pub endpoint_id: EndpointId,
+    pub tenant: Tenant,
     pub event_type: String,
-    /// `delivered`, `failed` or `dead_letter`.
-    pub status: &'static str,
+    /// Delivered, failed (due again at `next_retry_at`) or dead-lettered; never pending.
+    pub status: DeliveryStatus,
     pub attempt_count: i32,
     pub next_retry_at: DateTime<Utc>,
     pub attempted_at: DateTime<Utc>,
@@ -67,8 +71,7 @@ pub struct Outcome {
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error: Option<String>,
-    /// `success`, `failure` or `timeout`.
-    pub attempt_outcome: &'static str,
+    pub attempt_outcome: AttemptOutcome,
     /// Hold all deliveries to the endpoint until then (429/503 `Retry-After`, 502, 504, timeout).
     pub throttle_until: Option<DateTime<Utc>>,
     /// Disable the endpoint for this reason (410 Gone).
@@ -81,19 +84,19 @@ pub struct Recorded {
     /// Outcomes whose claim still held the row; the others were ignored.
     pub applied: Vec<usize>,
     pub events: Vec<OperationalEvent>,
-    pub disabled_endpoints: Vec<String>,
+    pub disabled_endpoints: Vec<EndpointId>,
 }
 
 #[derive(QueryableByName)]
-struct BigIdRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+struct DeliveryIdRow {
+    #[diesel(sql_type = Text)]
+    id: DeliveryId,
 }
 
 #[derive(QueryableByName)]
 struct HealthRow {
     #[diesel(sql_type = Text)]
-    id: String,
+    id: EndpointId,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     failing_since: Option<DateTime<Utc>>,
 }
@@ -101,9 +104,9 @@ struct HealthRow {
 #[derive(QueryableByName)]
 struct DisabledRow {
     #[diesel(sql_type = Text)]
-    id: String,
+    id: EndpointId,
     #[diesel(sql_type = Text)]
-    tenant: String,
+    tenant: Tenant,
     #[diesel(sql_type = Text)]
     url: String,
     #[diesel(sql_type = Text)]
@@ -181,8 +184,8 @@ impl Store {
     /// Makes one delivery due now, with a fresh attempt budget if it had run out.
     pub async fn retry_delivery(
         &self,
-        tenant: &str,
-        delivery_id: i64,
+        tenant: &Tenant,
+        delivery_id: DeliveryId,
         max_attempts: i32,
         now: DateTime<Utc>,
     ) -> Result<DeliveryRow> {
@@ -194,7 +197,7 @@ impl Store {
              RETURNING {DELIVERY_COLUMNS}"
         ))
         .bind::<Text, _>(tenant)
-        .bind::<BigInt, _>(delivery_id)
+        .bind::<Text, _>(delivery_id)
         .bind::<Timestamptz, _>(now)
         .bind::<Integer, _>(max_attempts)
         .get_result(&mut conn)
@@ -207,8 +210,8 @@ impl Store {
     /// with a fresh attempt budget.
     pub async fn redrive(
         &self,
-        tenant: &str,
-        endpoint_id: &str,
+        tenant: &Tenant,
+        endpoint_id: EndpointId,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         max_attempts: i32,
@@ -232,7 +235,7 @@ impl Store {
         audit(
             &mut conn,
             tenant,
-            Some(endpoint_id),
+            Some(&endpoint_id),
             "endpoint.redriven",
             serde_json::json!({ "deliveries": count }),
             now,
@@ -271,25 +274,25 @@ async fn record_in(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> std::result::Result<Recorded, diesel::result::Error> {
-    let ids: Vec<i64> = outcomes.iter().map(|o| o.delivery_id).collect();
+    let ids: Vec<DeliveryId> = outcomes.iter().map(|o| o.delivery_id).collect();
     let claims: Vec<Uuid> = outcomes.iter().map(|o| o.claim_id).collect();
-    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
+    let statuses: Vec<DeliveryStatus> = outcomes.iter().map(|o| o.status).collect();
     let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt_count).collect();
     let next: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.next_retry_at).collect();
     let response: Vec<Option<i32>> = outcomes.iter().map(|o| o.response_status).collect();
     let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
     let attempted: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.attempted_at).collect();
 
-    let applied: Vec<BigIdRow> = diesel::sql_query(
+    let applied: Vec<DeliveryIdRow> = diesel::sql_query(
         "UPDATE deliveries d SET status = r.status, attempt_count = r.attempt_count, \
            next_retry_at = r.next_retry_at, last_response_status = r.response_status, last_error = r.error, \
            claim_id = NULL, lease_expires_at = NULL, \
            delivered_at = CASE WHEN r.status = 'delivered' THEN r.attempted_at ELSE d.delivered_at END \
-         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::int[], $7::text[], $8::timestamptz[]) \
+         FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::int[], $7::text[], $8::timestamptz[]) \
            AS r(id, claim_id, status, attempt_count, next_retry_at, response_status, error, attempted_at) \
          WHERE d.id = r.id AND d.claim_id = r.claim_id RETURNING d.id",
     )
-    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<Text>, _>(&ids)
     .bind::<Array<SqlUuid>, _>(&claims)
     .bind::<Array<Text>, _>(&statuses)
     .bind::<Array<Integer>, _>(&attempts)
@@ -299,7 +302,8 @@ async fn record_in(
     .bind::<Array<Timestamptz>, _>(&attempted)
     .load(conn)
     .await?;
-    let applied_ids: std::collections::HashSet<i64> = applied.into_iter().map(|r| r.id).collect();
+    let applied_ids: std::collections::HashSet<DeliveryId> =
+        applied.into_iter().map(|r| r.id).collect();
     let applied: Vec<usize> = outcomes
         .iter()
         .enumerate()
@@ -312,14 +316,15 @@ async fn record_in(
     }
 
     diesel::sql_query(
-        "INSERT INTO attempts (delivery_id, message_id, endpoint_id, attempted_at, duration_ms, request_headers, \
+        "INSERT INTO attempts (id, delivery_id, message_id, endpoint_id, attempted_at, duration_ms, request_headers, \
            response_status, response_body, error, outcome) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::jsonb[], \
-           $7::int[], $8::text[], $9::text[], $10::text[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::jsonb[], \
+           $8::int[], $9::text[], $10::text[], $11::text[])",
     )
-    .bind::<Array<BigInt>, _>(kept.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(kept.iter().map(|o| o.message_id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(kept.iter().map(|o| o.endpoint_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(kept.iter().map(|_| AttemptId::new()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(kept.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(kept.iter().map(|o| o.message_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(kept.iter().map(|o| o.endpoint_id).collect::<Vec<_>>())
     .bind::<Array<Timestamptz>, _>(kept.iter().map(|o| o.attempted_at).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(kept.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
     .bind::<Array<Jsonb>, _>(kept.iter().map(|o| o.request_headers.clone()).collect::<Vec<_>>())
@@ -331,10 +336,11 @@ async fn record_in(
     .await?;
 
     // Endpoint health: failures start (or continue) a failing run, a success ends it.
-    let (succeeded, failed): (Vec<&Outcome>, Vec<&Outcome>) =
-        kept.iter().partition(|o| o.status == "delivered");
-    let failed_ids: Vec<&str> = failed.iter().map(|o| o.endpoint_id.as_str()).collect();
-    let succeeded_ids: Vec<&str> = succeeded.iter().map(|o| o.endpoint_id.as_str()).collect();
+    let (succeeded, failed): (Vec<&Outcome>, Vec<&Outcome>) = kept
+        .iter()
+        .partition(|o| o.status == DeliveryStatus::Delivered);
+    let failed_ids: Vec<EndpointId> = failed.iter().map(|o| o.endpoint_id).collect();
+    let succeeded_ids: Vec<EndpointId> = succeeded.iter().map(|o| o.endpoint_id).collect();
     if !failed_ids.is_empty() {
         diesel::sql_query(
             "UPDATE endpoints SET failing_since = COALESCE(failing_since, $2) WHERE id = ANY($1)",
@@ -387,9 +393,9 @@ async fn record_in(
     let to_disable = rules::endpoints_to_disable(&kept, &health, disable_after, now);
     let mut disabled: Vec<rules::DisabledEndpoint> = Vec::new();
     if !to_disable.is_empty() {
-        let (ids, reasons): (Vec<&str>, Vec<&str>) = to_disable
+        let (ids, reasons): (Vec<EndpointId>, Vec<&str>) = to_disable
             .iter()
-            .map(|(id, reason)| (id.as_str(), reason.as_str()))
+            .map(|(id, reason)| (*id, reason.as_str()))
             .unzip();
         let rows: Vec<DisabledRow> = diesel::sql_query(
             "UPDATE endpoints e SET disabled = TRUE, disabled_reason = r.reason, disabled_at = $3, updated_at = $3 \
@@ -406,7 +412,7 @@ async fn record_in(
         for id in &ids {
             if let Some(row) = rows.iter().find(|r| r.id == *id) {
                 disabled.push(rules::DisabledEndpoint {
-                    id: row.id.clone(),
+                    id: row.id,
                     tenant: row.tenant.clone(),
                     url: row.url.clone(),
                     reason: row.reason.clone(),

@@ -2,6 +2,8 @@
 //! PostgreSQL, delivering to real HTTP receivers on loopback.
 
 mod auth;
+mod input;
+mod migrations;
 mod queue;
 mod support;
 
@@ -212,10 +214,25 @@ async fn bad_requests_are_invalid_argument_and_change_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(stats.pending + stats.delivered, 0);
-    let missing = c
+    // An id of the wrong shape is a bad request; a well-formed id nobody has is not found.
+    let malformed = c
         .get_endpoint(GetEndpointRequest {
             tenant: "t".into(),
             id: "ep_missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (malformed.code(), malformed.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "id: must be \"ep_\" followed by 32 lowercase hexadecimal digits"
+        )
+    );
+    let missing = c
+        .get_endpoint(GetEndpointRequest {
+            tenant: "t".into(),
+            id: ids::EndpointId::new().to_string(),
         })
         .await
         .unwrap_err();
