@@ -29,7 +29,7 @@ const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::NotFound => Status::not_found("no such resource for this tenant"),
+            StoreError::NotFound(_) => Status::not_found(error.to_string()),
             StoreError::Database(DatabaseError::Timeout(_) | DatabaseError::Connect(_)) => {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable("the database is not reachable; retry later")

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName,
+    OptionalExtension as _, QueryableByName,
     sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
@@ -135,13 +135,15 @@ impl Store {
 
     pub async fn get_endpoint(&self, tenant: &Tenant, id: EndpointId) -> Result<EndpointRow> {
         let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(format!(
+        diesel::sql_query(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE tenant = $1 AND id = $2"
         ))
         .bind::<Text, _>(tenant)
         .bind::<Text, _>(id)
         .get_result(&mut conn)
-        .await?)
+        .await
+        .optional()?
+        .ok_or(StoreError::NotFound("endpoint"))
     }
 
     pub async fn update_endpoint(
@@ -161,7 +163,9 @@ impl Store {
                     .bind::<Text, _>(&tenant)
                     .bind::<Text, _>(&id)
                     .get_result(conn)
-                    .await?;
+                    .await
+                    .optional()?
+                    .ok_or(StoreError::NotFound("endpoint"))?;
                     let enabled = changes.enabled.unwrap_or(!current.disabled);
                     let re_enabled = enabled && current.disabled;
                     let row: EndpointRow = diesel::sql_query(format!(
@@ -213,7 +217,7 @@ impl Store {
                 .execute(conn)
                 .await?;
             if deleted == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::NotFound("endpoint"));
             }
             audit(
                 conn,
@@ -280,7 +284,7 @@ impl Store {
             .await?
             .remove(&id)
             .and_then(|keys| keys.into_iter().next())
-            .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::NotFound("live signing secret"))
     }
 
     /// Makes `secret` current; the old live secrets expire after `old_ttl`.

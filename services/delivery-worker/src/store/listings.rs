@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diesel::{
     QueryableByName,
-    sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz},
+    sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz},
 };
 use diesel_async::RunQueryDsl;
 
 use ids::{AttemptId, DeliveryId, EndpointId, MessageId, Tenant};
 
-use super::{EndpointRow, Result, Store, endpoints::ENDPOINT_COLUMNS, page};
+use super::{EndpointRow, Result, Store, StoreError, endpoints::ENDPOINT_COLUMNS, page};
 use crate::model::{AttemptOutcome, DeliveryStatus};
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -104,7 +104,50 @@ pub struct QueueStats {
     pub average_attempts: Option<f64>,
 }
 
+/// Whether each resource a listing is filtered by exists for the tenant.
+#[derive(QueryableByName)]
+struct Filters {
+    #[diesel(sql_type = Bool)]
+    endpoint: bool,
+    #[diesel(sql_type = Bool)]
+    message: bool,
+    #[diesel(sql_type = Bool)]
+    delivery: bool,
+}
+
 impl Store {
+    /// A listing filtered by a resource the tenant does not have answers "not found", as asking
+    /// for the resource itself does, rather than an empty page that looks like "nothing yet".
+    async fn check_filters(
+        conn: &mut database::PooledConnection,
+        tenant: &Tenant,
+        endpoint_id: Option<EndpointId>,
+        message_id: Option<MessageId>,
+        delivery_id: Option<DeliveryId>,
+    ) -> Result<()> {
+        if endpoint_id.is_none() && message_id.is_none() && delivery_id.is_none() {
+            return Ok(());
+        }
+        let found: Filters = diesel::sql_query(
+            "SELECT ($2::text IS NULL OR EXISTS (SELECT 1 FROM endpoints WHERE tenant = $1 AND id = $2)) AS endpoint, \
+                    ($3::text IS NULL OR EXISTS (SELECT 1 FROM messages WHERE tenant = $1 AND id = $3)) AS message, \
+                    ($4::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
+                                                 WHERE e.tenant = $1 AND d.id = $4)) AS delivery",
+        )
+        .bind::<Text, _>(tenant)
+        .bind::<Nullable<Text>, _>(endpoint_id)
+        .bind::<Nullable<Text>, _>(message_id)
+        .bind::<Nullable<Text>, _>(delivery_id)
+        .get_result(conn)
+        .await?;
+        match (found.endpoint, found.message, found.delivery) {
+            (false, _, _) => Err(StoreError::NotFound("endpoint")),
+            (_, false, _) => Err(StoreError::NotFound("message")),
+            (_, _, false) => Err(StoreError::NotFound("delivery")),
+            (true, true, true) => Ok(()),
+        }
+    }
+
     /// A page of the tenant's endpoints, oldest first, after the id `after` when given.
     pub async fn list_endpoints(
         &self,
@@ -152,7 +195,8 @@ impl Store {
         .await?)
     }
 
-    /// A page of the tenant's deliveries, oldest first, after the id `after` when given.
+    /// A page of the tenant's deliveries, oldest first, after the id `after` when given; an
+    /// endpoint or message filter must name one of the tenant's.
     pub async fn list_deliveries(
         &self,
         tenant: &Tenant,
@@ -163,6 +207,7 @@ impl Store {
         page_size: u32,
     ) -> Result<Vec<DeliveryRow>> {
         let mut conn = self.conn().await?;
+        Self::check_filters(&mut conn, tenant, endpoint_id, message_id, None).await?;
         Ok(diesel::sql_query(format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
              WHERE e.tenant = $1 AND ($2::text IS NULL OR d.endpoint_id = $2) \
@@ -179,7 +224,8 @@ impl Store {
         .await?)
     }
 
-    /// A page of the tenant's attempts, oldest first, after the id `after` when given.
+    /// A page of the tenant's attempts, oldest first, after the id `after` when given; an
+    /// endpoint, message or delivery filter must name one of the tenant's.
     pub async fn list_attempts(
         &self,
         tenant: &Tenant,
@@ -190,6 +236,7 @@ impl Store {
         page_size: u32,
     ) -> Result<Vec<AttemptRow>> {
         let mut conn = self.conn().await?;
+        Self::check_filters(&mut conn, tenant, endpoint_id, message_id, delivery_id).await?;
         Ok(diesel::sql_query(
             "SELECT a.id, a.delivery_id, a.message_id, a.endpoint_id, a.attempted_at, a.duration_ms, \
                     a.request_headers, a.response_status, a.response_body, a.error, a.outcome \

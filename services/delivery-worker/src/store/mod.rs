@@ -38,8 +38,9 @@ pub use self::{
 pub enum StoreError {
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    #[error("not found")]
-    NotFound,
+    /// The named resource does not exist for the tenant (or at all).
+    #[error("no such {0} for this tenant")]
+    NotFound(&'static str),
     #[error("a stored secret cannot be decrypted: {0}")]
     Secret(String),
 }
@@ -47,7 +48,7 @@ pub enum StoreError {
 impl From<diesel::result::Error> for StoreError {
     fn from(error: diesel::result::Error) -> Self {
         match error {
-            diesel::result::Error::NotFound => Self::NotFound,
+            diesel::result::Error::NotFound => Self::NotFound("resource"),
             other => Self::Database(DatabaseError::Query(other)),
         }
     }

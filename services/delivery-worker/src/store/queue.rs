@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName,
+    OptionalExtension as _, QueryableByName,
     sql_types::{
         Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
     },
@@ -14,7 +14,8 @@ use ids::{AttemptId, DeliveryId, EndpointId, MessageId, Tenant};
 use uuid::Uuid;
 
 use super::{
-    DeliveryRow, Result, Store, audit, listings::DELIVERY_COLUMNS, messages::publish_in, notify,
+    DeliveryRow, Result, Store, StoreError, audit, listings::DELIVERY_COLUMNS,
+    messages::publish_in, notify,
 };
 use crate::{
     model::{AttemptOutcome, DeliveryStatus},
@@ -201,7 +202,9 @@ impl Store {
         .bind::<Timestamptz, _>(now)
         .bind::<Integer, _>(max_attempts)
         .get_result(&mut conn)
-        .await?;
+        .await
+        .optional()?
+        .ok_or(StoreError::NotFound("delivery"))?;
         notify(&mut conn).await?;
         Ok(row)
     }

@@ -324,3 +324,129 @@ async fn page_tokens_the_api_did_not_give_out_are_refused() {
     assert_eq!(rest.messages.len(), 2);
     assert!(rest.next_page_token.is_empty());
 }
+
+#[tokio::test]
+async fn listings_filtered_by_what_the_tenant_does_not_have_are_not_found() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    let svc = start(settings(&db, &[]), None).await;
+    let mut c = svc.client.clone();
+    let ep = five_delivered(&mut c, &receiver).await;
+    let delivery = c
+        .list_deliveries(ListDeliveriesRequest {
+            tenant: "acme".into(),
+            endpoint_id: ep.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+        .remove(0);
+
+    // Well-formed ids that name nothing.
+    let no_endpoint = ids::EndpointId::new().to_string();
+    let no_message = ids::MessageId::new().to_string();
+    let no_delivery = ids::DeliveryId::new().to_string();
+    let not_found = |what: &str| (Code::NotFound, format!("no such {what} for this tenant"));
+    let deliveries = |tenant: &str, endpoint_id: &str, message_id: &str| ListDeliveriesRequest {
+        tenant: tenant.into(),
+        endpoint_id: endpoint_id.into(),
+        message_id: message_id.into(),
+        ..Default::default()
+    };
+    let attempts = |tenant: &str, endpoint_id: &str, message_id: &str, delivery_id: &str| {
+        ListAttemptsRequest {
+            tenant: tenant.into(),
+            endpoint_id: endpoint_id.into(),
+            message_id: message_id.into(),
+            delivery_id: delivery_id.into(),
+            ..Default::default()
+        }
+    };
+    assert_eq!(
+        refused(
+            c.list_deliveries(deliveries("acme", &no_endpoint, ""))
+                .await
+        ),
+        not_found("endpoint")
+    );
+    assert_eq!(
+        refused(c.list_deliveries(deliveries("acme", "", &no_message)).await),
+        not_found("message")
+    );
+    assert_eq!(
+        refused(
+            c.list_attempts(attempts("acme", &no_endpoint, "", ""))
+                .await
+        ),
+        not_found("endpoint")
+    );
+    assert_eq!(
+        refused(c.list_attempts(attempts("acme", "", &no_message, "")).await),
+        not_found("message")
+    );
+    assert_eq!(
+        refused(
+            c.list_attempts(attempts("acme", "", "", &no_delivery))
+                .await
+        ),
+        not_found("delivery")
+    );
+    // Another tenant's resources are as absent as missing ones, and agree with GetEndpoint.
+    assert_eq!(
+        refused(c.list_deliveries(deliveries("intruder", &ep, "")).await),
+        not_found("endpoint")
+    );
+    assert_eq!(
+        refused(
+            c.list_deliveries(deliveries("intruder", "", &delivery.message_id))
+                .await
+        ),
+        not_found("message")
+    );
+    assert_eq!(
+        refused(
+            c.list_attempts(attempts("intruder", "", "", &delivery.id))
+                .await
+        ),
+        not_found("delivery")
+    );
+    assert_eq!(
+        refused(
+            c.get_endpoint(GetEndpointRequest {
+                tenant: "intruder".into(),
+                id: ep.clone(),
+            })
+            .await
+        )
+        .0,
+        Code::NotFound
+    );
+    assert_eq!(
+        refused(
+            c.retry_delivery(RetryDeliveryRequest {
+                tenant: "acme".into(),
+                delivery_id: no_delivery.clone(),
+            })
+            .await
+        ),
+        not_found("delivery")
+    );
+    // Filters that exist still list, and an existing endpoint with nothing matching is an empty
+    // page, not an error.
+    let listed = c
+        .list_attempts(attempts("acme", &ep, &delivery.message_id, &delivery.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .attempts;
+    assert_eq!(listed.len(), 1);
+    let (quiet, _) = endpoint(&mut c, &receiver, "acme", "/quiet", &["never.sent"]).await;
+    let empty = c
+        .list_deliveries(deliveries("acme", &quiet, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.deliveries.is_empty());
+}
