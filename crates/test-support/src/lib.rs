@@ -223,8 +223,13 @@ pub async fn assert_operational(base: &str, components: &[&str]) {
         (200, Some("ok")),
         "{body}"
     );
-    let body = wait_ready(base, 200).await;
-    assert_eq!(body["status"], "ready");
+    // 200 comes as soon as the required components are up; wait for the others too.
+    let url = format!("{base}/ready");
+    let body = eventually(Duration::from_secs(30), "every component up", || async {
+        let (status, body) = get_json(&url).await.ok()?;
+        (status == 200 && body["status"] == "ready").then_some(body)
+    })
+    .await;
     let names: Vec<&str> = body["components"]
         .as_object()
         .expect("components")
