@@ -89,6 +89,22 @@ with commas. Empty when none is set.
 {{- end -}}
 {{- end -}}
 
+{{/*
+The ops port of one service, which serves /health, /ready and /metrics to the
+probes and Prometheus, given its values: ports.ops for gateway and
+webhook-ingest (their http port is public and answers 404 for /ready and
+/metrics), ports.http for the others. "sonora.opsPortName" is its name in the
+Pod and the Service: "ops" or "http". The Ingress only ever uses "http" of the
+public services.
+*/}}
+{{- define "sonora.opsPort" -}}
+{{- .ports.ops | default .ports.http -}}
+{{- end -}}
+
+{{- define "sonora.opsPortName" -}}
+{{- if .ports.ops -}}ops{{- else -}}http{{- end -}}
+{{- end -}}
+
 {{/* The image of one service: (dict "root" $ "service" "gateway"). */}}
 {{- define "sonora.image" -}}
 {{- $img := .root.Values.image -}}
@@ -190,6 +206,9 @@ The environment of one service's container, after envFrom the shared ConfigMap:
 {{- $defaults := dict "OTEL_SERVICE_NAME" $name "HTTP_ADDR" (printf "0.0.0.0:%v" $v.ports.http) -}}
 {{- if $v.ports.grpc -}}
 {{- $_ := set $defaults "GRPC_ADDR" (printf "0.0.0.0:%v" $v.ports.grpc) -}}
+{{- end -}}
+{{- if $v.ports.ops -}}
+{{- $_ := set $defaults "OPS_ADDR" (printf "0.0.0.0:%v" $v.ports.ops) -}}
 {{- end -}}
 {{- range $peer := $facts.peers -}}
 {{- $peerValues := index $root.Values.services $peer -}}
