@@ -56,6 +56,19 @@ impl RetrySchedule {
     }
 }
 
+impl RetrySchedule {
+    /// The delay after failed attempt number `attempt` of the delivery's current run of the
+    /// schedule (1-based: the run's first attempt is 1), with jitter from `unit`. Past the end of
+    /// the schedule it is the last delay, never none: a run may be longer than the schedule
+    /// lists when the schedule was shortened since the run started, and spending those attempts
+    /// back to back would only dead-letter the delivery again within seconds.
+    pub fn delay_in_run(&self, attempt: i32, unit: f64) -> Duration {
+        let last = i32::try_from(self.delays.len()).unwrap_or(i32::MAX);
+        self.delay_after(attempt.clamp(1, last.max(1)), unit)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// Bounds on a `Retry-After` the receiver asks for: at least a second, at most a day.
 pub fn bounded_retry_after(seconds: u64) -> Duration {
     Duration::from_secs(seconds.clamp(1, 24 * 3600))
@@ -79,6 +92,20 @@ mod tests {
         );
         assert_eq!(schedule.delay_after(8, 0.5), None);
         assert_eq!(schedule.delay_after(0, 0.5), None);
+    }
+
+    #[test]
+    fn a_run_past_the_schedule_keeps_its_last_delay() {
+        let schedule = RetrySchedule {
+            delays: vec![Duration::from_secs(10), Duration::from_secs(60)],
+            jitter: 0.0,
+        };
+        assert_eq!(schedule.delay_in_run(1, 0.5), Duration::from_secs(10));
+        assert_eq!(schedule.delay_in_run(2, 0.5), Duration::from_secs(60));
+        assert_eq!(schedule.delay_in_run(3, 0.5), Duration::from_secs(60));
+        assert_eq!(schedule.delay_in_run(40, 0.5), Duration::from_secs(60));
+        // A run never starts before its first attempt; be safe if asked anyway.
+        assert_eq!(schedule.delay_in_run(0, 0.5), Duration::from_secs(10));
     }
 
     #[test]

@@ -80,11 +80,12 @@ pub fn decide(
             (DeliveryStatus::DeadLetter, now)
         } else {
             // A receiver that says when to come back is believed, within bounds.
+            // Otherwise the schedule, indexed from where the delivery's current run started
+            // (redrive and retry start it over), so every run waits as the schedule says.
             let delay = retry_after.unwrap_or_else(|| {
                 policy
                     .schedule
-                    .delay_after(attempt, jitter_unit)
-                    .unwrap_or(Duration::ZERO)
+                    .delay_in_run(attempt - claimed.schedule_offset, jitter_unit)
             });
             (DeliveryStatus::Failed, now + chrono(delay))
         }
@@ -94,6 +95,7 @@ pub fn decide(
         claim_id,
         message_id: claimed.message_id,
         endpoint_id: claimed.endpoint_id,
+        schedule_offset: claimed.schedule_offset,
         tenant: claimed.tenant.clone(),
         event_type: claimed.event_type.clone(),
         status,
@@ -232,15 +234,18 @@ pub fn endpoint_disabled(endpoint: &DisabledEndpoint, now: DateTime<Utc>) -> Ope
 }
 
 /// `message.attempt.exhausted` when a delivery is dead-lettered, `message.attempt.failing` when
-/// it has failed `failing_after_attempts` times; nothing for other outcomes, nor for the
-/// deliveries of operational events themselves (no event about an event).
+/// it has failed `failing_after_attempts` times in its current run of the schedule (so a
+/// redriven delivery that keeps failing is reported again); nothing for other outcomes, nor for
+/// the deliveries of operational events themselves (no event about an event).
 pub fn attempt_event(outcome: &Outcome, failing_after_attempts: i32) -> Option<OperationalEvent> {
     if is_operational(&outcome.event_type) {
         return None;
     }
     let event_type = match outcome.status {
         DeliveryStatus::DeadLetter => "message.attempt.exhausted",
-        DeliveryStatus::Failed if outcome.attempt_count == failing_after_attempts => {
+        DeliveryStatus::Failed
+            if outcome.attempt_count - outcome.schedule_offset == failing_after_attempts =>
+        {
             "message.attempt.failing"
         }
         _ => return None,
@@ -332,6 +337,7 @@ mod tests {
             endpoint_id: endpoint(1),
             attempt_count,
             max_attempts: 3,
+            schedule_offset: 0,
             enqueued_at: t0(),
             tenant: acme(),
             event_type: "order.paid".into(),
@@ -384,6 +390,48 @@ mod tests {
         assert_eq!(
             (last.status, last.attempt_count),
             (DeliveryStatus::DeadLetter, 3)
+        );
+    }
+
+    #[test]
+    fn a_redriven_run_follows_the_schedule_from_its_start() {
+        // Dead-lettered after 3 attempts, then redriven: 3 more attempts, counted from 3.
+        let mut redriven = claimed(3);
+        redriven.max_attempts = 6;
+        redriven.schedule_offset = 3;
+        let first = outcome_of(&redriven, &answered(500));
+        assert_eq!(
+            (first.status, first.attempt_count),
+            (DeliveryStatus::Failed, 4)
+        );
+        assert_eq!(first.next_retry_at, t0() + chrono::Duration::seconds(10));
+        redriven.attempt_count = 4;
+        let second = outcome_of(&redriven, &answered(500));
+        assert_eq!(second.next_retry_at, t0() + chrono::Duration::seconds(60));
+        // A run longer than the schedule (one shortened since) keeps its last delay, never none.
+        let mut long = claimed(5);
+        long.max_attempts = 20;
+        long.schedule_offset = 1;
+        let past = outcome_of(&long, &answered(500));
+        assert_eq!(past.next_retry_at, t0() + chrono::Duration::seconds(60));
+    }
+
+    #[test]
+    fn the_failing_notice_counts_attempts_in_the_current_run() {
+        let mut redriven = claimed(4);
+        redriven.max_attempts = 6;
+        redriven.schedule_offset = 3;
+        // The second failure of the run (the fifth in all) is the notice's.
+        let event = attempt_event(&outcome_of(&redriven, &answered(500)), 2).unwrap();
+        assert_eq!(event.event_type, "message.attempt.failing");
+        assert_eq!(
+            event.event_id,
+            format!("message.attempt.failing:{}:5", delivery())
+        );
+        redriven.attempt_count = 3;
+        assert_eq!(
+            attempt_event(&outcome_of(&redriven, &answered(500)), 2),
+            None
         );
     }
 

@@ -35,6 +35,9 @@ pub struct Claimed {
     pub attempt_count: i32,
     #[diesel(sql_type = Integer)]
     pub max_attempts: i32,
+    /// The attempt count where the current run of the retry schedule started.
+    #[diesel(sql_type = Integer)]
+    pub schedule_offset: i32,
     #[diesel(sql_type = Timestamptz)]
     pub enqueued_at: DateTime<Utc>,
     #[diesel(sql_type = Text)]
@@ -59,6 +62,8 @@ pub struct Outcome {
     pub claim_id: Uuid,
     pub message_id: MessageId,
     pub endpoint_id: EndpointId,
+    /// As claimed: where the delivery's current run of the schedule started.
+    pub schedule_offset: i32,
     pub tenant: Tenant,
     pub event_type: String,
     /// Delivered, failed (due again at `next_retry_at`) or dead-lettered; never pending.
@@ -134,9 +139,10 @@ impl Store {
                ORDER BY d.next_retry_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED \
              ), claimed AS ( \
                UPDATE deliveries d SET claim_id = $3, lease_expires_at = $4 FROM due WHERE d.id = due.id \
-               RETURNING d.id, d.message_id, d.endpoint_id, d.attempt_count, d.max_attempts, d.created_at \
+               RETURNING d.id, d.message_id, d.endpoint_id, d.attempt_count, d.max_attempts, \
+                 d.schedule_offset, d.created_at \
              ) \
-             SELECT c.id, c.message_id, c.endpoint_id, c.attempt_count, c.max_attempts, \
+             SELECT c.id, c.message_id, c.endpoint_id, c.attempt_count, c.max_attempts, c.schedule_offset, \
                     c.created_at AS enqueued_at, m.tenant, m.event_type, m.payload, e.url, e.rate_limit_per_second, \
                     (SELECT array_agg(s.ciphertext ORDER BY s.created_at DESC, s.id DESC) FROM endpoint_secrets s \
                       WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)) AS sealed_secrets \
@@ -182,7 +188,8 @@ impl Store {
         Ok(recorded)
     }
 
-    /// Makes one delivery due now, with a fresh attempt budget if it had run out.
+    /// Makes one delivery due now and starts its retry schedule over: a full run of
+    /// `max_attempts` from its current attempt count, with the schedule's delays between them.
     pub async fn retry_delivery(
         &self,
         tenant: &Tenant,
@@ -193,7 +200,8 @@ impl Store {
         let mut conn = self.conn().await?;
         let row: DeliveryRow = diesel::sql_query(format!(
             "UPDATE deliveries d SET status = 'pending', next_retry_at = $3, \
-               max_attempts = GREATEST(d.max_attempts, d.attempt_count + $4), claim_id = NULL, lease_expires_at = NULL \
+               max_attempts = d.attempt_count + $4, schedule_offset = d.attempt_count, \
+               claim_id = NULL, lease_expires_at = NULL \
              FROM endpoints e WHERE e.id = d.endpoint_id AND e.tenant = $1 AND d.id = $2 \
              RETURNING {DELIVERY_COLUMNS}"
         ))
@@ -210,7 +218,7 @@ impl Store {
     }
 
     /// Puts an endpoint's dead letters (created within the range, when given) back in the queue
-    /// with a fresh attempt budget.
+    /// with a fresh attempt budget, starting the retry schedule over for each.
     pub async fn redrive(
         &self,
         tenant: &Tenant,
@@ -224,7 +232,8 @@ impl Store {
         let mut conn = self.conn().await?;
         let count = diesel::sql_query(
             "UPDATE deliveries SET status = 'pending', next_retry_at = $4, \
-               max_attempts = attempt_count + $5, claim_id = NULL, lease_expires_at = NULL \
+               max_attempts = attempt_count + $5, schedule_offset = attempt_count, \
+               claim_id = NULL, lease_expires_at = NULL \
              WHERE endpoint_id = $1 AND status = 'dead_letter' \
                AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)",
         )

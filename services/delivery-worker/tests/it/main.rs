@@ -5,6 +5,7 @@ mod auth;
 mod input;
 mod migrations;
 mod queue;
+mod schedule;
 mod support;
 
 use std::{sync::Arc, time::Duration};
