@@ -125,6 +125,7 @@ async fn setup(receiver_port: u16, endpoints: usize) -> Bench {
                     signing: Signing::Hmac,
                 },
                 &key,
+                delivery_worker::grpc::MAX_ENDPOINTS_PER_TENANT,
                 Utc::now(),
             )
             .await

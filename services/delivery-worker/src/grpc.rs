@@ -25,11 +25,16 @@ use crate::{
 pub use sonora_proto::delivery::v1::{MAX_BATCH_EVENTS, MAX_PAYLOAD_BYTES};
 const MAX_SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The most endpoints one tenant may have. Each endpoint has its own
+/// `webhooks_delivered_total` series, so without a bound one tenant could add series (and
+/// rows, and per-endpoint gates in every worker) without end.
+pub const MAX_ENDPOINTS_PER_TENANT: i64 = 1000;
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(_) => Status::not_found(error.to_string()),
+            StoreError::Limit { .. } => Status::resource_exhausted(error.to_string()),
             StoreError::Database(DatabaseError::Timeout(_) | DatabaseError::Connect(_)) => {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable("the database is not reachable; retry later")
@@ -450,6 +455,7 @@ impl Api for DeliveryApi {
                     signing: scheme,
                 },
                 &key,
+                MAX_ENDPOINTS_PER_TENANT,
                 self.clock.now(),
             )
             .await?;

@@ -77,6 +77,9 @@ pub struct Settings {
     pub disable_after: Duration,
     pub failing_after_attempts: i32,
     pub allowed_networks: Vec<IpNet>,
+    /// How often the queue gauge and the delivered series are refreshed: 15 s. Not read from
+    /// the environment (operators have no reason to change it); tests shorten it.
+    pub metrics_refresh: Duration,
 }
 
 fn bounded<T: PartialOrd + std::fmt::Display>(
@@ -189,6 +192,7 @@ impl Settings {
             )
             .map(|n| i32::try_from(n).expect("bounded"))?,
             allowed_networks: src.or("WEBHOOK_ALLOWED_NETWORKS", Vec::new())?,
+            metrics_refresh: Duration::from_secs(15),
         })
     }
 
@@ -346,7 +350,12 @@ impl Application {
                 tuning_rx,
             );
             spawn_reloader(signals.clone(), tuning_tx);
-            spawn_queue_gauge(store.clone(), delivery_metrics, signals.shutdown.clone());
+            spawn_metrics_refresh(
+                store.clone(),
+                delivery_metrics,
+                settings.metrics_refresh,
+                signals.shutdown.clone(),
+            );
             let url = settings.database.url.expose().to_owned();
             let (shutdown, grace) = (
                 signals.shutdown.clone(),
@@ -438,10 +447,14 @@ fn spawn_reloader(signals: Signals, tuning: watch::Sender<Tuning>) {
     });
 }
 
-/// Refreshes `webhook_queue_size{status}` every 15 seconds.
-fn spawn_queue_gauge(
+/// Every `every` (15 s): refreshes `webhook_queue_size{status}`, and drops the
+/// `webhooks_delivered_total` series of endpoints deleted since (on any instance: each instance
+/// asks the store which of its labelled endpoints still exist). A failed query leaves the
+/// metrics as they are until the next round.
+fn spawn_metrics_refresh(
     store: Store,
     metrics: metrics::DeliveryMetrics,
+    every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(async move {
@@ -454,9 +467,19 @@ fn spawn_queue_gauge(
                         .set(counts.get(status).copied().unwrap_or(0));
                 }
             }
+            let labelled = metrics.delivered_endpoints();
+            match store.existing_endpoints(&labelled).await {
+                Ok(existing) => {
+                    let dropped = metrics.forget_deleted(&existing);
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "delivered series of deleted endpoints dropped");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot check the labelled endpoints"),
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+                () = tokio::time::sleep(every) => {}
             }
         }
     });

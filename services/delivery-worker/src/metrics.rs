@@ -1,7 +1,17 @@
 //! The delivery metrics on `/metrics`.
+//!
+//! `webhooks_delivered_total{tenant,endpoint}` has a series per endpoint, which operators rely
+//! on. Its label values are typed (a tenant slug and an endpoint id, from the claimed row), so
+//! nothing a client writes becomes a label; and the series of deleted endpoints are dropped
+//! ([`DeliveryMetrics::delivered_endpoints`], [`DeliveryMetrics::forget_deleted`]), so the
+//! series follow the endpoints that exist instead of growing for as long as the process runs.
 
+use std::collections::HashMap;
+
+use ids::{EndpointId, Tenant};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    core::Collector as _,
 };
 
 use crate::{model::DeliveryStatus, store::Outcome};
@@ -68,6 +78,56 @@ impl DeliveryMetrics {
         }
     }
 
+    /// The (tenant, endpoint) label values of every `webhooks_delivered_total` series.
+    pub fn delivered_series(&self) -> Vec<(String, String)> {
+        self.delivered
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map(|pair| pair.value().to_owned())
+                        .unwrap_or_default()
+                };
+                (label("tenant"), label("endpoint"))
+            })
+            .collect()
+    }
+
+    /// The endpoints `webhooks_delivered_total` has series for, to ask the store which exist.
+    pub fn delivered_endpoints(&self) -> Vec<EndpointId> {
+        self.delivered_series()
+            .iter()
+            .filter_map(|(_, endpoint)| EndpointId::parse(endpoint).ok())
+            .collect()
+    }
+
+    /// Drops the `webhooks_delivered_total` series of every endpoint not in `existing` (the
+    /// endpoints that still exist, with their tenants), and any series whose labels are not an
+    /// endpoint of that tenant. Returns how many were dropped.
+    pub fn forget_deleted(&self, existing: &HashMap<EndpointId, Tenant>) -> usize {
+        let mut dropped = 0;
+        for (tenant, endpoint) in self.delivered_series() {
+            let live = EndpointId::parse(&endpoint)
+                .ok()
+                .and_then(|id| existing.get(&id))
+                .is_some_and(|owner| owner.as_str() == tenant);
+            if !live
+                && self
+                    .delivered
+                    .remove_label_values(&[tenant.as_str(), endpoint.as_str()])
+                    .is_ok()
+            {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Counts one recorded outcome.
     pub fn observe(&self, outcome: &Outcome) {
         self.attempts
@@ -87,5 +147,39 @@ impl DeliveryMetrics {
             DeliveryStatus::DeadLetter => self.dead_letters.inc(),
             DeliveryStatus::Pending | DeliveryStatus::Failed => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_series_of_deleted_endpoints_are_forgotten() {
+        let metrics = DeliveryMetrics::register(&Registry::new());
+        let (kept, deleted, moved) = (EndpointId::new(), EndpointId::new(), EndpointId::new());
+        let acme = Tenant::parse("acme").unwrap();
+        for (tenant, endpoint) in [("acme", kept), ("acme", deleted), ("beta", moved)] {
+            metrics
+                .delivered
+                .with_label_values(&[tenant, endpoint.to_string().as_str()])
+                .inc();
+        }
+        // A label that is no endpoint id at all goes too.
+        metrics.delivered.with_label_values(&["acme", "junk"]).inc();
+        let mut labelled = metrics.delivered_endpoints();
+        labelled.sort();
+        let mut expected = vec![kept, deleted, moved];
+        expected.sort();
+        assert_eq!(labelled, expected);
+
+        // `moved` exists, but not for the tenant its series names.
+        let existing = HashMap::from([(kept, acme.clone()), (moved, acme)]);
+        assert_eq!(metrics.forget_deleted(&existing), 3);
+        assert_eq!(
+            metrics.delivered_series(),
+            [("acme".to_owned(), kept.to_string())]
+        );
+        assert_eq!(metrics.forget_deleted(&existing), 0);
     }
 }

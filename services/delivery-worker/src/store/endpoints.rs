@@ -74,6 +74,12 @@ pub struct EndpointChanges {
 }
 
 #[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+#[derive(QueryableByName)]
 struct SecretRow {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -84,11 +90,13 @@ struct SecretRow {
 }
 
 impl Store {
-    /// Creates an endpoint with its first secret, in one transaction with its audit entry.
+    /// Creates an endpoint with its first secret, in one transaction with its audit entry,
+    /// unless the tenant already has `max_per_tenant` endpoints.
     pub async fn create_endpoint(
         &self,
         new: NewEndpoint,
         secret: &SigningKey,
+        max_per_tenant: i64,
         now: DateTime<Utc>,
     ) -> Result<EndpointRow> {
         let id = EndpointId::new();
@@ -98,7 +106,22 @@ impl Store {
         let key_id = self.keyring.current_key_id().to_owned();
         let mut conn = self.conn().await?;
         let row = conn
-            .transaction::<_, diesel::result::Error, _>(async move |conn| {
+            .transaction::<_, StoreError, _>(async move |conn| {
+                    // Creations for one tenant take turns, so two at once cannot both pass the
+                    // count.
+                    let count: Count = diesel::sql_query(
+                        "SELECT pg_advisory_xact_lock(hashtextextended('delivery.endpoints:' || $1, 0)), \
+                                (SELECT count(*) FROM endpoints WHERE tenant = $1) AS count",
+                    )
+                    .bind::<Text, _>(&new.tenant)
+                    .get_result(conn)
+                    .await?;
+                    if count.count >= max_per_tenant {
+                        return Err(StoreError::Limit {
+                            what: "endpoints",
+                            max: max_per_tenant,
+                        });
+                    }
                     let row: EndpointRow = diesel::sql_query(format!(
                         "INSERT INTO endpoints (id, tenant, url, description, event_types, channels, \
                          rate_limit_per_second, metadata, signing, created_at, updated_at) \
@@ -231,6 +254,30 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Which of `ids` still exist, with their tenants, whatever the tenant (for the metrics).
+    pub async fn existing_endpoints(
+        &self,
+        ids: &[EndpointId],
+    ) -> Result<HashMap<EndpointId, Tenant>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            id: EndpointId,
+            #[diesel(sql_type = Text)]
+            tenant: Tenant,
+        }
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT id, tenant FROM endpoints WHERE id = ANY($1)")
+                .bind::<Array<Text>, _>(ids)
+                .load(&mut conn)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.tenant)).collect())
     }
 
     /// The live signing keys of each endpoint, newest first: the current secret, then any old

@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The named resource does not exist for the tenant (or at all).
     #[error("no such {0} for this tenant")]
     NotFound(&'static str),
+    /// The tenant already has the most it may have.
+    #[error("the tenant already has {max} {what}, the most it may have")]
+    Limit { what: &'static str, max: i64 },
     #[error("a stored secret cannot be decrypted: {0}")]
     Secret(String),
 }

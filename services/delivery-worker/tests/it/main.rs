@@ -3,6 +3,7 @@
 
 mod auth;
 mod input;
+mod metrics;
 mod migrations;
 mod queue;
 mod schedule;

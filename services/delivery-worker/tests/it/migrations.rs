@@ -6,21 +6,10 @@ use std::time::Duration;
 use sonora_proto::delivery::v1::{
     DeliveryStatus, GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest,
 };
-use test_support::{TestDatabase, eventually, run_binary};
+use test_support::{TestDatabase, eventually};
 use tonic::Code;
 
-use crate::support::{Receiver, publish, settings, start};
-
-/// Runs SQL in the service's schema, as an operator would with psql.
-fn psql(db: &TestDatabase, sql: &str) -> String {
-    let run = run_binary(
-        "/usr/bin/psql",
-        &[&db.url, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
-        &[("PGOPTIONS", "-c search_path=delivery")],
-    );
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    run.stdout
-}
+use crate::support::{Receiver, psql, publish, settings, start};
 
 const ENDPOINT: &str = "ep_0000000000000000000000000000000e";
 

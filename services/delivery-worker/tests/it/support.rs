@@ -302,6 +302,8 @@ pub struct Running {
     pub signals: Signals,
     /// The gRPC port.
     pub port: u16,
+    /// The HTTP port of `/health`, `/ready` and `/metrics`.
+    pub http_port: u16,
 }
 
 impl Drop for Running {
@@ -321,6 +323,7 @@ pub async fn start(
     }
     .unwrap();
     let grpc = app.grpc_port();
+    let http_port = app.http_port();
     let database = app.database().clone();
     tokio::time::timeout(Duration::from_secs(30), database.migrated())
         .await
@@ -330,6 +333,7 @@ pub async fn start(
         client: Client::new(grpc),
         signals,
         port: grpc,
+        http_port,
     }
 }
 
@@ -399,4 +403,15 @@ pub fn manual_worker(
         settings.worker_policy(),
         rx,
     )
+}
+
+/// Runs SQL in the service's schema, as an operator would with psql.
+pub fn psql(db: &TestDatabase, sql: &str) -> String {
+    let run = test_support::run_binary(
+        "/usr/bin/psql",
+        &[&db.url, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        &[("PGOPTIONS", "-c search_path=delivery")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.stdout
 }
