@@ -296,14 +296,21 @@ impl DeliveryApi {
         }
     }
 
-    fn check_url(&self, url: &str) -> Result<String, Status> {
+    /// An endpoint URL the policy allows, as written and, for a host name, as it resolves now.
+    /// The message names the rule, never the URL (its path or query may carry a token).
+    async fn check_url(&self, url: &str) -> Result<String, Status> {
         if url.len() > 2048 {
             return Err(invalid("url", "is longer than 2048 characters"));
         }
-        self.policy
+        let url = self
+            .policy
             .check_url(url)
-            .map(|u| u.to_string())
-            .map_err(|refused| invalid("url", refused))
+            .map_err(|refused| invalid("url", refused))?;
+        self.policy
+            .check_destination(&url)
+            .await
+            .map_err(|refused| invalid("url", refused))?;
+        Ok(url.to_string())
     }
 }
 
@@ -432,7 +439,7 @@ impl Api for DeliveryApi {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
-        let url = self.check_url(&r.url)?;
+        let url = self.check_url(&r.url).await?;
         description(&r.description)?;
         let scheme = match pb::SigningScheme::try_from(r.signing)
             .map_err(|_| invalid("signing", "is unknown"))?
@@ -508,7 +515,10 @@ impl Api for DeliveryApi {
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
         let id = id("id", &r.id)?;
-        let url = r.url.as_deref().map(|u| self.check_url(u)).transpose()?;
+        let url = match r.url.as_deref() {
+            Some(url) => Some(self.check_url(url).await?),
+            None => None,
+        };
         if let Some(d) = &r.description {
             description(d)?;
         }

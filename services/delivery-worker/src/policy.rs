@@ -3,13 +3,20 @@
 //! In production only public unicast addresses are allowed, plus the networks an operator lists
 //! in `WEBHOOK_ALLOWED_NETWORKS`; loopback, private, link-local (cloud metadata at
 //! 169.254.169.254), carrier-grade NAT, multicast, documentation and other special ranges are
-//! refused. The check runs twice: on the URL when an endpoint is saved (IP literals), and on every
-//! address a host name resolves to, at delivery time, so a name that later resolves to a private
-//! address is still refused. Development allows every address, so a local receiver works.
+//! refused. Host names that are private by definition (`localhost`, single labels, `.internal`,
+//! `.local`, `.home.arpa`) are refused as written, whatever they resolve to here and now.
+//!
+//! The checks run at three moments: on the URL as written, whenever it is saved and before every
+//! attempt ([`AddressPolicy::check_url`]); when an endpoint is saved, on every address its host
+//! name resolves to, so a URL that would only ever fail is refused to the client at once
+//! ([`AddressPolicy::check_destination`]); and on every address a name resolves to at delivery
+//! time ([`PolicyResolver`]), so a name that later resolves to a private address is still
+//! refused. Development allows every address and name, so a local receiver works.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
+    time::Duration,
 };
 
 use settings::Environment;
@@ -137,6 +144,36 @@ pub enum UrlRefused {
     Credentials,
     #[error("the address {0} is not public and not in WEBHOOK_ALLOWED_NETWORKS")]
     Address(IpAddr),
+    #[error(
+        "the host name is private by definition (localhost, a single label, or a name under \
+         .localhost, .internal, .local or .home.arpa)"
+    )]
+    PrivateName,
+    // The addresses are not named: they would tell a client how this network resolves names.
+    #[error(
+        "the host name resolves to an address that is not public and not in \
+         WEBHOOK_ALLOWED_NETWORKS"
+    )]
+    ResolvesPrivate,
+    #[error("the host name does not resolve")]
+    Unresolved,
+    #[error("the host name did not resolve within {0:?}")]
+    ResolveTimeout(Duration),
+}
+
+/// How long saving an endpoint waits for its host name to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Names that only ever mean a machine on a private network: `localhost` and its subdomains
+/// (RFC 6761), single labels (resolved through search domains, to hosts nearby), `.internal`
+/// (cloud metadata such as `metadata.google.internal`, and private use), `.local` (mDNS) and
+/// `.home.arpa` (RFC 8375). A trailing dot changes nothing.
+pub fn is_private_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    !name.contains('.')
+        || ["localhost", "internal", "local", "home.arpa"]
+            .iter()
+            .any(|suffix| name == *suffix || name.ends_with(&format!(".{suffix}")))
 }
 
 impl AddressPolicy {
@@ -153,8 +190,9 @@ impl AddressPolicy {
             || self.allowed.iter().any(|net| net.contains(ip))
     }
 
-    /// Checks an endpoint URL as written: scheme, credentials, and the address when the host is an
-    /// IP literal. Host names are checked when they resolve ([`PolicyResolver`]).
+    /// Checks an endpoint URL as written: scheme, credentials, the address when the host is an
+    /// IP literal, and, in production, host names private by definition. What a name resolves
+    /// to is checked by [`Self::check_destination`] and [`PolicyResolver`].
     pub fn check_url(&self, raw: &str) -> Result<Url, UrlRefused> {
         let url = Url::parse(raw).map_err(|e| UrlRefused::Invalid(e.to_string()))?;
         match url.scheme() {
@@ -169,7 +207,12 @@ impl AddressPolicy {
         let ip = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => None,
+            Some(url::Host::Domain(name)) => {
+                if self.environment != Environment::Development && is_private_name(name) {
+                    return Err(UrlRefused::PrivateName);
+                }
+                None
+            }
             None => return Err(UrlRefused::Invalid("it has no host".to_owned())),
         };
         if let Some(ip) = ip
@@ -178,6 +221,44 @@ impl AddressPolicy {
             return Err(UrlRefused::Address(ip));
         }
         Ok(url)
+    }
+
+    /// Checks where a URL that passed [`Self::check_url`] leads, when it is saved: in production
+    /// a host name must resolve (within [`RESOLVE_TIMEOUT`]), and to allowed addresses only.
+    /// Delivery would refuse the others at every attempt; a client learns it now instead.
+    pub async fn check_destination(&self, url: &Url) -> Result<(), UrlRefused> {
+        if self.environment == Environment::Development {
+            return Ok(());
+        }
+        let Some(url::Host::Domain(name)) = url.host() else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addresses = match tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((name, port)),
+        )
+        .await
+        {
+            Ok(Ok(found)) => found.map(|a| a.ip()).collect::<Vec<_>>(),
+            Ok(Err(_)) => Vec::new(),
+            Err(_) => return Err(UrlRefused::ResolveTimeout(RESOLVE_TIMEOUT)),
+        };
+        self.check_resolved(&addresses)
+    }
+
+    /// The rule for what a name resolved to: at least one address, and every one allowed. (At
+    /// delivery the resolver uses the allowed ones; when saving, one refused address is enough
+    /// to refuse, since which of them a connection would use is not known.)
+    pub fn check_resolved(&self, addresses: &[IpAddr]) -> Result<(), UrlRefused> {
+        if addresses.is_empty() {
+            return Err(UrlRefused::Unresolved);
+        }
+        if addresses.iter().all(|ip| self.allows(*ip)) {
+            Ok(())
+        } else {
+            Err(UrlRefused::ResolvesPrivate)
+        }
     }
 }
 
@@ -253,15 +334,118 @@ mod tests {
         );
         assert!(policy.check_url("https://93.184.216.34/hook").is_ok());
         assert!(policy.check_url("https://example.com/hook").is_ok());
+        assert!(policy.check_url("https://hooks.example.co.uk./x").is_ok());
+        for url in [
+            "https://localhost/hook",
+            "https://LOCALHOST./hook",
+            "https://api.localhost/hook",
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://printer.local/hook",
+            "https://router.home.arpa/hook",
+            "https://home.arpa/hook",
+            "https://intranet/hook",
+            "https://intranet./hook",
+        ] {
+            assert_eq!(
+                policy.check_url(url),
+                Err(UrlRefused::PrivateName),
+                "{url} was allowed"
+            );
+        }
+        // Names that only look alike are public.
+        for url in [
+            "https://notlocalhost.com/hook",
+            "https://internal.example.com/hook",
+            "https://local.example/hook",
+        ] {
+            assert!(policy.check_url(url).is_ok(), "{url} was refused");
+        }
         // The allow-list opens a private network on purpose.
         assert!(policy.check_url("https://10.20.3.4/hook").is_ok());
         assert!(policy.check_url("https://10.21.3.4/hook").is_err());
     }
 
     #[test]
+    fn resolved_addresses_must_all_be_allowed() {
+        let policy = production();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(policy.check_resolved(&[]), Err(UrlRefused::Unresolved));
+        assert_eq!(policy.check_resolved(&[ip("93.184.216.34")]), Ok(()));
+        // One private address among public ones is enough to refuse.
+        assert_eq!(
+            policy.check_resolved(&[ip("93.184.216.34"), ip("10.0.0.7")]),
+            Err(UrlRefused::ResolvesPrivate)
+        );
+        assert_eq!(
+            policy.check_resolved(&[ip("169.254.169.254")]),
+            Err(UrlRefused::ResolvesPrivate)
+        );
+        // Unless the operator allowed that network.
+        assert_eq!(
+            policy.check_resolved(&[ip("93.184.216.34"), ip("10.20.0.7")]),
+            Ok(())
+        );
+        let refused = UrlRefused::ResolvesPrivate.to_string();
+        assert!(!refused.contains("10."), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn saving_resolves_names_in_production_only() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let production = production();
+        assert_eq!(
+            production
+                .check_destination(&url("https://nothing.invalid/hook"))
+                .await,
+            Err(UrlRefused::Unresolved)
+        );
+        assert_eq!(
+            production
+                .check_destination(&url("https://93.184.216.34/hook"))
+                .await,
+            Ok(())
+        );
+        let development = AddressPolicy::new(Environment::Development, vec![]);
+        assert_eq!(
+            development
+                .check_destination(&url("http://nothing.invalid/hook"))
+                .await,
+            Ok(())
+        );
+    }
+
+    /// At delivery time the resolver drops what the policy refuses, whatever the name: here a
+    /// name that resolves to loopback.
+    #[tokio::test]
+    async fn the_resolver_refuses_private_addresses_when_it_resolves() {
+        use std::str::FromStr as _;
+
+        use reqwest::dns::{Name, Resolve as _};
+        let resolver = PolicyResolver {
+            policy: Arc::new(production()),
+        };
+        let refused = resolver
+            .resolve(Name::from_str("localhost").unwrap())
+            .await
+            .err()
+            .expect("loopback is refused");
+        assert!(refused.to_string().starts_with("refused"), "{refused}");
+        let development = PolicyResolver {
+            policy: Arc::new(AddressPolicy::new(Environment::Development, vec![])),
+        };
+        let addrs: Vec<_> = development
+            .resolve(Name::from_str("localhost").unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+    }
+
+    #[test]
     fn development_allows_loopback_over_http() {
         let policy = AddressPolicy::new(Environment::Development, vec![]);
         assert!(policy.check_url("http://127.0.0.1:9000/hook").is_ok());
+        assert!(policy.check_url("http://localhost:9000/hook").is_ok());
         assert_eq!(
             policy.check_url("ftp://example.com/"),
             Err(UrlRefused::Scheme)

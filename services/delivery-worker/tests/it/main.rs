@@ -15,9 +15,9 @@ use chrono::{TimeZone as _, Utc};
 use delivery_worker::{Application, clock::ManualClock};
 use lifecycle::Signals;
 use sonora_proto::delivery::v1::{
-    CreateEndpointRequest, DeliveryStatus, GetEndpointRequest, GetQueueStatsRequest,
-    ListAttemptsRequest, ListDeliveriesRequest, ListEndpointsRequest, RedriveDeadLettersRequest,
-    RotateEndpointSecretRequest, UpdateEndpointRequest,
+    CreateEndpointRequest, DeleteEndpointRequest, DeliveryStatus, GetEndpointRequest,
+    GetQueueStatsRequest, ListAttemptsRequest, ListDeliveriesRequest, ListEndpointsRequest,
+    RedriveDeadLettersRequest, RotateEndpointSecretRequest, UpdateEndpointRequest,
 };
 use support::{Behavior, Receiver, endpoint, manual_worker, publish, settings, start};
 use test_support::{
@@ -734,12 +734,95 @@ async fn production_refuses_private_destinations() {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{url}");
     }
-    // A host name is checked when it resolves: localhost is refused at delivery time.
+    // Host names private by definition, or that resolve to private addresses or not at all, are
+    // refused when saved, on create and on update, naming the field and the rule.
     let port = receiver.base.rsplit(':').next().unwrap().to_owned();
-    let created = c
+    let localhost = format!("https://localhost:{port}/hook?token=s3cr3t");
+    for (url, rule) in [
+        (localhost.as_str(), "the host name is private by definition"),
+        (
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "the host name is private by definition",
+        ),
+        (
+            "https://api.localhost/hook",
+            "the host name is private by definition",
+        ),
+        (
+            "https://printer.local/hook",
+            "the host name is private by definition",
+        ),
+        (
+            "https://router.home.arpa/hook",
+            "the host name is private by definition",
+        ),
+        (
+            "https://intranet/hook",
+            "the host name is private by definition",
+        ),
+        (
+            "https://nothing.invalid/hook",
+            "the host name does not resolve",
+        ),
+    ] {
+        let status = c
+            .create_endpoint(CreateEndpointRequest {
+                tenant: "acme".into(),
+                url: url.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{url}");
+        assert!(
+            status.message().starts_with(&format!("url: {rule}")),
+            "{url}: {status:?}"
+        );
+        assert!(!status.message().contains("s3cr3t"), "{status:?}");
+    }
+    let public = c
         .create_endpoint(CreateEndpointRequest {
             tenant: "acme".into(),
-            url: format!("https://localhost:{port}/hook"),
+            url: "https://93.184.216.34/hook".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    let status = c
+        .update_endpoint(UpdateEndpointRequest {
+            tenant: "acme".into(),
+            id: public.id.clone(),
+            url: Some(localhost.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("url: the host name is private"),
+        "{status:?}"
+    );
+    c.delete_endpoint(DeleteEndpointRequest {
+        tenant: "acme".into(),
+        id: public.id,
+    })
+    .await
+    .unwrap();
+
+    // An endpoint saved before these rules (here: by a development instance on the same
+    // database) is still refused when delivery comes to it.
+    let development = start(settings(&db, &[("WORKER_ENABLED", "false")]), None).await;
+    let created = development
+        .client
+        .clone()
+        .create_endpoint(CreateEndpointRequest {
+            tenant: "acme".into(),
+            url: localhost,
             ..Default::default()
         })
         .await
