@@ -145,15 +145,23 @@ impl Settings {
                 SettingError::new("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", e.to_string())
             })?;
         }
-        let lease: Duration = src.or("WORKER_LEASE", Duration::from_secs(60))?;
-        let request_timeout: Duration =
-            src.or("WEBHOOK_REQUEST_TIMEOUT", Duration::from_secs(15))?;
-        if lease <= request_timeout {
+        let database = DatabaseSettings::load(src)?;
+        // The lease is what a killed worker's rows wait out before another worker takes them, so
+        // it is short; a live worker keeps its rows by renewing their leases every third of it
+        // (`worker` module), however long a delivery takes. A renewal may wait for a database
+        // connection as long as DATABASE_CONNECT_TIMEOUT, so a lease shorter than three of those
+        // could run out while a healthy worker waits for the pool.
+        let lease: Duration = src.or("WORKER_LEASE", Duration::from_secs(15))?;
+        if lease < database.connect_timeout * 3 || lease < Duration::from_secs(1) {
             return Err(SettingError::new(
                 "WORKER_LEASE",
-                "must be longer than WEBHOOK_REQUEST_TIMEOUT, or a slow delivery could be sent twice",
+                "must be at least 1s and at least three times DATABASE_CONNECT_TIMEOUT: it is \
+                 renewed every third of it while deliveries are in flight, and a renewal may wait \
+                 that long for a database connection",
             ));
         }
+        let request_timeout: Duration =
+            src.or("WEBHOOK_REQUEST_TIMEOUT", Duration::from_secs(15))?;
         let defaults = RetrySchedule::default();
         let jitter: f64 = src
             .or("WEBHOOK_RETRY_JITTER", "0.2".to_owned())?
@@ -171,7 +179,7 @@ impl Settings {
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50053).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9103).into())?,
-            database: DatabaseSettings::load(src)?,
+            database,
             encryption_key,
             previous_encryption_keys,
             worker_enabled: src.or("WORKER_ENABLED", true)?,
@@ -483,4 +491,43 @@ fn spawn_metrics_refresh(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        let mut all = vec![
+            ("DATABASE_URL", "postgres://127.0.0.1/x".to_owned()),
+            ("WEBHOOK_SECRET_ENCRYPTION_KEY", secret_box::generate_key()),
+        ];
+        all.extend(pairs.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Settings::load(&Sources::from_pairs(all).expect("no settings file"))
+    }
+
+    #[test]
+    fn the_lease_is_short_and_fits_its_heartbeat() {
+        assert_eq!(load(&[]).unwrap().lease, Duration::from_secs(15));
+        // A lease shorter than a request is fine now: the heartbeat keeps the row.
+        let slow = load(&[("WORKER_LEASE", "15s"), ("WEBHOOK_REQUEST_TIMEOUT", "60s")]).unwrap();
+        assert!(slow.lease < slow.request_timeout);
+        // Too short for a renewal that waits DATABASE_CONNECT_TIMEOUT (5 s) for a connection.
+        let error = load(&[("WORKER_LEASE", "10s")]).unwrap_err();
+        assert_eq!(error.name, "WORKER_LEASE");
+        assert!(
+            error
+                .problem
+                .contains("at least three times DATABASE_CONNECT_TIMEOUT"),
+            "{error}"
+        );
+        assert!(load(&[("WORKER_LEASE", "3s"), ("DATABASE_CONNECT_TIMEOUT", "1s")]).is_ok());
+        assert!(
+            load(&[
+                ("WORKER_LEASE", "600ms"),
+                ("DATABASE_CONNECT_TIMEOUT", "200ms")
+            ])
+            .is_err()
+        );
+    }
 }

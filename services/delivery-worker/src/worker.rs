@@ -6,6 +6,11 @@
 //! them while it runs. On shutdown it stops claiming, lets in-flight deliveries finish within the
 //! grace period, and records them; rows it could not finish keep their lease and come back to some
 //! worker when the lease expires.
+//!
+//! Leases are short (`WORKER_LEASE`, 15 s by default) so that a killed worker's rows come back
+//! soon, and a heartbeat keeps a live worker's rows: every third of the lease, one `UPDATE`
+//! extends the lease of every row this instance holds, from its claim until its outcome is
+//! recorded. A delivery slower than the lease is therefore never sent twice by a live worker.
 
 use std::{
     collections::HashMap,
@@ -15,7 +20,7 @@ use std::{
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures::StreamExt as _;
-use ids::EndpointId;
+use ids::{DeliveryId, EndpointId};
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
@@ -47,6 +52,32 @@ fn unit_random() -> f64 {
         .map(|r| r.expose())
         .unwrap_or([0x80, 0, 0, 0, 0, 0, 0, 0]);
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The rows this instance holds, from their claim until their outcome is recorded (or given up),
+/// with the claim that holds each: what the heartbeat renews.
+#[derive(Default)]
+struct Held {
+    rows: Mutex<HashMap<DeliveryId, Uuid>>,
+}
+
+impl Held {
+    fn hold(&self, claim_id: Uuid, rows: &[Claimed]) {
+        let mut held = self.rows.lock().expect("not poisoned");
+        held.extend(rows.iter().map(|c| (c.id, claim_id)));
+    }
+
+    fn release(&self, rows: impl IntoIterator<Item = DeliveryId>) {
+        let mut held = self.rows.lock().expect("not poisoned");
+        for id in rows {
+            held.remove(&id);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(DeliveryId, Uuid)> {
+        let held = self.rows.lock().expect("not poisoned");
+        held.iter().map(|(id, claim)| (*id, *claim)).collect()
+    }
 }
 
 /// Per-endpoint concurrency and rate limits, local to this worker instance.
@@ -105,6 +136,7 @@ pub struct Worker {
     capacity: Arc<Semaphore>,
     capacity_total: Mutex<usize>,
     gates: EndpointGates,
+    held: Held,
     wake: Arc<Notify>,
 }
 
@@ -128,6 +160,7 @@ impl Worker {
             capacity: Arc::new(Semaphore::new(max)),
             capacity_total: Mutex::new(max),
             gates: EndpointGates::default(),
+            held: Held::default(),
             wake: Arc::new(Notify::new()),
         })
     }
@@ -258,7 +291,8 @@ impl Worker {
     }
 
     /// Claims, delivers and records one batch, waiting for all of it; returns how many deliveries
-    /// it attempted. Tests drive the worker with it under a manual clock.
+    /// it attempted. Tests drive the worker with it under a manual clock. (No heartbeat: nothing
+    /// else claims while a test steps the worker.)
     pub async fn run_once(&self) -> Result<usize, crate::store::StoreError> {
         let tuning = self.apply_tuning();
         let (claim_id, claimed, keys) = self.claim(tuning.batch_size).await?;
@@ -283,6 +317,8 @@ impl Worker {
     ) {
         let (tx, rx) = mpsc::channel::<Outcome>(8192);
         let recorder = tokio::spawn(Arc::clone(&self).recorder(rx));
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat(heartbeat_stop.clone()));
         let listener = tokio::spawn(listen(listen_url, Arc::clone(&self.wake), shutdown.clone()));
         let mut reloads = self.tuning.clone();
         let mut tasks = JoinSet::new();
@@ -315,9 +351,12 @@ impl Worker {
             let (claim_id, claimed, keys) = batch;
             let full = claimed.len() >= free;
             let keys = Arc::new(keys);
+            self.held.hold(claim_id, &claimed);
             for c in claimed {
                 let Ok(permit) = Arc::clone(&self.capacity).acquire_owned().await else {
-                    break;
+                    // Never closed; if it were, the row would come back when its lease expires.
+                    self.held.release([c.id]);
+                    continue;
                 };
                 let (this, keys, tx) = (Arc::clone(&self), Arc::clone(&keys), tx.clone());
                 tasks.spawn(async move {
@@ -362,7 +401,44 @@ impl Worker {
         }
         drop(tx);
         let _ = recorder.await;
+        // Whatever is still held was abandoned: let its leases run out.
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
         let _ = listener.await;
+    }
+
+    /// Renews the leases of the rows this instance holds, every third of the lease, in one
+    /// `UPDATE`, until `stop`. A renewal that fails is tried again at the next beat; the lease
+    /// outlives two failed beats, so a database hiccup costs nothing, and an instance cut off
+    /// from the database for a whole lease loses its rows to another, which sends them again
+    /// (at least once).
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.policy.lease / 3;
+        let mut beats = tokio::time::interval(every);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beats.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = beats.tick() => {}
+            }
+            let held = self.held.snapshot();
+            if held.is_empty() {
+                continue;
+            }
+            let until = self.clock.now() + chrono(self.policy.lease);
+            match tokio::time::timeout(every, self.store.renew_leases(&held, until)).await {
+                Ok(Ok(renewed)) => tracing::trace!(held = held.len(), renewed, "leases renewed"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, held = held.len(), "cannot renew the leases of deliveries in flight");
+                }
+                Err(_) => tracing::warn!(
+                    held = held.len(),
+                    timeout = ?every,
+                    "renewing the leases of deliveries in flight timed out"
+                ),
+            }
+        }
     }
 
     /// Writes outcomes in batches: whatever arrived within a few milliseconds of the first.
@@ -386,8 +462,9 @@ impl Worker {
             loop {
                 match self.record(&buffer).await {
                     Ok(()) => break,
-                    // Past the lease the rows belong to whoever claims them next, and they will be
-                    // delivered again (at least once): these outcomes no longer count.
+                    // After a whole lease of failures, give up: the heartbeat stops renewing these
+                    // rows, they pass to whoever claims them next and are delivered again (at
+                    // least once), and these outcomes no longer count.
                     Err(error) if started.elapsed() >= self.policy.lease => {
                         tracing::error!(%error, dropped = buffer.len(), "gave up recording outcomes after the lease");
                         break;
@@ -399,7 +476,8 @@ impl Worker {
                     }
                 }
             }
-            buffer.clear();
+            // Recorded, or given up: either way no longer this instance's to renew.
+            self.held.release(buffer.drain(..).map(|o| o.delivery_id));
         }
     }
 }

@@ -157,6 +157,30 @@ impl Store {
         .await?)
     }
 
+    /// Extends to `until` the lease of each row still held by the claim it is paired with: the
+    /// heartbeat of a worker whose deliveries are in flight, one statement for all of them. Rows
+    /// recorded since (claim cleared) or claimed by another worker after an expiry are left
+    /// alone. Returns how many leases were extended.
+    pub async fn renew_leases(
+        &self,
+        held: &[(DeliveryId, Uuid)],
+        until: DateTime<Utc>,
+    ) -> Result<u64> {
+        let (ids, claims): (Vec<DeliveryId>, Vec<Uuid>) = held.iter().copied().unzip();
+        let mut conn = self.conn().await?;
+        let renewed = diesel::sql_query(
+            "UPDATE deliveries d SET lease_expires_at = $3 \
+             FROM unnest($1::text[], $2::uuid[]) AS h(id, claim_id) \
+             WHERE d.id = h.id AND d.claim_id = h.claim_id",
+        )
+        .bind::<Array<Text>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&claims)
+        .bind::<Timestamptz, _>(until)
+        .execute(&mut conn)
+        .await?;
+        Ok(renewed as u64)
+    }
+
     /// Applies outcomes in one transaction: only those whose claim still holds the row, with their
     /// attempts, the endpoints' health, and the operational events they cause.
     pub async fn record(

@@ -5,7 +5,7 @@ use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use delivery_worker::clock::SystemClock;
@@ -87,6 +87,9 @@ async fn three_workers_deliver_a_thousand_messages_once_each() {
     assert_eq!(counts.len(), 3000, "some deliveries are missing");
 }
 
+/// A worker killed with SIGKILL loses nothing, and its rows come back within the lease: with
+/// the default lease (15 s, renewed by a heartbeat while the worker lives), the last of them is
+/// delivered well within the old 60 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_nothing() {
     let db = TestDatabase::create().await.unwrap();
@@ -101,14 +104,15 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         },
     );
     let key = secret_box::generate_key();
-    let tuning = [
-        ("WORKER_LEASE", "3s"),
-        ("WEBHOOK_REQUEST_TIMEOUT", "2s"),
-        ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
-    ];
-    let mut extra = vec![("WORKER_ENABLED", "false")];
-    extra.extend(tuning);
-    let s = settings(&db, &extra);
+    // The default lease and request timeout, in the test as in the killed process.
+    let s = settings(
+        &db,
+        &[
+            ("WORKER_ENABLED", "false"),
+            ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
+        ],
+    );
+    assert_eq!(s.lease, Duration::from_secs(15));
     let mut svc = start(s.clone(), None).await;
     let c = &mut svc.client;
     endpoint(c, &receiver, "acme", "/slow", &[]).await;
@@ -130,8 +134,6 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
             ("GRPC_ADDR", "127.0.0.1:0"),
             ("HTTP_ADDR", "127.0.0.1:0"),
             ("WEBHOOK_SECRET_ENCRYPTION_KEY", key.as_str()),
-            ("WORKER_LEASE", "3s"),
-            ("WEBHOOK_REQUEST_TIMEOUT", "2s"),
             ("MAX_CONCURRENT_DELIVERIES", "32"),
             ("LOG_FORMAT", "json"),
             (
@@ -151,6 +153,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     )
     .await;
     child.kill().unwrap(); // SIGKILL: no drain, no recording.
+    let killed = Instant::now();
     child.wait().unwrap();
     let seen_before = receiver.received_on("/slow").len();
     assert!(
@@ -162,7 +165,31 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     let stop = CancellationToken::new();
     let url = s.database.url.expose().to_owned();
     let survivor = tokio::spawn(worker(&s).run(url, stop.clone(), Duration::from_secs(5)));
-    eventually(Duration::from_secs(90), "all 200 delivered", || {
+    let distinct = || {
+        let mut ids: Vec<_> = receiver
+            .received_on("/slow")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    eventually(Duration::from_secs(60), "all 200 received", || async {
+        (distinct() == 200).then_some(())
+    })
+    .await;
+    let last_delivery = killed.elapsed();
+    eprintln!(
+        "kill to last delivery: {:.1} s (lease {:?}; {seen_before} requests had arrived before the kill)",
+        last_delivery.as_secs_f64(),
+        s.lease
+    );
+    assert!(
+        last_delivery < Duration::from_secs(30),
+        "the last delivery came {last_delivery:?} after the kill"
+    );
+    eventually(Duration::from_secs(30), "all 200 recorded", || {
         let mut c = c.clone();
         async move {
             let stats = c
@@ -176,14 +203,82 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     .await;
     stop.cancel();
     survivor.await.unwrap();
-    let mut ids: Vec<_> = receiver
-        .received_on("/slow")
-        .into_iter()
-        .map(|r| r.id)
+    assert_eq!(distinct(), 200, "every message arrived at least once");
+}
+
+/// A delivery slower than the lease is still sent exactly once: the heartbeat keeps renewing its
+/// lease, so the other worker polling the queue never sees it expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_slower_than_the_lease_is_sent_once() {
+    let db = TestDatabase::create().await.unwrap();
+    let receiver = Receiver::start().await;
+    let s = settings(
+        &db,
+        &[
+            ("WORKER_ENABLED", "false"),
+            ("WORKER_LEASE", "2s"),
+            ("DATABASE_CONNECT_TIMEOUT", "500ms"),
+            ("WEBHOOK_REQUEST_TIMEOUT", "10s"),
+        ],
+    );
+    receiver.set(
+        "/slow",
+        Behavior {
+            status: 204,
+            // Twice the lease and more.
+            delay: Duration::from_secs(5),
+            retry_after: None,
+        },
+    );
+    let mut svc = start(s.clone(), None).await;
+    let c = &mut svc.client;
+    endpoint(c, &receiver, "acme", "/slow", &[]).await;
+    let stop = CancellationToken::new();
+    let url = s.database.url.expose().to_owned();
+    let workers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(worker(&s).run(url.clone(), stop.clone(), Duration::from_secs(10))))
         .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 200, "every message arrived at least once");
+    for i in 0..3 {
+        c.publish(publish(
+            "acme",
+            &format!("slow-{i}"),
+            "a.b",
+            serde_json::json!({ "i": i }),
+        ))
+        .await
+        .unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "all 3 recorded as delivered",
+        || {
+            let mut c = c.clone();
+            async move {
+                let stats = c
+                    .get_queue_stats(GetQueueStatsRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (stats.delivered == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    // Time for a second sending, had a lease run out while the first was in flight.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in receiver.received_on("/slow") {
+        *counts.entry(r.id).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "sent more than once: {counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
