@@ -120,6 +120,9 @@ pub fn decide(
     }
 }
 
+/// Why an endpoint disabled through the API is disabled.
+pub const OPERATOR_REASON: &str = "disabled by an operator";
+
 /// Why an endpoint that answered 410 Gone is disabled.
 pub const GONE_REASON: &str = "the endpoint answered 410 Gone";
 

@@ -80,6 +80,24 @@ impl Held {
     }
 }
 
+/// A delivery task's hold on its row. Once the outcome reaches the recorder, the recorder
+/// releases the row when it is recorded; a task that ends before that (aborted after the
+/// grace period, or panicking) releases it here, so the heartbeat stops renewing a lease no one
+/// will ever finish with and the row comes back to the queue when the lease expires.
+struct Holding {
+    worker: Arc<Worker>,
+    id: DeliveryId,
+    handed_over: bool,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.worker.held.release([self.id]);
+        }
+    }
+}
+
 /// Per-endpoint concurrency and rate limits, local to this worker instance.
 #[derive(Default)]
 struct EndpointGates {
@@ -360,6 +378,11 @@ impl Worker {
                 };
                 let (this, keys, tx) = (Arc::clone(&self), Arc::clone(&keys), tx.clone());
                 tasks.spawn(async move {
+                    let mut holding = Holding {
+                        worker: Arc::clone(&this),
+                        id: c.id,
+                        handed_over: false,
+                    };
                     let endpoint_keys = keys
                         .get(&c.endpoint_id)
                         .map(Vec::as_slice)
@@ -368,7 +391,7 @@ impl Worker {
                         .deliver(claim_id, &c, endpoint_keys, tuning.per_endpoint)
                         .await;
                     drop(permit);
-                    let _ = tx.send(outcome).await;
+                    holding.handed_over = tx.send(outcome).await.is_ok();
                 });
             }
             if !full {
@@ -413,7 +436,7 @@ impl Worker {
     /// from the database for a whole lease loses its rows to another, which sends them again
     /// (at least once).
     async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
-        let every = self.policy.lease / 3;
+        let every = (self.policy.lease / 3).max(Duration::from_millis(10));
         let mut beats = tokio::time::interval(every);
         beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beats.tick().await;
@@ -519,5 +542,27 @@ async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_rows_are_those_claimed_and_not_yet_released() {
+        let held = Held::default();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b, c) = (DeliveryId::new(), DeliveryId::new(), DeliveryId::new());
+        held.rows.lock().unwrap().extend([(a, first), (b, first)]);
+        held.rows.lock().unwrap().insert(c, second);
+        held.release([b, DeliveryId::new()]);
+        let mut snapshot = held.snapshot();
+        snapshot.sort();
+        let mut expected = vec![(a, first), (c, second)];
+        expected.sort();
+        assert_eq!(snapshot, expected);
+        held.release([a, c]);
+        assert!(held.snapshot().is_empty());
     }
 }

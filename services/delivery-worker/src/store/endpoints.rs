@@ -13,7 +13,7 @@ use webhook_signature::SigningKey;
 use ids::{EndpointId, Tenant};
 
 use super::{Result, Store, StoreError, audit};
-use crate::model::Signing;
+use crate::{model::Signing, rules};
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct EndpointRow {
@@ -194,7 +194,7 @@ impl Store {
                     let row: EndpointRow = diesel::sql_query(format!(
                         "UPDATE endpoints SET url = $3, description = $4, event_types = $5, channels = $6, \
                          rate_limit_per_second = $7, metadata = $8, disabled = $9, \
-                         disabled_reason = CASE WHEN $9 THEN COALESCE(disabled_reason, 'disabled by an operator') END, \
+                         disabled_reason = CASE WHEN $9 THEN COALESCE(disabled_reason, $12) END, \
                          disabled_at = CASE WHEN $9 THEN COALESCE(disabled_at, $10) END, \
                          failing_since = CASE WHEN $11 THEN NULL ELSE failing_since END, \
                          throttled_until = CASE WHEN $11 THEN NULL ELSE throttled_until END, \
@@ -211,6 +211,7 @@ impl Store {
                     .bind::<Bool, _>(!enabled)
                     .bind::<Timestamptz, _>(now)
                     .bind::<Bool, _>(re_enabled)
+                    .bind::<Text, _>(rules::OPERATOR_REASON)
                     .get_result(conn)
                     .await?;
                     let details = serde_json::json!({
