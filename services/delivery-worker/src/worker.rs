@@ -120,6 +120,18 @@ impl EndpointGates {
             })
         }))
     }
+
+    /// Drops the gates no delivery is using and whose rate limit holds nothing back, so the map
+    /// follows the endpoints in flight, not every endpoint this instance ever delivered to
+    /// (deleted ones included), for as long as it runs.
+    fn forget_idle(&self) {
+        let now = tokio::time::Instant::now();
+        let mut gates = self.gates.lock().expect("not poisoned");
+        gates.retain(|_, gate| {
+            Arc::strong_count(gate) > 1
+                || gate.next_slot.try_lock().map_or(true, |next| *next > now)
+        });
+    }
 }
 
 impl Gate {
@@ -220,6 +232,7 @@ impl Worker {
     ) -> Result<(Uuid, Vec<Claimed>, HashMap<EndpointId, Vec<SigningKey>>), crate::store::StoreError>
     {
         let claim_id = Uuid::new_v4();
+        self.gates.forget_idle();
         let now = self.clock.now();
         let claimed = self
             .store
@@ -548,6 +561,23 @@ async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn idle_gates_are_forgotten() {
+        let gates = EndpointGates::default();
+        let (busy, paced, idle) = (EndpointId::new(), EndpointId::new(), EndpointId::new());
+        let in_use = gates.gate(busy, 4);
+        let _permit = in_use.pass(None).await;
+        // A rate limit of 1/s: the next request may start a second from now.
+        drop(gates.gate(paced, 4).pass(Some(1)).await);
+        drop(gates.gate(idle, 4).pass(None).await);
+        gates.forget_idle();
+        let mut left: Vec<EndpointId> = gates.gates.lock().unwrap().keys().copied().collect();
+        left.sort();
+        let mut expected = vec![busy, paced];
+        expected.sort();
+        assert_eq!(left, expected);
+    }
 
     #[test]
     fn held_rows_are_those_claimed_and_not_yet_released() {
