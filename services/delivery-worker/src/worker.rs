@@ -18,8 +18,6 @@ use std::{
     time::Duration,
 };
 
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
-use futures::StreamExt as _;
 use ids::{DeliveryId, EndpointId};
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch},
@@ -350,7 +348,12 @@ impl Worker {
         let recorder = tokio::spawn(Arc::clone(&self).recorder(rx));
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat(heartbeat_stop.clone()));
-        let listener = tokio::spawn(listen(listen_url, Arc::clone(&self.wake), shutdown.clone()));
+        let listener = tokio::spawn(database::listen(
+            listen_url,
+            QUEUE_CHANNEL.to_owned(),
+            Arc::clone(&self.wake),
+            shutdown.clone(),
+        ));
         let mut reloads = self.tuning.clone();
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
@@ -514,46 +517,6 @@ impl Worker {
             }
             // Recorded, or given up: either way no longer this instance's to renew.
             self.held.release(buffer.drain(..).map(|o| o.delivery_id));
-        }
-    }
-}
-
-/// Keeps a `LISTEN` connection open and wakes the worker on every notification; reconnects with
-/// backoff when PostgreSQL goes away. Polling covers the gaps.
-async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let connected = async {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
-            diesel::sql_query(format!("LISTEN {QUEUE_CHANNEL}"))
-                .execute(&mut conn)
-                .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(conn)
-        };
-        let mut conn = match tokio::time::timeout(Duration::from_secs(5), connected).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => {
-                tracing::debug!(error = %error, "LISTEN connection failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        delay = Duration::from_millis(200);
-        wake.notify_one();
-        let mut stream = std::pin::pin!(conn.notifications_stream());
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(_)) | None => break,
-                },
-            }
         }
     }
 }
