@@ -211,7 +211,10 @@ async fn two_relays_on_one_table_hand_each_event_on_once_in_order() {
     let s = setup().await;
     let pool = s.database.pool().clone();
     let port = s.stack.grpc_port(Service::DeliveryWorker);
-    enqueue(&pool, 0, 1000, 10, 25).await;
+    // 200 aggregates of 5 events: a batch of 40 leaves later aggregates for the other relay
+    // (with fewer aggregates than a batch, the first claim holds them all and the second relay
+    // rightly waits).
+    enqueue(&pool, 0, 1000, 200, 25).await;
     let relays: Vec<_> = (0..2)
         .map(|_| {
             Arc::new(relay(
