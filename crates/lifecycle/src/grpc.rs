@@ -64,6 +64,17 @@ pub fn sync_health(
     })
 }
 
+/// Why a gRPC service stopped other than by a clean drain.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the gRPC server task panicked")]
+    Panicked,
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the operational HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
 /// Where and how a gRPC service serves: its gRPC port, and the HTTP port for `/health`,
 /// `/ready` and `/metrics`.
 #[derive(Debug, Clone)]
@@ -147,14 +158,9 @@ impl GrpcApp {
     }
 
     /// Resolves once shutdown was requested and both servers have drained.
-    pub async fn stopped(self) -> anyhow::Result<()> {
-        use anyhow::Context as _;
-        let grpc = self.grpc.await.context("the gRPC server task panicked")?;
-        grpc.context("the gRPC server failed")?;
-        self.http
-            .stopped()
-            .await
-            .context("the HTTP server failed")?;
+    pub async fn stopped(self) -> Result<(), ServeError> {
+        self.grpc.await.map_err(|_| ServeError::Panicked)??;
+        self.http.stopped().await?;
         let _ = self.health.await;
         Ok(())
     }

@@ -168,6 +168,6 @@ impl Application {
     pub async fn stopped(self) -> anyhow::Result<()> {
         let served = self.app.stopped().await;
         let _ = self.relay.await;
-        served
+        Ok(served?)
     }
 }

@@ -1,7 +1,11 @@
 //! Delivery benchmark (not a test): run with `scripts/bench-delivery`.
 //!
-//! 1. Throughput: enqueue a backlog of deliveries, start the workers, and measure how many
-//!    deliveries per second go from the PostgreSQL queue to a loopback receiver and are recorded.
+//! 0. Publishing: the backlog is published over gRPC by concurrent callers, as the outbox relays
+//!    do (`PublishBatch`, `BENCH_PUBLISHERS` callers, `BENCH_PUBLISH_BATCH` events a call), and
+//!    for comparison one event a call (`Publish`, 4 × `BENCH_PUBLISHERS` callers), against the
+//!    real service with its API only: events per second into the queue.
+//! 1. Throughput: with that backlog, start the workers, and measure how many deliveries per
+//!    second go from the PostgreSQL queue to a loopback receiver and are recorded.
 //! 2. Latency: publish at a fixed rate through the store (as the gRPC `Publish` does) while the
 //!    workers run, and measure enqueue-to-received latency at the receiver: p50, p99, max.
 //!
@@ -180,6 +184,62 @@ fn message(i: usize) -> NewMessage {
     }
 }
 
+/// Publishes events `from..from + count` over gRPC with `callers` concurrent callers, `batch`
+/// events a call (`Publish` when `batch` is 1, `PublishBatch` otherwise); returns events/s.
+async fn publish_over_grpc(
+    port: u16,
+    from: usize,
+    count: usize,
+    callers: usize,
+    batch: usize,
+) -> f64 {
+    use sonora_proto::delivery::v1::{
+        PublishBatchRequest, PublishRequest, delivery_service_client::DeliveryServiceClient,
+    };
+    let peer = test_support::internal_keys().peer("audio-generation", "delivery-worker", port);
+    let client = DeliveryServiceClient::new(peer.channel());
+    let request = |i: usize| {
+        let m = message(i);
+        PublishRequest {
+            tenant: m.tenant.to_string(),
+            event_id: m.event_id,
+            event_type: m.event_type,
+            payload_json: m.payload,
+            channels: Vec::new(),
+        }
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(from));
+    let end = from + count;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (mut client, next) = (client.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                    if first >= end {
+                        break;
+                    }
+                    let last = (first + batch).min(end);
+                    if batch == 1 {
+                        client.publish(request(first)).await.unwrap();
+                    } else {
+                        let events = (first..last).map(request).collect();
+                        client
+                            .publish_batch(PublishBatchRequest { events })
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
@@ -194,7 +254,15 @@ async fn main() {
     let backlog: usize = std::env::var("BENCH_BACKLOG")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(48_000);
+    let publishers: usize = std::env::var("BENCH_PUBLISHERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let publish_batch: usize = std::env::var("BENCH_PUBLISH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let rate: usize = std::env::var("BENCH_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -220,18 +288,35 @@ async fn main() {
     let port = receiver(Arc::clone(&arrivals)).await;
     let bench = setup(port, endpoints).await;
     let messages = backlog / endpoints;
-    let fill = Instant::now();
-    for i in 0..messages {
-        bench
-            .store
-            .publish(&message(i), 8, Utc::now())
-            .await
-            .unwrap();
-    }
+    // 0. Publishing over gRPC into the queue, the service's API only (no worker competing).
+    let api_signals = lifecycle::Signals::new();
+    let api = delivery_worker::Application::build(
+        delivery_worker::Settings::load(&test_support::sources([
+            ("DATABASE_URL", bench.url.clone()),
+            ("WEBHOOK_SECRET_ENCRYPTION_KEY", bench.keyring_key.clone()),
+            ("WORKER_ENABLED", "false".to_owned()),
+            ("DATABASE_POOL_SIZE", "32".to_owned()),
+            ("LOG_FORMAT", "text".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]))
+        .unwrap(),
+        api_signals.clone(),
+    )
+    .unwrap();
+    let api_port = api.grpc_port();
+    api.database().migrated().await;
+    let api_task = tokio::spawn(api.stopped());
+    let singles = (messages / 8).max(1);
+    let batched = messages - singles;
+    let one_by_one = publish_over_grpc(api_port, 0, singles, publishers * 4, 1).await;
+    let in_batches =
+        publish_over_grpc(api_port, singles, batched, publishers, publish_batch).await;
+    api_signals.shutdown.cancel();
+    let _ = api_task.await;
     let deliveries = messages * endpoints;
     println!(
-        "enqueued {deliveries} deliveries ({messages} messages x {endpoints} endpoints) in {:.1?}",
-        fill.elapsed()
+        "publishing over gRPC into the queue ({endpoints} deliveries an event): PublishBatch of {publish_batch} from {publishers} callers {in_batches:.0} events/s; Publish from {} callers {one_by_one:.0} events/s; {deliveries} deliveries enqueued",
+        publishers * 4
     );
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -253,8 +338,9 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     println!(
-        "throughput: {deliveries} deliveries sent and recorded in {elapsed:.2?} = {:.0} deliveries/s",
-        deliveries as f64 / elapsed.as_secs_f64()
+        "throughput: {deliveries} deliveries sent and recorded in {elapsed:.2?} = {:.0} deliveries/s (published at {in_batches:.0} events/s = {:.0} deliveries/s)",
+        deliveries as f64 / elapsed.as_secs_f64(),
+        in_batches * endpoints as f64
     );
 
     // 2. Latency at a fixed rate, with the same workers still running.

@@ -430,7 +430,7 @@ impl Application {
         if let Some(worker) = self.worker {
             let _ = worker.await;
         }
-        served
+        Ok(served?)
     }
 }
 

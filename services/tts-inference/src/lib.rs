@@ -196,6 +196,6 @@ impl Application {
 
     /// Resolves once shutdown was requested and the servers have drained.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        self.app.stopped().await
+        Ok(self.app.stopped().await?)
     }
 }
