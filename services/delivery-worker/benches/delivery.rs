@@ -309,8 +309,7 @@ async fn main() {
     let singles = (messages / 8).max(1);
     let batched = messages - singles;
     let one_by_one = publish_over_grpc(api_port, 0, singles, publishers * 4, 1).await;
-    let in_batches =
-        publish_over_grpc(api_port, singles, batched, publishers, publish_batch).await;
+    let in_batches = publish_over_grpc(api_port, singles, batched, publishers, publish_batch).await;
     api_signals.shutdown.cancel();
     let _ = api_task.await;
     let deliveries = messages * endpoints;
