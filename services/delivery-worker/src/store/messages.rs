@@ -2,9 +2,11 @@
 //! delivery for every enabled endpoint subscribed to its type and channels.
 
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
 use diesel::{
     QueryableByName,
-    sql_types::{Array, Integer, Text, Timestamptz},
+    sql_types::{Array, BigInt, Integer, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 
@@ -30,32 +32,34 @@ pub struct Published {
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+struct StoredRow {
     #[diesel(sql_type = Text)]
     id: MessageId,
+    #[diesel(sql_type = Text)]
+    tenant: String,
+    #[diesel(sql_type = Text)]
+    event_id: String,
+    #[diesel(sql_type = BigInt)]
+    deliveries: i64,
 }
 
 impl Store {
     /// Stores a message and enqueues a delivery for every enabled endpoint subscribed to it, in
-    /// one transaction; the same (tenant, event id) again changes nothing. Delivery ids are made
-    /// by the schema's `new_id` function, one per endpoint the fan-out finds (see its migration).
+    /// one transaction; the same (tenant, event id) again changes nothing.
     pub async fn publish(
         &self,
         message: &NewMessage,
         max_attempts: i32,
         now: DateTime<Utc>,
     ) -> Result<Published> {
-        let mut conn = self.conn().await?;
-        let message = message.clone();
-        let published = conn
-            .transaction::<_, diesel::result::Error, _>(async move |conn| {
-                publish_in(conn, &message, max_attempts, now).await
-            })
+        let mut published = self
+            .publish_batch(std::slice::from_ref(message), max_attempts, now)
             .await?;
-        Ok(published)
+        Ok(published.remove(0))
     }
 
-    /// Publishes several messages in one transaction, in order; each is idempotent on its own.
+    /// Publishes several messages in one transaction, in order; each is idempotent on its own
+    /// (a later copy of an event in the same batch is a duplicate of the first).
     pub async fn publish_batch(
         &self,
         messages: &[NewMessage],
@@ -66,71 +70,119 @@ impl Store {
         let messages = messages.to_vec();
         let published = conn
             .transaction::<_, diesel::result::Error, _>(async move |conn| {
-                let mut published = Vec::with_capacity(messages.len());
-                for message in &messages {
-                    published.push(publish_in(conn, message, max_attempts, now).await?);
-                }
-                Ok(published)
+                publish_in(conn, &messages, max_attempts, now).await
             })
             .await?;
         Ok(published)
     }
 }
 
+/// Publishes `messages` on `conn`, set-based: one statement stores the new messages and fans
+/// each out to its endpoints (delivery ids from the schema's `new_id`, see its migration), one
+/// more finds the messages that already existed, whatever the batch's size. Results are in the
+/// order of `messages`.
 pub(super) async fn publish_in(
     conn: &mut AsyncPgConnection,
-    message: &NewMessage,
+    messages: &[NewMessage],
     max_attempts: i32,
     now: DateTime<Utc>,
-) -> std::result::Result<Published, diesel::result::Error> {
-    let id = MessageId::new();
-    let inserted: Vec<IdRow> = diesel::sql_query(
-        "INSERT INTO messages (id, tenant, event_id, event_type, channels, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, event_id) DO NOTHING RETURNING id",
+) -> std::result::Result<Vec<Published>, diesel::result::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<MessageId> = messages.iter().map(|_| MessageId::new()).collect();
+    let tenants: Vec<&str> = messages.iter().map(|m| m.tenant.as_str()).collect();
+    let event_ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+    let event_types: Vec<&str> = messages.iter().map(|m| m.event_type.as_str()).collect();
+    // Channels are letters, digits and `-_.:` (checked at the edge), so a comma joins them; a 2-D
+    // array would not do, since unnest flattens it.
+    let channels: Vec<String> = messages.iter().map(|m| m.channels.join(",")).collect();
+    let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
+    let stored: Vec<StoredRow> = diesel::sql_query(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+             WITH ORDINALITY AS i(id, tenant, event_id, event_type, channels, payload, n) \
+         ), inserted AS ( \
+           INSERT INTO messages (id, tenant, event_id, event_type, channels, payload, created_at) \
+           SELECT id, tenant, event_id, event_type, \
+                  CASE WHEN channels = '' THEN '{}'::text[] ELSE string_to_array(channels, ',') END, \
+                  payload, $7 \
+           FROM input ORDER BY n \
+           ON CONFLICT (tenant, event_id) DO NOTHING \
+           RETURNING id, tenant, event_id, event_type, channels \
+         ), fanned AS ( \
+           INSERT INTO deliveries (id, message_id, endpoint_id, max_attempts, next_retry_at, created_at) \
+           SELECT new_id('dlv_'), m.id, e.id, $8, $7, $7 FROM inserted m JOIN endpoints e \
+             ON e.tenant = m.tenant AND NOT e.disabled \
+            AND (e.event_types IS NULL OR m.event_type = ANY (e.event_types)) \
+            AND (e.channels IS NULL OR e.channels && m.channels) \
+           RETURNING message_id \
+         ) \
+         SELECT m.id, m.tenant, m.event_id, \
+                (SELECT count(*) FROM fanned f WHERE f.message_id = m.id) AS deliveries \
+         FROM inserted m",
     )
-    .bind::<Text, _>(&id)
-    .bind::<Text, _>(&message.tenant)
-    .bind::<Text, _>(&message.event_id)
-    .bind::<Text, _>(&message.event_type)
-    .bind::<Array<Text>, _>(&message.channels)
-    .bind::<Text, _>(&message.payload)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Text>, _>(&tenants)
+    .bind::<Array<Text>, _>(&event_ids)
+    .bind::<Array<Text>, _>(&event_types)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<Text>, _>(&payloads)
     .bind::<Timestamptz, _>(now)
+    .bind::<Integer, _>(max_attempts)
     .load(conn)
     .await?;
-    if inserted.is_empty() {
-        let existing: IdRow =
-            diesel::sql_query("SELECT id FROM messages WHERE tenant = $1 AND event_id = $2")
-                .bind::<Text, _>(&message.tenant)
-                .bind::<Text, _>(&message.event_id)
-                .get_result(conn)
-                .await?;
-        return Ok(Published {
-            message_id: existing.id,
-            duplicate: true,
-            deliveries: 0,
-        });
+    let mut new: HashMap<(String, String), (MessageId, u32)> = stored
+        .into_iter()
+        .map(|r| {
+            let deliveries = u32::try_from(r.deliveries).unwrap_or(u32::MAX);
+            ((r.tenant, r.event_id), (r.id, deliveries))
+        })
+        .collect();
+    let mut existing: HashMap<(String, String), MessageId> = HashMap::new();
+    if new.len() < messages.len() {
+        let rows: Vec<StoredRow> = diesel::sql_query(
+            "SELECT m.id, m.tenant, m.event_id, 0::bigint AS deliveries FROM messages m \
+             JOIN unnest($1::text[], $2::text[]) AS k(tenant, event_id) \
+               ON m.tenant = k.tenant AND m.event_id = k.event_id",
+        )
+        .bind::<Array<Text>, _>(&tenants)
+        .bind::<Array<Text>, _>(&event_ids)
+        .load(conn)
+        .await?;
+        existing = rows
+            .into_iter()
+            .map(|r| ((r.tenant, r.event_id), r.id))
+            .collect();
     }
-    let enqueued = diesel::sql_query(
-        "INSERT INTO deliveries (id, message_id, endpoint_id, max_attempts, next_retry_at, created_at) \
-         SELECT new_id('dlv_'), $1, e.id, $2, $3, $3 FROM endpoints e \
-         WHERE e.tenant = $4 AND NOT e.disabled \
-           AND (e.event_types IS NULL OR $5 = ANY (e.event_types)) \
-           AND (e.channels IS NULL OR e.channels && $6)",
-    )
-    .bind::<Text, _>(&id)
-    .bind::<Integer, _>(max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(&message.tenant)
-    .bind::<Text, _>(&message.event_type)
-    .bind::<Array<Text>, _>(&message.channels)
-    .execute(conn)
-    .await?;
+    let mut enqueued = 0u32;
+    let published = messages
+        .iter()
+        .map(|m| {
+            let key = (m.tenant.to_string(), m.event_id.clone());
+            // The first copy of a new event takes its result; any later copy is a duplicate.
+            if let Some((id, deliveries)) = new.remove(&key) {
+                existing.insert(key, id);
+                enqueued = enqueued.saturating_add(deliveries);
+                return Ok(Published {
+                    message_id: id,
+                    duplicate: false,
+                    deliveries,
+                });
+            }
+            let id = existing
+                .get(&key)
+                .copied()
+                .ok_or(diesel::result::Error::NotFound)?;
+            Ok(Published {
+                message_id: id,
+                duplicate: true,
+                deliveries: 0,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, diesel::result::Error>>()?;
     if enqueued > 0 {
         notify(conn).await?;
     }
-    Ok(Published {
-        message_id: id,
-        duplicate: false,
-        deliveries: u32::try_from(enqueued).unwrap_or(u32::MAX),
-    })
+    Ok(published)
 }

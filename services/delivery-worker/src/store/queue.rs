@@ -470,9 +470,8 @@ async fn record_in(
 
     // Operational events, published like any other event in the same transaction.
     let events = rules::operational_events(&disabled, &kept, failing_after_attempts, now);
-    for event in &events {
-        publish_in(conn, &event.message(), max_attempts, now).await?;
-    }
+    let messages: Vec<_> = events.iter().map(|event| event.message()).collect();
+    publish_in(conn, &messages, max_attempts, now).await?;
     Ok(Recorded {
         applied,
         events,
