@@ -59,6 +59,14 @@ async fn unwritable_storage_and_missing_peer_are_named() {
         body["components"]["delivery-worker"]["error"], "unreachable",
         "{body}"
     );
+    // gRPC health follows the same rule: degraded is still SERVING.
+    let grpc = stack.grpc_port(Service::AudioGeneration);
+    test_support::eventually(
+        Duration::from_secs(10),
+        "SERVING while degraded",
+        || async { (grpc_health(grpc).await == Some(ServingStatus::Serving)).then_some(()) },
+    )
+    .await;
 }
 
 #[test]
