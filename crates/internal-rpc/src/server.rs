@@ -17,8 +17,12 @@ use tonic::Status;
 
 use crate::token::{Principal, Scope, Verified, Verifier};
 
-/// The path prefix of the standard gRPC health service, which needs no token.
-pub const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+/// The methods of the standard gRPC health service, which need no token (exact paths: nothing
+/// else under that prefix, however written, is let through).
+pub const HEALTH_METHODS: [&str; 2] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
 
 /// Who may call a method, besides being one of its listed services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +222,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if path.starts_with(HEALTH_PREFIX) {
+        if HEALTH_METHODS.contains(&path) {
             return Either::Right(self.inner.call(request));
         }
         match self.guard.check(path, request.headers()) {
