@@ -263,6 +263,15 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       resource: limits.cpu
       divisor: "1"
 {{- end }}
+{{- if eq $name "webhook-ingest" }}
+- name: REPLICATE_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.replicateWebhookSecretKey }}
+      # Until it is set, Replicate webhooks are refused.
+      optional: true
+{{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY
   valueFrom:

@@ -5,6 +5,9 @@
 //! operational endpoints and reports readiness over its database, Redis and gRPC peers; the
 //! receivers arrive with their own issue.
 
+pub mod inbox;
+pub mod replicate;
+
 use std::{net::SocketAddr, time::Duration};
 
 use actix_web::web;
@@ -16,8 +19,12 @@ use lifecycle::{
     http::{HttpServerTask, bind, public_app, serve_ops},
 };
 use outbox::{Relay, RelaySettings, relay::OutboxMetrics};
-use settings::{CommonSettings, DatabaseSettings, RedisSettings, SettingError, Sources};
+use settings::{
+    CommonSettings, DatabaseSettings, ExposeSecret as _, RedisSettings, SecretString, SettingError,
+    Sources,
+};
 use telemetry::metrics::Metrics;
+use webhook_signature::VerifyingKey;
 
 pub const NAME: &str = "webhook-ingest";
 /// The PostgreSQL schema this service owns.
@@ -46,7 +53,14 @@ pub struct Settings {
     pub delivery_worker: PeerSettings,
     /// How the outbox relay hands events to delivery-worker.
     pub outbox: RelaySettings,
+    /// Replicate's webhook signing secret (`REPLICATE_WEBHOOK_SECRET`, `whsec_…`).
+    pub replicate_webhook_secret: Option<VerifyingKey>,
+    /// The largest webhook body accepted (`WEBHOOK_MAX_BODY_BYTES`).
+    pub max_body: usize,
 }
+
+/// The default largest webhook body: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
@@ -57,7 +71,27 @@ impl Settings {
             "http://127.0.0.1:50053",
             Duration::from_secs(10),
         )?;
+        let replicate_webhook_secret = src
+            .optional::<SecretString>("REPLICATE_WEBHOOK_SECRET")?
+            .map(|secret| {
+                VerifyingKey::parse(secret.expose_secret()).map_err(|_| {
+                    SettingError::new(
+                        "REPLICATE_WEBHOOK_SECRET",
+                        "must be a whsec_ secret, as Replicate's GET /v1/webhooks/default/secret gives it",
+                    )
+                })
+            })
+            .transpose()?;
+        let max_body = src.or("WEBHOOK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
+        if !(1024..=25 * 1024 * 1024).contains(&max_body) {
+            return Err(SettingError::new(
+                "WEBHOOK_MAX_BODY_BYTES",
+                "must be between 1024 and 26214400 (25 MiB)",
+            ));
+        }
         Ok(Self {
+            replicate_webhook_secret,
+            max_body,
             outbox: RelaySettings::load(src, delivery_worker.timeout)?,
             delivery_worker,
             common: CommonSettings::load(src, NAME)?,
@@ -125,6 +159,20 @@ impl Application {
             .degraded_without("delivery-worker", delivery.readiness_check())
             .build();
         let metrics = Metrics::new();
+        let received = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "webhook_received_total",
+                "Inbound webhooks by source and outcome (accepted, duplicate, malformed, unauthorized, refused).",
+            ),
+            &["source", "outcome"],
+        )?;
+        metrics.registry().register(Box::new(received.clone()))?;
+        let replicate = web::Data::new(replicate::ReplicateReceiver {
+            pool: database.pool().clone(),
+            secret: settings.replicate_webhook_secret.clone(),
+            max_body: settings.max_body,
+            received,
+        });
         let relay = Relay::new(
             database.pool().clone(),
             &delivery,
@@ -149,6 +197,12 @@ impl Application {
             bind(settings.http_addr)?,
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
+                    .app_data(replicate.clone())
+                    .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
+                    .route(
+                        "/api/replicate-webhook/{content_type}/{content_id}",
+                        web::post().to(replicate::receive),
+                    )
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

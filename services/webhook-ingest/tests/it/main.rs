@@ -1,6 +1,8 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod replicate;
+
 use test_stack::{Service, Stack};
 use test_support::{
     TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, wait_ready,

@@ -1,0 +1,264 @@
+//! `POST /api/replicate-webhook/{content_type}/{content_id}`: Replicate's completion webhooks,
+//! verified (Standard Webhooks, with a timestamp tolerance Replicate's own libraries do not
+//! check), stored in the inbox before they are acknowledged, and acknowledged once per
+//! `webhook-id` however often Replicate retries.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use futures::StreamExt as _;
+use http_problem::Problem;
+use prometheus::IntCounterVec;
+use serde::Deserialize;
+use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, verify};
+
+use crate::inbox::{self, NewEvent, State, Stored};
+
+/// What the Replicate receiver needs.
+#[derive(Clone)]
+pub struct ReplicateReceiver {
+    pub pool: database::Pool,
+    /// Replicate's signing secret (`REPLICATE_WEBHOOK_SECRET`); without it every webhook is
+    /// refused, since none can be verified.
+    pub secret: Option<VerifyingKey>,
+    /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`).
+    pub max_body: usize,
+    pub received: IntCounterVec,
+}
+
+/// The content types Replicate's webhooks finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentType {
+    SoundEffect,
+    BackgroundMusic,
+}
+
+impl ContentType {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "sound_effect" => Some(Self::SoundEffect),
+            "background_music" => Some(Self::BackgroundMusic),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::SoundEffect => "sound_effect",
+            Self::BackgroundMusic => "background_music",
+        }
+    }
+}
+
+/// The part of a prediction the inbox relies on; the rest is stored as received.
+#[derive(Debug, Deserialize)]
+struct Prediction {
+    id: String,
+    status: Status,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Starting,
+    Processing,
+    Succeeded,
+    Failed,
+    Canceled,
+    Aborted,
+}
+
+impl Status {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Processing => "processing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// A content id as the paths carry them: the job's id.
+fn valid_content_id(text: &str) -> bool {
+    (1..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn unauthorized() -> Problem {
+    // No detail: a sender probing signatures learns nothing from the answer.
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+}
+
+fn too_large(max: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Payload Too Large",
+    )
+    .detail(format!("The body is larger than {max} bytes."))
+    .with("limit_bytes", max)
+}
+
+fn unprocessable(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unprocessable",
+        "Unprocessable Content",
+    )
+    .detail(detail)
+}
+
+/// Reads the body as it streams in, refusing it as soon as it passes `max` bytes, so a huge body
+/// is never buffered whole.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<Vec<u8>, Problem> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Problem::invalid_request("The body could not be read."))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The handler.
+#[tracing::instrument(skip_all, fields(content_type = %path.0, content_id = %path.1))]
+pub async fn receive(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    receiver: web::Data<ReplicateReceiver>,
+) -> Result<HttpResponse, Problem> {
+    let count = |outcome: &str| {
+        receiver
+            .received
+            .with_label_values(&["replicate", outcome])
+            .inc();
+    };
+    let (content_type, content_id) = path.into_inner();
+    let Some(content_type) = ContentType::parse(&content_type) else {
+        count("refused");
+        return Err(unprocessable(
+            "content_type must be sound_effect or background_music.",
+        ));
+    };
+    if !valid_content_id(&content_id) {
+        count("refused");
+        return Err(Problem::not_found().detail("No such job."));
+    }
+    let body = read_body(&req, payload, receiver.max_body)
+        .await
+        .inspect_err(|_| count("refused"))?;
+    let Some(secret) = &receiver.secret else {
+        tracing::error!(
+            "a Replicate webhook arrived but REPLICATE_WEBHOOK_SECRET is not set; it is refused"
+        );
+        count("unauthorized");
+        return Err(unauthorized());
+    };
+    let headers = SignedHeaders {
+        id: header(&req, webhook_signature::HEADER_ID),
+        timestamp: header(&req, webhook_signature::HEADER_TIMESTAMP),
+        signature: header(&req, webhook_signature::HEADER_SIGNATURE),
+    };
+    let now = chrono::Utc::now();
+    if let Err(error) = verify(
+        std::slice::from_ref(secret),
+        headers,
+        &body,
+        now.timestamp(),
+        DEFAULT_TOLERANCE_SECS,
+    ) {
+        tracing::warn!(%error, "Replicate webhook refused");
+        count("unauthorized");
+        return Err(unauthorized());
+    }
+    let text = String::from_utf8_lossy(&body);
+    let prediction = serde_json::from_slice::<Prediction>(&body);
+    let path = req.path();
+    let event = |state, event_type, error| NewEvent {
+        source: "replicate",
+        delivery_id: headers.id,
+        path,
+        subject_type: Some(content_type.as_str()),
+        subject_id: Some(&content_id),
+        event_type,
+        payload: &text,
+        state,
+        error,
+    };
+    let database_unavailable = |error: database::DatabaseError| {
+        tracing::error!(%error, "cannot store a Replicate webhook");
+        // Replicate retries a webhook that is not acknowledged.
+        Problem::unavailable("The event could not be stored; retry later.").retry_after(5)
+    };
+    match prediction {
+        Ok(prediction) if !prediction.id.is_empty() => {
+            let stored = inbox::store(
+                &receiver.pool,
+                &event(State::Received, Some(prediction.status.as_str()), None),
+                now,
+            )
+            .await
+            .map_err(database_unavailable)?;
+            Ok(match stored {
+                Stored::New(id) => {
+                    count("accepted");
+                    tracing::info!(event_id = %id, prediction = %prediction.id, "Replicate webhook stored");
+                    HttpResponse::Ok()
+                        .json(serde_json::json!({ "status": "accepted", "event_id": id }))
+                }
+                Stored::Duplicate => {
+                    count("duplicate");
+                    HttpResponse::Ok().json(serde_json::json!({ "status": "duplicate" }))
+                }
+            })
+        }
+        other => {
+            let problem = match other {
+                Err(error) => format!(
+                    "The body is not a Replicate prediction: {}.",
+                    error
+                        .to_string()
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or_default()
+                ),
+                Ok(_) => "The body is not a Replicate prediction: id is empty.".to_owned(),
+            };
+            // Kept for inspection, once per webhook-id.
+            inbox::store(
+                &receiver.pool,
+                &event(State::Malformed, None, Some(&problem)),
+                now,
+            )
+            .await
+            .map_err(database_unavailable)?;
+            count("malformed");
+            Err(unprocessable(problem))
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Replicate's completion webhooks: verified, stored before the 200, once per webhook-id.
+
+use test_stack::{Service, Stack};
+use test_support::{TestDatabase, http_client};
+use webhook_signature::{SigningKey, signature_header};
+
+struct Receiver {
+    base: String,
+    secret: String,
+    db: TestDatabase,
+    _stack: Stack,
+}
+
+async fn start() -> Receiver {
+    let db = TestDatabase::create().await.unwrap();
+    let secret = SigningKey::generate_hmac();
+    let stack = Stack::new(&db)
+        .with_ingest()
+        .setting(
+            Service::WebhookIngest,
+            "REPLICATE_WEBHOOK_SECRET",
+            secret.clone(),
+        )
+        .start()
+        .await;
+    let ops = stack.ops_url(Service::WebhookIngest);
+    test_support::wait_ready(&ops, 200).await;
+    Receiver {
+        base: stack.http_url(Service::WebhookIngest),
+        secret,
+        db,
+        _stack: stack,
+    }
+}
+
+fn prediction(id: &str, status: &str) -> String {
+    serde_json::json!({
+        "id": id,
+        "version": "96af46316252ddea4c6614e31861876183b59dce84bad765f38424e87919dd85",
+        "status": status,
+        "input": { "prompt": "rain on a tin roof", "duration": 8 },
+        "output": "https://replicate.delivery/pbxt/abc/out.mp3",
+        "error": null,
+        "metrics": { "predict_time": 4.2 },
+        "created_at": "2026-12-02T10:00:00.000000Z",
+        "completed_at": "2026-12-02T10:00:05.000000Z",
+        "urls": { "get": format!("https://api.replicate.com/v1/predictions/{id}") }
+    })
+    .to_string()
+}
+
+impl Receiver {
+    /// POSTs `body` to `path` signed with `secret` at `timestamp` (Unix seconds).
+    async fn post_signed(
+        &self,
+        path: &str,
+        id: &str,
+        body: &str,
+        secret: &str,
+        timestamp: i64,
+    ) -> (u16, serde_json::Value) {
+        let key = SigningKey::parse(secret).unwrap();
+        let signature = signature_header(&[key], id, timestamp, body.as_bytes());
+        let response = http_client()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    async fn post(&self, path: &str, id: &str, body: &str) -> (u16, serde_json::Value) {
+        let now = chrono::Utc::now().timestamp();
+        self.post_signed(path, id, body, &self.secret.clone(), now)
+            .await
+    }
+
+    fn inbox(&self, column: &str) -> Vec<String> {
+        let run = test_support::run_binary(
+            "/usr/bin/psql",
+            &[
+                &self.db.url,
+                "-tAc",
+                &if column.starts_with("count(") {
+                    format!("select {column} from ingest.inbox")
+                } else {
+                    format!("select {column} from ingest.inbox order by received_at")
+                },
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run.stdout.lines().map(str::to_owned).collect()
+    }
+}
+
+const PATH: &str = "/api/replicate-webhook/sound_effect/job_0123";
+
+#[tokio::test]
+async fn a_signed_webhook_is_stored_once_however_often_it_is_retried() {
+    let r = start().await;
+    let body = prediction("p1", "succeeded");
+    let (status, first) = r.post(PATH, "msg_1", &body).await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("accepted")),
+        "{first}"
+    );
+    // Replicate retries with the same webhook-id (and a new timestamp and signature).
+    let (status, again) = r.post(PATH, "msg_1", &body).await;
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (200, Some("duplicate")),
+        "{again}"
+    );
+    assert_eq!(
+        r.inbox("state || ' ' || subject_type || ' ' || subject_id || ' ' || event_type"),
+        ["received sound_effect job_0123 succeeded"]
+    );
+    assert_eq!(r.inbox("payload"), [body], "the exact body is kept");
+    let (status, _) = r
+        .post(
+            "/api/replicate-webhook/background_music/job_0456",
+            "msg_2",
+            &prediction("p2", "failed"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(r.inbox("count(*)"), ["2"]);
+}
+
+#[tokio::test]
+async fn bad_signatures_and_stale_timestamps_are_401_and_store_nothing() {
+    let r = start().await;
+    let body = prediction("p1", "succeeded");
+    let now = chrono::Utc::now().timestamp();
+    let wrong = SigningKey::generate_hmac();
+    for (secret, timestamp, what) in [
+        (wrong.as_str(), now, "another secret"),
+        (r.secret.as_str(), now - 6 * 60, "six minutes old"),
+        (r.secret.as_str(), now + 6 * 60, "six minutes ahead"),
+    ] {
+        let (status, problem) = r.post_signed(PATH, "msg_x", &body, secret, timestamp).await;
+        assert_eq!(status, 401, "{what}");
+        assert_eq!(problem["type"], "/problems/unauthorized", "{what}");
+        assert!(problem.get("detail").is_none(), "no detail: {problem}");
+    }
+    // A body changed after signing.
+    let key = SigningKey::parse(&r.secret).unwrap();
+    let signature = signature_header(&[key], "msg_y", now, body.as_bytes());
+    let response = http_client()
+        .post(format!("{}{PATH}", r.base))
+        .header("webhook-id", "msg_y")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body.replace("succeeded", "failed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    // No headers at all.
+    let response = http_client()
+        .post(format!("{}{PATH}", r.base))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(r.inbox("count(*)"), ["0"]);
+}
+
+#[tokio::test]
+async fn wrong_paths_bodies_and_sizes_are_refused_clearly() {
+    let r = start().await;
+    let body = prediction("p1", "succeeded");
+    let (status, problem) = r
+        .post("/api/replicate-webhook/video/job_1", "msg_1", &body)
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("content_type"));
+    let (status, _) = r
+        .post(
+            "/api/replicate-webhook/sound_effect/job%20one",
+            "msg_1",
+            &body,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let huge = format!(
+        r#"{{"id":"p","status":"succeeded","logs":"{}"}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    let (status, problem) = r.post(PATH, "msg_2", &huge).await;
+    assert_eq!(status, 413, "{problem}");
+    assert_eq!(problem["limit_bytes"], 1024 * 1024);
+    assert_eq!(r.inbox("count(*)"), ["0"], "nothing refused is stored");
+
+    // Verified but not a prediction: 422, kept for inspection.
+    for (id, malformed) in [
+        ("msg_3", r#"{"id":"p","status":"exploded"}"#.to_owned()),
+        ("msg_4", r#"{"status":"succeeded"}"#.to_owned()),
+        ("msg_5", "[1, 2, 3]".to_owned()),
+        ("msg_6", "not json at all \u{1F600}".to_owned()),
+    ] {
+        let (status, problem) = r.post(PATH, id, &malformed).await;
+        assert_eq!(status, 422, "{malformed}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("The body is not a Replicate prediction"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("struct") && !detail.contains("::"),
+            "{detail}"
+        );
+    }
+    assert_eq!(r.inbox("state"), ["malformed"; 4]);
+}
