@@ -271,6 +271,13 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       key: {{ $root.Values.secrets.replicateWebhookSecretKey }}
       # Until it is set, Replicate webhooks are refused.
       optional: true
+- name: GITHUB_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.githubWebhookSecretKey }}
+      # Until it is set, GitHub deliveries are refused.
+      optional: true
 {{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY

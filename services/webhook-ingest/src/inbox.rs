@@ -12,6 +12,8 @@ use ids::EventId;
 pub enum State {
     /// Stored, waiting for its actions.
     Received,
+    /// Nothing to do (a GitHub `ping`): recorded only.
+    Done,
     /// Verified but not a valid event: kept for inspection, never dispatched.
     Malformed,
 }
@@ -20,6 +22,7 @@ impl State {
     fn as_str(self) -> &'static str {
         match self {
             Self::Received => "received",
+            Self::Done => "done",
             Self::Malformed => "malformed",
         }
     }

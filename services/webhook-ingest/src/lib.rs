@@ -5,8 +5,10 @@
 //! operational endpoints and reports readiness over its database, Redis and gRPC peers; the
 //! receivers arrive with their own issue.
 
+pub mod github;
 pub mod inbox;
 pub mod replicate;
+mod request;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -55,8 +57,10 @@ pub struct Settings {
     pub outbox: RelaySettings,
     /// Replicate's webhook signing secret (`REPLICATE_WEBHOOK_SECRET`, `whsec_…`).
     pub replicate_webhook_secret: Option<VerifyingKey>,
-    /// The largest webhook body accepted (`WEBHOOK_MAX_BODY_BYTES`).
+    /// The largest webhook body accepted (`WEBHOOK_MAX_BODY_BYTES`); GitHub's is 25 MiB.
     pub max_body: usize,
+    /// GitHub's webhook secret (`GITHUB_WEBHOOK_SECRET`).
+    pub github_webhook_secret: Option<SecretString>,
 }
 
 /// The default largest webhook body: 1 MiB.
@@ -89,7 +93,18 @@ impl Settings {
                 "must be between 1024 and 26214400 (25 MiB)",
             ));
         }
+        let github_webhook_secret: Option<SecretString> = src.optional("GITHUB_WEBHOOK_SECRET")?;
+        if github_webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.expose_secret().len() < 16)
+        {
+            return Err(SettingError::new(
+                "GITHUB_WEBHOOK_SECRET",
+                "must be at least 16 characters: a guessable secret lets anyone forge events",
+            ));
+        }
         Ok(Self {
+            github_webhook_secret,
             replicate_webhook_secret,
             max_body,
             outbox: RelaySettings::load(src, delivery_worker.timeout)?,
@@ -173,6 +188,13 @@ impl Application {
             max_body: settings.max_body,
             received,
         });
+        let github = web::Data::new(github::GithubReceiver {
+            pool: database.pool().clone(),
+            secret: settings.github_webhook_secret.as_ref().map(|secret| {
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes())
+            }),
+            received: replicate.received.clone(),
+        });
         let relay = Relay::new(
             database.pool().clone(),
             &delivery,
@@ -198,6 +220,8 @@ impl Application {
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
                     .app_data(replicate.clone())
+                    .app_data(github.clone())
+                    .route("/api/v1/webhooks/github", web::post().to(github::receive))
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .route(
                         "/api/replicate-webhook/{content_type}/{content_id}",

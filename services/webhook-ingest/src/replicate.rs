@@ -3,14 +3,16 @@
 //! check), stored in the inbox before they are acknowledged, and acknowledged once per
 //! `webhook-id` however often Replicate retries.
 
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use futures::StreamExt as _;
+use actix_web::{HttpRequest, HttpResponse, web};
 use http_problem::Problem;
 use prometheus::IntCounterVec;
 use serde::Deserialize;
 use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, verify};
 
-use crate::inbox::{self, NewEvent, State, Stored};
+use crate::{
+    inbox::{self, NewEvent, State, Stored},
+    request::{header, not_stored, read_body, unauthorized, unprocessable},
+};
 
 /// What the Replicate receiver needs.
 #[derive(Clone)]
@@ -87,63 +89,6 @@ fn valid_content_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn unauthorized() -> Problem {
-    // No detail: a sender probing signatures learns nothing from the answer.
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-}
-
-fn too_large(max: usize) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        "Payload Too Large",
-    )
-    .detail(format!("The body is larger than {max} bytes."))
-    .with("limit_bytes", max)
-}
-
-fn unprocessable(detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unprocessable",
-        "Unprocessable Content",
-    )
-    .detail(detail)
-}
-
-/// Reads the body as it streams in, refusing it as soon as it passes `max` bytes, so a huge body
-/// is never buffered whole.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    max: usize,
-) -> Result<Vec<u8>, Problem> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large(max));
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(max));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| Problem::invalid_request("The body could not be read."))?;
-        if body.len() + chunk.len() > max {
-            return Err(too_large(max));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-}
-
 /// The handler.
 #[tracing::instrument(skip_all, fields(content_type = %path.0, content_id = %path.1))]
 pub async fn receive(
@@ -210,11 +155,6 @@ pub async fn receive(
         state,
         error,
     };
-    let database_unavailable = |error: database::DatabaseError| {
-        tracing::error!(%error, "cannot store a Replicate webhook");
-        // Replicate retries a webhook that is not acknowledged.
-        Problem::unavailable("The event could not be stored; retry later.").retry_after(5)
-    };
     match prediction {
         Ok(prediction) if !prediction.id.is_empty() => {
             let stored = inbox::store(
@@ -223,7 +163,7 @@ pub async fn receive(
                 now,
             )
             .await
-            .map_err(database_unavailable)?;
+            .map_err(not_stored)?;
             Ok(match stored {
                 Stored::New(id) => {
                     count("accepted");
@@ -256,7 +196,7 @@ pub async fn receive(
                 now,
             )
             .await
-            .map_err(database_unavailable)?;
+            .map_err(not_stored)?;
             count("malformed");
             Err(unprocessable(problem))
         }

@@ -1,6 +1,7 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod github;
 mod replicate;
 
 use test_stack::{Service, Stack};

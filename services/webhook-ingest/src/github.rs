@@ -1,0 +1,229 @@
+//! `POST /api/v1/webhooks/github`: GitHub's webhooks, verified (`X-Hub-Signature-256`), stored in
+//! the inbox before the 200 (GitHub gives a receiver 10 seconds, so nothing downstream runs
+//! first), once per (`X-GitHub-Hook-ID`, `X-GitHub-Delivery`): a redelivery keeps its delivery id.
+//! JSON and form-encoded (`payload=`) bodies are both accepted.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use http_problem::Problem;
+use prometheus::IntCounterVec;
+use ring::hmac;
+
+use crate::{
+    inbox::{self, NewEvent, State, Stored},
+    request::{header, not_stored, read_body, unauthorized, unprocessable},
+};
+
+/// GitHub does not deliver payloads over 25 MB.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// What the GitHub receiver needs.
+#[derive(Clone)]
+pub struct GithubReceiver {
+    pub pool: database::Pool,
+    /// The webhook secret (`GITHUB_WEBHOOK_SECRET`); without it every delivery is refused.
+    pub secret: Option<hmac::Key>,
+    pub received: IntCounterVec,
+}
+
+/// Checks `X-Hub-Signature-256`: `sha256=` and the hex HMAC-SHA256 of the raw body, compared in
+/// constant time.
+pub fn verify_signature(key: &hmac::Key, header: &str, body: &[u8]) -> bool {
+    let Some(hex) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Some(signature) = decode_hex(hex) else {
+        return false;
+    };
+    hmac::verify(key, body, &signature).is_ok()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The event's JSON text: the body itself, or the `payload` field of a form-encoded body.
+fn payload_text(content_type: &str, body: &[u8]) -> Result<String, String> {
+    let text = if content_type.starts_with("application/x-www-form-urlencoded") {
+        url::form_urlencoded::parse(body)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, value)| value.into_owned())
+            .ok_or("a form-encoded body must have a payload field")?
+    } else {
+        String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8")?
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| "the payload is not JSON")?;
+    if !json.is_object() {
+        return Err("the payload must be a JSON object".to_owned());
+    }
+    Ok(text)
+}
+
+/// The handler.
+#[tracing::instrument(skip_all, fields(event, delivery))]
+pub async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    receiver: web::Data<GithubReceiver>,
+) -> Result<HttpResponse, Problem> {
+    let count = |outcome: &str| {
+        receiver
+            .received
+            .with_label_values(&["github", outcome])
+            .inc();
+    };
+    let body = read_body(&req, payload, MAX_BODY_BYTES)
+        .await
+        .inspect_err(|_| count("refused"))?;
+    let Some(key) = &receiver.secret else {
+        tracing::error!(
+            "a GitHub webhook arrived but GITHUB_WEBHOOK_SECRET is not set; it is refused"
+        );
+        count("unauthorized");
+        return Err(unauthorized());
+    };
+    if !verify_signature(key, header(&req, "x-hub-signature-256"), &body) {
+        tracing::warn!("GitHub webhook refused: signature");
+        count("unauthorized");
+        return Err(unauthorized());
+    }
+    let (event, delivery, hook) = (
+        header(&req, "x-github-event"),
+        header(&req, "x-github-delivery"),
+        header(&req, "x-github-hook-id"),
+    );
+    tracing::Span::current().record("event", event);
+    tracing::Span::current().record("delivery", delivery);
+    let valid = |text: &str| {
+        (1..=128).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !valid(event) || !valid(delivery) || !(hook.is_empty() || valid(hook)) {
+        count("refused");
+        return Err(Problem::invalid_request(
+            "X-GitHub-Event and X-GitHub-Delivery are required: 1 to 128 letters, digits, '-', '_' or '.'.",
+        ));
+    }
+    let delivery_id = format!("{hook}:{delivery}");
+    let now = chrono::Utc::now();
+    let path = req.path();
+    match payload_text(header(&req, "content-type"), &body) {
+        Ok(text) => {
+            let action = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["action"].as_str().map(str::to_owned));
+            let event_type = match &action {
+                Some(action) => format!("{event}.{action}"),
+                None => event.to_owned(),
+            };
+            // A ping only says the hook works: recorded, with nothing to do.
+            let state = if event == "ping" {
+                State::Done
+            } else {
+                State::Received
+            };
+            let stored = inbox::store(
+                &receiver.pool,
+                &NewEvent {
+                    source: "github",
+                    delivery_id: &delivery_id,
+                    path,
+                    subject_type: None,
+                    subject_id: None,
+                    event_type: Some(&event_type),
+                    payload: &text,
+                    state,
+                    error: None,
+                },
+                now,
+            )
+            .await
+            .map_err(not_stored)?;
+            Ok(match stored {
+                Stored::New(id) => {
+                    count("accepted");
+                    tracing::info!(event_id = %id, event_type, "GitHub webhook stored");
+                    HttpResponse::Ok()
+                        .json(serde_json::json!({ "status": "accepted", "event_id": id }))
+                }
+                Stored::Duplicate => {
+                    count("duplicate");
+                    HttpResponse::Ok().json(serde_json::json!({ "status": "duplicate" }))
+                }
+            })
+        }
+        Err(problem) => {
+            let detail = format!("The body is not a GitHub event: {problem}.");
+            inbox::store(
+                &receiver.pool,
+                &NewEvent {
+                    source: "github",
+                    delivery_id: &delivery_id,
+                    path,
+                    subject_type: None,
+                    subject_id: None,
+                    event_type: Some(event),
+                    payload: &String::from_utf8_lossy(&body),
+                    state: State::Malformed,
+                    error: Some(&detail),
+                },
+                now,
+            )
+            .await
+            .map_err(not_stored)?;
+            count("malformed");
+            Err(unprocessable(detail))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn githubs_published_vector_passes() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"It's a Secret to Everybody");
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(verify_signature(&key, good, b"Hello, World!"));
+        assert!(!verify_signature(&key, good, b"Hello, World?"));
+        for bad in [
+            "",
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1",
+            "sha256=zz7107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=é57107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1",
+        ] {
+            assert!(!verify_signature(&key, bad, b"Hello, World!"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_and_form_bodies() {
+        let json = r#"{"action":"labeled"}"#;
+        assert_eq!(
+            payload_text("application/json", json.as_bytes()).unwrap(),
+            json
+        );
+        let form = format!(
+            "payload={}",
+            url::form_urlencoded::byte_serialize(json.as_bytes()).collect::<String>()
+        );
+        assert_eq!(
+            payload_text("application/x-www-form-urlencoded", form.as_bytes()).unwrap(),
+            json
+        );
+        assert!(payload_text("application/x-www-form-urlencoded", b"other=1").is_err());
+        assert!(payload_text("application/json", b"[1]").is_err());
+        assert!(payload_text("application/json", b"\xff").is_err());
+    }
+}
