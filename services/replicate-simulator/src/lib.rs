@@ -1,11 +1,46 @@
-//! `replicate-simulator`: a local stand-in for Replicate, used by the local stack and the tests
-//! when no Replicate token is configured.
+//! `replicate-simulator`: a local stand-in for Replicate's prediction API, used by the local
+//! stack when no Replicate token is configured and by the tests.
 //!
-//! Today it serves only the operational endpoints; the prediction API (accepting predictions,
-//! making real audio, sending signed completion webhooks, with knobs for delay, failure,
-//! duplicates and lost webhooks) arrives with the audio-generation issue.
+//! It serves, on `HTTP_ADDR`, Replicate's `POST /v1/predictions`,
+//! `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`,
+//! `GET /v1/predictions` (newest first, `next`/`previous`/`results` cursor pages),
+//! `POST /v1/predictions/{id}/cancel` and `GET /v1/webhooks/default/secret`, behind
+//! `Authorization: Bearer <SIMULATOR_API_TOKEN>` (default [`DEVELOPMENT_API_TOKEN`]), with
+//! Replicate's prediction object and `{"detail": …}` errors (401, 404, 422 naming the field,
+//! 429 with `Retry-After`). Beside them are the output files (`GET /files/{id}.{wav|mp3}`, no
+//! token, like `replicate.delivery`) and `/health`, `/ready`, `/metrics`.
+//!
+//! A prediction spends a quarter of `SIMULATOR_GENERATION_DELAY` `starting` and the rest
+//! `processing`, then succeeds with real audio of the requested length (`seconds_total` or
+//! `duration`; shaped noise for sound-effect models, a chord progression for music models;
+//! `output_format` `wav` or `mp3`), synthesised here and encoded with `audio-codec`. Its
+//! `completed` webhook (also for failures and cancels; `start` when asked) carries the
+//! prediction object, signed with Standard Webhooks under the `whsec_` secret
+//! (`SIMULATOR_WEBHOOK_SECRET`, or one generated at start) and retried with doubling delays and
+//! the same `webhook-id`. After `SIMULATOR_FILE_RETENTION` the file, input, output and logs are
+//! removed and `data_removed` is true.
+//!
+//! Everything lives in memory, at most `SIMULATOR_MAX_PREDICTIONS` predictions (the oldest is
+//! forgotten first): a restart starts empty.
+//!
+//! Knobs (all settings, see [`settings::Knobs`]): `SIMULATOR_GENERATION_DELAY` (2s),
+//! `SIMULATOR_FAILURE_RATE` (0; 1 fails every prediction), `SIMULATOR_LOST_WEBHOOK_RATE` (0; 1
+//! never sends), `SIMULATOR_DUPLICATE_WEBHOOKS` (false), `SIMULATOR_WRONG_WEBHOOK_SECRET`
+//! (false), `SIMULATOR_WEBHOOK_ATTEMPTS` (4), `SIMULATOR_WEBHOOK_RETRY_DELAY` (1s, doubling),
+//! `SIMULATOR_DOWNLOAD_DELAY` (0), `SIMULATOR_DOWNLOAD_FAILURES` (0: the first N downloads of
+//! each file answer 500), `SIMULATOR_FILE_RETENTION` (1h) and `SIMULATOR_CREATE_RATE_LIMIT`
+//! (600 a minute; 0 for none). Not simulated: `Prefer: wait`, `Cancel-After` deadlines (so
+//! `aborted`), `output`/`logs` webhooks, deployments and the `created_after`/`created_before`
+//! filters of the listing.
 
-use std::net::SocketAddr;
+mod api;
+mod limit;
+pub mod prediction;
+pub mod settings;
+mod simulator;
+mod store;
+pub mod synth;
+mod webhook;
 
 use actix_web::web;
 use lifecycle::{
@@ -13,26 +48,12 @@ use lifecycle::{
     cli::ServiceMain,
     http::{HttpServerTask, bind, ops_app},
 };
-use settings::{CommonSettings, SettingError, Sources};
 use telemetry::metrics::Metrics;
 
+pub use crate::settings::{DEVELOPMENT_API_TOKEN, Settings};
+use crate::{api::ApiToken, simulator::Simulator};
+
 pub const NAME: &str = "replicate-simulator";
-
-/// Everything the simulator can be configured with.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub common: CommonSettings,
-    pub http_addr: SocketAddr,
-}
-
-impl Settings {
-    pub fn load(src: &Sources) -> Result<Self, SettingError> {
-        Ok(Self {
-            common: CommonSettings::load(src, NAME)?,
-            http_addr: src.or("HTTP_ADDR", ([127, 0, 0, 1], 8090).into())?,
-        })
-    }
-}
 
 /// The process entry point's description of this service.
 pub fn service() -> ServiceMain<Settings> {
@@ -52,28 +73,65 @@ pub fn service() -> ServiceMain<Settings> {
 /// The running simulator.
 pub struct Application {
     http: HttpServerTask,
+    base_url: String,
+    webhook_secret: String,
 }
 
 impl Application {
     pub fn build(settings: Settings, signals: Signals) -> anyhow::Result<Self> {
+        let listener = bind(settings.http_addr)?;
+        let bound = listener.local_addr()?;
+        // A wildcard address is where the simulator listens, not where anyone reaches it.
+        let host = if bound.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()))
+        } else {
+            bound
+        };
+        let base_url = settings.public_url.as_ref().map_or_else(
+            || format!("http://{host}"),
+            |url| url.as_str().trim_end_matches('/').to_owned(),
+        );
+        let simulator = Simulator::new(&settings, base_url.clone(), signals.shutdown.clone())?;
+        let webhook_secret = settings.webhook_secret.expose();
         let readiness = Readiness::builder().build();
         let metrics = Metrics::new();
         let app_readiness = readiness.clone();
+        let simulator = web::Data::new(simulator);
+        let token = web::Data::new(ApiToken(settings.api_token.clone()));
+        let knobs = web::Data::new(settings.knobs.clone());
         let http = lifecycle::http::serve(
-            bind(settings.http_addr)?,
+            listener,
             move || {
                 ops_app(app_readiness.clone(), metrics.clone())
-                    .default_service(web::to(http_problem::not_found))
+                    .app_data(simulator.clone())
+                    .app_data(token.clone())
+                    .app_data(knobs.clone())
+                    .configure(api::routes)
+                    .default_service(web::to(api::not_found))
             },
             readiness,
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            base_url,
+            webhook_secret,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.http.port()
+    }
+
+    /// Where clients reach the simulator, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The `whsec_` secret its webhooks are signed with.
+    pub fn webhook_secret(&self) -> &str {
+        &self.webhook_secret
     }
 
     pub async fn stopped(self) -> anyhow::Result<()> {

@@ -1,4 +1,10 @@
-//! Integration tests of the Replicate simulator's operational surface.
+//! Integration tests of the Replicate simulator: the real server on port 0, spoken to over HTTP,
+//! with a real webhook receiver on loopback that verifies signatures.
+
+mod audio;
+mod predictions;
+mod support;
+mod webhooks;
 
 use lifecycle::Signals;
 use replicate_simulator::{Application, Settings};
@@ -20,8 +26,13 @@ fn bad_setting_exits_64_naming_it() {
     let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_replicate-simulator"),
         &[],
-        &[("ENVIRONMENT", "staging")],
+        &[("SIMULATOR_FAILURE_RATE", "1.5")],
     );
     assert_eq!(run.code, Some(64), "{}", run.stderr);
-    assert!(run.stderr.contains("ENVIRONMENT"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SIMULATOR_FAILURE_RATE"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("1.5"), "{}", run.stderr);
 }

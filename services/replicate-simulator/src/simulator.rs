@@ -1,0 +1,291 @@
+//! The simulated Replicate: creates predictions and runs each one to its end (a delay, then
+//! success with a real file or a failure), sends its webhooks, and removes its data after the
+//! retention period. The HTTP layer (`api`) only parses and answers.
+
+use std::{sync::Arc, time::Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    limit::CreationLimit,
+    prediction::{
+        AudioRequest, EventFilter, InputError, ModelRef, Prediction, PredictionId, Status,
+    },
+    settings::{Knobs, Settings, WebhookSecret},
+    store::{Store, StoredFile},
+    synth,
+    webhook::WebhookSender,
+};
+
+/// A creation request, parsed.
+#[derive(Debug)]
+pub struct NewPrediction {
+    pub model: ModelRef,
+    pub input: Map<String, Value>,
+    pub audio: AudioRequest,
+    pub webhook: Option<url::Url>,
+    pub events: EventFilter,
+}
+
+impl NewPrediction {
+    /// Reads `input`, `webhook` and `webhook_events_filter` from a creation body.
+    pub fn parse(model: ModelRef, body: &Map<String, Value>) -> Result<Self, InputError> {
+        let input = match body.get("input") {
+            Some(Value::Object(input)) => input.clone(),
+            Some(_) => {
+                return Err(InputError {
+                    field: "input",
+                    problem: "must be an object".to_owned(),
+                });
+            }
+            None => {
+                return Err(InputError {
+                    field: "input",
+                    problem: "is required".to_owned(),
+                });
+            }
+        };
+        let webhook = match body.get("webhook") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_str()
+                    .and_then(|raw| url::Url::parse(raw).ok())
+                    .filter(|url| matches!(url.scheme(), "http" | "https"))
+                    .ok_or(InputError {
+                        field: "webhook",
+                        problem: "must be an http:// or https:// URL".to_owned(),
+                    })?,
+            ),
+        };
+        let events = EventFilter::parse(body.get("webhook_events_filter"))?;
+        let audio = AudioRequest::from_input(model.kind, &input)?;
+        Ok(Self {
+            model,
+            input,
+            audio,
+            webhook,
+            events,
+        })
+    }
+}
+
+/// Why a creation was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Past the creation rate; retry after this many seconds.
+    RateLimited(u64),
+}
+
+/// Everything the API handlers and the prediction tasks share.
+pub struct Simulator {
+    pub store: Store,
+    /// Where clients reach the simulator, without a trailing slash.
+    pub base_url: String,
+    pub secret: WebhookSecret,
+    pub page_size: usize,
+    knobs: Knobs,
+    limit: CreationLimit,
+    sender: WebhookSender,
+    /// The runtime prediction tasks run on: the one that built the application, not the HTTP
+    /// worker that happened to take the request, so tasks outlive a worker's restart.
+    runtime: Handle,
+    shutdown: CancellationToken,
+}
+
+/// Uniform in [0, 1), for the probabilistic knobs.
+fn draw() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+impl Simulator {
+    pub fn new(
+        settings: &Settings,
+        base_url: String,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        Ok(Arc::new(Self {
+            store: Store::new(settings.max_predictions),
+            base_url,
+            secret: settings.webhook_secret.clone(),
+            page_size: settings.page_size,
+            knobs: settings.knobs.clone(),
+            limit: CreationLimit::new(settings.knobs.create_rate_limit),
+            sender: WebhookSender::new(&settings.webhook_secret, settings.knobs.clone())?,
+            runtime: Handle::current(),
+            shutdown,
+        }))
+    }
+
+    /// Creates a prediction (status `starting`) and starts running it.
+    pub fn create(self: &Arc<Self>, new: NewPrediction) -> Result<Prediction, Refusal> {
+        self.limit
+            .admit(Instant::now())
+            .map_err(Refusal::RateLimited)?;
+        let prediction = self.store.insert(|seq| Prediction {
+            id: PredictionId::generate(),
+            seq,
+            model: new.model,
+            input: Value::Object(new.input),
+            audio: new.audio,
+            webhook: new.webhook,
+            events: new.events,
+            status: Status::Starting,
+            logs: String::new(),
+            output: None,
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            completed_at: None,
+            predict_time: None,
+            data_removed: false,
+        });
+        tracing::info!(prediction_id = %prediction.id, model = %prediction.model.model, "prediction created");
+        let this = Arc::clone(self);
+        let id = prediction.id.clone();
+        self.runtime.spawn(async move { this.run(id).await });
+        Ok(prediction)
+    }
+
+    /// Cancels a running prediction; a finished one is returned unchanged, as Replicate does.
+    pub fn cancel(self: &Arc<Self>, id: &PredictionId) -> Option<Prediction> {
+        let canceled = self.store.update_running(id, |p| {
+            p.status = Status::Canceled;
+            p.completed_at = Some(Utc::now());
+            p.logs.push_str("Canceled.\n");
+        });
+        match canceled {
+            Some(prediction) => {
+                tracing::info!(prediction_id = %id, "prediction canceled");
+                self.send_completion(&prediction);
+                Some(prediction)
+            }
+            None => self.store.get(id),
+        }
+    }
+
+    /// Waits out the cancellable pause `duration`; false when the simulator is shutting down.
+    async fn pause(&self, duration: std::time::Duration) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(duration) => true,
+        }
+    }
+
+    async fn run(self: Arc<Self>, id: PredictionId) {
+        // A quarter of the delay in `starting` (queued for a GPU), the rest in `processing`.
+        let delay = self.knobs.generation_delay;
+        if !self.pause(delay / 4).await {
+            return;
+        }
+        let Some(started) = self.store.update_running(&id, |p| {
+            p.status = Status::Processing;
+            p.started_at = Some(Utc::now());
+            p.logs.push_str("Generating audio (simulated)...\n");
+        }) else {
+            return;
+        };
+        if started.events.start
+            && let Some(url) = started.webhook.clone()
+        {
+            self.spawn_webhook(url, &started);
+        }
+        if !self.pause(delay - delay / 4).await {
+            return;
+        }
+        let finished = if self.knobs.failure_rate.happens(draw()) {
+            self.store.update_running(&id, |p| {
+                finish(p, Status::Failed);
+                p.error =
+                    Some("Prediction failed (simulated by SIMULATOR_FAILURE_RATE).".to_owned());
+            })
+        } else {
+            self.generate(&started).await
+        };
+        let Some(finished) = finished else {
+            return;
+        };
+        tracing::info!(prediction_id = %id, status = ?finished.status, "prediction finished");
+        self.send_completion(&finished);
+        if self.pause(self.knobs.file_retention).await {
+            self.store.remove_data(&id);
+            tracing::info!(prediction_id = %id, "prediction data removed after the retention period");
+        }
+    }
+
+    /// Makes the audio off the executor and stores it; a codec failure fails the prediction.
+    async fn generate(&self, prediction: &Prediction) -> Option<Prediction> {
+        let request = prediction.audio.clone();
+        let seed = uuid::Uuid::new_v4().as_u128() as u64;
+        let span = tracing::Span::current();
+        let rendered = self
+            .runtime
+            .spawn_blocking(move || span.in_scope(|| synth::render(&request, seed)))
+            .await;
+        let id = &prediction.id;
+        match rendered {
+            Ok(Ok(bytes)) => {
+                let format = prediction.audio.format;
+                let output = format!("{}/files/{id}.{}", self.base_url, format.name());
+                self.store.complete_with_file(
+                    id,
+                    StoredFile {
+                        bytes: Arc::new(bytes),
+                        format,
+                        downloads: 0,
+                    },
+                    |p| {
+                        finish(p, Status::Succeeded);
+                        p.output = Some(output);
+                        p.logs.push_str("Done.\n");
+                    },
+                )
+            }
+            Ok(Err(error)) => {
+                tracing::error!(prediction_id = %id, %error, "could not encode the audio");
+                self.store.update_running(id, |p| {
+                    finish(p, Status::Failed);
+                    p.error = Some(format!("Could not encode the audio: {error}"));
+                })
+            }
+            Err(error) => {
+                tracing::error!(prediction_id = %id, %error, "the synthesis task failed");
+                self.store.update_running(id, |p| {
+                    finish(p, Status::Failed);
+                    p.error = Some("The synthesis failed.".to_owned());
+                })
+            }
+        }
+    }
+
+    fn send_completion(&self, prediction: &Prediction) {
+        if prediction.events.completed
+            && let Some(url) = prediction.webhook.clone()
+        {
+            self.spawn_webhook(url, prediction);
+        }
+    }
+
+    fn spawn_webhook(&self, url: url::Url, prediction: &Prediction) {
+        let body = serde_json::to_vec(&prediction.to_json(&self.base_url))
+            .expect("the prediction object serialises");
+        let sender = self.sender.clone();
+        let shutdown = self.shutdown.clone();
+        self.runtime.spawn(async move {
+            sender.deliver(&url, body, draw(), &shutdown).await;
+        });
+    }
+}
+
+/// Marks a prediction finished now, with its times.
+fn finish(prediction: &mut Prediction, status: Status) {
+    let now = Utc::now();
+    prediction.status = status;
+    prediction.completed_at = Some(now);
+    prediction.predict_time = prediction
+        .started_at
+        .map(|start| (now - start).as_seconds_f64());
+}

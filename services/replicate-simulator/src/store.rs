@@ -1,0 +1,221 @@
+//! Predictions and their output files, in memory: this is a development simulator, and a
+//! restart forgetting everything is what a fresh Replicate account looks like. The number of
+//! predictions is bounded (`SIMULATOR_MAX_PREDICTIONS`): creating one more forgets the oldest,
+//! with its file, and files go after `SIMULATOR_FILE_RETENTION` anyway.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use audio_codec::AudioFormat;
+
+use crate::prediction::{Prediction, PredictionId};
+
+/// An output file, whole.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub bytes: Arc<Vec<u8>>,
+    pub format: AudioFormat,
+    /// Downloads so far, for the broken-download knob.
+    pub downloads: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    predictions: HashMap<PredictionId, Prediction>,
+    /// Creation sequence number to id, oldest first.
+    order: BTreeMap<u64, PredictionId>,
+    next_seq: u64,
+    files: HashMap<PredictionId, StoredFile>,
+}
+
+/// Which way a listing cursor points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Predictions created before the one with this sequence number (older).
+    Before(u64),
+    /// Predictions created after it (newer).
+    After(u64),
+}
+
+impl Cursor {
+    /// Cursors are `b<seq>` or `a<seq>`; Replicate's are opaque, and so are these to clients.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (kind, seq) = raw.split_at_checked(1)?;
+        let seq = seq.parse().ok()?;
+        match kind {
+            "b" => Some(Self::Before(seq)),
+            "a" => Some(Self::After(seq)),
+            _ => None,
+        }
+    }
+
+    pub fn encode(self) -> String {
+        match self {
+            Self::Before(seq) => format!("b{seq}"),
+            Self::After(seq) => format!("a{seq}"),
+        }
+    }
+}
+
+/// One page of predictions, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub results: Vec<Prediction>,
+    pub next: Option<Cursor>,
+    pub previous: Option<Cursor>,
+}
+
+/// The simulator's memory. The lock is never held across an await.
+pub struct Store {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+impl Store {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores a new prediction built by `make` from its sequence number, forgetting the oldest
+    /// ones beyond the capacity.
+    pub fn insert(&self, make: impl FnOnce(u64) -> Prediction) -> Prediction {
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let prediction = make(seq);
+        inner.order.insert(seq, prediction.id.clone());
+        inner
+            .predictions
+            .insert(prediction.id.clone(), prediction.clone());
+        while inner.order.len() > self.capacity {
+            let Some((_, oldest)) = inner.order.pop_first() else {
+                break;
+            };
+            inner.predictions.remove(&oldest);
+            inner.files.remove(&oldest);
+            tracing::info!(prediction_id = %oldest, "forgot the oldest prediction: the store is full");
+        }
+        prediction
+    }
+
+    pub fn get(&self, id: &PredictionId) -> Option<Prediction> {
+        self.lock().predictions.get(id).cloned()
+    }
+
+    /// Applies `change` to a prediction that has not finished yet, and returns it as changed;
+    /// `None` when it is gone or already finished, so a cancel and a completion never both win.
+    pub fn update_running(
+        &self,
+        id: &PredictionId,
+        change: impl FnOnce(&mut Prediction),
+    ) -> Option<Prediction> {
+        let mut inner = self.lock();
+        let prediction = inner.predictions.get_mut(id)?;
+        if prediction.status.is_terminal() {
+            return None;
+        }
+        change(prediction);
+        Some(prediction.clone())
+    }
+
+    /// Finishes a prediction with its output file, if it is still running.
+    pub fn complete_with_file(
+        &self,
+        id: &PredictionId,
+        file: StoredFile,
+        change: impl FnOnce(&mut Prediction),
+    ) -> Option<Prediction> {
+        let mut inner = self.lock();
+        let prediction = inner.predictions.get_mut(id)?;
+        if prediction.status.is_terminal() {
+            return None;
+        }
+        change(prediction);
+        let prediction = prediction.clone();
+        inner.files.insert(id.clone(), file);
+        Some(prediction)
+    }
+
+    /// Deletes a prediction's file and its input, output and logs, as Replicate's retention does.
+    pub fn remove_data(&self, id: &PredictionId) {
+        let mut inner = self.lock();
+        inner.files.remove(id);
+        if let Some(prediction) = inner.predictions.get_mut(id) {
+            prediction.data_removed = true;
+            prediction.output = None;
+            prediction.input = serde_json::Value::Object(serde_json::Map::new());
+            prediction.logs.clear();
+        }
+    }
+
+    /// A file and the number of this download (1 for the first).
+    pub fn download(&self, id: &PredictionId) -> Option<(StoredFile, u32)> {
+        let mut inner = self.lock();
+        let file = inner.files.get_mut(id)?;
+        file.downloads += 1;
+        Some((file.clone(), file.downloads))
+    }
+
+    /// A page of at most `size` predictions, newest first.
+    pub fn list(&self, cursor: Option<Cursor>, size: usize) -> Page {
+        let inner = self.lock();
+        let seqs: Vec<u64> = match cursor {
+            None => inner.order.keys().rev().take(size).copied().collect(),
+            Some(Cursor::Before(seq)) => inner
+                .order
+                .range(..seq)
+                .rev()
+                .take(size)
+                .map(|(s, _)| *s)
+                .collect(),
+            Some(Cursor::After(seq)) => {
+                let mut newer: Vec<u64> = inner
+                    .order
+                    .range(seq + 1..)
+                    .take(size)
+                    .map(|(s, _)| *s)
+                    .collect();
+                newer.reverse();
+                newer
+            }
+        };
+        let (Some(&newest), Some(&oldest)) = (seqs.first(), seqs.last()) else {
+            return Page {
+                results: Vec::new(),
+                next: None,
+                previous: None,
+            };
+        };
+        let next = inner
+            .order
+            .range(..oldest)
+            .next()
+            .map(|_| Cursor::Before(oldest));
+        let previous = inner
+            .order
+            .range(newest + 1..)
+            .next()
+            .map(|_| Cursor::After(newest));
+        let results = seqs
+            .iter()
+            .filter_map(|seq| inner.order.get(seq))
+            .filter_map(|id| inner.predictions.get(id).cloned())
+            .collect();
+        Page {
+            results,
+            next,
+            previous,
+        }
+    }
+}
