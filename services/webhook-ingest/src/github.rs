@@ -10,6 +10,7 @@ use ring::hmac;
 
 use crate::{
     inbox::{self, NewEvent, State, Stored},
+    monitor::Monitor,
     request::{header, not_stored, read_body, unauthorized, unprocessable},
 };
 
@@ -23,7 +24,10 @@ pub struct GithubReceiver {
     /// The webhook secret (`GITHUB_WEBHOOK_SECRET`); without it every delivery is refused.
     pub secret: Option<hmac::Key>,
     pub received: IntCounterVec,
+    pub monitor: Monitor,
 }
+
+const ROUTE: &str = "/api/v1/webhooks/github";
 
 /// Checks `X-Hub-Signature-256`: `sha256=` and the hex HMAC-SHA256 of the raw body, compared in
 /// constant time.
@@ -65,12 +69,24 @@ fn payload_text(content_type: &str, body: &[u8]) -> Result<String, String> {
     Ok(text)
 }
 
-/// The handler.
+/// The handler; every refusal or failure counts for the path's monitoring.
 #[tracing::instrument(skip_all, fields(event, delivery))]
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
     receiver: web::Data<GithubReceiver>,
+) -> Result<HttpResponse, Problem> {
+    let result = handle(&req, payload, &receiver).await;
+    if result.is_err() {
+        receiver.monitor.failure(req.path(), ROUTE);
+    }
+    result
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    receiver: &GithubReceiver,
 ) -> Result<HttpResponse, Problem> {
     let count = |outcome: &str| {
         receiver
@@ -78,7 +94,7 @@ pub async fn receive(
             .with_label_values(&["github", outcome])
             .inc();
     };
-    let body = read_body(&req, payload, MAX_BODY_BYTES)
+    let body = read_body(req, payload, MAX_BODY_BYTES)
         .await
         .inspect_err(|_| count("refused"))?;
     let Some(key) = &receiver.secret else {
@@ -88,15 +104,15 @@ pub async fn receive(
         count("unauthorized");
         return Err(unauthorized());
     };
-    if !verify_signature(key, header(&req, "x-hub-signature-256"), &body) {
+    if !verify_signature(key, header(req, "x-hub-signature-256"), &body) {
         tracing::warn!("GitHub webhook refused: signature");
         count("unauthorized");
         return Err(unauthorized());
     }
     let (event, delivery, hook) = (
-        header(&req, "x-github-event"),
-        header(&req, "x-github-delivery"),
-        header(&req, "x-github-hook-id"),
+        header(req, "x-github-event"),
+        header(req, "x-github-delivery"),
+        header(req, "x-github-hook-id"),
     );
     tracing::Span::current().record("event", event);
     tracing::Span::current().record("delivery", delivery);
@@ -115,7 +131,7 @@ pub async fn receive(
     let delivery_id = format!("{hook}:{delivery}");
     let now = chrono::Utc::now();
     let path = req.path();
-    match payload_text(header(&req, "content-type"), &body) {
+    match payload_text(header(req, "content-type"), &body) {
         Ok(text) => {
             let action = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()

@@ -7,6 +7,7 @@
 
 pub mod github;
 pub mod inbox;
+pub mod monitor;
 pub mod replicate;
 mod request;
 
@@ -61,6 +62,9 @@ pub struct Settings {
     pub max_body: usize,
     /// GitHub's webhook secret (`GITHUB_WEBHOOK_SECRET`).
     pub github_webhook_secret: Option<SecretString>,
+    /// Failure monitoring (`WEBHOOK_MONITORING_ENABLED`, `WEBHOOK_FAILURE_ALERT_THRESHOLD`,
+    /// `WEBHOOK_TIMEOUT_SECONDS`).
+    pub monitoring: monitor::MonitorSettings,
 }
 
 /// The default largest webhook body: 1 MiB.
@@ -103,7 +107,26 @@ impl Settings {
                 "must be at least 16 characters: a guessable secret lets anyone forge events",
             ));
         }
+        let threshold: u32 = src.or("WEBHOOK_FAILURE_ALERT_THRESHOLD", 5)?;
+        if !(1..=100_000).contains(&threshold) {
+            return Err(SettingError::new(
+                "WEBHOOK_FAILURE_ALERT_THRESHOLD",
+                "must be between 1 and 100000",
+            ));
+        }
+        let timeout_seconds: u32 = src.or("WEBHOOK_TIMEOUT_SECONDS", 30)?;
+        if !(1..=600).contains(&timeout_seconds) {
+            return Err(SettingError::new(
+                "WEBHOOK_TIMEOUT_SECONDS",
+                "must be between 1 and 600",
+            ));
+        }
         Ok(Self {
+            monitoring: monitor::MonitorSettings {
+                enabled: src.or("WEBHOOK_MONITORING_ENABLED", true)?,
+                threshold,
+                timeout_seconds,
+            },
             github_webhook_secret,
             replicate_webhook_secret,
             max_body,
@@ -182,13 +205,20 @@ impl Application {
             &["source", "outcome"],
         )?;
         metrics.registry().register(Box::new(received.clone()))?;
+        let monitor = monitor::Monitor::new(
+            redis.clone(),
+            settings.monitoring.clone(),
+            metrics.registry(),
+        )?;
         let replicate = web::Data::new(replicate::ReplicateReceiver {
+            monitor: monitor.clone(),
             pool: database.pool().clone(),
             secret: settings.replicate_webhook_secret.clone(),
             max_body: settings.max_body,
             received,
         });
         let github = web::Data::new(github::GithubReceiver {
+            monitor: monitor.clone(),
             pool: database.pool().clone(),
             secret: settings.github_webhook_secret.as_ref().map(|secret| {
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes())
@@ -221,6 +251,8 @@ impl Application {
                 public_app(app_readiness.clone(), metrics.clone())
                     .app_data(replicate.clone())
                     .app_data(github.clone())
+                    .app_data(web::Data::new(monitor.clone()))
+                    .route("/webhook-status", web::get().to(monitor::webhook_status))
                     .route("/api/v1/webhooks/github", web::post().to(github::receive))
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .route(

@@ -11,6 +11,7 @@ use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, ver
 
 use crate::{
     inbox::{self, NewEvent, State, Stored},
+    monitor::Monitor,
     request::{header, not_stored, read_body, unauthorized, unprocessable},
 };
 
@@ -24,7 +25,11 @@ pub struct ReplicateReceiver {
     /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`).
     pub max_body: usize,
     pub received: IntCounterVec,
+    pub monitor: Monitor,
 }
+
+/// The route, under which failures on too many distinct paths are counted.
+const ROUTE: &str = "/api/replicate-webhook/{content_type}/{content_id}";
 
 /// The content types Replicate's webhooks finish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +94,26 @@ fn valid_content_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The handler.
+/// The handler; every refusal or failure counts for the path's monitoring.
 #[tracing::instrument(skip_all, fields(content_type = %path.0, content_id = %path.1))]
 pub async fn receive(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
     receiver: web::Data<ReplicateReceiver>,
+) -> Result<HttpResponse, Problem> {
+    let result = handle(&req, path, payload, &receiver).await;
+    if result.is_err() {
+        receiver.monitor.failure(req.path(), ROUTE);
+    }
+    result
+}
+
+async fn handle(
+    req: &HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    receiver: &ReplicateReceiver,
 ) -> Result<HttpResponse, Problem> {
     let count = |outcome: &str| {
         receiver
@@ -114,7 +132,7 @@ pub async fn receive(
         count("refused");
         return Err(Problem::not_found().detail("No such job."));
     }
-    let body = read_body(&req, payload, receiver.max_body)
+    let body = read_body(req, payload, receiver.max_body)
         .await
         .inspect_err(|_| count("refused"))?;
     let Some(secret) = &receiver.secret else {
@@ -125,9 +143,9 @@ pub async fn receive(
         return Err(unauthorized());
     };
     let headers = SignedHeaders {
-        id: header(&req, webhook_signature::HEADER_ID),
-        timestamp: header(&req, webhook_signature::HEADER_TIMESTAMP),
-        signature: header(&req, webhook_signature::HEADER_SIGNATURE),
+        id: header(req, webhook_signature::HEADER_ID),
+        timestamp: header(req, webhook_signature::HEADER_TIMESTAMP),
+        signature: header(req, webhook_signature::HEADER_SIGNATURE),
     };
     let now = chrono::Utc::now();
     if let Err(error) = verify(

@@ -2,6 +2,7 @@
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
 mod github;
+mod monitoring;
 mod replicate;
 
 use test_stack::{Service, Stack};
@@ -68,6 +69,14 @@ async fn redis_away_degrades_but_keeps_it_ready() {
     .await;
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["components"]["database"]["required"], true, "{body}");
+    // Monitoring needs Redis: its status says so, with when to retry.
+    let response = test_support::http_client()
+        .get(format!("{}/webhook-status", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
     stack.redis.restore();
     let body = wait_ready(&stack.ops, 200).await;
     assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
