@@ -2,6 +2,7 @@
 //! with a real webhook receiver on loopback that verifies signatures.
 
 mod audio;
+mod knobs;
 mod predictions;
 mod support;
 mod webhooks;
