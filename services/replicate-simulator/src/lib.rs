@@ -20,8 +20,10 @@
 //! the same `webhook-id`. After `SIMULATOR_FILE_RETENTION` the file, input, output and logs are
 //! removed and `data_removed` is true.
 //!
-//! Everything lives in memory, at most `SIMULATOR_MAX_PREDICTIONS` predictions (the oldest is
-//! forgotten first): a restart starts empty.
+//! Everything lives in memory, and a restart starts empty: at most `SIMULATOR_MAX_PREDICTIONS`
+//! predictions (1000; the oldest is forgotten first) and `SIMULATOR_MAX_STORED_BYTES` of files
+//! (128 MiB; the oldest files are removed early, with `data_removed`). At most one synthesis
+//! per core runs at a time, off the async executor.
 //!
 //! Knobs (all settings, see [`settings::Knobs`]): `SIMULATOR_GENERATION_DELAY` (2s),
 //! `SIMULATOR_FAILURE_RATE` (0; 1 fails every prediction), `SIMULATOR_LOST_WEBHOOK_RATE` (0; 1

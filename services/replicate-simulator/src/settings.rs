@@ -30,6 +30,9 @@ pub struct Settings {
     /// How many predictions are kept in memory (`SIMULATOR_MAX_PREDICTIONS`); the oldest is
     /// forgotten, with its file, when a new one would exceed it.
     pub max_predictions: usize,
+    /// How many bytes of output files are kept in memory (`SIMULATOR_MAX_STORED_BYTES`); beyond,
+    /// the oldest files are removed early, with `data_removed`, as after the retention period.
+    pub max_stored_bytes: usize,
     /// Predictions per page of `GET /v1/predictions` (`SIMULATOR_PAGE_SIZE`, Replicate's 100).
     pub page_size: usize,
     pub knobs: Knobs,
@@ -97,12 +100,14 @@ impl Settings {
             ));
         }
         let max_predictions = src.or("SIMULATOR_MAX_PREDICTIONS", 1000)?;
-        if max_predictions == 0 {
+        if !(1..=1_000_000).contains(&max_predictions) {
             return Err(SettingError::new(
                 "SIMULATOR_MAX_PREDICTIONS",
-                "must be at least 1",
+                "must be from 1 to 1000000",
             ));
         }
+        // The default fits the development pod's 256 MiB limit with room for synthesis.
+        let max_stored_bytes = src.or("SIMULATOR_MAX_STORED_BYTES", 128 * 1024 * 1024)?;
         let page_size = src.or("SIMULATOR_PAGE_SIZE", 100)?;
         if !(1..=1000).contains(&page_size) {
             return Err(SettingError::new(
@@ -123,6 +128,7 @@ impl Settings {
                 None => WebhookSecret::generate(),
             },
             max_predictions,
+            max_stored_bytes,
             page_size,
             knobs,
         })

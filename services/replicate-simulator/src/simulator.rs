@@ -90,6 +90,9 @@ pub struct Simulator {
     knobs: Knobs,
     limit: CreationLimit,
     sender: WebhookSender,
+    /// One synthesis per core at a time, so that a burst of predictions queues instead of
+    /// holding every request's samples in memory at once.
+    synthesis: tokio::sync::Semaphore,
     /// The runtime prediction tasks run on: the one that built the application, not the HTTP
     /// worker that happened to take the request, so tasks outlive a worker's restart.
     runtime: Handle,
@@ -108,13 +111,16 @@ impl Simulator {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, reqwest::Error> {
         Ok(Arc::new(Self {
-            store: Store::new(settings.max_predictions),
+            store: Store::new(settings.max_predictions, settings.max_stored_bytes),
             base_url,
             secret: settings.webhook_secret.clone(),
             page_size: settings.page_size,
             knobs: settings.knobs.clone(),
             limit: CreationLimit::new(settings.knobs.create_rate_limit),
             sender: WebhookSender::new(&settings.webhook_secret, settings.knobs.clone())?,
+            synthesis: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             runtime: Handle::current(),
             shutdown,
         }))
@@ -221,6 +227,11 @@ impl Simulator {
         let request = prediction.audio.clone();
         let seed = uuid::Uuid::new_v4().as_u128() as u64;
         let span = tracing::Span::current();
+        let _permit = self
+            .synthesis
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let rendered = self
             .runtime
             .spawn_blocking(move || span.in_scope(|| synth::render(&request, seed)))
@@ -233,6 +244,7 @@ impl Simulator {
                 self.store.complete_with_file(
                     id,
                     StoredFile {
+                        seq: prediction.seq,
                         bytes: Arc::new(bytes),
                         format,
                         downloads: 0,

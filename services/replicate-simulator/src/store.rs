@@ -1,7 +1,8 @@
 //! Predictions and their output files, in memory: this is a development simulator, and a
-//! restart forgetting everything is what a fresh Replicate account looks like. The number of
-//! predictions is bounded (`SIMULATOR_MAX_PREDICTIONS`): creating one more forgets the oldest,
-//! with its file, and files go after `SIMULATOR_FILE_RETENTION` anyway.
+//! restart forgetting everything is what a fresh Replicate account looks like. Both are bounded:
+//! creating one prediction more than `SIMULATOR_MAX_PREDICTIONS` forgets the oldest, with its
+//! file, and a file that takes the files past `SIMULATOR_MAX_STORED_BYTES` removes the data of
+//! the oldest ones early (`data_removed`, as after `SIMULATOR_FILE_RETENTION`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,6 +16,8 @@ use crate::prediction::{Prediction, PredictionId};
 /// An output file, whole.
 #[derive(Debug, Clone)]
 pub struct StoredFile {
+    /// The prediction's creation sequence number: files are evicted oldest first.
+    pub seq: u64,
     pub bytes: Arc<Vec<u8>>,
     pub format: AudioFormat,
     /// Downloads so far, for the broken-download knob.
@@ -28,6 +31,29 @@ struct Inner {
     order: BTreeMap<u64, PredictionId>,
     next_seq: u64,
     files: HashMap<PredictionId, StoredFile>,
+    /// The files by their prediction's sequence number, oldest first.
+    file_order: BTreeMap<u64, PredictionId>,
+    file_bytes: usize,
+}
+
+impl Inner {
+    fn remove_file(&mut self, id: &PredictionId) {
+        if let Some(file) = self.files.remove(id) {
+            self.file_order.remove(&file.seq);
+            self.file_bytes -= file.bytes.len();
+        }
+    }
+
+    /// Deletes a prediction's file and its input, output and logs, as Replicate's retention does.
+    fn remove_data(&mut self, id: &PredictionId) {
+        self.remove_file(id);
+        if let Some(prediction) = self.predictions.get_mut(id) {
+            prediction.data_removed = true;
+            prediction.output = None;
+            prediction.input = serde_json::Value::Object(serde_json::Map::new());
+            prediction.logs.clear();
+        }
+    }
 }
 
 /// Which way a listing cursor points.
@@ -71,13 +97,15 @@ pub struct Page {
 pub struct Store {
     inner: Mutex<Inner>,
     capacity: usize,
+    max_file_bytes: usize,
 }
 
 impl Store {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_file_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             capacity,
+            max_file_bytes,
         }
     }
 
@@ -102,8 +130,8 @@ impl Store {
             let Some((_, oldest)) = inner.order.pop_first() else {
                 break;
             };
+            inner.remove_file(&oldest);
             inner.predictions.remove(&oldest);
-            inner.files.remove(&oldest);
             tracing::info!(prediction_id = %oldest, "forgot the oldest prediction: the store is full");
         }
         prediction
@@ -142,21 +170,27 @@ impl Store {
             return None;
         }
         change(prediction);
-        let prediction = prediction.clone();
+        inner.file_bytes += file.bytes.len();
+        inner.file_order.insert(file.seq, id.clone());
         inner.files.insert(id.clone(), file);
-        Some(prediction)
+        while inner.file_bytes > self.max_file_bytes {
+            let Some((_, oldest)) = inner.file_order.first_key_value() else {
+                break;
+            };
+            // A file larger than the bound on its own is still kept until the next one arrives.
+            if oldest == id {
+                break;
+            }
+            let oldest = oldest.clone();
+            tracing::info!(prediction_id = %oldest, "removed the oldest file early: the files are at their size bound");
+            inner.remove_data(&oldest);
+        }
+        inner.predictions.get(id).cloned()
     }
 
     /// Deletes a prediction's file and its input, output and logs, as Replicate's retention does.
     pub fn remove_data(&self, id: &PredictionId) {
-        let mut inner = self.lock();
-        inner.files.remove(id);
-        if let Some(prediction) = inner.predictions.get_mut(id) {
-            prediction.data_removed = true;
-            prediction.output = None;
-            prediction.input = serde_json::Value::Object(serde_json::Map::new());
-            prediction.logs.clear();
-        }
+        self.lock().remove_data(id);
     }
 
     /// A file and the number of this download (1 for the first).

@@ -107,3 +107,28 @@ async fn a_webhook_is_retried_after_a_connection_error() {
     assert!(got[0].verified);
     assert!(got[0].body.contains(done["id"].as_str().unwrap()));
 }
+
+#[tokio::test]
+async fn files_past_the_size_bound_are_removed_oldest_first() {
+    // A one-second effect at 44.1 kHz is about 88 KB as wav: two fit under 200 KB, three do not.
+    let sim = Sim::start(&[("SIMULATOR_MAX_STORED_BYTES", "200000")]);
+    let mut done = Vec::new();
+    for _ in 0..3 {
+        done.push(
+            sim.finished(&sim.create(effect(1.0, json!({}))).await)
+                .await,
+        );
+    }
+    let (_, oldest) = sim.get(done[0]["urls"]["get"].as_str().unwrap()).await;
+    assert_eq!(oldest["data_removed"], true);
+    assert_eq!(oldest["output"], serde_json::Value::Null);
+    for kept in &done[1..] {
+        let response = sim
+            .client
+            .get(kept["output"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
