@@ -2,7 +2,7 @@
 //! output files. Errors are Replicate's `{"title", "detail", "status"}` objects, not
 //! problem+json, because clients written for Replicate read `detail`.
 
-use std::{future::Ready, sync::Arc};
+use std::{future::Ready, sync::Arc, time::Duration};
 
 use actix_web::{
     FromRequest, HttpRequest, HttpResponse, ResponseError,
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    prediction::{InputError, ModelRef, PredictionId},
+    prediction::{InputError, ModelRef, PredictionId, parse_cancel_after},
     settings::Knobs,
     simulator::{NewPrediction, Refusal, Simulator},
     store::Cursor,
@@ -145,10 +145,39 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn created(sim: &Arc<Simulator>, new: NewPrediction) -> Result<HttpResponse, ApiError> {
-    let prediction = sim.create(new).map_err(|refusal| match refusal {
+/// `Prefer: wait` (60 s) or `Prefer: wait=n` (1 to 60 s); anything else waits for nothing.
+fn prefer_wait(req: &HttpRequest) -> Option<Duration> {
+    let prefer = req.headers().get("prefer")?.to_str().ok()?;
+    prefer.split(',').map(str::trim).find_map(|pref| {
+        if pref == "wait" {
+            Some(Duration::from_secs(60))
+        } else {
+            let seconds: u64 = pref.strip_prefix("wait=")?.trim().parse().ok()?;
+            Some(Duration::from_secs(seconds.clamp(1, 60)))
+        }
+    })
+}
+
+/// Creates the prediction with the options the request's headers carry, and answers 201 once
+/// it exists, or once it has finished within `Prefer: wait`.
+async fn created(
+    sim: &Arc<Simulator>,
+    req: &HttpRequest,
+    mut new: NewPrediction,
+) -> Result<HttpResponse, ApiError> {
+    new.cancel_after = match req.headers().get("cancel-after") {
+        None => None,
+        Some(value) => Some(parse_cancel_after(value.to_str().unwrap_or_default())?),
+    };
+    let mut prediction = sim.create(new).map_err(|refusal| match refusal {
         Refusal::RateLimited(seconds) => ApiError::Throttled(seconds),
     })?;
+    if let Some(limit) = prefer_wait(req) {
+        prediction = sim
+            .wait_for(&prediction.id, limit)
+            .await
+            .unwrap_or(prediction);
+    }
     let body = prediction.to_json(&sim.base_url);
     Ok(HttpResponse::Created()
         .insert_header((
@@ -159,7 +188,12 @@ fn created(sim: &Arc<Simulator>, new: NewPrediction) -> Result<HttpResponse, Api
 }
 
 #[tracing::instrument(skip_all)]
-async fn create(_: Authorized, sim: Sim, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn create(
+    _: Authorized,
+    sim: Sim,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let body = object(&body)?;
     let version = body
         .get("version")
@@ -169,19 +203,20 @@ async fn create(_: Authorized, sim: Sim, body: web::Bytes) -> Result<HttpRespons
             problem: "is required and must be a string".to_owned(),
         })?;
     let new = NewPrediction::parse(ModelRef::from_version(version)?, &body)?;
-    created(&sim, new)
+    created(&sim, &req, new).await
 }
 
 #[tracing::instrument(skip_all, fields(owner = %path.0, name = %path.1))]
 async fn create_for_model(
     _: Authorized,
     sim: Sim,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body = object(&body)?;
     let new = NewPrediction::parse(ModelRef::from_path(&path.0, &path.1)?, &body)?;
-    created(&sim, new)
+    created(&sim, &req, new).await
 }
 
 fn prediction_id(raw: &str) -> Result<PredictionId, ApiError> {

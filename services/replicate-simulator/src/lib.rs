@@ -31,9 +31,13 @@
 //! (false), `SIMULATOR_WEBHOOK_ATTEMPTS` (4), `SIMULATOR_WEBHOOK_RETRY_DELAY` (1s, doubling),
 //! `SIMULATOR_DOWNLOAD_DELAY` (0), `SIMULATOR_DOWNLOAD_FAILURES` (0: the first N downloads of
 //! each file answer 500), `SIMULATOR_FILE_RETENTION` (1h) and `SIMULATOR_CREATE_RATE_LIMIT`
-//! (600 a minute; 0 for none). Not simulated: `Prefer: wait`, `Cancel-After` deadlines (so
-//! `aborted`), `output`/`logs` webhooks, deployments and the `created_after`/`created_before`
-//! filters of the listing.
+//! (600 a minute; 0 for none).
+//!
+//! Creation honours `Prefer: wait[=n]` (answers once the prediction has finished, or after n
+//! seconds, at most 60) and `Cancel-After` (a deadline from creation: `aborted` if it passes
+//! before the start, `canceled` after it). Not simulated: `output`/`logs` webhooks (the only
+//! output arrives with `completed`), deployments, streaming, and the
+//! `created_after`/`created_before` filters of the listing.
 
 mod api;
 mod limit;

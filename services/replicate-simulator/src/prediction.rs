@@ -58,9 +58,7 @@ pub enum Status {
     Succeeded,
     Failed,
     Canceled,
-    /// A deadline passed before the prediction started; the simulator has no deadlines yet, so
-    /// it never sets it, but clients must know the word.
-    #[allow(dead_code)]
+    /// Its `Cancel-After` deadline passed before it started.
     Aborted,
 }
 
@@ -285,6 +283,48 @@ impl AudioRequest {
     }
 }
 
+/// Reads a `Cancel-After` header: `30s`, `5m`, `1h30m45s`, or a bare number of seconds; at
+/// least 5 seconds, as Replicate requires.
+pub fn parse_cancel_after(raw: &str) -> Result<std::time::Duration, InputError> {
+    const PROBLEM: &str = "must be a duration such as 30s, 5m or 1h30m45s, of at least 5 seconds";
+    let bad = || invalid("Cancel-After", PROBLEM);
+    let raw = raw.trim();
+    let seconds = if let Ok(bare) = raw.parse::<u64>() {
+        bare
+    } else {
+        let mut total = 0u64;
+        let mut number = String::new();
+        let mut seen_unit = false;
+        for c in raw.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let scale = match c {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => return Err(bad()),
+            };
+            let value: u64 = number.parse().map_err(|_| bad())?;
+            total = value
+                .checked_mul(scale)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(bad)?;
+            number.clear();
+            seen_unit = true;
+        }
+        if !number.is_empty() || !seen_unit {
+            return Err(bad());
+        }
+        total
+    };
+    if seconds < 5 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 /// Which webhooks a prediction wants (`webhook_events_filter`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFilter {
@@ -467,6 +507,18 @@ mod tests {
             ModelRef::from_version("a/b:123").unwrap_err().field,
             "version"
         );
+    }
+
+    #[test]
+    fn cancel_after_takes_replicates_forms() {
+        let secs = |raw| parse_cancel_after(raw).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("1h30m45s"), Ok(5445));
+        assert_eq!(secs("12"), Ok(12));
+        for bad in ["4s", "3", "", "5x", "m", "10s5"] {
+            assert!(parse_cancel_after(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! success with a real file or a failure), sends its webhooks, and removes its data after the
 //! retention period. The HTTP layer (`api`) only parses and answers.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use serde_json::{Map, Value};
@@ -28,6 +31,8 @@ pub struct NewPrediction {
     pub audio: AudioRequest,
     pub webhook: Option<url::Url>,
     pub events: EventFilter,
+    /// The `Cancel-After` deadline, from creation.
+    pub cancel_after: Option<Duration>,
 }
 
 impl NewPrediction {
@@ -69,6 +74,7 @@ impl NewPrediction {
             audio,
             webhook,
             events,
+            cancel_after: None,
         })
     }
 }
@@ -153,7 +159,49 @@ impl Simulator {
         let this = Arc::clone(self);
         let id = prediction.id.clone();
         self.runtime.spawn(async move { this.run(id).await });
+        if let Some(deadline) = new.cancel_after {
+            let this = Arc::clone(self);
+            let id = prediction.id.clone();
+            self.runtime.spawn(async move {
+                if this.pause(deadline).await {
+                    this.expire(&id);
+                }
+            });
+        }
         Ok(prediction)
+    }
+
+    /// The `Cancel-After` deadline has passed: a prediction that has not started is `aborted`,
+    /// one that is running is `canceled`, and a finished one stays as it is.
+    fn expire(&self, id: &PredictionId) {
+        let expired = self.store.update_running(id, |p| {
+            p.status = if p.status == Status::Starting {
+                Status::Aborted
+            } else {
+                Status::Canceled
+            };
+            p.completed_at = Some(Utc::now());
+            p.logs.push_str("The Cancel-After deadline passed.\n");
+        });
+        if let Some(prediction) = expired {
+            tracing::info!(prediction_id = %id, status = ?prediction.status, "prediction past its deadline");
+            self.send_completion(&prediction);
+        }
+    }
+
+    /// Waits until the prediction has finished or `limit` has passed (`Prefer: wait`), and
+    /// returns it as it is then. Polling is enough here: a simulator, and 50 ms steps.
+    pub async fn wait_for(&self, id: &PredictionId, limit: Duration) -> Option<Prediction> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let prediction = self.store.get(id)?;
+            if prediction.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Some(prediction);
+            }
+            if !self.pause(Duration::from_millis(50)).await {
+                return Some(prediction);
+            }
+        }
     }
 
     /// Cancels a running prediction; a finished one is returned unchanged, as Replicate does.
@@ -174,7 +222,7 @@ impl Simulator {
     }
 
     /// Waits out the cancellable pause `duration`; false when the simulator is shutting down.
-    async fn pause(&self, duration: std::time::Duration) -> bool {
+    async fn pause(&self, duration: Duration) -> bool {
         tokio::select! {
             () = self.shutdown.cancelled() => false,
             () = tokio::time::sleep(duration) => true,

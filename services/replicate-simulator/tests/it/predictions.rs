@@ -252,3 +252,58 @@ async fn the_webhook_secret_is_published() {
     assert_eq!(body["key"], generated.secret.as_str());
     assert!(generated.secret.starts_with("whsec_"));
 }
+
+async fn create_with_header(sim: &Sim, name: &str, value: &str) -> (u16, serde_json::Value) {
+    let response = sim
+        .client
+        .post(sim.url("/v1/predictions"))
+        .bearer_auth(replicate_simulator::DEVELOPMENT_API_TOKEN)
+        .header(name, value)
+        .json(&effect(1.0, json!({})))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn prefer_wait_answers_once_the_prediction_has_finished() {
+    let sim = Sim::start(&[("SIMULATOR_GENERATION_DELAY", "300ms")]);
+    let (status, prediction) = create_with_header(&sim, "prefer", "wait=10").await;
+    assert_eq!(status, 201);
+    assert_eq!(prediction["status"], "succeeded", "{prediction}");
+    assert!(prediction["output"].is_string());
+
+    let slow = Sim::start(&[("SIMULATOR_GENERATION_DELAY", "1h")]);
+    let started = std::time::Instant::now();
+    let (status, prediction) = create_with_header(&slow, "prefer", "wait=1").await;
+    assert_eq!(status, 201);
+    assert_eq!(prediction["status"], "starting");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn cancel_after_aborts_before_the_start_and_cancels_after_it() {
+    let never_starts = Sim::start(&[("SIMULATOR_GENERATION_DELAY", "1h")]);
+    let starts = Sim::start(&[("SIMULATOR_GENERATION_DELAY", "8s")]);
+    let (status, aborted) = create_with_header(&never_starts, "cancel-after", "5s").await;
+    assert_eq!(status, 201);
+    let (_, canceled) = create_with_header(&starts, "cancel-after", "5").await;
+    let aborted = never_starts.finished(&aborted).await;
+    assert_eq!(aborted["status"], "aborted", "{aborted}");
+    assert_eq!(aborted["started_at"], serde_json::Value::Null);
+    let canceled = starts.finished(&canceled).await;
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    assert!(canceled["started_at"].is_string());
+
+    let (status, error) = create_with_header(&starts, "cancel-after", "2s").await;
+    assert_eq!(status, 422);
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cancel-After:"),
+        "{error}"
+    );
+}

@@ -92,7 +92,7 @@ impl Sim {
                 let (_, p) = self.get(&url).await;
                 matches!(
                     p["status"].as_str(),
-                    Some("succeeded" | "failed" | "canceled")
+                    Some("succeeded" | "failed" | "canceled" | "aborted")
                 )
                 .then_some(p)
             },
