@@ -125,6 +125,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/webhooks/default/secret", web::get().to(secret)),
     )
     .route("/files/{name}", web::get().to(download))
+    .route("/p/{id}", web::get().to(page))
     .app_data(web::PayloadConfig::new(BODY_LIMIT));
 }
 
@@ -299,4 +300,30 @@ async fn download(
         .content_type(file.format.content_type())
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(file.bytes.as_ref().clone()))
+}
+
+/// The prediction's web page (`urls.web`): on Replicate a page for a signed-in user, here a plain
+/// one for whoever holds the id, with the audio to listen to while developing.
+#[tracing::instrument(skip_all, fields(prediction_id = %id))]
+async fn page(sim: Sim, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let prediction = sim
+        .store
+        .get(&prediction_id(&id)?)
+        .ok_or(ApiError::NotFound)?;
+    let status = serde_json::to_value(prediction.status).unwrap_or_default();
+    let status = status.as_str().unwrap_or_default();
+    // Every interpolated value is ours: the id is base32, the model name was parsed to
+    // `[A-Za-z0-9._-/]`, the status a word, the output our own URL.
+    let audio = prediction
+        .output
+        .as_deref()
+        .map(|url| format!("<p><audio controls src=\"{url}\"></audio></p>"))
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><title>{id}</title><h1>{model}</h1><p>{id}: {status}</p>{audio}",
+            id = prediction.id,
+            model = prediction.model.model,
+        )))
 }

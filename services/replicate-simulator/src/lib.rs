@@ -8,7 +8,8 @@
 //! `Authorization: Bearer <SIMULATOR_API_TOKEN>` (default [`DEVELOPMENT_API_TOKEN`]), with
 //! Replicate's prediction object and `{"detail": …}` errors (401, 404, 422 naming the field,
 //! 429 with `Retry-After`). Beside them are the output files (`GET /files/{id}.{wav|mp3}`, no
-//! token, like `replicate.delivery`) and `/health`, `/ready`, `/metrics`.
+//! token, like `replicate.delivery`), each prediction's page (`urls.web`, `GET /p/{id}`, with the
+//! audio to listen to), and `/health`, `/ready`, `/metrics`.
 //!
 //! A prediction spends a quarter of `SIMULATOR_GENERATION_DELAY` `starting` and the rest
 //! `processing`, then succeeds with real audio of the requested length (`seconds_total` or

@@ -307,3 +307,20 @@ async fn cancel_after_aborts_before_the_start_and_cancels_after_it() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_web_url_is_a_page_with_the_audio() {
+    let sim = Sim::start(&[]);
+    let done = sim
+        .finished(&sim.create(effect(1.0, json!({}))).await)
+        .await;
+    let response = sim
+        .client
+        .get(done["urls"]["web"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("succeeded") && html.contains(done["output"].as_str().unwrap()));
+}
