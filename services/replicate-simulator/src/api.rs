@@ -9,6 +9,7 @@ use actix_web::{
     http::{StatusCode, header},
     web,
 };
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -17,7 +18,7 @@ use crate::{
     prediction::{InputError, ModelRef, PredictionId, parse_cancel_after},
     settings::Knobs,
     simulator::{NewPrediction, Refusal, Simulator},
-    store::Cursor,
+    store::{Cursor, Filter},
 };
 
 /// The largest creation body read; inputs are a few fields.
@@ -243,6 +244,22 @@ async fn cancel(_: Authorized, sim: Sim, id: web::Path<String>) -> Result<HttpRe
 #[derive(Deserialize)]
 struct ListQuery {
     cursor: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+}
+
+/// An ISO 8601 time with its offset, as the listing's filters take it.
+fn listing_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.map(|raw| {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "{name} must be an ISO 8601 time such as 2024-01-31T12:00:00Z."
+                ))
+            })
+    })
+    .transpose()
 }
 
 async fn list(
@@ -256,9 +273,30 @@ async fn list(
             Cursor::parse(raw).ok_or_else(|| ApiError::BadRequest("Invalid cursor.".to_owned()))?,
         ),
     };
-    let page = sim.store.list(cursor, sim.page_size);
+    let filter = Filter {
+        created_after: listing_time("created_after", query.created_after.as_deref())?,
+        created_before: listing_time("created_before", query.created_before.as_deref())?,
+    };
+    let page = sim.store.list(cursor, sim.page_size, &filter);
+    // The cursor links keep the filters, so that following them pages through the same set.
+    let mut filters = String::new();
+    for (name, value) in [
+        ("created_after", &query.created_after),
+        ("created_before", &query.created_before),
+    ] {
+        if let Some(value) = value {
+            let value = url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+            filters.push_str(&format!("&{name}={value}"));
+        }
+    }
     let link = |cursor: Option<Cursor>| {
-        cursor.map(|c| format!("{}/v1/predictions?cursor={}", sim.base_url, c.encode()))
+        cursor.map(|c| {
+            format!(
+                "{}/v1/predictions?cursor={}{filters}",
+                sim.base_url,
+                c.encode()
+            )
+        })
     };
     let results: Vec<Value> = page
         .results

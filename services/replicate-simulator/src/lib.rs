@@ -3,7 +3,8 @@
 //!
 //! It serves, on `HTTP_ADDR`, Replicate's `POST /v1/predictions`,
 //! `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`,
-//! `GET /v1/predictions` (newest first, `next`/`previous`/`results` cursor pages),
+//! `GET /v1/predictions` (newest first, `next`/`previous`/`results` cursor pages of
+//! `SIMULATOR_PAGE_SIZE`, 100),
 //! `POST /v1/predictions/{id}/cancel` and `GET /v1/webhooks/default/secret`, behind
 //! `Authorization: Bearer <SIMULATOR_API_TOKEN>` (default [`DEVELOPMENT_API_TOKEN`]), with
 //! Replicate's prediction object and `{"detail": …}` errors (401, 404, 422 naming the field,
@@ -36,9 +37,9 @@
 //!
 //! Creation honours `Prefer: wait[=n]` (answers once the prediction has finished, or after n
 //! seconds, at most 60) and `Cancel-After` (a deadline from creation: `aborted` if it passes
-//! before the start, `canceled` after it). Not simulated: `output`/`logs` webhooks (the only
-//! output arrives with `completed`), deployments, streaming, and the
-//! `created_after`/`created_before` filters of the listing.
+//! before the start, `canceled` after it). The listing takes `created_after` and
+//! `created_before`. Not simulated: `output`/`logs` webhooks (the only output arrives with
+//! `completed`), deployments, and streaming.
 
 mod api;
 mod limit;

@@ -388,6 +388,13 @@ pub struct Prediction {
     pub data_removed: bool,
 }
 
+/// The time now, to the microsecond: what the API shows is what the listing's filters compare,
+/// so a client passing back a `created_at` it was shown gets exact comparisons.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// Replicate's timestamps: microseconds and `Z`.
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)

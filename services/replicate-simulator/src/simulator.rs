@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     limit::CreationLimit,
     prediction::{
-        AudioRequest, EventFilter, InputError, ModelRef, Prediction, PredictionId, Status,
+        self, AudioRequest, EventFilter, InputError, ModelRef, Prediction, PredictionId, Status,
     },
     settings::{Knobs, Settings, WebhookSecret},
     store::{Store, StoredFile},
@@ -149,7 +148,7 @@ impl Simulator {
             logs: String::new(),
             output: None,
             error: None,
-            created_at: Utc::now(),
+            created_at: prediction::now(),
             started_at: None,
             completed_at: None,
             predict_time: None,
@@ -180,7 +179,7 @@ impl Simulator {
             } else {
                 Status::Canceled
             };
-            p.completed_at = Some(Utc::now());
+            p.completed_at = Some(prediction::now());
             p.logs.push_str("The Cancel-After deadline passed.\n");
         });
         if let Some(prediction) = expired {
@@ -208,7 +207,7 @@ impl Simulator {
     pub fn cancel(self: &Arc<Self>, id: &PredictionId) -> Option<Prediction> {
         let canceled = self.store.update_running(id, |p| {
             p.status = Status::Canceled;
-            p.completed_at = Some(Utc::now());
+            p.completed_at = Some(prediction::now());
             p.logs.push_str("Canceled.\n");
         });
         match canceled {
@@ -237,7 +236,7 @@ impl Simulator {
         }
         let Some(started) = self.store.update_running(&id, |p| {
             p.status = Status::Processing;
-            p.started_at = Some(Utc::now());
+            p.started_at = Some(prediction::now());
             p.logs.push_str("Generating audio (simulated)...\n");
         }) else {
             return;
@@ -342,7 +341,7 @@ impl Simulator {
 
 /// Marks a prediction finished now, with its times.
 fn finish(prediction: &mut Prediction, status: Status) {
-    let now = Utc::now();
+    let now = prediction::now();
     prediction.status = status;
     prediction.completed_at = Some(now);
     prediction.predict_time = prediction

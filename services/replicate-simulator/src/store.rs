@@ -10,6 +10,7 @@ use std::{
 };
 
 use audio_codec::AudioFormat;
+use chrono::{DateTime, Utc};
 
 use crate::prediction::{Prediction, PredictionId};
 
@@ -201,25 +202,26 @@ impl Store {
         Some((file.clone(), file.downloads))
     }
 
-    /// A page of at most `size` predictions, newest first.
-    pub fn list(&self, cursor: Option<Cursor>, size: usize) -> Page {
+    /// A page of at most `size` predictions that pass `filter`, newest first.
+    pub fn list(&self, cursor: Option<Cursor>, size: usize, filter: &Filter) -> Page {
         let inner = self.lock();
-        let seqs: Vec<u64> = match cursor {
-            None => inner.order.keys().rev().take(size).copied().collect(),
-            Some(Cursor::Before(seq)) => inner
+        // The sequence numbers of the predictions the filter lets through, in `range`.
+        let passing = |range: (std::ops::Bound<u64>, std::ops::Bound<u64>)| {
+            inner
                 .order
-                .range(..seq)
+                .range(range)
+                .filter(|(_, id)| inner.predictions.get(*id).is_some_and(|p| filter.passes(p)))
+                .map(|(seq, _)| *seq)
+        };
+        use std::ops::Bound::{Excluded, Unbounded};
+        let seqs: Vec<u64> = match cursor {
+            None => passing((Unbounded, Unbounded)).rev().take(size).collect(),
+            Some(Cursor::Before(seq)) => passing((Unbounded, Excluded(seq)))
                 .rev()
                 .take(size)
-                .map(|(s, _)| *s)
                 .collect(),
             Some(Cursor::After(seq)) => {
-                let mut newer: Vec<u64> = inner
-                    .order
-                    .range(seq + 1..)
-                    .take(size)
-                    .map(|(s, _)| *s)
-                    .collect();
+                let mut newer: Vec<u64> = passing((Excluded(seq), Unbounded)).take(size).collect();
                 newer.reverse();
                 newer
             }
@@ -231,14 +233,10 @@ impl Store {
                 previous: None,
             };
         };
-        let next = inner
-            .order
-            .range(..oldest)
+        let next = passing((Unbounded, Excluded(oldest)))
             .next()
             .map(|_| Cursor::Before(oldest));
-        let previous = inner
-            .order
-            .range(newest + 1..)
+        let previous = passing((Excluded(newest), Unbounded))
             .next()
             .map(|_| Cursor::After(newest));
         let results = seqs
@@ -251,5 +249,21 @@ impl Store {
             next,
             previous,
         }
+    }
+}
+
+/// The listing's `created_after` and `created_before` bounds, both exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    fn passes(&self, prediction: &Prediction) -> bool {
+        self.created_after.is_none_or(|t| prediction.created_at > t)
+            && self
+                .created_before
+                .is_none_or(|t| prediction.created_at < t)
     }
 }

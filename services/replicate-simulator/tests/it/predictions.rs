@@ -324,3 +324,38 @@ async fn the_web_url_is_a_page_with_the_audio() {
     let html = response.text().await.unwrap();
     assert!(html.contains("succeeded") && html.contains(done["output"].as_str().unwrap()));
 }
+
+#[tokio::test]
+async fn listing_filters_by_creation_time_across_pages() {
+    let sim = Sim::start(&[
+        ("SIMULATOR_PAGE_SIZE", "1"),
+        ("SIMULATOR_GENERATION_DELAY", "1h"),
+    ]);
+    let before = sim.create(effect(1.0, json!({}))).await;
+    let mut inside = Vec::new();
+    for _ in 0..2 {
+        inside.push(sim.create(effect(1.0, json!({}))).await);
+    }
+    let after = sim.create(effect(1.0, json!({}))).await;
+    let url = format!(
+        "{}?created_after={}&created_before={}",
+        sim.url("/v1/predictions"),
+        before["created_at"].as_str().unwrap(),
+        after["created_at"].as_str().unwrap(),
+    );
+    let (status, first) = sim.get(&url).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["results"][0]["id"], inside[1]["id"]);
+    let (_, second) = sim.get(first["next"].as_str().unwrap()).await;
+    assert_eq!(second["results"][0]["id"], inside[0]["id"]);
+    assert_eq!(second["next"], serde_json::Value::Null, "{second}");
+
+    let (status, error) = sim
+        .get(&format!(
+            "{}?created_after=yesterday",
+            sim.url("/v1/predictions")
+        ))
+        .await;
+    assert_eq!(status, 400);
+    assert!(error["detail"].as_str().unwrap().contains("created_after"));
+}
