@@ -6,6 +6,7 @@ use std::{future::Ready, sync::Arc, time::Duration};
 
 use actix_web::{
     FromRequest, HttpRequest, HttpResponse, ResponseError,
+    body::SizedStream,
     http::{StatusCode, header},
     web,
 };
@@ -16,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     prediction::{InputError, ModelRef, PredictionId, parse_cancel_after},
-    settings::Knobs,
+    settings::{DownloadFailure, Knobs},
     simulator::{NewPrediction, Refusal, Simulator},
     store::{Cursor, Filter},
 };
@@ -332,6 +333,16 @@ async fn download(
     }
     if number <= knobs.download_failures {
         tracing::info!(download = number, "failed a download on purpose");
+        if knobs.download_failure == DownloadFailure::Cut {
+            let half = web::Bytes::copy_from_slice(&file.bytes[..file.bytes.len() / 2]);
+            let cut = futures::stream::iter([
+                Ok(half),
+                Err(std::io::Error::other("the download is cut on purpose")),
+            ]);
+            return Ok(HttpResponse::Ok()
+                .content_type(file.format.content_type())
+                .body(SizedStream::new(file.bytes.len() as u64, cut)));
+        }
         return Err(ApiError::BrokenDownload);
     }
     Ok(HttpResponse::Ok()

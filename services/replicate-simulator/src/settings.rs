@@ -59,8 +59,10 @@ pub struct Knobs {
     pub webhook_retry_delay: Duration,
     /// How long each file download waits before answering (`SIMULATOR_DOWNLOAD_DELAY`).
     pub download_delay: Duration,
-    /// The first this many downloads of every file fail with 500 (`SIMULATOR_DOWNLOAD_FAILURES`).
+    /// The first this many downloads of every file fail (`SIMULATOR_DOWNLOAD_FAILURES`).
     pub download_failures: u32,
+    /// How those downloads fail (`SIMULATOR_DOWNLOAD_FAILURE_MODE`).
+    pub download_failure: DownloadFailure,
     /// After this long a finished prediction's file is deleted and `data_removed` becomes true
     /// (`SIMULATOR_FILE_RETENTION`, Replicate's hour).
     pub file_retention: Duration,
@@ -81,6 +83,7 @@ impl Settings {
             webhook_retry_delay: src.or("SIMULATOR_WEBHOOK_RETRY_DELAY", Duration::from_secs(1))?,
             download_delay: src.or("SIMULATOR_DOWNLOAD_DELAY", Duration::ZERO)?,
             download_failures: src.or("SIMULATOR_DOWNLOAD_FAILURES", 0)?,
+            download_failure: src.or("SIMULATOR_DOWNLOAD_FAILURE_MODE", DownloadFailure::Status)?,
             file_retention: src.or("SIMULATOR_FILE_RETENTION", Duration::from_secs(3600))?,
             create_rate_limit: src.or("SIMULATOR_CREATE_RATE_LIMIT", 600)?,
         };
@@ -132,6 +135,26 @@ impl Settings {
             page_size,
             knobs,
         })
+    }
+}
+
+/// How a deliberately broken download fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadFailure {
+    /// `status`: a 500 with a `detail`.
+    Status,
+    /// `cut`: a 200 whose connection is cut halfway through the announced length, as a
+    /// network failure mid-transfer looks to the client.
+    Cut,
+}
+
+impl FromSetting for DownloadFailure {
+    fn from_setting(raw: &str) -> Result<Self, String> {
+        match raw {
+            "status" => Ok(Self::Status),
+            "cut" => Ok(Self::Cut),
+            _ => Err("must be status or cut".to_owned()),
+        }
     }
 }
 

@@ -132,3 +132,23 @@ async fn files_past_the_size_bound_are_removed_oldest_first() {
         assert_eq!(response.status(), 200);
     }
 }
+
+#[tokio::test]
+async fn a_cut_download_ends_before_its_announced_length() {
+    let sim = Sim::start(&[
+        ("SIMULATOR_DOWNLOAD_FAILURES", "1"),
+        ("SIMULATOR_DOWNLOAD_FAILURE_MODE", "cut"),
+    ]);
+    let done = sim
+        .finished(&sim.create(effect(1.0, json!({}))).await)
+        .await;
+    let url = done["output"].as_str().unwrap();
+    let response = sim.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.content_length().unwrap() > 0);
+    assert!(response.bytes().await.is_err(), "the body is cut short");
+    let whole = sim.client.get(url).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    let expected = whole.content_length().unwrap();
+    assert_eq!(whole.bytes().await.unwrap().len() as u64, expected);
+}
