@@ -33,8 +33,8 @@
 //! (false), `SIMULATOR_WEBHOOK_ATTEMPTS` (4), `SIMULATOR_WEBHOOK_RETRY_DELAY` (1s, doubling),
 //! `SIMULATOR_DOWNLOAD_DELAY` (0), `SIMULATOR_DOWNLOAD_FAILURES` (0: the first N downloads of
 //! each file fail) with `SIMULATOR_DOWNLOAD_FAILURE_MODE` (`status`: a 500; `cut`: the
-//! connection is cut halfway through the body), `SIMULATOR_FILE_RETENTION` (1h) and `SIMULATOR_CREATE_RATE_LIMIT`
-//! (600 a minute; 0 for none).
+//! connection is cut halfway through the body), `SIMULATOR_FILE_RETENTION` (1h) and
+//! `SIMULATOR_CREATE_RATE_LIMIT` (600 a minute; 0 for none).
 //!
 //! Creation honours `Prefer: wait[=n]` (answers once the prediction has finished, or after n
 //! seconds, at most 60) and `Cancel-After` (a deadline from creation: `aborted` if it passes

@@ -47,7 +47,8 @@ pub struct Knobs {
     pub failure_rate: Rate,
     /// The share of webhooks never sent (`SIMULATOR_LOST_WEBHOOK_RATE`, 0 to 1).
     pub lost_webhook_rate: Rate,
-    /// Every webhook is delivered twice with the same `webhook-id` (`SIMULATOR_DUPLICATE_WEBHOOKS`).
+    /// Every webhook is delivered twice with the same `webhook-id`
+    /// (`SIMULATOR_DUPLICATE_WEBHOOKS`).
     pub duplicate_webhooks: bool,
     /// Webhooks are signed with a random secret instead of the published one
     /// (`SIMULATOR_WRONG_WEBHOOK_SECRET`).
