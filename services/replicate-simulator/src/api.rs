@@ -333,6 +333,7 @@ async fn download(
     }
     if number <= knobs.download_failures {
         tracing::info!(download = number, "failed a download on purpose");
+        sim.metrics.download("broken");
         if knobs.download_failure == DownloadFailure::Cut {
             let half = web::Bytes::copy_from_slice(&file.bytes[..file.bytes.len() / 2]);
             let cut = futures::stream::iter([
@@ -345,6 +346,7 @@ async fn download(
         }
         return Err(ApiError::BrokenDownload);
     }
+    sim.metrics.download("served");
     Ok(HttpResponse::Ok()
         .content_type(file.format.content_type())
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -10,7 +10,9 @@
 //! Replicate's prediction object and `{"detail": …}` errors (401, 404, 422 naming the field,
 //! 429 with `Retry-After`). Beside them are the output files (`GET /files/{id}.{wav|mp3}`, no
 //! token, like `replicate.delivery`), each prediction's page (`urls.web`, `GET /p/{id}`, with the
-//! audio to listen to), and `/health`, `/ready`, `/metrics`.
+//! audio to listen to), and `/health`, `/ready` and `/metrics` (with
+//! `simulator_predictions_created_total`, `simulator_predictions_finished_total{status}`,
+//! `simulator_webhook_attempts_total{outcome}` and `simulator_downloads_total{outcome}`).
 //!
 //! A prediction spends a quarter of `SIMULATOR_GENERATION_DELAY` `starting` and the rest
 //! `processing`, then succeeds with real audio of the requested length (`seconds_total` or
@@ -44,6 +46,7 @@
 
 mod api;
 mod limit;
+mod metrics;
 pub mod prediction;
 pub mod settings;
 mod simulator;
@@ -60,7 +63,7 @@ use lifecycle::{
 use telemetry::metrics::Metrics;
 
 pub use crate::settings::{DEVELOPMENT_API_TOKEN, Settings};
-use crate::{api::ApiToken, simulator::Simulator};
+use crate::{api::ApiToken, metrics::SimulatorMetrics, simulator::Simulator};
 
 pub const NAME: &str = "replicate-simulator";
 
@@ -100,10 +103,15 @@ impl Application {
             || format!("http://{host}"),
             |url| url.as_str().trim_end_matches('/').to_owned(),
         );
-        let simulator = Simulator::new(&settings, base_url.clone(), signals.shutdown.clone())?;
-        let webhook_secret = settings.webhook_secret.expose();
         let readiness = Readiness::builder().build();
         let metrics = Metrics::new();
+        let simulator = Simulator::new(
+            &settings,
+            base_url.clone(),
+            SimulatorMetrics::register(metrics.registry()),
+            signals.shutdown.clone(),
+        )?;
+        let webhook_secret = settings.webhook_secret.expose();
         let app_readiness = readiness.clone();
         let simulator = web::Data::new(simulator);
         let token = web::Data::new(ApiToken(settings.api_token.clone()));

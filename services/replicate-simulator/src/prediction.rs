@@ -66,6 +66,18 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Starting | Self::Processing)
     }
+
+    /// The status as the API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Processing => "processing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Aborted => "aborted",
+        }
+    }
 }
 
 /// What the simulator synthesises.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     limit::CreationLimit,
+    metrics::SimulatorMetrics,
     prediction::{
         self, AudioRequest, EventFilter, InputError, ModelRef, Prediction, PredictionId, Status,
     },
@@ -92,6 +93,7 @@ pub struct Simulator {
     pub base_url: String,
     pub secret: WebhookSecret,
     pub page_size: usize,
+    pub metrics: SimulatorMetrics,
     knobs: Knobs,
     limit: CreationLimit,
     sender: WebhookSender,
@@ -113,6 +115,7 @@ impl Simulator {
     pub fn new(
         settings: &Settings,
         base_url: String,
+        metrics: SimulatorMetrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, reqwest::Error> {
         Ok(Arc::new(Self {
@@ -122,7 +125,12 @@ impl Simulator {
             page_size: settings.page_size,
             knobs: settings.knobs.clone(),
             limit: CreationLimit::new(settings.knobs.create_rate_limit),
-            sender: WebhookSender::new(&settings.webhook_secret, settings.knobs.clone())?,
+            sender: WebhookSender::new(
+                &settings.webhook_secret,
+                settings.knobs.clone(),
+                metrics.clone(),
+            )?,
+            metrics,
             synthesis: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
@@ -155,6 +163,7 @@ impl Simulator {
             data_removed: false,
         });
         tracing::info!(prediction_id = %prediction.id, model = %prediction.model.model, "prediction created");
+        self.metrics.created();
         let this = Arc::clone(self);
         let id = prediction.id.clone();
         self.runtime.spawn(async move { this.run(id).await });
@@ -320,7 +329,9 @@ impl Simulator {
         }
     }
 
+    /// A prediction has just finished: count it and send its `completed` webhook.
     fn send_completion(&self, prediction: &Prediction) {
+        self.metrics.finished(prediction.status.name());
         if prediction.events.completed
             && let Some(url) = prediction.webhook.clone()
         {

@@ -8,7 +8,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use webhook_signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningKey};
 
-use crate::settings::{Knobs, WebhookSecret};
+use crate::{
+    metrics::SimulatorMetrics,
+    settings::{Knobs, WebhookSecret},
+};
 
 /// How long one attempt may take: Replicate asks for an answer "within a few seconds".
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,10 +31,15 @@ pub struct WebhookSender {
     /// Signs when `SIMULATOR_WRONG_WEBHOOK_SECRET` is on: a secret nobody was told.
     wrong_key: SigningKey,
     knobs: Knobs,
+    metrics: SimulatorMetrics,
 }
 
 impl WebhookSender {
-    pub fn new(secret: &WebhookSecret, knobs: Knobs) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        secret: &WebhookSecret,
+        knobs: Knobs,
+        metrics: SimulatorMetrics,
+    ) -> Result<Self, reqwest::Error> {
         // The workspace builds reqwest with rustls and no default crypto provider: ring is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -44,6 +52,7 @@ impl WebhookSender {
             key: secret.key().clone(),
             wrong_key: WebhookSecret::generate().key().clone(),
             knobs,
+            metrics,
         })
     }
 
@@ -60,6 +69,7 @@ impl WebhookSender {
         let webhook_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         if self.knobs.lost_webhook_rate.happens(draw) {
             tracing::info!(%webhook_id, "lost the webhook on purpose (SIMULATOR_LOST_WEBHOOK_RATE)");
+            self.metrics.webhook("lost");
             return;
         }
         let copies = if self.knobs.duplicate_webhooks { 2 } else { 1 };
@@ -80,9 +90,14 @@ impl WebhookSender {
             match self.attempt(url, webhook_id, body).await {
                 Ok(()) => {
                     tracing::info!(%webhook_id, attempt, "webhook delivered");
+                    self.metrics.webhook("delivered");
                     return;
                 }
                 Err(error) => {
+                    self.metrics.webhook(match error {
+                        SendError::Status(_) => "refused",
+                        SendError::Request(_) => "failed",
+                    });
                     tracing::warn!(%webhook_id, attempt, %error, "webhook attempt failed");
                 }
             }
@@ -96,6 +111,7 @@ impl WebhookSender {
             delay = delay.saturating_mul(2);
         }
         tracing::warn!(%webhook_id, "gave up on the webhook");
+        self.metrics.webhook("gave_up");
     }
 
     async fn attempt(

@@ -233,3 +233,46 @@ async fn duplicate_lost_and_missigned_webhooks() {
     assert!(!got[0].verified, "signed with a secret nobody published");
     assert!(got[0].signature.starts_with("v1,"));
 }
+
+#[tokio::test]
+async fn metrics_count_predictions_webhooks_and_downloads() {
+    let sim = Sim::start(&[("SIMULATOR_WEBHOOK_ATTEMPTS", "2")]);
+    let receiver = receiver_for(&sim, "/counted").await;
+    receiver.set("/counted", Behavior::status(500));
+    let done = sim
+        .create(with_webhook(
+            effect(1.0, json!({})),
+            &receiver.url("/counted"),
+            None,
+        ))
+        .await;
+    let done = sim.finished(&done).await;
+    sim.client
+        .get(done["output"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    wait_for(&receiver, "/counted", 2).await;
+    let metrics = eventually(Duration::from_secs(10), "the metrics", || async {
+        let text = sim
+            .client
+            .get(sim.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(r#"simulator_webhook_attempts_total{outcome="gave_up"} 1"#)
+            .then_some(text)
+    })
+    .await;
+    for line in [
+        "simulator_predictions_created_total 1",
+        r#"simulator_predictions_finished_total{status="succeeded"} 1"#,
+        r#"simulator_webhook_attempts_total{outcome="refused"} 2"#,
+        r#"simulator_downloads_total{outcome="served"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}
