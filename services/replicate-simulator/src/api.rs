@@ -99,7 +99,11 @@ impl FromRequest for Authorized {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // `Token` is the older scheme Replicate's clients sent, still accepted there.
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("Token "))
+            })
             .unwrap_or_default();
         std::future::ready(
             if !given.is_empty() && same(given.as_bytes(), expected.0.expose_secret().as_bytes()) {

@@ -93,6 +93,14 @@ async fn without_the_token_everything_is_401() {
         .await
         .unwrap();
     assert_eq!(secret.status(), 200);
+    let legacy = sim
+        .client
+        .get(sim.url("/v1/predictions"))
+        .header("authorization", "Token r8_the_right_one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), 200);
 }
 
 #[tokio::test]
