@@ -99,7 +99,7 @@ impl FromRequest for Authorized {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            // `Token` is the older scheme Replicate's clients sent, still accepted there.
+            // `Token` is the older scheme Replicate's docs and clients used; old clients send it.
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("Token "))
