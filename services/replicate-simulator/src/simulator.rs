@@ -10,6 +10,7 @@ use std::{
 use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     limit::CreationLimit,
@@ -237,6 +238,7 @@ impl Simulator {
         }
     }
 
+    #[tracing::instrument(name = "prediction", skip(self), fields(prediction_id = %id))]
     async fn run(self: Arc<Self>, id: PredictionId) {
         // A quarter of the delay in `starting` (queued for a GPU), the rest in `processing`.
         let delay = self.knobs.generation_delay;
@@ -344,9 +346,13 @@ impl Simulator {
             .expect("the prediction object serialises");
         let sender = self.sender.clone();
         let shutdown = self.shutdown.clone();
-        self.runtime.spawn(async move {
-            sender.deliver(&url, body, draw(), &shutdown).await;
-        });
+        // The webhook's logs stay under the prediction's span, wherever the task runs.
+        self.runtime.spawn(
+            async move {
+                sender.deliver(&url, body, draw(), &shutdown).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
 }
 
