@@ -23,6 +23,28 @@ async fn operational_endpoints() {
 }
 
 #[test]
+fn bad_knobs_are_refused_naming_them() {
+    for (name, value) in [
+        ("SIMULATOR_WEBHOOK_SECRET", "not-a-secret"),
+        (
+            "SIMULATOR_WEBHOOK_SECRET",
+            "whsk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=",
+        ),
+        ("SIMULATOR_LOST_WEBHOOK_RATE", "-0.1"),
+        ("SIMULATOR_DOWNLOAD_FAILURE_MODE", "explode"),
+        ("SIMULATOR_WEBHOOK_ATTEMPTS", "11"),
+        ("SIMULATOR_MAX_PREDICTIONS", "2000000"),
+        ("SIMULATOR_PAGE_SIZE", "5000"),
+        ("SIMULATOR_PUBLIC_URL", "ftp://example.com"),
+        ("SIMULATOR_GENERATION_DELAY", "soon"),
+    ] {
+        let error = Settings::load(&sources([(name, value.to_owned())])).unwrap_err();
+        assert!(error.to_string().contains(name), "{name}: {error}");
+        assert!(!error.to_string().contains(value), "{name}: {error}");
+    }
+}
+
+#[test]
 fn bad_setting_exits_64_naming_it() {
     let run = test_support::run_binary(
         env!("CARGO_BIN_EXE_replicate-simulator"),
