@@ -182,7 +182,7 @@ impl Simulator {
 
     /// The `Cancel-After` deadline has passed: a prediction that has not started is `aborted`,
     /// one that is running is `canceled`, and a finished one stays as it is.
-    fn expire(&self, id: &PredictionId) {
+    fn expire(self: &Arc<Self>, id: &PredictionId) {
         let expired = self.store.update_running(id, |p| {
             p.status = if p.status == Status::Starting {
                 Status::Aborted
@@ -194,7 +194,7 @@ impl Simulator {
         });
         if let Some(prediction) = expired {
             tracing::info!(prediction_id = %id, status = ?prediction.status, "prediction past its deadline");
-            self.send_completion(&prediction);
+            self.on_finished(&prediction);
         }
     }
 
@@ -223,7 +223,7 @@ impl Simulator {
         match canceled {
             Some(prediction) => {
                 tracing::info!(prediction_id = %id, "prediction canceled");
-                self.send_completion(&prediction);
+                self.on_finished(&prediction);
                 Some(prediction)
             }
             None => self.store.get(id),
@@ -273,11 +273,7 @@ impl Simulator {
             return;
         };
         tracing::info!(prediction_id = %id, status = ?finished.status, "prediction finished");
-        self.send_completion(&finished);
-        if self.pause(self.knobs.file_retention).await {
-            self.store.remove_data(&id);
-            tracing::info!(prediction_id = %id, "prediction data removed after the retention period");
-        }
+        self.on_finished(&finished);
     }
 
     /// Makes the audio off the executor and stores it; a codec failure fails the prediction.
@@ -331,14 +327,30 @@ impl Simulator {
         }
     }
 
-    /// A prediction has just finished: count it and send its `completed` webhook.
-    fn send_completion(&self, prediction: &Prediction) {
+    /// A prediction has just finished, however: count it, send its `completed` webhook, and
+    /// remove its data once the retention period has passed, as Replicate does for every API
+    /// prediction.
+    fn on_finished(self: &Arc<Self>, prediction: &Prediction) {
         self.metrics.finished(prediction.status.name());
         if prediction.events.completed
             && let Some(url) = prediction.webhook.clone()
         {
             self.spawn_webhook(url, prediction);
         }
+        let this = Arc::clone(self);
+        let id = prediction.id.clone();
+        self.runtime.spawn(
+            async move {
+                if this.pause(this.knobs.file_retention).await {
+                    this.store.remove_data(&id);
+                    tracing::info!(
+                        prediction_id = %id,
+                        "prediction data removed after the retention period"
+                    );
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
 
     fn spawn_webhook(&self, url: url::Url, prediction: &Prediction) {

@@ -152,3 +152,27 @@ async fn a_cut_download_ends_before_its_announced_length() {
     let expected = whole.content_length().unwrap();
     assert_eq!(whole.bytes().await.unwrap().len() as u64, expected);
 }
+
+#[tokio::test]
+async fn canceled_predictions_lose_their_data_too() {
+    let sim = Sim::start(&[
+        ("SIMULATOR_GENERATION_DELAY", "1h"),
+        ("SIMULATOR_FILE_RETENTION", "300ms"),
+    ]);
+    let running = sim.create(effect(1.0, json!({}))).await;
+    let cancel = running["urls"]["cancel"].as_str().unwrap();
+    sim.post(cancel.strip_prefix(&sim.base).unwrap(), &json!({}))
+        .await;
+    let get = running["urls"]["get"].as_str().unwrap().to_owned();
+    let removed = eventually(
+        Duration::from_secs(10),
+        "the data to be removed",
+        || async {
+            let (_, p) = sim.get(&get).await;
+            (p["data_removed"] == true).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(removed["status"], "canceled");
+    assert_eq!(removed["input"], json!({}));
+}
