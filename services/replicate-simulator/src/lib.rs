@@ -2,27 +2,29 @@
 //! stack when no Replicate token is configured and by the tests.
 //!
 //! It serves, on `HTTP_ADDR`, Replicate's `POST /v1/predictions`,
-//! `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`,
-//! `GET /v1/predictions` (newest first, `next`/`previous`/`results` cursor pages of
-//! `SIMULATOR_PAGE_SIZE`, 100),
+//! `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`, `GET /v1/predictions`
+//! (newest first, `next`/`previous`/`results` cursor pages of `SIMULATOR_PAGE_SIZE`, 100),
 //! `POST /v1/predictions/{id}/cancel` and `GET /v1/webhooks/default/secret`, behind
-//! `Authorization: Bearer <SIMULATOR_API_TOKEN>` (default [`DEVELOPMENT_API_TOKEN`]), with
-//! Replicate's prediction object and `{"detail": …}` errors (401, 404, 422 naming the field,
-//! 429 with `Retry-After`). Beside them are the output files (`GET /files/{id}.{wav|mp3}`, no
-//! token, like `replicate.delivery`), each prediction's page (`urls.web`, `GET /p/{id}`, with the
-//! audio to listen to), and `/health`, `/ready` and `/metrics` (with
-//! `simulator_predictions_created_total`, `simulator_predictions_finished_total{status}`,
-//! `simulator_webhook_attempts_total{outcome}` and `simulator_downloads_total{outcome}`).
+//! `Authorization: Bearer <SIMULATOR_API_TOKEN>` (or the older `Token` scheme; default
+//! [`DEVELOPMENT_API_TOKEN`]), with Replicate's prediction object and `{"detail": …}` errors
+//! (401, 404, 422 naming the field, 429 with `Retry-After`). Beside them are the output files
+//! (`GET /files/{id}.{wav|mp3}`, no token, like `replicate.delivery`), each prediction's page
+//! (`urls.web`, `GET /p/{id}`, with the audio to listen to), and `/health`, `/ready` and
+//! `/metrics` (with `simulator_predictions_created_total`,
+//! `simulator_predictions_finished_total{status}`, `simulator_webhook_attempts_total{outcome}`
+//! and `simulator_downloads_total{outcome}`).
 //!
-//! A prediction spends a quarter of `SIMULATOR_GENERATION_DELAY` `starting` and the rest
-//! `processing`, then succeeds with real audio of the requested length (`seconds_total` or
-//! `duration`; shaped noise for sound-effect models, a chord progression for music models;
+//! The model decides the sound: the music models in Sonora's notes (and any model whose name
+//! says `music`) make a chord progression, every other model, including a bare version id the
+//! simulator does not know, makes shaped noise. A prediction spends a quarter of
+//! `SIMULATOR_GENERATION_DELAY` `starting` and the rest `processing`, then succeeds with real
+//! audio of the requested length (`seconds_total` or `duration`, default 8 s, at most 300 s;
 //! `output_format` `wav` or `mp3`), synthesised here and encoded with `audio-codec`. Its
-//! `completed` webhook (also for failures and cancels; `start` when asked) carries the
-//! prediction object, signed with Standard Webhooks under the `whsec_` secret
-//! (`SIMULATOR_WEBHOOK_SECRET`, or one generated at start) and retried with doubling delays and
-//! the same `webhook-id`. After `SIMULATOR_FILE_RETENTION` the file, input, output and logs are
-//! removed and `data_removed` is true.
+//! `completed` webhook (for every end: success, failure, cancel, deadline; `start` too when the
+//! filter asks) carries the prediction object, signed with Standard Webhooks under the `whsec_`
+//! secret (`SIMULATOR_WEBHOOK_SECRET`, or one generated at start) and retried with doubling
+//! delays and the same `webhook-id`. `SIMULATOR_FILE_RETENTION` after its end, a prediction's
+//! file, input, output and logs are removed and `data_removed` is true.
 //!
 //! Everything lives in memory, and a restart starts empty: at most `SIMULATOR_MAX_PREDICTIONS`
 //! predictions (1000; the oldest is forgotten first) and `SIMULATOR_MAX_STORED_BYTES` of files
