@@ -42,8 +42,9 @@
 //!
 //! Creation honours `Prefer: wait[=n]` (answers once the prediction has finished, or after n
 //! seconds, at most 60) and `Cancel-After` (a deadline from creation: `aborted` if it passes
-//! before the start, `canceled` after it). The listing takes `created_after` and
-//! `created_before`. Not simulated: `output`/`logs` webhooks (the only output arrives with
+//! before the start, `canceled` after it), and the legacy `webhook_completed` field. Webhook
+//! URLs may be `http://` (Replicate wants `https://`) so that loopback receivers work. The
+//! listing takes `created_after` and `created_before`. Not simulated: `output`/`logs` webhooks (the only output arrives with
 //! `completed`), deployments, and streaming.
 
 mod api;

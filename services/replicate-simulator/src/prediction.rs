@@ -349,13 +349,18 @@ pub struct EventFilter {
 impl EventFilter {
     /// Without a filter Replicate sends new outputs and the end; this simulator's only output
     /// arrives at the end, so that is one `completed` webhook.
+    /// The end only, as the legacy `webhook_completed` field asks.
+    pub fn completed_only() -> Self {
+        Self {
+            given: None,
+            start: false,
+            completed: true,
+        }
+    }
+
     pub fn parse(value: Option<&Value>) -> Result<Self, InputError> {
         let Some(value) = value.filter(|v| !v.is_null()) else {
-            return Ok(Self {
-                given: None,
-                start: false,
-                completed: true,
-            });
+            return Ok(Self::completed_only());
         };
         const PROBLEM: &str = "must be a list of start, output, logs and completed";
         let events = value

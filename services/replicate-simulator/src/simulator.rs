@@ -54,20 +54,13 @@ impl NewPrediction {
                 });
             }
         };
-        let webhook = match body.get("webhook") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(
-                value
-                    .as_str()
-                    .and_then(|raw| url::Url::parse(raw).ok())
-                    .filter(|url| matches!(url.scheme(), "http" | "https"))
-                    .ok_or(InputError {
-                        field: "webhook",
-                        problem: "must be an http:// or https:// URL".to_owned(),
-                    })?,
-            ),
-        };
+        let webhook = webhook_url(body, "webhook")?;
         let events = EventFilter::parse(body.get("webhook_events_filter"))?;
+        // The legacy `webhook_completed` is a webhook for the end only; `webhook` wins over it.
+        let (webhook, events) = match (webhook, webhook_url(body, "webhook_completed")?) {
+            (None, Some(completed)) => (Some(completed), EventFilter::completed_only()),
+            (webhook, _) => (webhook, events),
+        };
         let audio = AudioRequest::from_input(model.kind, &input)?;
         Ok(Self {
             model,
@@ -77,6 +70,26 @@ impl NewPrediction {
             events,
             cancel_after: None,
         })
+    }
+}
+
+/// An optional webhook URL field of a creation body: `http://` (for loopback receivers while
+/// developing) or `https://`.
+fn webhook_url(
+    body: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<url::Url>, InputError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_str()
+            .and_then(|raw| url::Url::parse(raw).ok())
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .map(Some)
+            .ok_or(InputError {
+                field,
+                problem: "must be an http:// or https:// URL".to_owned(),
+            }),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::Bound::{self, Excluded, Unbounded},
     sync::{Arc, Mutex},
 };
 
@@ -206,14 +207,13 @@ impl Store {
     pub fn list(&self, cursor: Option<Cursor>, size: usize, filter: &Filter) -> Page {
         let inner = self.lock();
         // The sequence numbers of the predictions the filter lets through, in `range`.
-        let passing = |range: (std::ops::Bound<u64>, std::ops::Bound<u64>)| {
+        let passing = |range: (Bound<u64>, Bound<u64>)| {
             inner
                 .order
                 .range(range)
                 .filter(|(_, id)| inner.predictions.get(*id).is_some_and(|p| filter.passes(p)))
                 .map(|(seq, _)| *seq)
         };
-        use std::ops::Bound::{Excluded, Unbounded};
         let seqs: Vec<u64> = match cursor {
             None => passing((Unbounded, Unbounded)).rev().take(size).collect(),
             Some(Cursor::Before(seq)) => passing((Unbounded, Excluded(seq)))

@@ -297,3 +297,15 @@ async fn a_hundred_concurrent_predictions_all_finish_with_their_webhooks() {
     assert!(got.iter().all(|w| w.verified));
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
 }
+
+#[tokio::test]
+async fn the_legacy_webhook_completed_field_still_works() {
+    let sim = Sim::start(&[]);
+    let receiver = receiver_for(&sim, "/legacy").await;
+    let mut body = effect(1.0, json!({}));
+    body["webhook_completed"] = json!(receiver.url("/legacy"));
+    let created = sim.create(body).await;
+    let got = wait_for(&receiver, "/legacy", 1).await;
+    assert!(got[0].verified);
+    assert!(got[0].body.contains(created["id"].as_str().unwrap()));
+}
