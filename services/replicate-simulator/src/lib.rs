@@ -22,9 +22,10 @@
 //! `output_format` `wav` or `mp3`), synthesised here and encoded with `audio-codec`. Its
 //! `completed` webhook (for every end: success, failure, cancel, deadline; `start` too when the
 //! filter asks) carries the prediction object, signed with Standard Webhooks under the `whsec_`
-//! secret (`SIMULATOR_WEBHOOK_SECRET`, or one generated at start) and retried with doubling
-//! delays and the same `webhook-id`. `SIMULATOR_FILE_RETENTION` after its end, a prediction's
-//! file, input, output and logs are removed and `data_removed` is true.
+//! secret (`SIMULATOR_WEBHOOK_SECRET`, else webhook-ingest's `REPLICATE_WEBHOOK_SECRET`, else one
+//! generated at start) and retried with doubling delays and the same `webhook-id`.
+//! `SIMULATOR_FILE_RETENTION` after its end, a prediction's file, input, output and logs are
+//! removed and `data_removed` is true.
 //!
 //! Everything lives in memory, and a restart starts empty: at most `SIMULATOR_MAX_PREDICTIONS`
 //! predictions (1000; the oldest is forgotten first) and `SIMULATOR_MAX_STORED_BYTES` of files
@@ -44,8 +45,8 @@
 //! seconds, at most 60) and `Cancel-After` (a deadline from creation: `aborted` if it passes
 //! before the start, `canceled` after it), and the legacy `webhook_completed` field. Webhook
 //! URLs may be `http://` (Replicate wants `https://`) so that loopback receivers work. The
-//! listing takes `created_after` and `created_before`. Not simulated: `output`/`logs` webhooks (the only output arrives with
-//! `completed`), deployments, and streaming.
+//! listing takes `created_after` and `created_before`. Not simulated: `output`/`logs` webhooks
+//! (the only output arrives with `completed`), deployments, and streaming.
 
 mod api;
 mod limit;

@@ -252,7 +252,11 @@ async fn the_webhook_secret_is_published() {
     let (status, body) = sim.get(&sim.url("/v1/webhooks/default/secret")).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"key": secret}));
-    // Without the setting, a fresh secret for each start.
+    // webhook-ingest's setting serves when the simulator's own is not set.
+    let shared = Sim::start(&[("REPLICATE_WEBHOOK_SECRET", secret)]);
+    let (_, body) = shared.get(&shared.url("/v1/webhooks/default/secret")).await;
+    assert_eq!(body, json!({"key": secret}));
+    // Without either, a fresh secret for each start.
     let generated = Sim::start(&[]);
     let (_, body) = generated
         .get(&generated.url("/v1/webhooks/default/secret"))
