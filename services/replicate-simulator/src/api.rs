@@ -82,7 +82,8 @@ pub struct Authorized;
 /// The token the API accepts, as app data.
 pub struct ApiToken(pub SecretString);
 
-/// Compares without stopping at the first difference, so timing tells nothing about the token.
+/// Compares without stopping at the first difference, so timing tells nothing of the token but
+/// its length.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
