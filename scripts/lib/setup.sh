@@ -155,10 +155,28 @@ fetch_listener_model() {
     sh "$SONORA_ROOT/crates/listener/fetch-model.sh" >&2
 }
 
+# Development-only secrets of the inbound webhooks, made once per machine and kept outside the
+# repository (mode 600): Replicate's signing secret, which the simulator signs with and
+# webhook-ingest verifies with, and the GitHub webhook secret.
+dev_inbound_secrets() {
+  local replicate="$SONORA_CACHE/dev-replicate-webhook-secret" github="$SONORA_CACHE/dev-github-webhook-secret"
+  mkdir -p "$SONORA_CACHE"
+  if [ ! -s "$replicate" ]; then
+    (umask 077 && printf 'whsec_%s\n' "$(head -c 32 /dev/urandom | base64)" >"$replicate")
+  fi
+  if [ ! -s "$github" ]; then
+    (umask 077 && printf 'sonora-dev-github-%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$github")
+  fi
+  DEV_REPLICATE_WEBHOOK_SECRET=$(cat "$replicate")
+  DEV_GITHUB_WEBHOOK_SECRET=$(cat "$github")
+  export DEV_REPLICATE_WEBHOOK_SECRET DEV_GITHUB_WEBHOOK_SECRET
+}
+
 setup_all() {
   install_packages
   start_postgres
   start_redis
   fetch_voice
   dev_webhook_key
+  dev_inbound_secrets
 }

@@ -216,6 +216,10 @@ The environment of one service's container, after envFrom the shared ConfigMap:
 {{- $url := printf "http://%s:%v" (include "sonora.serviceName" (dict "root" $root "service" $peer)) $peerValues.ports.grpc -}}
 {{- $_ := set $defaults $var $url -}}
 {{- end -}}
+{{- if eq $name "replicate-simulator" -}}
+{{- /* Its output file URLs must be reachable from the other pods, not 127.0.0.1. */ -}}
+{{- $_ := set $defaults "SIMULATOR_PUBLIC_URL" (printf "http://%s:%v" (include "sonora.serviceName" (dict "root" $root "service" $name)) $v.ports.http) -}}
+{{- end -}}
 {{- if $facts.serves -}}
 {{- /* Always rendered for a gRPC server, even empty: the service reads an empty
 value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
@@ -262,6 +266,21 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
     resourceFieldRef:
       resource: limits.cpu
       divisor: "1"
+{{- end }}
+{{- if eq $name "replicate-simulator" }}
+{{- /* It signs with the secret webhook-ingest verifies with. */}}
+- name: REPLICATE_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.replicateWebhookSecretKey }}
+      optional: true
+- name: SIMULATOR_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.simulatorApiTokenKey }}
+      optional: true
 {{- end }}
 {{- if eq $name "webhook-ingest" }}
 - name: REPLICATE_WEBHOOK_SECRET

@@ -22,7 +22,7 @@
 //! `output_format` `wav` or `mp3`), synthesised here and encoded with `audio-codec`. Its
 //! `completed` webhook (for every end: success, failure, cancel, deadline; `start` too when the
 //! filter asks) carries the prediction object, signed with Standard Webhooks under the `whsec_`
-//! secret (`SIMULATOR_WEBHOOK_SECRET`, else webhook-ingest's `REPLICATE_WEBHOOK_SECRET`, else one
+//! secret (`REPLICATE_WEBHOOK_SECRET`, the setting webhook-ingest verifies with, else one
 //! generated at start) and retried with doubling delays and the same `webhook-id`.
 //! `SIMULATOR_FILE_RETENTION` after its end, a prediction's file, input, output and logs are
 //! removed and `data_removed` is true.

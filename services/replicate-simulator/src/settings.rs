@@ -24,8 +24,8 @@ pub struct Settings {
     pub public_url: Option<url::Url>,
     /// The bearer token the API accepts (`SIMULATOR_API_TOKEN`).
     pub api_token: SecretString,
-    /// The `whsec_` secret webhooks are signed with (`SIMULATOR_WEBHOOK_SECRET`, else
-    /// `REPLICATE_WEBHOOK_SECRET`), generated at start when neither is set.
+    /// The `whsec_` secret webhooks are signed with (`REPLICATE_WEBHOOK_SECRET`, as webhook-ingest
+    /// verifies them), generated at start when it is not set.
     pub webhook_secret: WebhookSecret,
     /// How many predictions are kept in memory (`SIMULATOR_MAX_PREDICTIONS`); the oldest is
     /// forgotten, with its file, when a new one would exceed it.
@@ -127,14 +127,11 @@ impl Settings {
                 "SIMULATOR_API_TOKEN",
                 SecretString::from(DEVELOPMENT_API_TOKEN.to_owned()),
             )?,
-            // webhook-ingest verifies Replicate's webhooks with `REPLICATE_WEBHOOK_SECRET`; reading
-            // it too lets one shared value (the deployment's Secret, `scripts/dev`) serve both.
-            webhook_secret: match src.optional("SIMULATOR_WEBHOOK_SECRET")? {
-                Some(secret) => secret,
-                None => src
-                    .optional("REPLICATE_WEBHOOK_SECRET")?
-                    .unwrap_or_else(WebhookSecret::generate),
-            },
+            // The setting webhook-ingest verifies Replicate's webhooks with: one value (the
+            // deployment's Secret, `scripts/dev`) serves both, so they cannot disagree.
+            webhook_secret: src
+                .optional("REPLICATE_WEBHOOK_SECRET")?
+                .unwrap_or_else(WebhookSecret::generate),
             max_predictions,
             max_stored_bytes,
             page_size,

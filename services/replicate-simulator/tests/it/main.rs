@@ -25,9 +25,9 @@ async fn operational_endpoints() {
 #[test]
 fn bad_knobs_are_refused_naming_them() {
     for (name, value) in [
-        ("SIMULATOR_WEBHOOK_SECRET", "not-a-secret"),
+        ("REPLICATE_WEBHOOK_SECRET", "not-a-secret"),
         (
-            "SIMULATOR_WEBHOOK_SECRET",
+            "REPLICATE_WEBHOOK_SECRET",
             "whsk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=",
         ),
         ("SIMULATOR_LOST_WEBHOOK_RATE", "-0.1"),
