@@ -25,7 +25,8 @@ pub fn postgres_admin_url() -> String {
 
 /// The Redis server tests use.
 pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+    // Database 15, not the development stack's 0.
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
 }
 
 /// A database made for one test, so tests run in parallel without seeing each other's rows.
