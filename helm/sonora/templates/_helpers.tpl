@@ -297,6 +297,13 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       key: {{ $root.Values.secrets.githubWebhookSecretKey }}
       # Until it is set, GitHub deliveries are refused.
       optional: true
+- name: REPLICATE_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.replicateApiTokenKey }}
+      # Optional: with it, Replicate's signing secret is fetched and kept current.
+      optional: true
 {{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY

@@ -9,6 +9,7 @@ pub mod github;
 pub mod inbox;
 pub mod monitor;
 pub mod replicate;
+pub mod replicate_secret;
 mod request;
 
 use std::{net::SocketAddr, time::Duration};
@@ -58,6 +59,13 @@ pub struct Settings {
     pub outbox: RelaySettings,
     /// Replicate's webhook signing secret (`REPLICATE_WEBHOOK_SECRET`, `whsec_…`).
     pub replicate_webhook_secret: Option<VerifyingKey>,
+    /// Replicate's API, to fetch the signing secret (`REPLICATE_API_URL`).
+    pub replicate_api_url: settings::Url,
+    /// A Replicate API token (`REPLICATE_API_TOKEN`): when set, the signing secret is fetched at
+    /// start-up and again when a signature fails.
+    pub replicate_api_token: Option<SecretString>,
+    /// How often a failing signature may fetch the secret again (a minute; tests shorten it).
+    pub secret_refresh: Duration,
     /// The largest webhook body accepted (`WEBHOOK_MAX_BODY_BYTES`); GitHub's is 25 MiB.
     pub max_body: usize,
     /// GitHub's webhook secret (`GITHUB_WEBHOOK_SECRET`).
@@ -121,7 +129,20 @@ impl Settings {
                 "must be between 1 and 600",
             ));
         }
+        let replicate_api_url: settings::Url = src.or(
+            "REPLICATE_API_URL",
+            settings::Url::parse("https://api.replicate.com").expect("a valid URL"),
+        )?;
+        if !matches!(replicate_api_url.scheme(), "http" | "https") {
+            return Err(SettingError::new(
+                "REPLICATE_API_URL",
+                "must be an http:// or https:// URL, such as https://api.replicate.com",
+            ));
+        }
         Ok(Self {
+            replicate_api_url,
+            replicate_api_token: src.optional("REPLICATE_API_TOKEN")?,
+            secret_refresh: replicate_secret::REFRESH_INTERVAL,
             monitoring: monitor::MonitorSettings {
                 enabled: src.or("WEBHOOK_MONITORING_ENABLED", true)?,
                 threshold,
@@ -210,10 +231,25 @@ impl Application {
             settings.monitoring.clone(),
             metrics.registry(),
         )?;
+        let fetcher = settings
+            .replicate_api_token
+            .clone()
+            .map(|token| replicate_secret::Fetcher::new(&settings.replicate_api_url, token))
+            .transpose()?;
+        let replicate_secret = replicate_secret::ReplicateSecret::new(
+            settings.replicate_webhook_secret.clone(),
+            fetcher,
+            settings.secret_refresh,
+        );
+        {
+            // Fetch at start-up, in the background: start-up never waits for Replicate.
+            let secret = replicate_secret.clone();
+            tokio::spawn(async move { secret.refresh().await });
+        }
         let replicate = web::Data::new(replicate::ReplicateReceiver {
             monitor: monitor.clone(),
             pool: database.pool().clone(),
-            secret: settings.replicate_webhook_secret.clone(),
+            secret: replicate_secret,
             max_body: settings.max_body,
             received,
         });

@@ -12,6 +12,7 @@ use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, ver
 use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
+    replicate_secret::ReplicateSecret,
     request::{header, not_stored, read_body, unauthorized, unprocessable},
 };
 
@@ -19,9 +20,9 @@ use crate::{
 #[derive(Clone)]
 pub struct ReplicateReceiver {
     pub pool: database::Pool,
-    /// Replicate's signing secret (`REPLICATE_WEBHOOK_SECRET`); without it every webhook is
-    /// refused, since none can be verified.
-    pub secret: Option<VerifyingKey>,
+    /// Replicate's signing secret, configured or fetched; without one every webhook is refused,
+    /// since none can be verified.
+    pub secret: ReplicateSecret,
     /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`).
     pub max_body: usize,
     pub received: IntCounterVec,
@@ -135,27 +136,35 @@ async fn handle(
     let body = read_body(req, payload, receiver.max_body)
         .await
         .inspect_err(|_| count("refused"))?;
-    let Some(secret) = &receiver.secret else {
-        tracing::error!(
-            "a Replicate webhook arrived but REPLICATE_WEBHOOK_SECRET is not set; it is refused"
-        );
-        count("unauthorized");
-        return Err(unauthorized());
-    };
     let headers = SignedHeaders {
         id: header(req, webhook_signature::HEADER_ID),
         timestamp: header(req, webhook_signature::HEADER_TIMESTAMP),
         signature: header(req, webhook_signature::HEADER_SIGNATURE),
     };
     let now = chrono::Utc::now();
-    if let Err(error) = verify(
-        std::slice::from_ref(secret),
-        headers,
-        &body,
-        now.timestamp(),
-        DEFAULT_TOLERANCE_SECS,
-    ) {
-        tracing::warn!(%error, "Replicate webhook refused");
+    let check = |keys: &[VerifyingKey]| {
+        verify(
+            keys,
+            headers,
+            &body,
+            now.timestamp(),
+            DEFAULT_TOLERANCE_SECS,
+        )
+    };
+    let mut verified = check(&receiver.secret.keys());
+    // The secret may have been rotated on Replicate's side: fetch it again (at most once a
+    // minute) and try once more.
+    if verified.is_err() && receiver.secret.refresh().await {
+        verified = check(&receiver.secret.keys());
+    }
+    if let Err(error) = verified {
+        if receiver.secret.keys().is_empty() {
+            tracing::error!(
+                "a Replicate webhook arrived but no signing secret is known (REPLICATE_WEBHOOK_SECRET, or REPLICATE_API_TOKEN to fetch it); it is refused"
+            );
+        } else {
+            tracing::warn!(%error, "Replicate webhook refused");
+        }
         count("unauthorized");
         return Err(unauthorized());
     }

@@ -4,6 +4,7 @@
 mod github;
 mod monitoring;
 mod replicate;
+mod replicate_secret;
 
 use test_stack::{Service, Stack};
 use test_support::{
