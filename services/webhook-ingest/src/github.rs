@@ -11,7 +11,7 @@ use ring::hmac;
 use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
-    request::{header, not_stored, read_body, unauthorized, unprocessable},
+    request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
 };
 
 /// GitHub does not deliver payloads over 25 MB.
@@ -25,6 +25,8 @@ pub struct GithubReceiver {
     pub secret: Option<hmac::Key>,
     pub received: IntCounterVec,
     pub monitor: Monitor,
+    /// How long a body may take (`WEBHOOK_BODY_TIMEOUT`); its size limit is GitHub's.
+    pub body_timeout: std::time::Duration,
 }
 
 const ROUTE: &str = "/api/v1/webhooks/github";
@@ -94,9 +96,16 @@ async fn handle(
             .with_label_values(&["github", outcome])
             .inc();
     };
-    let body = read_body(req, payload, MAX_BODY_BYTES)
-        .await
-        .inspect_err(|_| count("refused"))?;
+    let body = read_body(
+        req,
+        payload,
+        BodyLimits {
+            max_bytes: MAX_BODY_BYTES,
+            timeout: receiver.body_timeout,
+        },
+    )
+    .await
+    .inspect_err(|_| count("refused"))?;
     let Some(key) = &receiver.secret else {
         tracing::error!(
             "a GitHub webhook arrived but GITHUB_WEBHOOK_SECRET is not set; it is refused"

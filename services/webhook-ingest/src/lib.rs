@@ -68,6 +68,8 @@ pub struct Settings {
     pub secret_refresh: Duration,
     /// The largest webhook body accepted (`WEBHOOK_MAX_BODY_BYTES`); GitHub's is 25 MiB.
     pub max_body: usize,
+    /// How long a webhook's body may take to arrive (`WEBHOOK_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
     /// GitHub's webhook secret (`GITHUB_WEBHOOK_SECRET`).
     pub github_webhook_secret: Option<SecretString>,
     /// Failure monitoring (`WEBHOOK_MONITORING_ENABLED`, `WEBHOOK_FAILURE_ALERT_THRESHOLD`,
@@ -139,7 +141,15 @@ impl Settings {
                 "must be an http:// or https:// URL, such as https://api.replicate.com",
             ));
         }
+        let body_timeout: Duration = src.or("WEBHOOK_BODY_TIMEOUT", Duration::from_secs(10))?;
+        if body_timeout < Duration::from_millis(100) || body_timeout > Duration::from_secs(300) {
+            return Err(SettingError::new(
+                "WEBHOOK_BODY_TIMEOUT",
+                "must be between 100ms and 5m",
+            ));
+        }
         Ok(Self {
+            body_timeout,
             replicate_api_url,
             replicate_api_token: src.optional("REPLICATE_API_TOKEN")?,
             secret_refresh: replicate_secret::REFRESH_INTERVAL,
@@ -250,10 +260,14 @@ impl Application {
             monitor: monitor.clone(),
             pool: database.pool().clone(),
             secret: replicate_secret,
-            max_body: settings.max_body,
+            body: request::BodyLimits {
+                max_bytes: settings.max_body,
+                timeout: settings.body_timeout,
+            },
             received,
         });
         let github = web::Data::new(github::GithubReceiver {
+            body_timeout: settings.body_timeout,
             monitor: monitor.clone(),
             pool: database.pool().clone(),
             secret: settings.github_webhook_secret.as_ref().map(|secret| {

@@ -13,7 +13,7 @@ use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
     replicate_secret::ReplicateSecret,
-    request::{header, not_stored, read_body, unauthorized, unprocessable},
+    request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
 };
 
 /// What the Replicate receiver needs.
@@ -23,8 +23,8 @@ pub struct ReplicateReceiver {
     /// Replicate's signing secret, configured or fetched; without one every webhook is refused,
     /// since none can be verified.
     pub secret: ReplicateSecret,
-    /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`).
-    pub max_body: usize,
+    /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`) and the time it may take.
+    pub body: BodyLimits,
     pub received: IntCounterVec,
     pub monitor: Monitor,
 }
@@ -133,7 +133,7 @@ async fn handle(
         count("refused");
         return Err(Problem::not_found().detail("No such job."));
     }
-    let body = read_body(req, payload, receiver.max_body)
+    let body = read_body(req, payload, receiver.body)
         .await
         .inspect_err(|_| count("refused"))?;
     let headers = SignedHeaders {

@@ -35,9 +35,37 @@ pub fn not_stored(error: database::DatabaseError) -> Problem {
     Problem::unavailable("The event could not be stored; retry later.").retry_after(5)
 }
 
-/// Reads the body as it streams in, refusing it as soon as it passes `max` bytes (or declares
-/// more), so a huge body is never buffered whole.
+/// How long a sender may take to send a whole body (`WEBHOOK_BODY_TIMEOUT`), so a sender that
+/// stalls cannot hold a connection and a buffer for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// Reads the body as it streams in, refusing it as soon as it passes the size limit (or declares
+/// more), so a huge body is never buffered whole, and with 408 when it is not all there in time.
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Vec<u8>, Problem> {
+    tokio::time::timeout(limits.timeout, read_bounded(req, payload, limits.max_bytes))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request Timeout",
+            )
+            .detail(format!(
+                "The body did not arrive within {} seconds.",
+                limits.timeout.as_secs_f64()
+            )))
+        })
+}
+
+async fn read_bounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     max: usize,

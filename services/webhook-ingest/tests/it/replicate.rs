@@ -21,6 +21,7 @@ async fn start() -> Receiver {
             "REPLICATE_WEBHOOK_SECRET",
             secret.clone(),
         )
+        .setting(Service::WebhookIngest, "WEBHOOK_BODY_TIMEOUT", "1s")
         .start()
         .await;
     let ops = stack.ops_url(Service::WebhookIngest);
@@ -222,4 +223,47 @@ async fn wrong_paths_bodies_and_sizes_are_refused_clearly() {
         );
     }
     assert_eq!(r.inbox("state"), ["malformed"; 4]);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let r = start().await;
+    let address = r.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(
+            format!(
+                "POST {PATH} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{{\"id\": \"p"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // ...and nothing more: the sender stalls.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&answer).contains("\r\n\r\n{") {
+                break;
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.inbox("count(*)"), ["0"]);
 }
