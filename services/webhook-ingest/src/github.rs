@@ -24,6 +24,7 @@ pub struct GithubReceiver {
     /// The webhook secret (`GITHUB_WEBHOOK_SECRET`); without it every delivery is refused.
     pub secret: Option<hmac::Key>,
     pub received: IntCounterVec,
+    pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
     /// How long a body may take (`WEBHOOK_BODY_TIMEOUT`); its size limit is GitHub's.
     pub body_timeout: std::time::Duration,
@@ -78,6 +79,10 @@ pub async fn receive(
     payload: web::Payload,
     receiver: web::Data<GithubReceiver>,
 ) -> Result<HttpResponse, Problem> {
+    let _timer = receiver
+        .processing
+        .with_label_values(&["github"])
+        .start_timer();
     let result = handle(&req, payload, &receiver).await;
     if result.is_err() {
         receiver.monitor.failure(req.path(), ROUTE);

@@ -50,6 +50,24 @@ pub enum Stored {
     Duplicate,
 }
 
+/// How many stored events are in each state, for the `webhook_inbox_events` gauge.
+pub async fn counts(pool: &Pool) -> Result<Vec<(String, i64)>, DatabaseError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        state: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let mut conn = database::get(pool).await?;
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT state, count(*) AS count FROM inbox GROUP BY state")
+            .load(&mut conn)
+            .await
+            .map_err(DatabaseError::Query)?;
+    Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
+}
+
 /// Stores `event` unless its (source, delivery id) is already there; committed when this returns.
 pub async fn store(
     pool: &Pool,

@@ -236,6 +236,26 @@ impl Application {
             &["source", "outcome"],
         )?;
         metrics.registry().register(Box::new(received.clone()))?;
+        let processing = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "webhook_processing_seconds",
+                "From an inbound webhook's request to its answer (verification and the commit included).",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            &["source"],
+        )?;
+        metrics.registry().register(Box::new(processing.clone()))?;
+        let inbox_events = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "webhook_inbox_events",
+                "Inbound events stored, by state (refreshed every 15 s).",
+            ),
+            &["state"],
+        )?;
+        metrics
+            .registry()
+            .register(Box::new(inbox_events.clone()))?;
+        spawn_inbox_gauge(database.clone(), inbox_events, signals.shutdown.clone());
         let monitor = monitor::Monitor::new(
             redis.clone(),
             settings.monitoring.clone(),
@@ -265,6 +285,7 @@ impl Application {
                 timeout: settings.body_timeout,
             },
             received,
+            processing: processing.clone(),
         });
         let github = web::Data::new(github::GithubReceiver {
             body_timeout: settings.body_timeout,
@@ -274,6 +295,7 @@ impl Application {
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes())
             }),
             received: replicate.received.clone(),
+            processing,
         });
         let relay = Relay::new(
             database.pool().clone(),
@@ -337,4 +359,40 @@ impl Application {
         let _ = self.relay.await;
         Ok(())
     }
+}
+
+/// Refreshes `webhook_inbox_events{state}` every 15 seconds.
+fn spawn_inbox_gauge(
+    database: Database,
+    gauge: prometheus::IntGaugeVec,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = database.migrated() => {}
+            () = shutdown.cancelled() => return,
+        }
+        loop {
+            if let Ok(counts) = inbox::counts(database.pool()).await {
+                for state in [
+                    "received",
+                    "dispatched",
+                    "done",
+                    "failed",
+                    "dead_letter",
+                    "malformed",
+                ] {
+                    let count = counts
+                        .iter()
+                        .find(|(s, _)| s == state)
+                        .map_or(0, |(_, n)| *n);
+                    gauge.with_label_values(&[state]).set(count);
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+        }
+    });
 }

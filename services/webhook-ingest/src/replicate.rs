@@ -26,6 +26,8 @@ pub struct ReplicateReceiver {
     /// The largest body accepted (`WEBHOOK_MAX_BODY_BYTES`) and the time it may take.
     pub body: BodyLimits,
     pub received: IntCounterVec,
+    /// `webhook_processing_seconds{source}`: from the request to the answer.
+    pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
 }
 
@@ -103,6 +105,10 @@ pub async fn receive(
     payload: web::Payload,
     receiver: web::Data<ReplicateReceiver>,
 ) -> Result<HttpResponse, Problem> {
+    let _timer = receiver
+        .processing
+        .with_label_values(&["replicate"])
+        .start_timer();
     let result = handle(&req, path, payload, &receiver).await;
     if result.is_err() {
         receiver.monitor.failure(req.path(), ROUTE);

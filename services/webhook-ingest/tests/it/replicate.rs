@@ -6,6 +6,7 @@ use webhook_signature::{SigningKey, signature_header};
 
 struct Receiver {
     base: String,
+    ops: String,
     secret: String,
     db: TestDatabase,
     _stack: Stack,
@@ -27,6 +28,7 @@ async fn start() -> Receiver {
     let ops = stack.ops_url(Service::WebhookIngest);
     test_support::wait_ready(&ops, 200).await;
     Receiver {
+        ops: ops.clone(),
         base: stack.http_url(Service::WebhookIngest),
         secret,
         db,
@@ -135,6 +137,33 @@ async fn a_signed_webhook_is_stored_once_however_often_it_is_retried() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(r.inbox("count(*)"), ["2"]);
+
+    // Metrics: the answer's time, the outcomes, and the inbox by state (refreshed every 15 s).
+    let metrics = test_support::eventually(
+        std::time::Duration::from_secs(30),
+        "the inbox gauge",
+        || async {
+            let text = http_client()
+                .get(format!("{}/metrics", r.ops))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains(r#"webhook_inbox_events{state="received"} 2"#)
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains(r#"webhook_processing_seconds_count{source="replicate"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"webhook_received_total{outcome="duplicate",source="replicate"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
