@@ -11,6 +11,7 @@ use ring::hmac;
 use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
+    ratelimit::RateLimiter,
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
 };
 
@@ -26,6 +27,7 @@ pub struct GithubReceiver {
     pub received: IntCounterVec,
     pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
+    pub limiter: RateLimiter,
     /// How long a body may take (`WEBHOOK_BODY_TIMEOUT`); its size limit is GitHub's.
     pub body_timeout: std::time::Duration,
 }
@@ -101,6 +103,11 @@ async fn handle(
             .with_label_values(&["github", outcome])
             .inc();
     };
+    receiver
+        .limiter
+        .check(req)
+        .await
+        .inspect_err(|_| count("rate_limited"))?;
     let body = read_body(
         req,
         payload,

@@ -8,6 +8,7 @@
 pub mod github;
 pub mod inbox;
 pub mod monitor;
+pub mod ratelimit;
 pub mod replicate;
 pub mod replicate_secret;
 mod request;
@@ -70,6 +71,10 @@ pub struct Settings {
     pub max_body: usize,
     /// How long a webhook's body may take to arrive (`WEBHOOK_BODY_TIMEOUT`).
     pub body_timeout: Duration,
+    /// Webhooks per minute per client address (`WEBHOOK_RATE_LIMIT_PER_IP`); 0: no limit.
+    pub rate_limit_per_ip: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<settings::IpNet>,
     /// GitHub's webhook secret (`GITHUB_WEBHOOK_SECRET`).
     pub github_webhook_secret: Option<SecretString>,
     /// Failure monitoring (`WEBHOOK_MONITORING_ENABLED`, `WEBHOOK_FAILURE_ALERT_THRESHOLD`,
@@ -149,6 +154,8 @@ impl Settings {
             ));
         }
         Ok(Self {
+            rate_limit_per_ip: src.or("WEBHOOK_RATE_LIMIT_PER_IP", 6000)?,
+            trusted_proxies: src.or("TRUSTED_PROXIES", Vec::new())?,
             body_timeout,
             replicate_api_url,
             replicate_api_token: src.optional("REPLICATE_API_TOKEN")?,
@@ -276,7 +283,13 @@ impl Application {
             let secret = replicate_secret.clone();
             tokio::spawn(async move { secret.refresh().await });
         }
+        let limiter = ratelimit::RateLimiter::new(
+            redis.clone(),
+            settings.rate_limit_per_ip,
+            settings.trusted_proxies.clone(),
+        );
         let replicate = web::Data::new(replicate::ReplicateReceiver {
+            limiter: limiter.clone(),
             monitor: monitor.clone(),
             pool: database.pool().clone(),
             secret: replicate_secret,
@@ -288,6 +301,7 @@ impl Application {
             processing: processing.clone(),
         });
         let github = web::Data::new(github::GithubReceiver {
+            limiter,
             body_timeout: settings.body_timeout,
             monitor: monitor.clone(),
             pool: database.pool().clone(),

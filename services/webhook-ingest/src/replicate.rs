@@ -12,6 +12,7 @@ use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, ver
 use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
+    ratelimit::RateLimiter,
     replicate_secret::ReplicateSecret,
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
 };
@@ -29,6 +30,7 @@ pub struct ReplicateReceiver {
     /// `webhook_processing_seconds{source}`: from the request to the answer.
     pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
+    pub limiter: RateLimiter,
 }
 
 /// The route, under which failures on too many distinct paths are counted.
@@ -128,6 +130,11 @@ async fn handle(
             .with_label_values(&["replicate", outcome])
             .inc();
     };
+    receiver
+        .limiter
+        .check(req)
+        .await
+        .inspect_err(|_| count("rate_limited"))?;
     let (content_type, content_id) = path.into_inner();
     let Some(content_type) = ContentType::parse(&content_type) else {
         count("refused");

@@ -185,3 +185,59 @@ async fn forged_incomplete_and_malformed_deliveries_are_refused() {
         "kept for inspection"
     );
 }
+
+#[tokio::test]
+async fn each_client_address_is_limited_and_told_when_to_retry() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_ingest()
+        .setting(Service::WebhookIngest, "GITHUB_WEBHOOK_SECRET", SECRET)
+        .setting(Service::WebhookIngest, "WEBHOOK_RATE_LIMIT_PER_IP", "3")
+        // The test's loopback connection plays the Ingress.
+        .setting(Service::WebhookIngest, "TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
+    let base = stack.http_url(Service::WebhookIngest);
+    // Addresses of this test alone: the shared Redis counts per address.
+    let unique = uuid::Uuid::new_v4().as_u128();
+    let client = |n: u128| std::net::Ipv6Addr::from(unique ^ n).to_string();
+    let send = |from: String, delivery: &'static str| {
+        let base = base.clone();
+        async move {
+            http_client()
+                .post(format!("{base}/api/v1/webhooks/github"))
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", from)
+                .header("x-github-event", "issues")
+                .header("x-github-hook-id", "7")
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", sign(SECRET, LABELED.as_bytes()))
+                .body(LABELED)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The window is a minute: do not start in its last seconds, or the requests would straddle two.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second >= 55 {
+        tokio::time::sleep(std::time::Duration::from_secs(
+            u64::try_from(61 - second).unwrap(),
+        ))
+        .await;
+    }
+    for delivery in ["r-1", "r-2", "r-3"] {
+        assert_eq!(send(client(1), delivery).await.status().as_u16(), 200);
+    }
+    let refused = send(client(1), "r-4").await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another client is not affected.
+    assert_eq!(send(client(2), "r-5").await.status().as_u16(), 200);
+}
