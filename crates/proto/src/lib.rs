@@ -47,3 +47,13 @@ pub mod delivery {
         }
     }
 }
+
+/// `sonora.audio.v1`: sound-effect and background-music jobs, served by `audio-generation`.
+pub mod audio {
+    pub mod v1 {
+        tonic::include_proto!("sonora.audio.v1");
+
+        /// The fully qualified name of the service, for method policies.
+        pub const SERVICE: &str = "sonora.audio.v1.AudioGeneration";
+    }
+}

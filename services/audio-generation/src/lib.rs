@@ -8,7 +8,10 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, MigrationSet, embed_migrations};
-use internal_rpc::{InternalAuthSettings, Peer, PeerSettings, Policy};
+pub mod grpc;
+pub mod jobs;
+
+use internal_rpc::{Access, InternalAuthSettings, Peer, PeerSettings, Policy, Scope};
 use lifecycle::{
     Readiness, Signals,
     cli::ServiceMain,
@@ -16,6 +19,7 @@ use lifecycle::{
 };
 use outbox::{Relay, RelaySettings, relay::OutboxMetrics};
 use settings::{CommonSettings, DatabaseSettings, SettingError, Sources};
+use sonora_proto::audio::v1::{SERVICE, audio_generation_server::AudioGenerationServer};
 use telemetry::metrics::Metrics;
 
 pub const NAME: &str = "audio-generation";
@@ -64,6 +68,19 @@ impl Settings {
             storage_path: src.or("AUDIO_STORAGE_PATH", PathBuf::from("/var/lib/sonora/audio"))?,
         })
     }
+}
+
+/// Who may call which method: the gateway for a client whose key has the `audio` scope (the
+/// tenant is the client's); webhook-ingest asks whether a job exists before it stores a webhook.
+pub fn policy() -> Policy {
+    const GATEWAY: &[&str] = &["gateway"];
+    let client = Access::Client(Scope::Audio);
+    Policy::new()
+        .allow(SERVICE, "CreateSoundEffect", GATEWAY, client)
+        .allow(SERVICE, "CreateBackgroundMusic", GATEWAY, client)
+        .allow(SERVICE, "GetJob", GATEWAY, client)
+        .allow(SERVICE, "ListJobs", GATEWAY, client)
+        .allow(SERVICE, "JobExists", &["webhook-ingest"], Access::Service)
 }
 
 /// The process entry point's description of this service.
@@ -138,18 +155,19 @@ impl Application {
             SCHEMA,
             signals.shutdown.clone(),
         );
-        // No methods yet; each one added gets a rule in the policy.
-        let routes = tonic::service::Routes::default();
+        let routes = tonic::service::Routes::new(AudioGenerationServer::new(grpc::AudioApi {
+            database: database.clone(),
+        }));
         let app = GrpcApp::start(
             GrpcAppConfig {
                 grpc_addr: settings.grpc_addr,
                 http_addr: settings.http_addr,
-                service_names: vec![],
+                service_names: vec![SERVICE],
                 readiness,
                 metrics,
                 shutdown: signals.shutdown.clone(),
                 grace: settings.common.shutdown_grace_period,
-                guard: settings.internal_auth.guard(Policy::new())?,
+                guard: settings.internal_auth.guard(policy())?,
             },
             routes,
         )?;

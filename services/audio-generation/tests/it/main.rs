@@ -1,6 +1,8 @@
 //! Integration tests of `audio-generation`: the real service on port 0 with its real gRPC peer
 //! (`delivery-worker`) against the real PostgreSQL.
 
+mod jobs;
+
 use std::time::Duration;
 
 use test_stack::{Service, Stack};

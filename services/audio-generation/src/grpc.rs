@@ -1,0 +1,297 @@
+//! The `sonora.audio.v1.AudioGeneration` gRPC API: requests are checked here, at the edge, and
+//! each store error maps once to a status. The tenant always comes from the internal token.
+
+use chrono::Utc;
+use database::{Database, DatabaseError};
+use ids::JobId;
+use internal_rpc::caller;
+use sonora_proto::audio::v1::{self as pb, audio_generation_server::AudioGeneration};
+use tonic::{Request, Response, Status};
+
+use crate::jobs::{self, Job, JobStatus, JobType, JobsError, NewJob};
+
+/// The longest prompt accepted.
+pub const MAX_PROMPT_CHARS: usize = 2000;
+/// Sound effects: 0.5 s to 47 s (the longest stable-audio-open makes).
+pub const SOUND_EFFECT_SECONDS: (f64, f64) = (0.5, 47.0);
+/// Background music: 1 s to 300 s.
+pub const MUSIC_SECONDS: (f64, f64) = (1.0, 300.0);
+/// Reading speed for a text's reading time, and its bounds.
+const WORDS_PER_MINUTE: f64 = 150.0;
+const READING_SECONDS: (f64, f64) = (5.0, 300.0);
+
+impl From<JobsError> for Status {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::Database(DatabaseError::Timeout(_) | DatabaseError::Connect(_)) => {
+                tracing::warn!(%error, "database unavailable");
+                Status::unavailable("the database is not reachable; retry later")
+            }
+            other => {
+                tracing::error!(error = %other, "jobs store failure");
+                Status::internal("internal error; it has been logged")
+            }
+        }
+    }
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+fn prompt(text: &str) -> Result<String, Status> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("prompt", "is required"));
+    }
+    if trimmed.chars().count() > MAX_PROMPT_CHARS {
+        return Err(invalid(
+            "prompt",
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
+    }
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(invalid("prompt", "must not contain control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn seconds(field: &str, value: f64, (min, max): (f64, f64)) -> Result<f64, Status> {
+    if !value.is_finite() || value < min || value > max {
+        return Err(invalid(field, format!("must be between {min} and {max}")));
+    }
+    Ok(value)
+}
+
+/// The duration a text's reading time sets: words at 150 a minute, within 5 s and 300 s.
+pub fn reading_seconds(text: &str) -> f64 {
+    let words = text.split_whitespace().count() as f64;
+    (words / WORDS_PER_MINUTE * 60.0)
+        .ceil()
+        .clamp(READING_SECONDS.0, READING_SECONDS.1)
+}
+
+fn job_id(field: &str, text: &str) -> Result<JobId, Status> {
+    JobId::parse(text).map_err(|e| invalid(field, e))
+}
+
+fn millis(t: chrono::DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn to_proto(job: Job) -> pb::Job {
+    pb::Job {
+        id: job.id.to_string(),
+        r#type: match job.job_type {
+            JobType::SoundEffect => pb::JobType::SoundEffect,
+            JobType::BackgroundMusic => pb::JobType::BackgroundMusic,
+        }
+        .into(),
+        status: match job.status {
+            JobStatus::Queued => pb::JobStatus::Queued,
+            JobStatus::Submitted => pb::JobStatus::Submitted,
+            JobStatus::Succeeded => pb::JobStatus::Succeeded,
+            JobStatus::Failed => pb::JobStatus::Failed,
+            JobStatus::Canceled => pb::JobStatus::Canceled,
+        }
+        .into(),
+        prompt: job.prompt,
+        duration_seconds: job.duration_seconds,
+        error: job.error.unwrap_or_default(),
+        created_at_unix_ms: millis(job.created_at),
+        updated_at_unix_ms: millis(job.updated_at),
+    }
+}
+
+/// The service.
+pub struct AudioApi {
+    pub database: Database,
+}
+
+impl AudioApi {
+    /// Calls that arrive before the schema exists get a retryable answer.
+    fn ready(&self) -> Result<(), Status> {
+        if self.database.is_migrated() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "starting: the database migrations are being applied; retry shortly",
+            ))
+        }
+    }
+
+    async fn create(&self, job: NewJob) -> Result<Response<pb::Job>, Status> {
+        let created = jobs::create(self.database.pool(), &job, Utc::now()).await?;
+        tracing::info!(job_id = %created.id, job_type = job.job_type.as_str(), "job queued");
+        Ok(Response::new(to_proto(created)))
+    }
+}
+
+#[tonic::async_trait]
+impl AudioGeneration for AudioApi {
+    async fn create_sound_effect(
+        &self,
+        request: Request<pb::CreateSoundEffectRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let r = request.into_inner();
+        self.create(NewJob {
+            tenant,
+            job_type: JobType::SoundEffect,
+            prompt: prompt(&r.prompt)?,
+            duration_seconds: seconds(
+                "duration_seconds",
+                r.duration_seconds,
+                SOUND_EFFECT_SECONDS,
+            )?,
+            seed: r.seed,
+        })
+        .await
+    }
+
+    async fn create_background_music(
+        &self,
+        request: Request<pb::CreateBackgroundMusicRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let r = request.into_inner();
+        let (given, text) = (r.duration_seconds != 0.0, r.text.trim());
+        let duration_seconds = match (given, text.is_empty()) {
+            (false, true) => {
+                return Err(invalid(
+                    "duration_seconds",
+                    "is required unless text is given",
+                ));
+            }
+            (true, true) => seconds("duration_seconds", r.duration_seconds, MUSIC_SECONDS)?,
+            (false, false) => reading_seconds(text),
+            (true, false) => {
+                return Err(invalid(
+                    "text",
+                    "sets the duration: give either duration_seconds or text, not both",
+                ));
+            }
+        };
+        self.create(NewJob {
+            tenant,
+            job_type: JobType::BackgroundMusic,
+            prompt: prompt(&r.prompt)?,
+            duration_seconds,
+            seed: None,
+        })
+        .await
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let id = job_id("id", &request.get_ref().id)?;
+        let job = jobs::get(self.database.pool(), &tenant, id)
+            .await?
+            .ok_or_else(|| Status::not_found("no such job for this tenant"))?;
+        Ok(Response::new(to_proto(job)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let r = request.into_inner();
+        let job_type =
+            match pb::JobType::try_from(r.r#type).map_err(|_| invalid("type", "is unknown"))? {
+                pb::JobType::Unspecified => None,
+                pb::JobType::SoundEffect => Some(JobType::SoundEffect),
+                pb::JobType::BackgroundMusic => Some(JobType::BackgroundMusic),
+            };
+        let status =
+            match pb::JobStatus::try_from(r.status).map_err(|_| invalid("status", "is unknown"))? {
+                pb::JobStatus::Unspecified => None,
+                pb::JobStatus::Queued => Some(JobStatus::Queued),
+                pb::JobStatus::Submitted => Some(JobStatus::Submitted),
+                pb::JobStatus::Succeeded => Some(JobStatus::Succeeded),
+                pb::JobStatus::Failed => Some(JobStatus::Failed),
+                pb::JobStatus::Canceled => Some(JobStatus::Canceled),
+            };
+        let page_size = match r.page_size {
+            0 => 100,
+            1..=500 => r.page_size,
+            _ => return Err(invalid("page_size", "must be at most 500")),
+        };
+        let before = (!r.page_token.is_empty())
+            .then(|| {
+                JobId::parse(&r.page_token)
+                    .map_err(|_| invalid("page_token", "is not a token this API gave out"))
+            })
+            .transpose()?;
+        let found = jobs::list(
+            self.database.pool(),
+            &tenant,
+            job_type,
+            status,
+            before,
+            i64::from(page_size),
+        )
+        .await?;
+        let next_page_token = match found.last() {
+            Some(last) if found.len() == usize::try_from(page_size).unwrap_or(usize::MAX) => {
+                last.id.to_string()
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: found.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn job_exists(
+        &self,
+        request: Request<pb::JobExistsRequest>,
+    ) -> Result<Response<pb::JobExistsResponse>, Status> {
+        self.ready()?;
+        // A path segment that cannot be a job id names no job.
+        let exists = match JobId::parse(&request.get_ref().id) {
+            Ok(id) => jobs::exists(self.database.pool(), id).await?,
+            Err(_) => false,
+        };
+        Ok(Response::new(pb::JobExistsResponse { exists }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_texts_reading_time_sets_the_duration() {
+        assert_eq!(reading_seconds("one two"), 5.0);
+        assert_eq!(reading_seconds(&"word ".repeat(150)), 60.0);
+        assert_eq!(reading_seconds(&"word ".repeat(151)), 61.0);
+        assert_eq!(reading_seconds(&"word ".repeat(100_000)), 300.0);
+    }
+
+    #[test]
+    fn bounds_name_the_field() {
+        for bad in [f64::NAN, f64::INFINITY, 0.1, 48.0, -1.0] {
+            let status = seconds("duration_seconds", bad, SOUND_EFFECT_SECONDS).unwrap_err();
+            assert_eq!(
+                status.message(),
+                "duration_seconds: must be between 0.5 and 47"
+            );
+        }
+        assert!(prompt("  ").is_err());
+        assert!(prompt("rain\u{0}").is_err());
+        assert_eq!(prompt(" rain on a roof ").unwrap(), "rain on a roof");
+        assert!(prompt(&"x".repeat(2001)).is_err());
+    }
+}
