@@ -289,6 +289,9 @@ impl Application {
             settings.trusted_proxies.clone(),
         );
         let replicate = web::Data::new(replicate::ReplicateReceiver {
+            jobs: sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
+                audio.channel(),
+            ),
             limiter: limiter.clone(),
             monitor: monitor.clone(),
             pool: database.pool().clone(),

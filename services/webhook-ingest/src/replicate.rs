@@ -9,6 +9,9 @@ use prometheus::IntCounterVec;
 use serde::Deserialize;
 use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, verify};
 
+use internal_rpc::PeerChannel;
+use sonora_proto::audio::v1::{JobExistsRequest, audio_generation_client::AudioGenerationClient};
+
 use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
@@ -31,6 +34,30 @@ pub struct ReplicateReceiver {
     pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
     pub limiter: RateLimiter,
+    /// audio-generation, asked whether the job in the path exists.
+    pub jobs: AudioGenerationClient<PeerChannel>,
+}
+
+/// How long to wait for audio-generation's answer before accepting the webhook anyway.
+const JOB_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether audio-generation knows the job: `Some(false)` only on its clear answer; `None` when
+/// it cannot answer, in which case the webhook is accepted and stored (a genuine webhook is
+/// never lost; the dispatcher settles a job that turns out not to exist).
+async fn job_exists(jobs: &AudioGenerationClient<PeerChannel>, id: &str) -> Option<bool> {
+    let mut jobs = jobs.clone();
+    let asked = jobs.job_exists(JobExistsRequest { id: id.to_owned() });
+    match tokio::time::timeout(JOB_LOOKUP_TIMEOUT, asked).await {
+        Ok(Ok(answer)) => Some(answer.into_inner().exists),
+        Ok(Err(status)) => {
+            tracing::warn!(code = ?status.code(), "audio-generation cannot say whether the job exists; the webhook is accepted");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("audio-generation did not answer in time; the webhook is accepted");
+            None
+        }
+    }
 }
 
 /// The route, under which failures on too many distinct paths are counted.
@@ -180,6 +207,11 @@ async fn handle(
         }
         count("unauthorized");
         return Err(unauthorized());
+    }
+    // Only a verified sender learns whether a job exists.
+    if job_exists(&receiver.jobs, &content_id).await == Some(false) {
+        count("refused");
+        return Err(Problem::not_found().detail("No such job."));
     }
     let text = String::from_utf8_lossy(&body);
     let prediction = serde_json::from_slice::<Prediction>(&body);

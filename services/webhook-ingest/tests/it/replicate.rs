@@ -108,6 +108,8 @@ const PATH: &str = "/api/replicate-webhook/sound_effect/job_0123";
 
 #[tokio::test]
 async fn a_signed_webhook_is_stored_once_however_often_it_is_retried() {
+    // audio-generation is not started: whether the job exists cannot be asked, and a genuine
+    // webhook is accepted all the same.
     let r = start().await;
     let body = prediction("p1", "succeeded");
     let (status, first) = r.post(PATH, "msg_1", &body).await;
@@ -295,4 +297,64 @@ async fn a_body_that_stalls_is_cut_off_with_408() {
         started.elapsed()
     );
     assert_eq!(r.inbox("count(*)"), ["0"]);
+}
+
+#[tokio::test]
+async fn unknown_jobs_are_404_once_the_sender_is_verified() {
+    use internal_rpc::{Principal, Scopes, on_behalf};
+    use sonora_proto::audio::v1::{
+        CreateSoundEffectRequest, audio_generation_client::AudioGenerationClient,
+    };
+    let db = TestDatabase::create().await.unwrap();
+    let secret = SigningKey::generate_hmac();
+    let stack = Stack::new(&db)
+        .with_audio()
+        .with_ingest()
+        .setting(
+            Service::WebhookIngest,
+            "REPLICATE_WEBHOOK_SECRET",
+            secret.clone(),
+        )
+        .start()
+        .await;
+    test_support::wait_ready(&stack.http_url(Service::AudioGeneration), 200).await;
+    let acme = Principal {
+        tenant: ids::Tenant::parse("acme").unwrap(),
+        key_id: None,
+        scopes: Scopes::all(),
+    };
+    let job = AudioGenerationClient::new(stack.peer("gateway", Service::AudioGeneration).channel())
+        .create_sound_effect(on_behalf(
+            CreateSoundEffectRequest {
+                prompt: "thunder".into(),
+                duration_seconds: 4.0,
+                seed: None,
+            },
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = Receiver {
+        base: stack.http_url(Service::WebhookIngest),
+        ops: stack.ops_url(Service::WebhookIngest),
+        secret,
+        db,
+        _stack: stack,
+    };
+    let body = prediction("p1", "succeeded");
+    let known = format!("/api/replicate-webhook/sound_effect/{}", job.id);
+    let (status, answer) = r.post(&known, "msg_known", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let unknown = "/api/replicate-webhook/sound_effect/job_0123456789abcdef0123456789abcdef";
+    let (status, problem) = r.post(unknown, "msg_unknown", &body).await;
+    assert_eq!(status, 404, "{problem}");
+    // An unverified sender cannot probe which jobs exist: it gets 401 either way.
+    let wrong = SigningKey::generate_hmac();
+    let now = chrono::Utc::now().timestamp();
+    let (status, _) = r
+        .post_signed(unknown, "msg_probe", &body, &wrong, now)
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(r.inbox("subject_id"), [job.id]);
 }
