@@ -114,7 +114,6 @@ pub type PeerChannel = InterceptedService<Channel, PeerAuth>;
 /// A peer service: a lazily connected channel that reconnects by itself.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    name: &'static str,
     channel: Channel,
     auth: PeerAuth,
 }
@@ -133,7 +132,6 @@ impl Peer {
             .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
-            name: settings.name,
             channel,
             auth: PeerAuth {
                 minter,
@@ -141,10 +139,6 @@ impl Peer {
                 timeout: settings.timeout,
             },
         })
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.name
     }
 
     /// The channel for calls, with token, trace context and deadline.

@@ -185,10 +185,6 @@ impl Minter {
         })
     }
 
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
     /// A token for a call to `audience`, acting for `principal` when given.
     pub fn token(
         &self,
@@ -298,10 +294,6 @@ impl Verifier {
             keys,
             validation,
         }
-    }
-
-    pub fn audience(&self) -> &str {
-        &self.audience
     }
 
     /// Checks a token's header, signature, audience, expiry and lifetime, and that its caller

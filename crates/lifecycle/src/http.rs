@@ -50,14 +50,6 @@ async fn metrics(metrics: web::Data<Metrics>, readiness: web::Data<Readiness>) -
         .body(metrics.render())
 }
 
-/// Adds `/health`, `/ready` and `/metrics`; the app must hold `Data<Readiness>` and
-/// `Data<Metrics>`.
-pub fn ops_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
-}
-
 /// The app of a public port: readiness and metrics as app data, the tracing and metrics
 /// middleware, and `/health` only; the service adds its API.
 pub fn public_app(
@@ -79,8 +71,7 @@ pub fn public_app(
         .route("/health", web::get().to(health))
 }
 
-/// The app of an ops port: readiness and metrics as app data, the tracing and metrics
-/// middleware, and the operational routes.
+/// The app of an ops port: the public app's `/health`, plus `/ready` and `/metrics`.
 pub fn ops_app(
     readiness: Readiness,
     metrics: Metrics,
@@ -93,11 +84,9 @@ pub fn ops_app(
         InitError = (),
     >,
 > {
-    App::new()
-        .app_data(web::Data::new(readiness))
-        .app_data(web::Data::new(metrics))
-        .wrap(from_fn(http_middleware))
-        .configure(ops_routes)
+    public_app(readiness, metrics)
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(self::metrics))
 }
 
 /// A running HTTP server; await [`HttpServerTask::stopped`] to know it has drained.
