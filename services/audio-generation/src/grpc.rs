@@ -103,6 +103,8 @@ fn to_proto(job: Job) -> pb::Job {
         error: job.error.unwrap_or_default(),
         created_at_unix_ms: millis(job.created_at),
         updated_at_unix_ms: millis(job.updated_at),
+        prediction_id: String::new(),
+        audio: None,
     }
 }
 
@@ -221,6 +223,7 @@ impl AudioGeneration for AudioApi {
                 pb::JobStatus::Succeeded => Some(JobStatus::Succeeded),
                 pb::JobStatus::Failed => Some(JobStatus::Failed),
                 pb::JobStatus::Canceled => Some(JobStatus::Canceled),
+                pb::JobStatus::Processing => None,
             };
         let page_size = match r.page_size {
             0 => 100,
@@ -265,6 +268,31 @@ impl AudioGeneration for AudioApi {
             Err(_) => false,
         };
         Ok(Response::new(pb::JobExistsResponse { exists }))
+    }
+
+    async fn cancel_job(
+        &self,
+        _request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("canceling is not built yet"))
+    }
+
+    async fn complete_prediction(
+        &self,
+        _request: Request<pb::CompletePredictionRequest>,
+    ) -> Result<Response<pb::CompletePredictionResponse>, Status> {
+        Err(Status::unavailable("completion is not built yet; retry later"))
+    }
+
+    type ReadAudioStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::AudioChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn read_audio(
+        &self,
+        _request: Request<pb::ReadAudioRequest>,
+    ) -> Result<Response<Self::ReadAudioStream>, Status> {
+        Err(Status::unimplemented("reading audio is not built yet"))
     }
 }
 
