@@ -57,3 +57,24 @@ pub mod audio {
         pub const SERVICE: &str = "sonora.audio.v1.AudioGeneration";
     }
 }
+
+/// The event types Sonora publishes to partners, each with its JSON Schema and an example
+/// (`proto/events/<type>.json`: `{"event_type", "schema", "example"}`), for the catalogue the
+/// gateway serves and for the tests that check what the services send.
+pub mod events {
+    /// `(event type, its document)`.
+    pub const CATALOGUE: &[(&str, &str)] = &[
+        (
+            "audio.sound_effect.completed",
+            include_str!("../../../proto/events/audio.sound_effect.completed.json"),
+        ),
+        (
+            "audio.background_music.completed",
+            include_str!("../../../proto/events/audio.background_music.completed.json"),
+        ),
+        (
+            "audio.job.failed",
+            include_str!("../../../proto/events/audio.job.failed.json"),
+        ),
+    ];
+}

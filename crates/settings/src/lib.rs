@@ -190,7 +190,17 @@ from_str_setting! {
     u32 => "a whole number from 0 to 4294967295",
     u64 => "a non-negative whole number",
     usize => "a non-negative whole number",
+    i32 => "a whole number",
     SocketAddr => "an address with a port, such as 0.0.0.0:8080",
+}
+
+impl FromSetting for f64 {
+    fn from_setting(raw: &str) -> Result<Self, String> {
+        f64::from_str(raw.trim())
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| "must be a number, such as 0.3 or -16".to_owned())
+    }
 }
 
 impl FromSetting for String {
@@ -435,6 +445,54 @@ impl RedisSettings {
     }
 }
 
+/// The public `https://` address at which Sonora receives webhooks (`BASE_URL`), as the old
+/// narration app treated it: in production an `http://` address is upgraded to `https://` (the
+/// caller logs [`BaseUrl::upgraded`] as a warning), and anything that is not an absolute
+/// http(s) URL without query or fragment stops the service with the setting named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// Without a trailing slash, so that paths are appended as `{url}/api/...`.
+    pub url: String,
+    /// Set when production upgraded an `http://` address; the original is kept to be logged.
+    pub upgraded: Option<String>,
+}
+
+impl BaseUrl {
+    pub fn load(
+        src: &Sources,
+        environment: Environment,
+        default: &str,
+    ) -> Result<Self, SettingError> {
+        let raw: String = src.or("BASE_URL", default.to_owned())?;
+        let invalid = || {
+            SettingError::new(
+                "BASE_URL",
+                "must be the absolute https:// address webhooks reach, such as https://sonora.example.com",
+            )
+        };
+        let parsed = Url::parse(raw.trim()).map_err(|_| invalid())?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.host_str().is_none_or(str::is_empty)
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+        {
+            return Err(invalid());
+        }
+        let text = parsed.as_str().trim_end_matches('/').to_owned();
+        if environment == Environment::Production && parsed.scheme() == "http" {
+            return Ok(Self {
+                url: format!("https{}", &text["http".len()..]),
+                upgraded: Some(text),
+            });
+        }
+        Ok(Self {
+            url: text,
+            upgraded: None,
+        })
+    }
+}
+
 /// An IP network in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpNet {
@@ -508,6 +566,38 @@ mod tests {
 
     fn sources(pairs: &[(&str, &str)]) -> Sources {
         Sources::from_pairs(pairs.iter().map(|(k, v)| (*k, *v))).unwrap()
+    }
+
+    #[test]
+    fn base_url_is_https_in_production() {
+        let load = |env, raw: &str| {
+            BaseUrl::load(&sources(&[("BASE_URL", raw)]), env, "http://localhost:8081")
+        };
+        let dev = load(Environment::Development, "http://localhost:8081/").unwrap();
+        assert_eq!(
+            dev,
+            BaseUrl {
+                url: "http://localhost:8081".into(),
+                upgraded: None
+            }
+        );
+        let prod = load(Environment::Production, "http://sonora.example.com/hooks").unwrap();
+        assert_eq!(prod.url, "https://sonora.example.com/hooks");
+        assert_eq!(
+            prod.upgraded.as_deref(),
+            Some("http://sonora.example.com/hooks")
+        );
+        for bad in [
+            "sonora.example.com",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://user:pw@x",
+            "https://",
+        ] {
+            let e = load(Environment::Production, bad).unwrap_err();
+            assert_eq!(e.name, "BASE_URL", "{bad}");
+            assert!(!e.to_string().contains("pw"));
+        }
     }
 
     #[test]

@@ -8,7 +8,13 @@ use internal_rpc::caller;
 use sonora_proto::audio::v1::{self as pb, audio_generation_server::AudioGeneration};
 use tonic::{Request, Response, Status};
 
-use crate::jobs::{self, Job, JobStatus, JobType, JobsError, NewJob};
+use crate::{
+    completion,
+    config::{FinishSettings, WorkSettings},
+    events,
+    jobs::{self, Job, JobStatus, JobType, JobsError, NewJob},
+    replicate::{Prediction, Replicate},
+};
 
 /// The longest prompt accepted.
 pub const MAX_PROMPT_CHARS: usize = 2000;
@@ -82,7 +88,19 @@ fn millis(t: chrono::DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
+fn audio_to_proto(job: &Job, audio: &jobs::StoredAudio) -> pb::Audio {
+    pb::Audio {
+        format: audio.format.clone(),
+        content_type: events::content_type(&audio.format).to_owned(),
+        size_bytes: audio.size,
+        duration_seconds: audio.duration_seconds,
+        sha256: audio.sha256.clone(),
+        path: events::audio_path(job),
+    }
+}
+
 fn to_proto(job: Job) -> pb::Job {
+    let audio = job.audio.as_ref().map(|audio| audio_to_proto(&job, audio));
     pb::Job {
         id: job.id.to_string(),
         r#type: match job.job_type {
@@ -96,6 +114,7 @@ fn to_proto(job: Job) -> pb::Job {
             JobStatus::Succeeded => pb::JobStatus::Succeeded,
             JobStatus::Failed => pb::JobStatus::Failed,
             JobStatus::Canceled => pb::JobStatus::Canceled,
+            JobStatus::Processing => pb::JobStatus::Processing,
         }
         .into(),
         prompt: job.prompt,
@@ -103,14 +122,17 @@ fn to_proto(job: Job) -> pb::Job {
         error: job.error.unwrap_or_default(),
         created_at_unix_ms: millis(job.created_at),
         updated_at_unix_ms: millis(job.updated_at),
-        prediction_id: String::new(),
-        audio: None,
+        audio,
+        prediction_id: job.prediction_id.unwrap_or_default(),
     }
 }
 
 /// The service.
 pub struct AudioApi {
     pub database: Database,
+    pub replicate: Replicate,
+    pub work: WorkSettings,
+    pub finish: FinishSettings,
 }
 
 impl AudioApi {
@@ -151,6 +173,7 @@ impl AudioGeneration for AudioApi {
                 SOUND_EFFECT_SECONDS,
             )?,
             seed: r.seed,
+            volume_level: Some(self.work.sound_effects_volume_level),
         })
         .await
     }
@@ -185,6 +208,7 @@ impl AudioGeneration for AudioApi {
             prompt: prompt(&r.prompt)?,
             duration_seconds,
             seed: None,
+            volume_level: None,
         })
         .await
     }
@@ -223,7 +247,7 @@ impl AudioGeneration for AudioApi {
                 pb::JobStatus::Succeeded => Some(JobStatus::Succeeded),
                 pb::JobStatus::Failed => Some(JobStatus::Failed),
                 pb::JobStatus::Canceled => Some(JobStatus::Canceled),
-                pb::JobStatus::Processing => None,
+                pb::JobStatus::Processing => Some(JobStatus::Processing),
             };
         let page_size = match r.page_size {
             0 => 100,
@@ -272,16 +296,77 @@ impl AudioGeneration for AudioApi {
 
     async fn cancel_job(
         &self,
-        _request: Request<pb::CancelJobRequest>,
+        request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("canceling is not built yet"))
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let id = job_id("id", &request.get_ref().id)?;
+        let pool = self.database.pool();
+        let job = jobs::get(pool, &tenant, id)
+            .await?
+            .ok_or_else(|| Status::not_found("no such job for this tenant"))?;
+        if job.status.is_final() {
+            return Ok(Response::new(to_proto(job)));
+        }
+        // Marked first, so that a submitter creating the prediction right now cancels it.
+        jobs::request_cancel(pool, id).await?;
+        completion::fail(
+            pool,
+            &job,
+            JobStatus::Canceled,
+            "canceled by the client",
+            None,
+            Utc::now(),
+        )
+        .await?;
+        if let Some(prediction_id) = &job.prediction_id
+            && job.status == JobStatus::Submitted
+        {
+            // Best effort: the job is canceled either way, and Replicate's webhook for the
+            // canceled prediction then changes nothing.
+            if let Err(error) = self.replicate.cancel(prediction_id).await {
+                tracing::warn!(job_id = %id, %error, "cannot cancel the prediction on Replicate");
+            }
+        }
+        tracing::info!(job_id = %id, "job canceled");
+        let job = jobs::get(pool, &tenant, id)
+            .await?
+            .ok_or_else(|| Status::not_found("no such job for this tenant"))?;
+        Ok(Response::new(to_proto(job)))
     }
 
     async fn complete_prediction(
         &self,
-        _request: Request<pb::CompletePredictionRequest>,
+        request: Request<pb::CompletePredictionRequest>,
     ) -> Result<Response<pb::CompletePredictionResponse>, Status> {
-        Err(Status::unavailable("completion is not built yet; retry later"))
+        self.ready()?;
+        let r = request.into_inner();
+        let prediction = Prediction::parse(&r.prediction).map_err(|e| invalid("prediction", e))?;
+        let content_type = JobType::parse(&r.content_type)
+            .ok_or_else(|| invalid("content_type", "must be sound_effect or background_music"))?;
+        // An id that cannot be a job's names no job.
+        let Ok(id) = JobId::parse(&r.job_id) else {
+            return Err(Status::not_found("the job does not exist"));
+        };
+        let pool = self.database.pool();
+        let job = jobs::get_any(pool, id)
+            .await?
+            .ok_or_else(|| Status::not_found("the job does not exist"))?;
+        if job.job_type != content_type {
+            return Err(invalid(
+                "content_type",
+                format!("the job is a {}", job.job_type.as_str()),
+            ));
+        }
+        let changed =
+            completion::complete(pool, &job, &prediction, &self.finish, Utc::now()).await?;
+        let job = jobs::get_any(pool, id)
+            .await?
+            .ok_or_else(|| Status::not_found("the job does not exist"))?;
+        Ok(Response::new(pb::CompletePredictionResponse {
+            job: Some(to_proto(job)),
+            changed,
+        }))
     }
 
     type ReadAudioStream = std::pin::Pin<

@@ -8,8 +8,14 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, MigrationSet, embed_migrations};
+pub mod completion;
+pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod jobs;
+pub mod models;
+pub mod replicate;
+pub mod submitter;
 
 use internal_rpc::{Access, InternalAuthSettings, Peer, PeerSettings, Policy, Scope};
 use lifecycle::{
@@ -18,9 +24,11 @@ use lifecycle::{
     grpc::{GrpcApp, GrpcAppConfig},
 };
 use outbox::{Relay, RelaySettings, relay::OutboxMetrics};
+use replicate::Replicate;
 use settings::{CommonSettings, DatabaseSettings, SettingError, Sources};
 use sonora_proto::audio::v1::{SERVICE, audio_generation_server::AudioGenerationServer};
 use telemetry::metrics::Metrics;
+use tokio::sync::Notify;
 
 pub const NAME: &str = "audio-generation";
 /// The PostgreSQL schema this service owns.
@@ -46,6 +54,8 @@ pub struct Settings {
     pub delivery_worker: PeerSettings,
     /// How the outbox relay hands events to delivery-worker.
     pub outbox: RelaySettings,
+    pub replicate: config::ReplicateSettings,
+    pub work: config::WorkSettings,
 }
 
 impl Settings {
@@ -57,10 +67,13 @@ impl Settings {
             "http://127.0.0.1:50053",
             std::time::Duration::from_secs(10),
         )?;
+        let common = CommonSettings::load(src, NAME)?;
         Ok(Self {
+            replicate: config::ReplicateSettings::load(src, common.environment)?,
+            work: config::WorkSettings::load(src, common.environment)?,
             outbox: RelaySettings::load(src, delivery_worker.timeout)?,
             delivery_worker,
-            common: CommonSettings::load(src, NAME)?,
+            common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9102).into())?,
@@ -80,7 +93,15 @@ pub fn policy() -> Policy {
         .allow(SERVICE, "CreateBackgroundMusic", GATEWAY, client)
         .allow(SERVICE, "GetJob", GATEWAY, client)
         .allow(SERVICE, "ListJobs", GATEWAY, client)
+        .allow(SERVICE, "CancelJob", GATEWAY, client)
+        .allow(SERVICE, "ReadAudio", GATEWAY, client)
         .allow(SERVICE, "JobExists", &["webhook-ingest"], Access::Service)
+        .allow(
+            SERVICE,
+            "CompletePrediction",
+            &["webhook-ingest"],
+            Access::Service,
+        )
 }
 
 /// The process entry point's description of this service.
@@ -119,7 +140,7 @@ async fn check_storage(root: Arc<PathBuf>) -> Result<(), String> {
 /// The running service.
 pub struct Application {
     app: GrpcApp,
-    relay: tokio::task::JoinHandle<()>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -155,8 +176,67 @@ impl Application {
             SCHEMA,
             signals.shutdown.clone(),
         );
+        if let Some(original) = &settings.replicate.base_url.upgraded {
+            tracing::warn!(
+                original = %original,
+                base_url = %settings.replicate.base_url.url,
+                "BASE_URL is http:// in production; webhooks are sent to its https:// address"
+            );
+        }
+        let replicate = Replicate::new(
+            &settings.replicate.api_url,
+            settings.replicate.api_token.clone(),
+            settings.replicate.timeout,
+        );
+        let submit_metrics = submitter::SubmitMetrics::register(metrics.registry());
+        // One LISTEN connection wakes the submitter when a job is queued.
+        let woken = Arc::new(Notify::new());
+        let submit_wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(database::listen(
+            settings.database.url.expose().to_owned(),
+            format!("audio_jobs_{SCHEMA}"),
+            Arc::clone(&woken),
+            signals.shutdown.clone(),
+        ));
+        let fan_out = {
+            let (woken, submit_wake) = (Arc::clone(&woken), Arc::clone(&submit_wake));
+            let shutdown = signals.shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = woken.notified() => submit_wake.notify_one(),
+                    }
+                }
+            })
+        };
+        let submitter = tokio::spawn(
+            submitter::Submitter {
+                pool: database.pool().clone(),
+                replicate: replicate.clone(),
+                models: settings.replicate.models.clone(),
+                base_url: settings.replicate.base_url.url.clone(),
+                work: settings.work.clone(),
+                metrics: submit_metrics.clone(),
+                paused_until: Arc::default(),
+            }
+            .run(submit_wake, signals.shutdown.clone()),
+        );
+        let reconciler = tokio::spawn(
+            submitter::Reconciler {
+                pool: database.pool().clone(),
+                replicate: replicate.clone(),
+                work: settings.work.clone(),
+                finish: settings.work.finish.clone(),
+                metrics: submit_metrics,
+            }
+            .run(signals.shutdown.clone()),
+        );
         let routes = tonic::service::Routes::new(AudioGenerationServer::new(grpc::AudioApi {
             database: database.clone(),
+            replicate,
+            finish: settings.work.finish.clone(),
+            work: settings.work.clone(),
         }));
         let app = GrpcApp::start(
             GrpcAppConfig {
@@ -171,7 +251,10 @@ impl Application {
             },
             routes,
         )?;
-        Ok(Self { app, relay })
+        Ok(Self {
+            app,
+            workers: vec![relay, listener, fan_out, submitter, reconciler],
+        })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -185,7 +268,9 @@ impl Application {
     /// Resolves once shutdown was requested, the servers have drained and the relay has stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
         let served = self.app.stopped().await;
-        let _ = self.relay.await;
+        for worker in self.workers {
+            let _ = worker.await;
+        }
         Ok(served?)
     }
 }
