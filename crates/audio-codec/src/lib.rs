@@ -12,9 +12,14 @@
 //! encoders do; decoders read to the end.
 //!
 //! An [`Encoder`] is not `Send` (swresample's context is not): create and use it on one thread,
-//! the one that makes the samples. This crate does no IO.
+//! the one that makes the samples. The encoder does no IO.
+//!
+//! [`process`] works on whole files instead: it decodes a downloaded file, trims it, normalises
+//! its loudness and encodes it as a complete WAV, MP3 or FLAC file. It reads the file it is given
+//! and writes through a temporary file, because FFmpeg's demuxers and muxers work on files.
 
 mod ogg;
+pub mod process;
 
 use ffmpeg_next::{
     ChannelLayout, Packet, codec,

@@ -1,5 +1,7 @@
 //! Every format decodes back, with FFmpeg's own command-line tool (a separate program), to audio
-//! of the expected duration, sample rate and pitch.
+//! of the expected duration, sample rate and pitch. `process` covers whole-file processing.
+
+mod process;
 
 use std::{path::PathBuf, process::Command};
 
