@@ -14,6 +14,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+mod simulator;
+pub use simulator::Simulator;
+
 use internal_rpc::Peer;
 use lifecycle::Signals;
 use test_support::{TEST_WEBHOOK_ENCRYPTION_KEY, TestDatabase, internal_keys, redis_url, sources};

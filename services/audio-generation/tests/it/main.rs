@@ -2,6 +2,7 @@
 //! (`delivery-worker`) against the real PostgreSQL.
 
 mod jobs;
+mod submission;
 
 use std::time::Duration;
 
