@@ -155,6 +155,24 @@ fetch_listener_model() {
     sh "$SONORA_ROOT/crates/listener/fetch-model.sh" >&2
 }
 
+# moto, the S3-compatible server the blob-store tests start on loopback (test_support::s3): the
+# pinned PyPI package in a venv outside the repository, beside check-deploy's tools. Sets
+# TEST_MOTO_SERVER. crates/test-support/src/s3.rs pins the same version.
+MOTO_REQUIREMENT='moto[server]==5.2.5'
+SONORA_TOOLS=${SONORA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sonora-tools}
+
+install_moto() {
+  local venv="$SONORA_TOOLS/moto-venv"
+  if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$venv/.sonora-requirements" 2>/dev/null)" != "$MOTO_REQUIREMENT" ]; then
+    log "installing $MOTO_REQUIREMENT into $venv (once)"
+    mkdir -p "$SONORA_TOOLS"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT"
+    printf '%s\n' "$MOTO_REQUIREMENT" >"$venv/.sonora-requirements"
+  fi
+  export TEST_MOTO_SERVER="$venv/bin/moto_server"
+}
+
 # Development-only secrets of the inbound webhooks, made once per machine and kept outside the
 # repository (mode 600): Replicate's signing secret, which the simulator signs with and
 # webhook-ingest verifies with, and the GitHub webhook secret.

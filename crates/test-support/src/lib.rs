@@ -1,5 +1,6 @@
 //! Helpers for the services' integration tests: fresh databases, the shared Redis, a TCP proxy
-//! that can cut a dependency off and bring it back, an in-process OTLP receiver, and polling.
+//! that can cut a dependency off and bring it back, an in-process OTLP receiver, an S3-compatible
+//! server (moto) with a fresh bucket, and polling.
 //!
 //! Tests talk to the real PostgreSQL and Redis that `scripts/test` starts on loopback; their
 //! addresses come from `TEST_DATABASE_URL` and `TEST_REDIS_URL` when set.
@@ -8,6 +9,7 @@ pub mod keys;
 pub mod otlp;
 pub mod proxy;
 pub mod receiver;
+pub mod s3;
 
 pub use keys::internal_keys;
 

@@ -305,6 +305,15 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       # Optional: with it, Replicate's signing secret is fetched and kept current.
       optional: true
 {{- end }}
+{{- if and (eq $name "audio-generation") (not (hasKey $env "AUDIO_STORAGE_S3_SECRET_ACCESS_KEY_FILE")) }}
+- name: AUDIO_STORAGE_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.audioStorageS3SecretAccessKeyKey }}
+      # Only with a bucket (AUDIO_STORAGE_URL) and its access key id.
+      optional: true
+{{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY
   valueFrom:
