@@ -294,12 +294,17 @@ fn to_get_range((first, last): (u64, Option<u64>)) -> Result<GetRange, StoreErro
 }
 
 fn open_local(root: &Path) -> Result<Arc<dyn ObjectStore>, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create it: {e}"))?;
-    let store = LocalFileSystem::new_with_prefix(root)
-        .map_err(|e| e.to_string())?
-        // A finished file is worth the flush: the job that made it is marked done right after.
-        .with_fsync(true);
-    Ok(Arc::new(store))
+    // A folder that cannot be created now (a volume not mounted yet, a file in the way) is not
+    // fatal: the service starts, `check` says what is wrong, and writes create what they need
+    // once it is fixed, as a bucket that is down would be treated.
+    if let Err(error) = std::fs::create_dir_all(root) {
+        tracing::warn!(root = %root.display(), %error, "cannot create the audio folder yet");
+    }
+    let prefix = object_store::path::Path::from_absolute_path(root)
+        .map_err(|_| "it must be an absolute path".to_owned())?;
+    // A finished file is worth the flush: the job that made it is marked done right after.
+    let store = LocalFileSystem::new().with_fsync(true);
+    Ok(Arc::new(PrefixStore::new(store, prefix)))
 }
 
 fn open_s3(s3: &S3Settings) -> Result<Arc<dyn ObjectStore>, String> {

@@ -19,15 +19,19 @@ pub use simulator::Simulator;
 
 use internal_rpc::Peer;
 use lifecycle::Signals;
-use test_support::{TEST_WEBHOOK_ENCRYPTION_KEY, TestDatabase, internal_keys, redis_url, sources};
+use test_support::{
+    TEST_WEBHOOK_ENCRYPTION_KEY, TestDatabase, internal_keys, proxy::TcpProxy, redis_url, sources,
+};
 
 /// A service of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
     TtsInference,
     DeliveryWorker,
-    AudioGeneration,
+    // webhook-ingest starts before audio-generation, whose Replicate webhooks it receives
+    // (`BASE_URL`); it reaches audio-generation through a proxy told the port once it is known.
     WebhookIngest,
+    AudioGeneration,
     Gateway,
 }
 
@@ -106,18 +110,35 @@ impl StackBuilder {
         self
     }
 
+    /// Points audio-generation and webhook-ingest at a Replicate simulator: its API and token
+    /// for the first, its webhook signing secret for the second.
+    pub fn replicate(self, simulator: &Simulator) -> Self {
+        let [url, token, secret] = simulator.settings();
+        self.setting(Service::AudioGeneration, url.0, url.1)
+            .setting(Service::AudioGeneration, token.0, token.1)
+            .setting(Service::WebhookIngest, secret.0, secret.1)
+    }
+
     /// Starts the services, each after the peers it calls, and returns once each has bound its
     /// ports and delivery-worker (when started) has migrated its schema.
     pub async fn start(self) -> Stack {
         let signals = Signals::new();
+        let mut services = self.services.clone();
+        services.sort();
+        let audio_proxy = if services.contains(&Service::AudioGeneration)
+            && services.contains(&Service::WebhookIngest)
+        {
+            Some(TcpProxy::start_deferred().await.expect("a loopback port"))
+        } else {
+            None
+        };
         let mut stack = Stack {
             signals: signals.clone(),
             db: self.db.clone(),
             ports: BTreeMap::new(),
             tasks: Vec::new(),
+            audio_proxy,
         };
-        let mut services = self.services.clone();
-        services.sort();
         for service in services {
             let src = stack.sources(service, self.settings.get(&service));
             let ports = match service {
@@ -163,6 +184,9 @@ impl StackBuilder {
                         http: app.http_port(),
                         ops: app.http_port(),
                     };
+                    if let Some(proxy) = &stack.audio_proxy {
+                        proxy.set_upstream(format!("127.0.0.1:{}", app.grpc_port()));
+                    }
                     stack.tasks.push(tokio::spawn(app.stopped()));
                     ports
                 }
@@ -217,6 +241,8 @@ pub struct Stack {
     pub db: TestDatabase,
     ports: BTreeMap<Service, Ports>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// webhook-ingest's way to audio-generation when both run (see [`Service`]).
+    audio_proxy: Option<TcpProxy>,
 }
 
 impl Drop for Stack {
@@ -283,9 +309,15 @@ impl Stack {
             ),
             (
                 "AUDIO_GENERATION_URL",
-                self.peer_url(Service::AudioGeneration),
+                match &self.audio_proxy {
+                    Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
+                    None => self.peer_url(Service::AudioGeneration),
+                },
             ),
         ];
+        if let Some(ingest) = self.ports.get(&Service::WebhookIngest) {
+            pairs.push(("BASE_URL", format!("http://127.0.0.1:{}", ingest.http)));
+        }
         if service.calls_others() {
             pairs.push(("INTERNAL_AUTH_KEY", keys.signing(service.name()).to_owned()));
         }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TcpProxy {
     port: u16,
+    /// Where connections go; empty until known (see [`TcpProxy::start_deferred`]).
+    upstream: Arc<std::sync::Mutex<String>>,
     cut: Arc<AtomicBool>,
     /// Replaced on every cut; cancelling it drops the connections open at that moment.
     generation: Arc<std::sync::Mutex<CancellationToken>>,
@@ -20,12 +22,33 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on a free loopback port and forwards every connection to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> std::io::Result<Self> {
+        Self::listen(upstream).await
+    }
+
+    /// Listens before the upstream exists (a service that must be started after its caller is
+    /// told where it is); connections are refused until [`TcpProxy::set_upstream`].
+    pub async fn start_deferred() -> std::io::Result<Self> {
+        Self::listen(String::new()).await
+    }
+
+    /// Where connections go from now on (`host:port`).
+    pub fn set_upstream(&self, upstream: String) {
+        *self.upstream.lock().expect("not poisoned") = upstream;
+    }
+
+    async fn listen(upstream: String) -> std::io::Result<Self> {
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
-        let (cut2, generation2, stop2) = (cut.clone(), generation.clone(), stop.clone());
+        let (cut2, generation2, stop2, upstream2) = (
+            cut.clone(),
+            generation.clone(),
+            stop.clone(),
+            upstream.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -40,7 +63,11 @@ impl TcpProxy {
                     continue;
                 }
                 let token = generation2.lock().expect("not poisoned").clone();
-                let upstream = upstream.clone();
+                let upstream = upstream2.lock().expect("not poisoned").clone();
+                if upstream.is_empty() {
+                    drop(inbound);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
                         return;
@@ -54,6 +81,7 @@ impl TcpProxy {
         });
         Ok(Self {
             port,
+            upstream,
             cut,
             generation,
             stop,

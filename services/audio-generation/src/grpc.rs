@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use database::{Database, DatabaseError};
+use futures::StreamExt as _;
 use ids::JobId;
 use internal_rpc::caller;
 use sonora_proto::audio::v1::{self as pb, audio_generation_server::AudioGeneration};
@@ -130,6 +131,7 @@ fn to_proto(job: Job) -> pb::Job {
 /// The service.
 pub struct AudioApi {
     pub database: Database,
+    pub store: blob_store::BlobStore,
     pub replicate: Replicate,
     pub work: WorkSettings,
     pub finish: FinishSettings,
@@ -375,9 +377,59 @@ impl AudioGeneration for AudioApi {
 
     async fn read_audio(
         &self,
-        _request: Request<pb::ReadAudioRequest>,
+        request: Request<pb::ReadAudioRequest>,
     ) -> Result<Response<Self::ReadAudioStream>, Status> {
-        Err(Status::unimplemented("reading audio is not built yet"))
+        self.ready()?;
+        let tenant = caller(&request)?.tenant("")?;
+        let r = request.into_inner();
+        let id = job_id("id", &r.id)?;
+        let job = jobs::get(self.database.pool(), &tenant, id)
+            .await?
+            .ok_or_else(|| Status::not_found("no such job for this tenant"))?;
+        let Some(audio) = job.audio.as_ref() else {
+            return Err(Status::not_found(format!(
+                "the job has no audio: it is {}",
+                job.status.as_str()
+            )));
+        };
+        let range = match (r.range_start, r.range_end) {
+            (None, None) => None,
+            (Some(start), end) => Some((start, end)),
+            (None, Some(_)) => return Err(invalid("range_end", "needs range_start")),
+        };
+        let blob = self.store.get(&audio.key, range).await.map_err(|e| match e {
+            blob_store::StoreError::RangeNotSatisfiable { size } => Status::out_of_range(format!(
+                "range_start: the audio has {size} bytes"
+            )),
+            blob_store::StoreError::InvalidRange => {
+                invalid("range_end", "must not be before range_start")
+            }
+            blob_store::StoreError::NotFound { .. } => {
+                tracing::error!(job_id = %id, "a succeeded job's audio is missing from the store");
+                Status::internal("the job's audio is missing; it has been logged")
+            }
+            other => {
+                tracing::warn!(job_id = %id, error = %other, "cannot read audio");
+                Status::unavailable("the audio storage is not reachable; retry later")
+            }
+        })?;
+        let mut first = Some(pb::AudioChunk {
+            audio: Some(audio_to_proto(&job, audio)),
+            range_start: blob.range.0,
+            range_end: blob.range.1,
+            data: Vec::new(),
+        });
+        let chunks = blob.stream.map(move |chunk| {
+            let data = chunk.map_err(|e| {
+                tracing::warn!(error = %e, "reading audio broke off");
+                Status::unavailable("reading the audio broke off; retry")
+            })?;
+            let mut message = first.take().unwrap_or_default();
+            message.data = data.to_vec();
+            Ok(message)
+        });
+        // An empty object still sends its metadata.
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
 

@@ -1,16 +1,20 @@
 //! `audio-generation`: sound effects and background music made on Replicate, finished by
-//! webhook, then trimmed and normalised.
+//! webhook, then trimmed, normalised and stored where every replica can read them.
 //!
-//! Today it owns its schema (migrated at start-up and by `audio-generation migrate`), checks its
-//! storage root and its gRPC peer, and serves the gRPC health service and the operational
-//! endpoints; the jobs themselves arrive with their own issue.
+//! A job is committed as `queued` and answered at once ([`grpc`]); the [`submitter`] creates its
+//! prediction in the background (a budget a minute shared by every replica, Retry-After, retries);
+//! Replicate's webhook reaches webhook-ingest, which hands the prediction to `CompletePrediction`
+//! ([`completion`]), or reconciliation asks about a job whose webhook is overdue; the
+//! [`finisher`] downloads, checks, processes and stores the audio ([`blob_store`]: a folder or an
+//! S3 bucket) and settles the job with its event in one transaction, through the outbox.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use database::{Database, DatabaseConfig, EmbeddedMigrations, MigrationSet, embed_migrations};
 pub mod completion;
 pub mod config;
 pub mod events;
+pub mod finisher;
 pub mod grpc;
 pub mod jobs;
 pub mod models;
@@ -49,8 +53,9 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub database: DatabaseSettings,
-    /// Where finished audio files are written (`AUDIO_STORAGE_PATH`).
-    pub storage_path: PathBuf,
+    /// Where finished audio is stored: a folder (`AUDIO_STORAGE_PATH`) or a bucket
+    /// (`AUDIO_STORAGE_URL`).
+    pub storage: blob_store::StorageSettings,
     pub delivery_worker: PeerSettings,
     /// How the outbox relay hands events to delivery-worker.
     pub outbox: RelaySettings,
@@ -78,7 +83,7 @@ impl Settings {
             grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 9102).into())?,
             database: DatabaseSettings::load(src)?,
-            storage_path: src.or("AUDIO_STORAGE_PATH", PathBuf::from("/var/lib/sonora/audio"))?,
+            storage: blob_store::StorageSettings::load(src)?,
         })
     }
 }
@@ -123,20 +128,6 @@ pub fn service() -> ServiceMain<Settings> {
     }
 }
 
-/// Checks that the storage root exists (creating it if needed) and takes a file.
-async fn check_storage(root: Arc<PathBuf>) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&*root)
-            .map_err(|e| format!("cannot create the storage root: {e}"))?;
-        let probe = root.join(".ready-probe");
-        std::fs::write(&probe, b"ok")
-            .map_err(|e| format!("the storage root is not writable: {e}"))?;
-        std::fs::remove_file(&probe).map_err(|e| format!("cannot clean the storage root: {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
 /// The running service.
 pub struct Application {
     app: GrpcApp,
@@ -153,14 +144,18 @@ impl Application {
         )?;
         let delivery_worker =
             Peer::new(&settings.delivery_worker, settings.internal_auth.minter()?)?;
-        let storage = Arc::new(settings.storage_path.clone());
+        let store = blob_store::BlobStore::open(&settings.storage)?;
+        let probe = store.clone();
         // Jobs live in the database: without it nothing can be served. Storage is needed only
         // to finish a job and delivery-worker only to hand events on (the outbox keeps them):
         // degradations, which a shared bucket or peer outage must not turn into every replica
         // leaving its Service.
         let readiness = Readiness::builder()
             .check("database", database.readiness_check())
-            .degraded_without("storage", move || check_storage(Arc::clone(&storage)))
+            .degraded_without("storage", move || {
+                let probe = probe.clone();
+                async move { probe.check().await }
+            })
             .degraded_without("delivery-worker", delivery_worker.readiness_check())
             .build();
         let metrics = Metrics::new();
@@ -192,6 +187,7 @@ impl Application {
         // One LISTEN connection wakes the submitter when a job is queued.
         let woken = Arc::new(Notify::new());
         let submit_wake = Arc::new(Notify::new());
+        let finish_wake = Arc::new(Notify::new());
         let listener = tokio::spawn(database::listen(
             settings.database.url.expose().to_owned(),
             format!("audio_jobs_{SCHEMA}"),
@@ -199,13 +195,20 @@ impl Application {
             signals.shutdown.clone(),
         ));
         let fan_out = {
-            let (woken, submit_wake) = (Arc::clone(&woken), Arc::clone(&submit_wake));
+            let (woken, submit_wake, finish_wake) = (
+                Arc::clone(&woken),
+                Arc::clone(&submit_wake),
+                Arc::clone(&finish_wake),
+            );
             let shutdown = signals.shutdown.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = woken.notified() => submit_wake.notify_one(),
+                        () = woken.notified() => {
+                            submit_wake.notify_one();
+                            finish_wake.notify_one();
+                        }
                     }
                 }
             })
@@ -232,8 +235,19 @@ impl Application {
             }
             .run(signals.shutdown.clone()),
         );
+        let finisher = tokio::spawn(
+            finisher::Finisher {
+                pool: database.pool().clone(),
+                store: store.clone(),
+                http: finisher::download_client(&settings.work.finish),
+                work: settings.work.clone(),
+                metrics: finisher::FinishMetrics::register(metrics.registry()),
+            }
+            .run(finish_wake, signals.shutdown.clone()),
+        );
         let routes = tonic::service::Routes::new(AudioGenerationServer::new(grpc::AudioApi {
             database: database.clone(),
+            store,
             replicate,
             finish: settings.work.finish.clone(),
             work: settings.work.clone(),
@@ -253,7 +267,7 @@ impl Application {
         )?;
         Ok(Self {
             app,
-            workers: vec![relay, listener, fan_out, submitter, reconciler],
+            workers: vec![relay, listener, fan_out, submitter, reconciler, finisher],
         })
     }
 

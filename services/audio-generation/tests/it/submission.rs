@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use internal_rpc::{Principal, Scope, Scopes, on_behalf};
 use sonora_proto::audio::v1::{
     CancelJobRequest, CompletePredictionRequest, CreateSoundEffectRequest, GetJobRequest, Job,
-    JobStatus, audio_generation_client::AudioGenerationClient,
+    JobStatus, ReadAudioRequest, audio_generation_client::AudioGenerationClient,
 };
 use test_stack::{Service, Simulator, Stack};
 use test_support::{TestDatabase, eventually, receiver::Receiver};
@@ -122,6 +122,53 @@ async fn outbox(db: &TestDatabase) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// A job's audio read through `ReadAudio`, whole or a range.
+async fn read_audio(
+    gateway: &mut Client,
+    id: &str,
+    start: Option<u64>,
+    end: Option<u64>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = gateway
+        .read_audio(on_behalf(
+            ReadAudioRequest {
+                id: id.into(),
+                range_start: start,
+                range_end: end,
+            },
+            &acme(),
+        ))
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The duration of encoded audio, decoded with FFmpeg.
+fn measure(bytes: &[u8]) -> f64 {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    audio_codec::process::decode_file(
+        file.path(),
+        audio_codec::process::DecodeLimits {
+            max_duration: Duration::from_secs(600),
+        },
+    )
+    .unwrap()
+    .duration_seconds()
+}
+
 async fn prediction(sim: &Simulator, id: &str) -> serde_json::Value {
     test_support::http_client()
         .get(format!("{}/v1/predictions/{id}", sim.base_url))
@@ -190,6 +237,71 @@ async fn a_job_is_submitted_in_the_background_and_completed_once_by_its_webhook(
         .unwrap()
         .into_inner();
     assert!(!again.changed, "a duplicate webhook changes nothing");
+
+    // The finisher downloads, trims, normalises and stores it; the event says what was stored.
+    let done = until_status(
+        &gateway,
+        &job.id,
+        JobStatus::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
+    let audio = done.audio.clone().expect("a succeeded job has audio");
+    assert_eq!(
+        (audio.format.as_str(), audio.content_type.as_str()),
+        ("mp3", "audio/mpeg")
+    );
+    assert_eq!(audio.path, format!("/v1/audio/jobs/{}/audio", job.id));
+    let bytes = read_audio(&mut gateway, &job.id, None, None).await.unwrap();
+    assert_eq!(bytes.len() as u64, audio.size_bytes);
+    assert_eq!(sha256(&bytes), audio.sha256);
+    let measured = measure(&bytes);
+    assert!(
+        (measured - 2.5).abs() <= 0.05,
+        "trimmed to the request: {measured} s"
+    );
+    assert!(
+        (audio.duration_seconds - measured).abs() < 0.01,
+        "{audio:?}"
+    );
+    let events = outbox(&db).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "one event however many webhooks: {events:?}"
+    );
+    assert_eq!(events[0].0, "audio.sound_effect.completed");
+    assert_eq!(events[0].1["audio"]["sha256"], audio.sha256.as_str());
+    assert_eq!(events[0].1["volume_level"], 0.3);
+
+    // Byte ranges, as HTTP asks them.
+    let part = read_audio(&mut gateway, &job.id, Some(10), Some(19))
+        .await
+        .unwrap();
+    assert_eq!(part, bytes[10..20]);
+    let tail = read_audio(&mut gateway, &job.id, Some(audio.size_bytes - 5), None)
+        .await
+        .unwrap();
+    assert_eq!(tail, bytes[bytes.len() - 5..]);
+    let past = read_audio(&mut gateway, &job.id, Some(audio.size_bytes), None)
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
+    let other = Principal {
+        tenant: ids::Tenant::parse("globex").unwrap(),
+        ..acme()
+    };
+    let hidden = gateway
+        .read_audio(on_behalf(
+            ReadAudioRequest {
+                id: job.id.clone(),
+                ..Default::default()
+            },
+            &other,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
 
     // What webhook-ingest is told when the webhook cannot finish a job.
     let unknown = ingest
