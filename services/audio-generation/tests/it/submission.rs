@@ -559,3 +559,73 @@ async fn cancel_ends_a_job_and_its_prediction() {
         "another tenant's job does not exist for it"
     );
 }
+
+#[tokio::test]
+async fn a_download_failing_twice_is_retried_and_a_bucket_serves_every_replica() {
+    let db = TestDatabase::create().await.unwrap();
+    let sim = Simulator::start(&[("SIMULATOR_DOWNLOAD_FAILURES", "2")]);
+    let receiver = Receiver::start().await;
+    let s3 = test_support::s3::S3Server::start().await;
+    let bucket = s3.storage_settings("audio");
+    let bucket: Vec<(&str, &str)> = bucket.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (stack, mut gateway, mut ingest) = start(&db, &sim, &receiver, &bucket).await;
+
+    let job = create_effect(&mut gateway, 1.0).await;
+    let path = format!("/api/replicate-webhook/sound_effect/{}", job.id);
+    let body = webhook_for(&receiver, &path).await;
+    ingest
+        .complete_prediction(CompletePredictionRequest {
+            job_id: job.id.clone(),
+            content_type: "sound_effect".into(),
+            prediction: body.into_bytes(),
+        })
+        .await
+        .unwrap();
+    // Two failed downloads wait 1 s, then 2 s, before the third succeeds.
+    let done = until_status(
+        &gateway,
+        &job.id,
+        JobStatus::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    let metrics = test_support::http_client()
+        .get(format!(
+            "{}/metrics",
+            stack.ops_url(Service::AudioGeneration)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("audio_finished_total{outcome=\"retried\",type=\"sound_effect\"} 2"),
+        "{metrics}"
+    );
+    let bytes = read_audio(&mut gateway, &job.id, None, None).await.unwrap();
+    assert_eq!(sha256(&bytes), done.audio.as_ref().unwrap().sha256);
+
+    // Another replica, sharing only the database and the bucket, serves the same bytes.
+    let other = Stack::new(&db).with_audio().setting(
+        Service::AudioGeneration,
+        "AUDIO_STORAGE_PATH",
+        "/nonexistent/not-used",
+    );
+    let other = bucket
+        .iter()
+        .fold(other, |b, (k, v)| {
+            b.setting(Service::AudioGeneration, k, *v)
+        })
+        .start()
+        .await;
+    drop(stack);
+    test_support::wait_ready(&other.ops_url(Service::AudioGeneration), 200).await;
+    let mut second =
+        AudioGenerationClient::new(other.peer("gateway", Service::AudioGeneration).channel());
+    assert_eq!(
+        read_audio(&mut second, &job.id, None, None).await.unwrap(),
+        bytes
+    );
+}
