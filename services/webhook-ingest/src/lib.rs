@@ -1,10 +1,14 @@
 //! `webhook-ingest`: verified inbound webhooks from Replicate, GitHub and any Standard-Webhooks
 //! source, stored durably before they are acknowledged.
 //!
-//! Today it owns its schema (migrated at start-up and by `webhook-ingest migrate`), serves the
-//! operational endpoints and reports readiness over its database, Redis and gRPC peers; the
-//! receivers arrive with their own issue.
+//! - [`replicate`], [`github`]: the receivers, which verify a webhook and commit it to the
+//!   [`inbox`] before they answer.
+//! - [`dispatch`]: the dispatcher, which runs each stored event's [`actions`] with retries,
+//!   across replicas, and records every attempt.
+//! - [`monitor`]: failures per webhook path, `/webhook-status` and `WEBHOOK ALERT`.
 
+pub mod actions;
+pub mod dispatch;
 pub mod github;
 pub mod inbox;
 pub mod monitor;
@@ -80,6 +84,17 @@ pub struct Settings {
     /// Failure monitoring (`WEBHOOK_MONITORING_ENABLED`, `WEBHOOK_FAILURE_ALERT_THRESHOLD`,
     /// `WEBHOOK_TIMEOUT_SECONDS`).
     pub monitoring: monitor::MonitorSettings,
+    /// How stored events are dispatched (`INBOX_…`).
+    pub dispatch: dispatch::DispatchSettings,
+}
+
+/// The route a source's webhooks arrive on, under which the monitor counts failures on too many
+/// distinct paths.
+pub(crate) fn route_of(source: &str) -> &'static str {
+    match source {
+        "replicate" => replicate::ROUTE,
+        _ => github::ROUTE,
+    }
 }
 
 /// The default largest webhook body: 1 MiB.
@@ -153,7 +168,19 @@ impl Settings {
                 "must be between 100ms and 5m",
             ));
         }
+        let audio_generation = PeerSettings::load(
+            src,
+            "audio-generation",
+            "AUDIO_GENERATION",
+            "http://127.0.0.1:50052",
+            Duration::from_secs(10),
+        )?;
         Ok(Self {
+            dispatch: dispatch::DispatchSettings::load(
+                src,
+                audio_generation.timeout.max(actions::LONGEST_HTTP_ACTION),
+            )?,
+            audio_generation,
             rate_limit_per_ip: src.or("WEBHOOK_RATE_LIMIT_PER_IP", 6000)?,
             trusted_proxies: src.or("TRUSTED_PROXIES", Vec::new())?,
             body_timeout,
@@ -176,13 +203,6 @@ impl Settings {
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
-            audio_generation: PeerSettings::load(
-                src,
-                "audio-generation",
-                "AUDIO_GENERATION",
-                "http://127.0.0.1:50052",
-                Duration::from_secs(10),
-            )?,
         })
     }
 }
@@ -211,6 +231,7 @@ pub struct Application {
     http: HttpServerTask,
     ops: HttpServerTask,
     relay: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -288,10 +309,27 @@ impl Application {
             settings.rate_limit_per_ip,
             settings.trusted_proxies.clone(),
         );
-        let replicate = web::Data::new(replicate::ReplicateReceiver {
-            jobs: sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
+        let audio_client =
+            sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
                 audio.channel(),
-            ),
+            );
+        let dispatcher = dispatch::Dispatcher::new(
+            database.pool().clone(),
+            settings.dispatch.clone(),
+            actions::Actions {
+                audio: audio_client.clone(),
+            },
+            monitor.clone(),
+            dispatch::DispatchMetrics::register(metrics.registry())?,
+        )
+        .spawn(
+            &database,
+            settings.database.url.expose().to_owned(),
+            SCHEMA,
+            signals.shutdown.clone(),
+        );
+        let replicate = web::Data::new(replicate::ReplicateReceiver {
+            jobs: audio_client,
             limiter: limiter.clone(),
             monitor: monitor.clone(),
             pool: database.pool().clone(),
@@ -355,7 +393,12 @@ impl Application {
             settings.common.shutdown_grace_period,
         )?;
         tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
-        Ok(Self { http, ops, relay })
+        Ok(Self {
+            http,
+            ops,
+            relay,
+            dispatcher,
+        })
     }
 
     /// The public port.
@@ -368,12 +411,13 @@ impl Application {
         self.ops.port()
     }
 
-    /// Resolves once shutdown was requested, in-flight requests have finished and the relay has
-    /// stopped.
+    /// Resolves once shutdown was requested, in-flight requests have finished and the relay and
+    /// the dispatcher have stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.http.stopped().await?;
         self.ops.stopped().await?;
         let _ = self.relay.await;
+        let _ = self.dispatcher.await;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod dispatch;
 mod github;
 mod monitoring;
 mod replicate;
@@ -10,6 +11,13 @@ use test_stack::{Service, Stack};
 use test_support::{
     TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, wait_ready,
 };
+
+/// Runs `query` on `db` with psql and returns its rows, one line each (columns joined by `|`).
+fn sql(db: &TestDatabase, query: &str) -> Vec<String> {
+    let run = test_support::run_binary("/usr/bin/psql", &[&db.url, "-tAc", query], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.stdout.lines().map(str::to_owned).collect()
+}
 
 struct Ingest {
     /// The public port.
