@@ -1,12 +1,21 @@
 //! What an event sets off, and running it: the built-in completion of Replicate predictions
-//! (`CompletePrediction` on audio-generation).
+//! (`CompletePrediction` on audio-generation), and the actions of the routing rules that match
+//! it: `publish` (an outbox event for the rule's tenant, `github.<event>.<action>` or
+//! `<source>.<type>`) and `agent_run` (a run on the code-generation API).
+
+use std::sync::Arc;
 
 use internal_rpc::PeerChannel;
 use sonora_proto::audio::v1::{
     CompletePredictionRequest, audio_generation_client::AudioGenerationClient,
 };
 
-use crate::{dispatch::Outcome, inbox::ClaimedEvent};
+use crate::{
+    codegen::Codegen,
+    dispatch::Outcome,
+    inbox::ClaimedEvent,
+    routing::{EventFacts, Rule, RuleAction},
+};
 
 /// The longest an HTTP action (an agent run) may take; the lease must outlast it.
 pub const LONGEST_HTTP_ACTION: std::time::Duration = std::time::Duration::from_secs(30);
@@ -15,12 +24,16 @@ pub const LONGEST_HTTP_ACTION: std::time::Duration = std::time::Duration::from_s
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionKind {
     CompletePrediction,
+    Publish,
+    AgentRun,
 }
 
 impl ActionKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::CompletePrediction => "complete_prediction",
+            Self::Publish => "publish",
+            Self::AgentRun => "agent_run",
         }
     }
 }
@@ -35,6 +48,22 @@ pub struct Planned {
     /// For a publish action: the tenant and the outbox event, enqueued in the same transaction
     /// that records the attempt.
     pub publish: Option<(String, outbox::Event)>,
+    /// For an agent run: the prompt, made from the rule's template, and the run's metadata.
+    pub run: Option<(String, serde_json::Value)>,
+    /// Why the action cannot be run at all (an event too large to publish): it is refused.
+    pub invalid: Option<String>,
+}
+
+impl Planned {
+    fn new(key: String, kind: ActionKind) -> Self {
+        Self {
+            key,
+            kind,
+            publish: None,
+            run: None,
+            invalid: None,
+        }
+    }
 }
 
 /// Plans and runs actions.
@@ -42,26 +71,106 @@ pub struct Planned {
 pub struct Actions {
     /// audio-generation, which finishes the job a Replicate webhook is about.
     pub audio: AudioGenerationClient<PeerChannel>,
+    /// The routing rules (`ROUTING_RULES`).
+    pub rules: Arc<Vec<Rule>>,
+    /// The code-generation API, when configured (required by any `agent_run` rule).
+    pub codegen: Option<Codegen>,
 }
 
 impl Actions {
-    /// The actions `event` sets off.
+    /// The actions `event` sets off: the built-in one of its source, then those of every rule
+    /// that matches it, in the rules' order.
     pub fn plan(&self, event: &ClaimedEvent) -> Vec<Planned> {
-        match event.source.as_str() {
-            "replicate" => vec![Planned {
-                key: ActionKind::CompletePrediction.name().to_owned(),
-                kind: ActionKind::CompletePrediction,
-                publish: None,
-            }],
-            _ => Vec::new(),
+        let mut planned = Vec::new();
+        if event.source == "replicate" {
+            planned.push(Planned::new(
+                ActionKind::CompletePrediction.name().to_owned(),
+                ActionKind::CompletePrediction,
+            ));
         }
+        let payload: serde_json::Value =
+            serde_json::from_str(&event.payload).unwrap_or(serde_json::Value::Null);
+        let event_type = event.event_type.as_deref().unwrap_or_default();
+        let facts = EventFacts {
+            source: &event.source,
+            event_type,
+            payload: &payload,
+        };
+        for rule in self.rules.iter().filter(|r| r.matches(&facts)) {
+            for action in &rule.actions {
+                match action {
+                    RuleAction::Publish => {
+                        let mut plan =
+                            Planned::new(format!("publish:{}", rule.name), ActionKind::Publish);
+                        let tenant = rule
+                            .tenant
+                            .clone()
+                            .expect("checked at load: publish has a tenant");
+                        let body = serde_json::json!({
+                            "id": event.id,
+                            "source": event.source,
+                            "type": event_type,
+                            "delivery_id": event.delivery_id,
+                            "data": payload,
+                        });
+                        match outbox::Event::new(
+                            tenant.clone(),
+                            event.id,
+                            &format!("{}.{event_type}", event.source),
+                            &body,
+                        ) {
+                            Ok(outbox_event) => {
+                                plan.publish = Some((tenant.to_string(), outbox_event));
+                            }
+                            Err(error) => {
+                                plan.invalid = Some(format!("publish:{}: {error}", rule.name));
+                            }
+                        }
+                        planned.push(plan);
+                    }
+                    RuleAction::AgentRun => {
+                        let mut plan =
+                            Planned::new(format!("agent_run:{}", rule.name), ActionKind::AgentRun);
+                        let prompt = rule
+                            .prompt
+                            .as_ref()
+                            .expect("checked at load: agent_run has a prompt")
+                            .render(&facts);
+                        plan.run = Some((
+                            prompt,
+                            serde_json::json!({
+                                "sonora_event_id": event.id,
+                                "source": event.source,
+                                "event_type": event_type,
+                                "delivery_id": event.delivery_id,
+                                "rule": rule.name,
+                            }),
+                        ));
+                        planned.push(plan);
+                    }
+                }
+            }
+        }
+        planned
     }
 
     /// Runs one planned action. A publish action's work is the outbox write its attempt's
-    /// record makes, so running it only checks it can be written.
+    /// record makes (in one transaction), so running it has nothing more to do.
     pub async fn run(&self, event: &ClaimedEvent, action: &Planned) -> Outcome {
+        if let Some(invalid) = &action.invalid {
+            return Outcome::Rejected(invalid.clone());
+        }
         match action.kind {
             ActionKind::CompletePrediction => self.complete_prediction(event).await,
+            ActionKind::Publish => Outcome::Succeeded { result: None },
+            ActionKind::AgentRun => match (&self.codegen, &action.run) {
+                (Some(codegen), Some((prompt, metadata))) => {
+                    codegen.start_run(prompt, metadata.clone()).await
+                }
+                _ => Outcome::Rejected(
+                    "agent_run: CODEGEN_TOKEN and CODEGEN_ORG_ID are not set".to_owned(),
+                ),
+            },
         }
     }
 

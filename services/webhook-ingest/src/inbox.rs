@@ -111,6 +111,8 @@ pub struct ClaimedEvent {
     #[diesel(sql_type = Text)]
     pub source: String,
     #[diesel(sql_type = Text)]
+    pub delivery_id: String,
+    #[diesel(sql_type = Text)]
     pub path: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub subject_type: Option<String>,
@@ -147,7 +149,7 @@ pub async fn claim(
          UPDATE inbox i SET state = 'dispatched', claim_id = $3, lease_expires_at = $4, \
            attempts = i.attempts + 1 \
          FROM due WHERE i.id = due.id \
-         RETURNING i.id, i.source, i.path, i.subject_type, i.subject_id, i.event_type, \
+         RETURNING i.id, i.source, i.delivery_id, i.path, i.subject_type, i.subject_id, i.event_type, \
            i.payload, i.attempts",
     )
     .bind::<Timestamptz, _>(now)

@@ -8,6 +8,7 @@
 //! - [`monitor`]: failures per webhook path, `/webhook-status` and `WEBHOOK ALERT`.
 
 pub mod actions;
+pub mod codegen;
 pub mod dispatch;
 pub mod github;
 pub mod inbox;
@@ -16,6 +17,7 @@ pub mod ratelimit;
 pub mod replicate;
 pub mod replicate_secret;
 mod request;
+pub mod routing;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -86,6 +88,11 @@ pub struct Settings {
     pub monitoring: monitor::MonitorSettings,
     /// How stored events are dispatched (`INBOX_…`).
     pub dispatch: dispatch::DispatchSettings,
+    /// Which events set off which actions (`ROUTING_RULES`).
+    pub rules: Vec<routing::Rule>,
+    /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
+    /// `CODEGEN_TOKEN`), when configured.
+    pub codegen: Option<codegen::CodegenSettings>,
 }
 
 /// The route a source's webhooks arrive on, under which the monitor counts failures on too many
@@ -175,7 +182,60 @@ impl Settings {
             "http://127.0.0.1:50052",
             Duration::from_secs(10),
         )?;
+        let rules = src
+            .optional::<String>("ROUTING_RULES")?
+            .map(|text| routing::parse_rules(&text))
+            .transpose()
+            .map_err(|problem| SettingError::new("ROUTING_RULES", problem))?
+            .unwrap_or_default();
+        let codegen_api_url: settings::Url = src.or(
+            "CODEGEN_API_URL",
+            settings::Url::parse("https://api.codegen.com").expect("a valid URL"),
+        )?;
+        if !matches!(codegen_api_url.scheme(), "http" | "https") {
+            return Err(SettingError::new(
+                "CODEGEN_API_URL",
+                "must be an http:// or https:// URL, such as https://api.codegen.com",
+            ));
+        }
+        let codegen_org: Option<u64> = src.optional("CODEGEN_ORG_ID")?;
+        let codegen_token: Option<SecretString> = src.optional("CODEGEN_TOKEN")?;
+        let codegen = match (codegen_org, codegen_token) {
+            (Some(org_id), Some(token)) => Some(codegen::CodegenSettings {
+                api_url: codegen_api_url,
+                org_id,
+                token,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SettingError::new(
+                    "CODEGEN_TOKEN",
+                    "is required when CODEGEN_ORG_ID is set: agent runs are started with it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingError::new(
+                    "CODEGEN_ORG_ID",
+                    "is required when CODEGEN_TOKEN is set: the organisation agent runs start in",
+                ));
+            }
+        };
+        if codegen.is_none()
+            && let Some(rule) = rules
+                .iter()
+                .find(|r| r.actions.contains(&routing::RuleAction::AgentRun))
+        {
+            return Err(SettingError::new(
+                "CODEGEN_TOKEN",
+                format!(
+                    "and CODEGEN_ORG_ID are required: ROUTING_RULES rule {:?} starts agent runs",
+                    rule.name
+                ),
+            ));
+        }
         Ok(Self {
+            rules,
+            codegen,
             dispatch: dispatch::DispatchSettings::load(
                 src,
                 audio_generation.timeout.max(actions::LONGEST_HTTP_ACTION),
@@ -318,6 +378,12 @@ impl Application {
             settings.dispatch.clone(),
             actions::Actions {
                 audio: audio_client.clone(),
+                rules: std::sync::Arc::new(settings.rules.clone()),
+                codegen: settings
+                    .codegen
+                    .as_ref()
+                    .map(|c| codegen::Codegen::new(c, redis.clone()))
+                    .transpose()?,
             },
             monitor.clone(),
             dispatch::DispatchMetrics::register(metrics.registry())?,
@@ -456,4 +522,54 @@ fn spawn_inbox_gauge(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_rules_come_from_the_settings_file() {
+        let dir = std::env::temp_dir().join(format!("ingest-rules-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sonora.toml");
+        std::fs::write(
+            &file,
+            r#"
+CODEGEN_ORG_ID = 42
+
+[[ROUTING_RULES]]
+name = "agent-on-label"
+source = "github"
+event = "issues"
+action = "labeled"
+repository = "acme/*"
+label = "agent"
+tenant = "acme"
+actions = ["publish", "agent_run"]
+prompt = "Fix {repository}#{issue.number}"
+"#,
+        )
+        .unwrap();
+        let src = Sources::from_pairs([
+            ("SONORA_CONFIG_FILE", file.to_str().unwrap()),
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("CODEGEN_TOKEN", "a-token"),
+        ])
+        .unwrap();
+        let settings = Settings::load(&src).unwrap();
+        assert_eq!(settings.rules.len(), 1);
+        let rule = &settings.rules[0];
+        assert_eq!(
+            (
+                rule.name.as_str(),
+                rule.repository.as_deref(),
+                rule.label.as_deref()
+            ),
+            ("agent-on-label", Some("acme/*"), Some("agent"))
+        );
+        assert_eq!(settings.codegen.as_ref().unwrap().org_id, 42);
+        assert!(!format!("{:?}", settings.codegen).contains("a-token"));
+    }
 }
