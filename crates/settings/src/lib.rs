@@ -138,6 +138,17 @@ fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, SettingError> {
         .into_iter()
         .map(|(key, value)| {
             let text = match value {
+                // Structured values (a table, an array of tables such as `[[ROUTING_RULES]]`)
+                // are kept as JSON, the form the same setting takes in the environment; the
+                // service that reads the setting parses it.
+                toml::Value::Table(_) => serde_json::to_string(&value).ok(),
+                toml::Value::Array(items)
+                    if items
+                        .iter()
+                        .any(|i| matches!(i, toml::Value::Table(_) | toml::Value::Array(_))) =>
+                {
+                    serde_json::to_string(&items).ok()
+                }
                 toml::Value::Array(items) => items
                     .iter()
                     .map(scalar_text)
@@ -150,7 +161,7 @@ fn read_file(path: &PathBuf) -> Result<BTreeMap<String, String>, SettingError> {
                 None => Err(SettingError::new(
                     key,
                     format!(
-                        "in {} must be a string, number, boolean or list of them",
+                        "in {} must be a string, number, boolean, list, or table",
                         path.display()
                     ),
                 )),
@@ -650,6 +661,28 @@ mod tests {
         assert_eq!(common.log_filter, "warn");
         assert_eq!(common.log_format, LogFormat::Text);
         assert_eq!(src.or("DATABASE_POOL_SIZE", 1usize).unwrap(), 7);
+    }
+
+    #[test]
+    fn tables_in_the_file_become_json() {
+        let dir = std::env::temp_dir().join(format!("settings-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sonora.toml");
+        std::fs::write(
+            &file,
+            "TRUSTED_PROXIES = [\"10.0.0.0/8\", \"192.168.0.0/16\"]\n\
+             [[ROUTING_RULES]]\nname = \"one\"\nactions = [\"publish\"]\n\
+             [[ROUTING_RULES]]\nname = \"two\"\n",
+        )
+        .unwrap();
+        let src = sources(&[(CONFIG_FILE_VAR, file.to_str().unwrap())]);
+        let rules: String = src.required("ROUTING_RULES").unwrap();
+        assert_eq!(
+            rules,
+            r#"[{"actions":["publish"],"name":"one"},{"name":"two"}]"#
+        );
+        let proxies: String = src.required("TRUSTED_PROXIES").unwrap();
+        assert_eq!(proxies, "10.0.0.0/8,192.168.0.0/16");
     }
 
     #[test]

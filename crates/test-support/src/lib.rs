@@ -1,10 +1,12 @@
 //! Helpers for the services' integration tests: fresh databases, the shared Redis, a TCP proxy
 //! that can cut a dependency off and bring it back, an in-process OTLP receiver, an S3-compatible
-//! server (moto) with a fresh bucket, and polling.
+//! server (moto) with a fresh bucket, a partner's webhook receiver, a fake of the code-generation
+//! API, and polling.
 //!
 //! Tests talk to the real PostgreSQL and Redis that `scripts/test` starts on loopback; their
 //! addresses come from `TEST_DATABASE_URL` and `TEST_REDIS_URL` when set.
 
+pub mod codegen;
 pub mod keys;
 pub mod otlp;
 pub mod proxy;

@@ -304,6 +304,13 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       key: {{ $root.Values.secrets.replicateApiTokenKey }}
       # Optional: with it, Replicate's signing secret is fetched and kept current.
       optional: true
+- name: CODEGEN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.codegenTokenKey }}
+      # Optional: needed only by routing rules that start agent runs.
+      optional: true
 {{- end }}
 {{- if and (eq $name "audio-generation") (not (hasKey $env "AUDIO_STORAGE_S3_SECRET_ACCESS_KEY_FILE")) }}
 - name: AUDIO_STORAGE_S3_SECRET_ACCESS_KEY

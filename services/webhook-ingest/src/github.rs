@@ -32,7 +32,7 @@ pub struct GithubReceiver {
     pub body_timeout: std::time::Duration,
 }
 
-const ROUTE: &str = "/api/v1/webhooks/github";
+pub(crate) const ROUTE: &str = "/api/v1/webhooks/github";
 
 /// Checks `X-Hub-Signature-256`: `sha256=` and the hex HMAC-SHA256 of the raw body, compared in
 /// constant time.

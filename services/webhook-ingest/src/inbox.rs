@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use database::{DatabaseError, Pool};
-use diesel::sql_types::{Nullable, Text, Timestamptz};
-use diesel_async::RunQueryDsl as _;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use ids::EventId;
 
 /// The state of a stored event.
@@ -101,4 +101,222 @@ pub async fn store(
     } else {
         Stored::Duplicate
     })
+}
+
+/// A stored event the dispatcher holds the claim of.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct ClaimedEvent {
+    #[diesel(sql_type = Text)]
+    pub id: EventId,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    #[diesel(sql_type = Text)]
+    pub delivery_id: String,
+    #[diesel(sql_type = Text)]
+    pub path: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub subject_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub subject_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub event_type: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// This attempt's number, counted against the retry schedule.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` events that have work left and are due: new ones, failed ones whose
+/// retry is due, and dispatched ones whose claim expired (their dispatcher died). Each is moved
+/// to `dispatched` under `claim_id` until `lease_until`, its attempt counted.
+pub async fn claim(
+    pool: &Pool,
+    claim_id: uuid::Uuid,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<ClaimedEvent>, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    let events = diesel::sql_query(
+        "WITH due AS ( \
+           SELECT id FROM inbox \
+           WHERE state IN ('received', 'dispatched', 'failed') \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $1) \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= $1) \
+           ORDER BY next_attempt_at NULLS FIRST, received_at \
+           LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE inbox i SET state = 'dispatched', claim_id = $3, lease_expires_at = $4, \
+           attempts = i.attempts + 1 \
+         FROM due WHERE i.id = due.id \
+         RETURNING i.id, i.source, i.delivery_id, i.path, i.subject_type, i.subject_id, i.event_type, \
+           i.payload, i.attempts",
+    )
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(limit)
+    .bind::<SqlUuid, _>(claim_id)
+    .bind::<Timestamptz, _>(lease_until)
+    .load(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)?;
+    Ok(events)
+}
+
+/// The actions of `event` that already succeeded (on an earlier attempt, or before a redrive):
+/// they are not run again.
+pub async fn succeeded_actions(pool: &Pool, event: EventId) -> Result<Vec<String>, DatabaseError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        action: String,
+    }
+    let mut conn = database::get(pool).await?;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT DISTINCT action FROM inbox_attempts WHERE event_id = $1 AND outcome = 'succeeded'",
+    )
+    .bind::<Text, _>(event)
+    .load(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)?;
+    Ok(rows.into_iter().map(|r| r.action).collect())
+}
+
+/// One attempt of one action, as recorded.
+#[derive(Debug, Clone)]
+pub struct NewAttempt<'a> {
+    pub event: EventId,
+    pub attempt: i32,
+    pub action: &'a str,
+    /// `succeeded`, `failed`, `rejected` or `throttled`.
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub duration_ms: i32,
+    pub at: DateTime<Utc>,
+}
+
+/// Whether the claim still holds the event; locks its row for the rest of the transaction, so a
+/// dispatcher that lost its claim writes nothing.
+pub async fn hold(
+    conn: &mut AsyncPgConnection,
+    event: EventId,
+    claim_id: uuid::Uuid,
+) -> Result<bool, diesel::result::Error> {
+    let held = diesel::sql_query("SELECT 1 FROM inbox WHERE id = $1 AND claim_id = $2 FOR UPDATE")
+        .bind::<Text, _>(event)
+        .bind::<SqlUuid, _>(claim_id)
+        .execute(conn)
+        .await?;
+    Ok(held == 1)
+}
+
+/// Records an attempt (inside the caller's transaction).
+pub async fn record_attempt(
+    conn: &mut AsyncPgConnection,
+    attempt: &NewAttempt<'_>,
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query(
+        "INSERT INTO inbox_attempts (event_id, attempt, action, outcome, error, result, duration_ms, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind::<Text, _>(attempt.event)
+    .bind::<Integer, _>(attempt.attempt)
+    .bind::<Text, _>(attempt.action)
+    .bind::<Text, _>(attempt.outcome)
+    .bind::<Nullable<Text>, _>(attempt.error)
+    .bind::<Nullable<Text>, _>(attempt.result)
+    .bind::<Integer, _>(attempt.duration_ms)
+    .bind::<Timestamptz, _>(attempt.at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds `tenants` to the tenants an event was handed to (inside the caller's transaction).
+pub async fn add_tenants(
+    conn: &mut AsyncPgConnection,
+    event: EventId,
+    tenants: &[String],
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query(
+        "UPDATE inbox SET tenants = ARRAY(SELECT DISTINCT unnest(tenants || $2) ORDER BY 1) \
+         WHERE id = $1",
+    )
+    .bind::<Text, _>(event)
+    .bind::<Array<Text>, _>(tenants)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Where a dispatched event goes next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    Done,
+    /// To be tried again at `next_at`; `counted: false` gives the attempt back (the far side
+    /// asked to wait, so the wait must not use up the schedule).
+    Failed {
+        next_at: DateTime<Utc>,
+        error: String,
+        counted: bool,
+    },
+    DeadLetter {
+        error: String,
+    },
+}
+
+/// Moves a dispatched event on, if `claim_id` still holds it; false when the claim was lost.
+pub async fn settle(
+    pool: &Pool,
+    event: EventId,
+    claim_id: uuid::Uuid,
+    settled: &Settled,
+    now: DateTime<Utc>,
+) -> Result<bool, DatabaseError> {
+    let (state, next_at, error, give_back) = match settled {
+        Settled::Done => ("done", None, None, 0),
+        Settled::Failed {
+            next_at,
+            error,
+            counted,
+        } => (
+            "failed",
+            Some(*next_at),
+            Some(error.as_str()),
+            i32::from(!counted),
+        ),
+        Settled::DeadLetter { error } => ("dead_letter", None, Some(error.as_str()), 0),
+    };
+    let settled_at = matches!(settled, Settled::Done | Settled::DeadLetter { .. }).then_some(now);
+    let mut conn = database::get(pool).await?;
+    let updated = diesel::sql_query(
+        "UPDATE inbox SET state = $3, next_attempt_at = $4, last_error = $5, \
+           attempts = attempts - $6, settled_at = $7, claim_id = NULL, lease_expires_at = NULL \
+         WHERE id = $1 AND claim_id = $2",
+    )
+    .bind::<Text, _>(event)
+    .bind::<SqlUuid, _>(claim_id)
+    .bind::<Text, _>(state)
+    .bind::<Nullable<Timestamptz>, _>(next_at)
+    .bind::<Nullable<Text>, _>(error)
+    .bind::<Integer, _>(give_back)
+    .bind::<Nullable<Timestamptz>, _>(settled_at)
+    .execute(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)?;
+    Ok(updated == 1)
+}
+
+/// Deletes settled events (done, dead letters, malformed) older than `before`, with their
+/// attempts; returns how many.
+pub async fn clean_up(pool: &Pool, before: DateTime<Utc>) -> Result<usize, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    diesel::sql_query(
+        "DELETE FROM inbox WHERE settled_at < $1 \
+           OR (settled_at IS NULL AND state IN ('done', 'malformed') AND received_at < $1)",
+    )
+    .bind::<Timestamptz, _>(before)
+    .execute(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)
 }

@@ -1,10 +1,15 @@
 //! `webhook-ingest`: verified inbound webhooks from Replicate, GitHub and any Standard-Webhooks
 //! source, stored durably before they are acknowledged.
 //!
-//! Today it owns its schema (migrated at start-up and by `webhook-ingest migrate`), serves the
-//! operational endpoints and reports readiness over its database, Redis and gRPC peers; the
-//! receivers arrive with their own issue.
+//! - [`replicate`], [`github`]: the receivers, which verify a webhook and commit it to the
+//!   [`inbox`] before they answer.
+//! - [`dispatch`]: the dispatcher, which runs each stored event's [`actions`] with retries,
+//!   across replicas, and records every attempt.
+//! - [`monitor`]: failures per webhook path, `/webhook-status` and `WEBHOOK ALERT`.
 
+pub mod actions;
+pub mod codegen;
+pub mod dispatch;
 pub mod github;
 pub mod inbox;
 pub mod monitor;
@@ -12,6 +17,7 @@ pub mod ratelimit;
 pub mod replicate;
 pub mod replicate_secret;
 mod request;
+pub mod routing;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -80,6 +86,22 @@ pub struct Settings {
     /// Failure monitoring (`WEBHOOK_MONITORING_ENABLED`, `WEBHOOK_FAILURE_ALERT_THRESHOLD`,
     /// `WEBHOOK_TIMEOUT_SECONDS`).
     pub monitoring: monitor::MonitorSettings,
+    /// How stored events are dispatched (`INBOX_…`).
+    pub dispatch: dispatch::DispatchSettings,
+    /// Which events set off which actions (`ROUTING_RULES`).
+    pub rules: Vec<routing::Rule>,
+    /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
+    /// `CODEGEN_TOKEN`), when configured.
+    pub codegen: Option<codegen::CodegenSettings>,
+}
+
+/// The route a source's webhooks arrive on, under which the monitor counts failures on too many
+/// distinct paths.
+pub(crate) fn route_of(source: &str) -> &'static str {
+    match source {
+        "replicate" => replicate::ROUTE,
+        _ => github::ROUTE,
+    }
 }
 
 /// The default largest webhook body: 1 MiB.
@@ -153,7 +175,72 @@ impl Settings {
                 "must be between 100ms and 5m",
             ));
         }
+        let audio_generation = PeerSettings::load(
+            src,
+            "audio-generation",
+            "AUDIO_GENERATION",
+            "http://127.0.0.1:50052",
+            Duration::from_secs(10),
+        )?;
+        let rules = src
+            .optional::<String>("ROUTING_RULES")?
+            .map(|text| routing::parse_rules(&text))
+            .transpose()
+            .map_err(|problem| SettingError::new("ROUTING_RULES", problem))?
+            .unwrap_or_default();
+        let codegen_api_url: settings::Url = src.or(
+            "CODEGEN_API_URL",
+            settings::Url::parse("https://api.codegen.com").expect("a valid URL"),
+        )?;
+        if !matches!(codegen_api_url.scheme(), "http" | "https") {
+            return Err(SettingError::new(
+                "CODEGEN_API_URL",
+                "must be an http:// or https:// URL, such as https://api.codegen.com",
+            ));
+        }
+        let codegen_org: Option<u64> = src.optional("CODEGEN_ORG_ID")?;
+        let codegen_token: Option<SecretString> = src.optional("CODEGEN_TOKEN")?;
+        let codegen = match (codegen_org, codegen_token) {
+            (Some(org_id), Some(token)) => Some(codegen::CodegenSettings {
+                api_url: codegen_api_url,
+                org_id,
+                token,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SettingError::new(
+                    "CODEGEN_TOKEN",
+                    "is required when CODEGEN_ORG_ID is set: agent runs are started with it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingError::new(
+                    "CODEGEN_ORG_ID",
+                    "is required when CODEGEN_TOKEN is set: the organisation agent runs start in",
+                ));
+            }
+        };
+        if codegen.is_none()
+            && let Some(rule) = rules
+                .iter()
+                .find(|r| r.actions.contains(&routing::RuleAction::AgentRun))
+        {
+            return Err(SettingError::new(
+                "CODEGEN_TOKEN",
+                format!(
+                    "and CODEGEN_ORG_ID are required: ROUTING_RULES rule {:?} starts agent runs",
+                    rule.name
+                ),
+            ));
+        }
         Ok(Self {
+            rules,
+            codegen,
+            dispatch: dispatch::DispatchSettings::load(
+                src,
+                audio_generation.timeout.max(actions::LONGEST_HTTP_ACTION),
+            )?,
+            audio_generation,
             rate_limit_per_ip: src.or("WEBHOOK_RATE_LIMIT_PER_IP", 6000)?,
             trusted_proxies: src.or("TRUSTED_PROXIES", Vec::new())?,
             body_timeout,
@@ -176,13 +263,6 @@ impl Settings {
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
-            audio_generation: PeerSettings::load(
-                src,
-                "audio-generation",
-                "AUDIO_GENERATION",
-                "http://127.0.0.1:50052",
-                Duration::from_secs(10),
-            )?,
         })
     }
 }
@@ -211,6 +291,7 @@ pub struct Application {
     http: HttpServerTask,
     ops: HttpServerTask,
     relay: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -288,10 +369,33 @@ impl Application {
             settings.rate_limit_per_ip,
             settings.trusted_proxies.clone(),
         );
-        let replicate = web::Data::new(replicate::ReplicateReceiver {
-            jobs: sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
+        let audio_client =
+            sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
                 audio.channel(),
-            ),
+            );
+        let dispatcher = dispatch::Dispatcher::new(
+            database.pool().clone(),
+            settings.dispatch.clone(),
+            actions::Actions {
+                audio: audio_client.clone(),
+                rules: std::sync::Arc::new(settings.rules.clone()),
+                codegen: settings
+                    .codegen
+                    .as_ref()
+                    .map(|c| codegen::Codegen::new(c, redis.clone()))
+                    .transpose()?,
+            },
+            monitor.clone(),
+            dispatch::DispatchMetrics::register(metrics.registry())?,
+        )
+        .spawn(
+            &database,
+            settings.database.url.expose().to_owned(),
+            SCHEMA,
+            signals.shutdown.clone(),
+        );
+        let replicate = web::Data::new(replicate::ReplicateReceiver {
+            jobs: audio_client,
             limiter: limiter.clone(),
             monitor: monitor.clone(),
             pool: database.pool().clone(),
@@ -355,7 +459,12 @@ impl Application {
             settings.common.shutdown_grace_period,
         )?;
         tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
-        Ok(Self { http, ops, relay })
+        Ok(Self {
+            http,
+            ops,
+            relay,
+            dispatcher,
+        })
     }
 
     /// The public port.
@@ -368,12 +477,13 @@ impl Application {
         self.ops.port()
     }
 
-    /// Resolves once shutdown was requested, in-flight requests have finished and the relay has
-    /// stopped.
+    /// Resolves once shutdown was requested, in-flight requests have finished and the relay and
+    /// the dispatcher have stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.http.stopped().await?;
         self.ops.stopped().await?;
         let _ = self.relay.await;
+        let _ = self.dispatcher.await;
         Ok(())
     }
 }
@@ -412,4 +522,54 @@ fn spawn_inbox_gauge(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_rules_come_from_the_settings_file() {
+        let dir = std::env::temp_dir().join(format!("ingest-rules-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sonora.toml");
+        std::fs::write(
+            &file,
+            r#"
+CODEGEN_ORG_ID = 42
+
+[[ROUTING_RULES]]
+name = "agent-on-label"
+source = "github"
+event = "issues"
+action = "labeled"
+repository = "acme/*"
+label = "agent"
+tenant = "acme"
+actions = ["publish", "agent_run"]
+prompt = "Fix {repository}#{issue.number}"
+"#,
+        )
+        .unwrap();
+        let src = Sources::from_pairs([
+            ("SONORA_CONFIG_FILE", file.to_str().unwrap()),
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("CODEGEN_TOKEN", "a-token"),
+        ])
+        .unwrap();
+        let settings = Settings::load(&src).unwrap();
+        assert_eq!(settings.rules.len(), 1);
+        let rule = &settings.rules[0];
+        assert_eq!(
+            (
+                rule.name.as_str(),
+                rule.repository.as_deref(),
+                rule.label.as_deref()
+            ),
+            ("agent-on-label", Some("acme/*"), Some("agent"))
+        );
+        assert_eq!(settings.codegen.as_ref().unwrap().org_id, 42);
+        assert!(!format!("{:?}", settings.codegen).contains("a-token"));
+    }
 }

@@ -61,7 +61,7 @@ async fn job_exists(jobs: &AudioGenerationClient<PeerChannel>, id: &str) -> Opti
 }
 
 /// The route, under which failures on too many distinct paths are counted.
-const ROUTE: &str = "/api/replicate-webhook/{content_type}/{content_id}";
+pub(crate) const ROUTE: &str = "/api/replicate-webhook/{content_type}/{content_id}";
 
 /// The content types Replicate's webhooks finish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

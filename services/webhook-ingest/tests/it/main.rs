@@ -1,15 +1,24 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod dispatch;
 mod github;
 mod monitoring;
 mod replicate;
 mod replicate_secret;
+mod routing;
 
 use test_stack::{Service, Stack};
 use test_support::{
     TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, wait_ready,
 };
+
+/// Runs `query` on `db` with psql and returns its rows, one line each (columns joined by `|`).
+fn sql(db: &TestDatabase, query: &str) -> Vec<String> {
+    let run = test_support::run_binary("/usr/bin/psql", &[&db.url, "-tAc", query], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.stdout.lines().map(str::to_owned).collect()
+}
 
 struct Ingest {
     /// The public port.
@@ -117,6 +126,28 @@ async fn unknown_paths_are_problem_json() {
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
+    );
+}
+
+#[test]
+fn an_agent_run_rule_without_the_code_generation_settings_exits_64() {
+    let run = test_support::run_binary(
+        env!("CARGO_BIN_EXE_webhook-ingest"),
+        &[],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            (
+                "ROUTING_RULES",
+                r#"[{"name": "agents", "source": "github", "actions": ["agent_run"], "prompt": "{issue.title}"}]"#,
+            ),
+        ],
+    );
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CODEGEN_TOKEN") && run.stderr.contains("\"agents\""),
+        "{}",
+        run.stderr
     );
 }
 
