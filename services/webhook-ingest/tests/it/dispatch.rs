@@ -215,28 +215,46 @@ async fn an_event_accepted_while_audio_generation_is_down_reaches_it_once_it_is_
         (rows == ["t"]).then_some(())
     })
     .await;
+    // One more, for a job that does not exist: accepted while nobody can say so.
+    let unknown = format!("/api/replicate-webhook/sound_effect/{}", ids::JobId::new());
+    assert_eq!(
+        post_replicate(&base, &unknown, "msg_unknown", &prediction("p2"), &secret).await,
+        200
+    );
     proxy.restore();
-    // Once it is back, the next attempt reaches audio-generation itself.
-    //
-    // Today audio-generation's policy does not list CompletePrediction for webhook-ingest, so it
-    // answers PERMISSION_DENIED and the event keeps being retried. When completion lands (and
-    // the policy allows webhook-ingest), extend this: the event becomes `done` with one
-    // succeeded `complete_prediction` attempt and the job finishes; an unknown job's event goes
-    // to the dead letters with "the job does not exist".
-    let answered = eventually(Duration::from_secs(20), "an attempt answered by audio-generation", || async {
+    // Once it is back, the next attempt completes the job; the other goes to the dead letters.
+    eventually(Duration::from_secs(20), "both events settled", || async {
         let rows = sql(
             &db,
-            &format!("select error from ingest.inbox_attempts where not {CONNECTION_FAILED} order by id limit 1"),
+            "select delivery_id || ':' || state from ingest.inbox order by delivery_id",
         );
-        rows.first().cloned()
+        (rows == ["msg_down:done", "msg_unknown:dead_letter"]).then_some(())
     })
     .await;
-    assert!(answered.contains("(PermissionDenied)"), "{answered}");
-    let state = sql(&db, "select state from ingest.inbox");
-    assert!(
-        state == ["failed"] || state == ["dispatched"],
-        "still waiting for its retry: {state:?}"
+    let dead = sql(
+        &db,
+        "select last_error from ingest.inbox where delivery_id = 'msg_unknown'",
     );
+    assert!(dead[0].contains("does not exist"), "{dead:?}");
+    let completed = sql(
+        &db,
+        "select count(*) from ingest.inbox_attempts a join ingest.inbox i on i.id = a.event_id \
+         where i.delivery_id = 'msg_down' and a.outcome = 'succeeded'",
+    );
+    assert_eq!(completed, ["1"], "completed once");
+    let job = AudioGenerationClient::new(audio.peer("gateway", Service::AudioGeneration).channel())
+        .get_job(on_behalf(
+            sonora_proto::audio::v1::GetJobRequest { id: job.id.clone() },
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        job.prediction_id, "p1",
+        "the webhook's prediction finished the job: {job:?}"
+    );
+    assert_ne!(job.status(), sonora_proto::audio::v1::JobStatus::Queued);
 }
 
 /// Stores a GitHub event row as a receiver (and, for `state`, a dispatcher) would have left it.
