@@ -45,6 +45,7 @@ fn completed_payload(job: &Job, audio: &StoredAudio, now: DateTime<Utc>) -> (&'s
         JobType::BackgroundMusic => BACKGROUND_MUSIC_COMPLETED,
     };
     let payload = json!({
+        "event_type": event_type,
         "job_id": job.id,
         "type": job.job_type.as_str(),
         "status": "succeeded",
@@ -86,6 +87,7 @@ fn failed_payload(
     now: DateTime<Utc>,
 ) -> Value {
     json!({
+        "event_type": JOB_FAILED,
         "job_id": job.id,
         "type": job.job_type.as_str(),
         "status": status.as_str(),
