@@ -321,6 +321,15 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       # Only with a bucket (AUDIO_STORAGE_URL) and its access key id.
       optional: true
 {{- end }}
+{{- if eq $name "audio-generation" }}
+- name: REPLICATE_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.replicateApiTokenKey }}
+      # Until it is set, jobs are recorded but not submitted (a warning is logged).
+      optional: true
+{{- end }}
 {{- if $facts.encryption }}
 - name: WEBHOOK_SECRET_ENCRYPTION_KEY
   valueFrom:
