@@ -584,6 +584,16 @@ mod tests {
         let load = |env, raw: &str| {
             BaseUrl::load(&sources(&[("BASE_URL", raw)]), env, "http://localhost:8081")
         };
+        let missing = BaseUrl::load(
+            &sources(&[]),
+            Environment::Production,
+            "http://localhost:8081",
+        );
+        assert_eq!(
+            missing.unwrap_err().name,
+            "BASE_URL",
+            "required in production"
+        );
         let dev = load(Environment::Development, "http://localhost:8081/").unwrap();
         assert_eq!(
             dev,

@@ -12,8 +12,8 @@ use crate::models::Models;
 pub struct ReplicateSettings {
     /// `REPLICATE_API_URL`: Replicate, or the simulator.
     pub api_url: Url,
-    /// `REPLICATE_API_TOKEN`: without it nothing is submitted (jobs wait, queued, and `/ready`
-    /// says so).
+    /// `REPLICATE_API_TOKEN`: without it nothing is submitted (jobs wait, queued; `/ready` shows
+    /// `replicate` down).
     pub api_token: Option<SecretString>,
     /// `REPLICATE_TIMEOUT`: for each call to Replicate.
     pub timeout: Duration,
@@ -61,7 +61,8 @@ pub struct FinishSettings {
     pub strict_downloads: bool,
     /// `AUDIO_LOUDNESS_TARGET`: integrated loudness of stored audio, in LUFS.
     pub loudness_target: f64,
-    /// `AUDIO_FADE_OUT`: the fade at the end of a trimmed sound effect.
+    /// `AUDIO_FADE_OUT`: the fade at the end of every stored file (generated audio often stops
+    /// abruptly, and a cut one always does).
     pub fade_out: Duration,
     /// `AUDIO_FORMAT`: `mp3` or `wav`.
     pub format: audio_codec::AudioFormat,
@@ -126,6 +127,25 @@ impl WorkSettings {
                 "must list host names, such as replicate.delivery,*.replicate.delivery",
             ));
         }
+        let lease = range(
+            "JOB_LEASE",
+            src.or("JOB_LEASE", Duration::from_secs(120))?,
+            (Duration::from_secs(5), Duration::from_secs(3600)),
+            "between 5s and 1h",
+        )?;
+        let download_timeout = range(
+            "AUDIO_DOWNLOAD_TIMEOUT",
+            src.or("AUDIO_DOWNLOAD_TIMEOUT", Duration::from_secs(60))?,
+            (Duration::from_secs(1), Duration::from_secs(600)),
+            "between 1s and 10m",
+        )?;
+        // A claim must outlast the step it covers, or a second replica starts the same work.
+        if lease < download_timeout * 2 {
+            return Err(SettingError::new(
+                "JOB_LEASE",
+                "must be at least twice AUDIO_DOWNLOAD_TIMEOUT, so a claim outlasts the download it covers",
+            ));
+        }
         Ok(Self {
             submit_budget: range(
                 "REPLICATE_SUBMIT_BUDGET",
@@ -145,12 +165,7 @@ impl WorkSettings {
                 (1, 100),
                 "between 1 and 100",
             )?,
-            lease: range(
-                "JOB_LEASE",
-                src.or("JOB_LEASE", Duration::from_secs(120))?,
-                (Duration::from_secs(5), Duration::from_secs(3600)),
-                "between 5s and 1h",
-            )?,
+            lease,
             poll_interval: range(
                 "JOB_POLL_INTERVAL",
                 src.or("JOB_POLL_INTERVAL", Duration::from_secs(1))?,
@@ -176,12 +191,7 @@ impl WorkSettings {
                 "between 0 and 1",
             )?,
             finish: FinishSettings {
-                download_timeout: range(
-                    "AUDIO_DOWNLOAD_TIMEOUT",
-                    src.or("AUDIO_DOWNLOAD_TIMEOUT", Duration::from_secs(60))?,
-                    (Duration::from_secs(1), Duration::from_secs(600)),
-                    "between 1s and 10m",
-                )?,
+                download_timeout,
                 download_max_bytes: range(
                     "AUDIO_DOWNLOAD_MAX_BYTES",
                     src.or("AUDIO_DOWNLOAD_MAX_BYTES", 100 * 1024 * 1024)?,

@@ -34,12 +34,17 @@ const DECODE_SLACK: Duration = Duration::from_secs(60);
 /// The sample peak stored audio may reach after normalising.
 const PEAK_CEILING_DBFS: f64 = -1.0;
 
-/// Why a step failed: worth another try, or never going to work.
+/// Why a step failed: worth another try, not the job's fault (the store is away: wait without
+/// using a try, while Replicate keeps the output for an hour), or never going to work.
 #[derive(Debug)]
 enum Failure {
     Retry(String),
+    Wait(String),
     Permanent(String),
 }
+
+/// How long a job waits for the audio store to come back before it is tried again.
+const STORE_WAIT: chrono::Duration = chrono::Duration::seconds(10);
 
 /// `audio_finished_total{type,outcome}` and `audio_finish_seconds{type}`.
 #[derive(Clone)]
@@ -53,7 +58,7 @@ impl FinishMetrics {
         let finished = IntCounterVec::new(
             Opts::new(
                 "audio_finished_total",
-                "Outputs fetched and processed, by job type and outcome (stored, retried, failed).",
+                "Outputs fetched and processed, by job type and outcome (stored, retried, waiting for the store, failed).",
             ),
             &["type", "outcome"],
         )
@@ -162,6 +167,14 @@ impl Finisher {
                     .inc();
                 Ok(())
             }
+            Err(Failure::Wait(problem)) => {
+                self.metrics
+                    .finished
+                    .with_label_values(&[label, "waiting"])
+                    .inc();
+                tracing::warn!(job_id = %job.id, %problem, "the audio store is not available; the job waits");
+                jobs::retry_later(&self.pool, job.id, now + STORE_WAIT, &problem, false).await
+            }
             Err(Failure::Retry(problem))
                 if job.attempts + 1 < self.work.finish.download_attempts =>
             {
@@ -237,7 +250,7 @@ impl Finisher {
             }
             let duration = decoded.duration_seconds();
             let bytes = process::encode(&decoded, format)
-                .map_err(|e| Failure::Retry(format!("cannot encode the audio: {e}")))?;
+                .map_err(|e| Failure::Permanent(format!("cannot encode the audio: {e}")))?;
             Ok::<_, Failure>((bytes, duration))
         })
         .await
@@ -250,7 +263,7 @@ impl Finisher {
             .store
             .put_bytes(&key, bytes)
             .await
-            .map_err(|e| Failure::Retry(e.to_string()))?;
+            .map_err(|e| Failure::Wait(e.to_string()))?;
         let audio = StoredAudio {
             key: key.clone(),
             format: extension.to_owned(),
@@ -263,7 +276,7 @@ impl Finisher {
             events::completed(job, &audio, now).map_err(|e| Failure::Permanent(e.to_string()))?;
         let settled = jobs::settle_succeeded(&self.pool, job.id, &audio, event, now)
             .await
-            .map_err(|e| Failure::Retry(e.to_string()))?;
+            .map_err(|e| Failure::Wait(e.to_string()))?;
         if settled {
             tracing::info!(job_id = %job.id, size = audio.size, duration_s = duration_seconds, "audio stored");
         } else {

@@ -157,6 +157,19 @@ impl Application {
                 async move { probe.check().await }
             })
             .degraded_without("delivery-worker", delivery_worker.readiness_check())
+            .degraded_without("replicate", {
+                let configured = settings.replicate.api_token.is_some();
+                move || async move {
+                    if configured {
+                        Ok(())
+                    } else {
+                        Err(
+                            "REPLICATE_API_TOKEN is not set: jobs are recorded but not submitted"
+                                .to_owned(),
+                        )
+                    }
+                }
+            })
             .build();
         let metrics = Metrics::new();
         let relay = Relay::new(
