@@ -20,8 +20,8 @@ use crate::Signals;
 /// A boxed future returned by a service's entry points.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A one-off subcommand, such as `migrate`.
-pub type CommandFn<S> = fn(S) -> BoxFuture<anyhow::Result<()>>;
+/// A one-off subcommand, such as `migrate`, given the arguments after its name.
+pub type CommandFn<S> = fn(S, Vec<String>) -> BoxFuture<anyhow::Result<()>>;
 /// Serves until shutdown.
 pub type ServeFn<S> = fn(S, Signals) -> BoxFuture<anyhow::Result<()>>;
 
@@ -49,6 +49,9 @@ pub struct ServiceMain<S> {
 pub struct Command<S> {
     pub name: &'static str,
     pub about: &'static str,
+    /// Whether it reads arguments after its name (`gateway keys create -n 5`); a command that
+    /// does not is refused with any.
+    pub takes_args: bool,
     pub run: CommandFn<S>,
 }
 
@@ -58,6 +61,7 @@ impl<S> Command<S> {
         Self {
             name: "migrate",
             about: "apply the database migrations and exit",
+            takes_args: false,
             run,
         }
     }
@@ -65,7 +69,7 @@ impl<S> Command<S> {
 
 enum Invocation<S> {
     Serve,
-    Once(CommandFn<S>),
+    Once(CommandFn<S>, Vec<String>),
 }
 
 /// Runs the service as the command line asks, and returns the process's exit code.
@@ -75,11 +79,11 @@ enum Invocation<S> {
 )]
 pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let named = |name: &str| {
+    let named = |name: &str, args: usize| {
         service
             .commands
             .iter()
-            .find(|c| c.name == name)
+            .find(|c| c.name == name && (args == 0 || c.takes_args))
             .map(|c| c.run)
     };
     let command = match args
@@ -89,7 +93,10 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
         .as_slice()
     {
         [] | ["serve"] => Invocation::Serve,
-        [name] if named(name).is_some() => Invocation::Once(named(name).expect("checked")),
+        [name, rest @ ..] if named(name, rest.len()).is_some() => Invocation::Once(
+            named(name, rest.len()).expect("checked"),
+            rest.iter().map(|a| (*a).to_owned()).collect(),
+        ),
         ["generate-internal-key"] => {
             print!(
                 "{}",
@@ -120,7 +127,7 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
         .and_then(|src| (service.load)(&src))
         .and_then(|settings| match command {
             Invocation::Serve => (service.serve_check)(&settings).map(|()| settings),
-            Invocation::Once(_) => Ok(settings),
+            Invocation::Once(..) => Ok(settings),
         });
     let settings = match loaded {
         Ok(settings) => settings,
@@ -158,7 +165,7 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
             }
         };
         let outcome = match command {
-            Invocation::Once(run) => run(settings).await,
+            Invocation::Once(run, args) => run(settings, args).await,
             Invocation::Serve => {
                 let signals = Signals::new();
                 match signals.listen_os() {

@@ -368,6 +368,43 @@ impl Stack {
         internal_keys().peer(caller, service.name(), self.grpc_port(service))
     }
 
+    /// A new API key of `tenant` with `scopes` (the tenant made if new), hashed with the
+    /// development pepper the stack's gateway uses; waits for the gateway's schema.
+    pub async fn api_key(&self, tenant: &str, scopes: &[internal_rpc::Scope]) -> String {
+        use settings::ExposeSecret as _;
+        let tenant = ids::Tenant::parse(tenant).expect("a tenant slug");
+        let pool = database::connect(&database::DatabaseConfig {
+            url: self.db.url.clone(),
+            schema: gateway::SCHEMA,
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .expect("a pool");
+        let pepper =
+            gateway::keys::Pepper::new(&settings::SecretString::from(gateway::DEVELOPMENT_PEPPER));
+        let new = gateway::keys::NewKey {
+            tenant: tenant.clone(),
+            name: "test key".into(),
+            prefix: "cw_test_".into(),
+            scopes: internal_rpc::Scopes::of(scopes.iter().copied()),
+            plan: "standard".into(),
+            expires_at: None,
+        };
+        let made = gateway::keys::make(&pepper, &new, chrono::Utc::now());
+        test_support::eventually(
+            Duration::from_secs(30),
+            "the gateway's key tables",
+            || async {
+                gateway::keys::create_tenant(&pool, &tenant, chrono::Utc::now())
+                    .await
+                    .ok()?;
+                gateway::keys::insert(&pool, &made.record).await.ok()
+            },
+        )
+        .await;
+        made.key.expose_secret().to_owned()
+    }
+
     /// Stops every service and waits until each has drained.
     pub async fn stop(mut self) {
         self.signals.shutdown.cancel();

@@ -284,7 +284,7 @@ pub fn service() -> ServiceMain<Settings> {
         common: |s| &s.common,
         serve_check: |s| s.internal_auth.require(false, true),
         commands: vec![
-            Command::migrate(|settings| {
+            Command::migrate(|settings, _| {
                 Box::pin(async move {
                     Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
                 })
@@ -292,7 +292,8 @@ pub fn service() -> ServiceMain<Settings> {
             Command {
                 name: "rotate-secrets",
                 about: "re-encrypt every endpoint secret under WEBHOOK_SECRET_ENCRYPTION_KEY and exit",
-                run: |settings| {
+                takes_args: false,
+                run: |settings, _| {
                     Box::pin(async move {
                         let config = DatabaseConfig::from_settings(&settings.database, SCHEMA);
                         let store =

@@ -4,6 +4,10 @@
 //! operational endpoints, and readiness over its database, Redis and every gRPC peer. API keys,
 //! rate limits, metering and speech arrive with their own issues.
 
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod keys;
 mod routes;
 
 use std::{net::SocketAddr, time::Duration};
@@ -44,12 +48,53 @@ pub struct Settings {
     pub tts_inference: PeerSettings,
     pub audio_generation: PeerSettings,
     pub delivery_worker: PeerSettings,
+    pub api_keys: ApiKeySettings,
+}
+
+/// How API keys are hashed.
+#[derive(Debug, Clone)]
+pub struct ApiKeySettings {
+    /// `API_KEY_PEPPER`: the secret keys are hashed with (HMAC-SHA256). Changing it invalidates
+    /// every key.
+    pub pepper: settings::SecretString,
+    /// Whether the development pepper is in use (logged at start).
+    pub development_pepper: bool,
+}
+
+/// The pepper development uses when none is set; production refuses to start without one.
+pub const DEVELOPMENT_PEPPER: &str = "development-only-api-key-pepper-never-use-in-production";
+
+impl ApiKeySettings {
+    pub fn load(src: &Sources, environment: settings::Environment) -> Result<Self, SettingError> {
+        use settings::ExposeSecret as _;
+        let pepper: Option<settings::SecretString> = src.optional("API_KEY_PEPPER")?;
+        match pepper {
+            Some(pepper) if pepper.expose_secret().len() < 32 => Err(SettingError::new(
+                "API_KEY_PEPPER",
+                "must be at least 32 characters (head -c32 /dev/urandom | base64)",
+            )),
+            Some(pepper) => Ok(Self {
+                pepper,
+                development_pepper: false,
+            }),
+            None if environment == settings::Environment::Production => Err(SettingError::new(
+                "API_KEY_PEPPER",
+                "is required in production (head -c32 /dev/urandom | base64)",
+            )),
+            None => Ok(Self {
+                pepper: settings::SecretString::from(DEVELOPMENT_PEPPER),
+                development_pepper: true,
+            }),
+        }
+    }
 }
 
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
+        let common = CommonSettings::load(src, NAME)?;
         Ok(Self {
-            common: CommonSettings::load(src, NAME)?,
+            api_keys: ApiKeySettings::load(src, common.environment)?,
+            common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9100).into())?,
@@ -89,11 +134,19 @@ pub fn service() -> ServiceMain<Settings> {
         load: Settings::load,
         common: |s| &s.common,
         serve_check: |s| s.internal_auth.require(true, false),
-        commands: vec![lifecycle::cli::Command::migrate(|settings| {
-            Box::pin(async move {
-                Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
-            })
-        })],
+        commands: vec![
+            lifecycle::cli::Command::migrate(|settings, _| {
+                Box::pin(async move {
+                    Ok(database::migrate_command(&settings.database, SCHEMA, MIGRATIONS).await?)
+                })
+            }),
+            lifecycle::cli::Command {
+                name: "keys",
+                about: "create, list or revoke API keys (gateway keys create -n 5 --prefix cw_live_)",
+                takes_args: true,
+                run: |settings, args| Box::pin(cli::keys(settings, args)),
+            },
+        ],
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
         },
@@ -110,6 +163,7 @@ pub struct Peers {
 pub struct Application {
     http: HttpServerTask,
     ops: HttpServerTask,
+    revocations: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -139,6 +193,21 @@ impl Application {
         let peers = Peers {
             tts: TtsInferenceClient::new(tts.channel()),
         };
+        if settings.api_keys.development_pepper {
+            tracing::warn!(
+                "API_KEY_PEPPER is not set: keys are hashed with the development pepper"
+            );
+        }
+        let authenticator = auth::Authenticator::new(
+            database.pool().clone(),
+            keys::Pepper::new(&settings.api_keys.pepper),
+        );
+        let revocations = tokio::spawn(authenticator.clone().follow_revocations(
+            settings.redis.url.expose().to_owned(),
+            signals.shutdown.clone(),
+        ));
+        let authenticator = web::Data::new(authenticator);
+        let redis_data = web::Data::new(redis.clone());
         let metrics = Metrics::new();
         let ops = serve_ops(
             settings.ops_addr,
@@ -153,6 +222,8 @@ impl Application {
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
                     .app_data(web::Data::new(peers.clone()))
+                    .app_data(authenticator.clone())
+                    .app_data(redis_data.clone())
                     .app_data(
                         web::JsonConfig::default()
                             .limit(MAX_JSON_BODY_BYTES)
@@ -161,6 +232,7 @@ impl Application {
                     .app_data(web::QueryConfig::default().error_handler(http_problem::query_error))
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .configure(routes::configure)
+                    .configure(admin::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,
@@ -168,7 +240,11 @@ impl Application {
             settings.common.shutdown_grace_period,
         )?;
         tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
-        Ok(Self { http, ops })
+        Ok(Self {
+            http,
+            ops,
+            revocations,
+        })
     }
 
     /// The public port.
@@ -184,6 +260,8 @@ impl Application {
     /// Resolves once shutdown was requested and in-flight requests have finished.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.http.stopped().await?;
-        Ok(self.ops.stopped().await?)
+        self.ops.stopped().await?;
+        let _ = self.revocations.await;
+        Ok(())
     }
 }

@@ -6,7 +6,8 @@ use http_problem::Problem;
 use serde::Serialize;
 use sonora_proto::tts::v1::ListVoicesRequest;
 
-use crate::Peers;
+use crate::{Peers, auth::Caller};
+use internal_rpc::{Scope, on_behalf};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/voices", web::get().to(list_voices))
@@ -55,7 +56,7 @@ struct VoicesBody {
 
 /// `GET /v1/voices`: every installed voice and its speakers.
 #[tracing::instrument(skip_all)]
-async fn list_voices(peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
+async fn list_voices(_caller: Caller, peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
     let mut tts = peers.tts.clone();
     let voices = tts
         .list_voices(ListVoicesRequest {})
@@ -163,8 +164,10 @@ fn synthesis_problem(status: &tonic::Status) -> Problem {
 /// problem+json, errors after it end the stream early (the status line is already sent).
 async fn speak(
     peers: &Peers,
+    caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
 ) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Tts)?.principal();
     if request.text.trim().is_empty() {
         return Err(Problem::invalid_request("The text is empty."));
     }
@@ -177,7 +180,7 @@ async fn speak(
     }
     let mut tts = peers.tts.clone();
     let mut stream = tts
-        .synthesize(request)
+        .synthesize(on_behalf(request, &principal))
         .await
         .map_err(|status| synthesis_problem(&status))?
         .into_inner();
@@ -189,16 +192,22 @@ async fn speak(
         .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
     let content_type = first.content_type.clone();
     let sample_rate = first.sample_rate;
-    let rest = futures::stream::unfold(stream, |mut stream| async move {
+    // A stream that breaks off midway ends the response with an error, which aborts the
+    // transfer: the client sees a broken download, never a short file that looks complete.
+    let rest = futures::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
         match stream.message().await {
             Ok(Some(message)) => Some((
                 Ok::<_, actix_web::Error>(web::Bytes::from(message.audio)),
-                stream,
+                Some(stream),
             )),
             Ok(None) => None,
             Err(status) => {
-                tracing::warn!(code = ?status.code(), "synthesis stream broke off");
-                None
+                tracing::error!(code = ?status.code(), "synthesis stream broke off; the response is aborted");
+                Some((
+                    Err(actix_web::error::ErrorBadGateway("synthesis broke off")),
+                    None,
+                ))
             }
         }
     });
@@ -213,7 +222,11 @@ async fn speak(
 /// `POST /v1/tts`: speech for `text`, streamed as tts-inference makes it (sentence by sentence,
 /// each in parts).
 #[tracing::instrument(skip_all)]
-async fn tts(peers: web::Data<Peers>, body: web::Json<TtsBody>) -> Result<HttpResponse, Problem> {
+async fn tts(
+    caller: Caller,
+    peers: web::Data<Peers>,
+    body: web::Json<TtsBody>,
+) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     let request = sonora_proto::tts::v1::SynthesizeRequest {
         text: body.text,
@@ -225,12 +238,13 @@ async fn tts(peers: web::Data<Peers>, body: web::Json<TtsBody>) -> Result<HttpRe
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
     };
-    speak(&peers, request).await
+    speak(&peers, &caller, request).await
 }
 
 /// `POST /v1/audio/speech`: the same, for clients written against OpenAI's speech endpoint.
 #[tracing::instrument(skip_all)]
 async fn audio_speech(
+    caller: Caller,
     peers: web::Data<Peers>,
     body: web::Json<SpeechBody>,
 ) -> Result<HttpResponse, Problem> {
@@ -242,5 +256,5 @@ async fn audio_speech(
         format: audio_format(body.response_format.as_deref())?,
         ..Default::default()
     };
-    speak(&peers, request).await
+    speak(&peers, &caller, request).await
 }

@@ -275,7 +275,7 @@ pub fn service() -> ServiceMain<Settings> {
         load: Settings::load,
         common: |s| &s.common,
         serve_check: |s| s.internal_auth.require(true, false),
-        commands: vec![lifecycle::cli::Command::migrate(|settings| {
+        commands: vec![lifecycle::cli::Command::migrate(|settings, _| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, migrations()).await?)
             })

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use internal_rpc::Scope;
 use test_stack::{Service, Stack};
 use test_support::{
     TestDatabase, assert_operational, get_json, host_port, proxy::TcpProxy, redis_url,
@@ -13,6 +14,8 @@ use test_support::{
 struct Gateway {
     /// The public port: the API and `/health`.
     base: String,
+    /// An API key of tenant `acme` with every scope.
+    key: String,
     /// The ops port: `/health`, `/ready`, `/metrics`.
     ops: String,
     stack: Stack,
@@ -47,6 +50,7 @@ async fn start(options: Options) -> (Gateway, Option<(TcpProxy, TcpProxy)>) {
     };
     let stack = builder.start().await;
     let gateway = Gateway {
+        key: stack.api_key("acme", &Scope::ALL).await,
         base: stack.http_url(Service::Gateway),
         ops: stack.ops_url(Service::Gateway),
         stack,
@@ -101,8 +105,22 @@ async fn wait_all_up(ops: &str) -> serde_json::Value {
     .await
 }
 
-async fn voices_status(base: &str) -> u16 {
-    get_json(&format!("{base}/v1/voices")).await.unwrap().0
+async fn voices_status(gateway: &Gateway) -> u16 {
+    get_keyed(&format!("{}/v1/voices", gateway.base), &gateway.key)
+        .await
+        .0
+}
+
+/// A GET with an API key: the status and the JSON body.
+async fn get_keyed(url: &str, key: &str) -> (u16, serde_json::Value) {
+    let response = test_support::http_client()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -114,17 +132,15 @@ async fn postgres_away_degrades_without_unreadiness_and_recovers() {
     .await;
     let (pg, _redis) = proxies.unwrap();
     wait_all_up(&stack.ops).await;
+    // The key is checked once while the database is there; the gateway then trusts its cache.
+    assert_eq!(voices_status(&stack).await, 200);
 
     pg.cut();
     let body = wait_component(&stack.ops, "database", "down").await;
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["components"]["database"]["required"], false, "{body}");
     assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
-    assert_eq!(
-        voices_status(&stack.base).await,
-        200,
-        "speech does not need it"
-    );
+    assert_eq!(voices_status(&stack).await, 200, "speech does not need it");
 
     pg.restore();
     wait_component(&stack.ops, "database", "up").await;
@@ -144,7 +160,7 @@ async fn redis_away_keeps_the_gateway_ready_and_serving() {
     redis.cut();
     let body = wait_component(&stack.ops, "redis", "down").await;
     assert_eq!(body["status"], "degraded", "{body}");
-    assert_eq!(voices_status(&stack.base).await, 200);
+    assert_eq!(voices_status(&stack).await, 200);
     let metrics = test_support::http_client()
         .get(format!("{}/metrics", stack.ops))
         .send()
@@ -181,7 +197,9 @@ async fn audio_generation_away_leaves_speech_served() {
         "{body}"
     );
     assert_eq!(body["status"], "degraded", "{body}");
+    let key = stack.api_key("acme", &[Scope::Tts]).await;
     let (status, _, audio) = post(
+        &key,
         &format!("{base}/v1/tts"),
         serde_json::json!({ "text": "Still speaking.", "format": "wav" }),
     )
@@ -212,9 +230,7 @@ async fn the_public_port_serves_no_metrics_and_no_readiness_details() {
 #[tokio::test]
 async fn voices_come_from_tts_inference_over_grpc() {
     let stack = plain().await;
-    let (status, body) = get_json(&format!("{}/v1/voices", stack.base))
-        .await
-        .unwrap();
+    let (status, body) = get_keyed(&format!("{}/v1/voices", stack.base), &stack.key).await;
     assert_eq!(status, 200, "{body}");
     let joe = body["voices"]
         .as_array()
@@ -236,6 +252,7 @@ async fn a_backend_that_is_down_gives_a_503_with_retry_after_and_degrades() {
     .await;
     let response = test_support::http_client()
         .get(format!("{}/v1/voices", stack.base))
+        .header("x-api-key", &stack.key)
         .send()
         .await
         .unwrap();
@@ -365,9 +382,10 @@ fn bad_setting_exits_64_without_echoing_the_secret() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
-async fn post(url: &str, body: serde_json::Value) -> (u16, String, Vec<u8>) {
+async fn post(key: &str, url: &str, body: serde_json::Value) -> (u16, String, Vec<u8>) {
     let response = test_support::http_client()
         .post(url)
+        .header("x-api-key", key)
         .json(&body)
         .send()
         .await
@@ -389,6 +407,7 @@ async fn post(url: &str, body: serde_json::Value) -> (u16, String, Vec<u8>) {
 async fn tts_streams_audio_from_tts_inference() {
     let stack = plain().await;
     let (status, content_type, body) = post(
+        &stack.key,
         &format!("{}/v1/tts", stack.base),
         serde_json::json!({ "text": "Hello from Sonora. This is the second sentence.", "format": "wav" }),
     )
@@ -400,6 +419,7 @@ async fn tts_streams_audio_from_tts_inference() {
     assert!(body.len() > 44 + 22_050, "{} bytes", body.len());
 
     let (status, content_type, body) = post(
+        &stack.key,
         &format!("{}/v1/audio/speech", stack.base),
         serde_json::json!({ "model": "tts-1", "input": "Hi there.", "voice": "en_US-joe-medium", "response_format": "mp3" }),
     )
@@ -446,7 +466,7 @@ async fn tts_refusals_are_problem_json() {
             "/problems/body-too-large",
         ),
     ] {
-        let (got, content_type, bytes) = post(&url, body).await;
+        let (got, content_type, bytes) = post(&stack.key, &url, body).await;
         assert_eq!(got, status, "{}", String::from_utf8_lossy(&bytes));
         assert_eq!(content_type, "application/problem+json");
         let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
