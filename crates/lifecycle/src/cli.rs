@@ -149,7 +149,12 @@ pub fn run<S: Send + 'static>(service: ServiceMain<S>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let guard = match telemetry::init(&telemetry_config(&common)) {
+        let config = telemetry::TelemetryConfig {
+            // A one-off command's standard output is its answer.
+            logs_to_stderr: matches!(command, Invocation::Once(..)),
+            ..telemetry_config(&common)
+        };
+        let guard = match telemetry::init(&config) {
             Ok(guard) => guard,
             Err(telemetry::TelemetryError::Filter(problem)) => {
                 eprintln!(
@@ -212,6 +217,7 @@ pub fn telemetry_config(common: &CommonSettings) -> telemetry::TelemetryConfig {
         json_logs: common.log_format == LogFormat::Json,
         otlp_endpoint: common.otlp_endpoint.as_ref().map(ToString::to_string),
         environment: common.environment.to_string(),
+        logs_to_stderr: false,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `deployment.environment` on every span.
     pub environment: String,
+    /// Log to standard error instead of standard output: one-off commands whose output is
+    /// their answer (`gateway keys create --sql > keys.sql`).
+    pub logs_to_stderr: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +91,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let writer = if config.logs_to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
     let fmt_layer = if config.json_logs {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -97,8 +106,13 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .boxed()
     } else {
         // Colours only on a terminal, so log files stay plain text.
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let ansi = if config.logs_to_stderr {
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+        } else {
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+        };
         tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .compact()
             .with_ansi(ansi)
             .boxed()

@@ -2,6 +2,8 @@
 //! (`tts-inference`, `audio-generation`, `delivery-worker`) started in-process on port 0 by the
 //! test stack, against the real PostgreSQL and Redis.
 
+mod keys;
+
 use std::time::Duration;
 
 use internal_rpc::Scope;

@@ -34,6 +34,7 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         json_logs: false,
         otlp_endpoint: Some(receiver.endpoint().to_owned()),
         environment: "development".to_owned(),
+        logs_to_stderr: false,
     })
     .unwrap();
 
@@ -66,11 +67,13 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .start()
         .await;
     let base = stack.http_url(Service::Gateway);
+    let key = stack.api_key("acme", &[internal_rpc::Scope::Tts]).await;
 
     // The caller starts the trace: its traceparent must be adopted by the gateway.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = test_support::http_client()
         .get(format!("{base}/v1/voices"))
+        .header("x-api-key", &key)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .await
