@@ -140,7 +140,7 @@ webhook-ingest:
   redis: true
   encryption: false
   peers: [audio-generation, delivery-worker]
-  serves: false
+  serves: true
 tts-inference:
   component: inference
   public: false

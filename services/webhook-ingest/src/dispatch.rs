@@ -415,10 +415,14 @@ impl Dispatcher {
                     return Ok(false);
                 }
                 let mut result = result;
-                if let Some((tenant, outbox_event)) = publish {
+                if let Some((_, outbox_event)) = publish {
                     let id = outbox::enqueue(conn, outbox_event, at).await?;
-                    inbox::add_tenants(conn, event.id, std::slice::from_ref(tenant)).await?;
                     result = Some(serde_json::json!({ "outbox_event_id": id }).to_string());
+                }
+                // The event is shown to the tenant of every rule it set off, whatever came of
+                // the action (a tenant may redrive what failed).
+                if let Some(tenant) = &action.tenant {
+                    inbox::add_tenants(conn, event.id, std::slice::from_ref(tenant)).await?;
                 }
                 inbox::record_attempt(
                     conn,
@@ -431,6 +435,7 @@ impl Dispatcher {
                         result: result.as_deref(),
                         duration_ms: i32::try_from(took.as_millis()).unwrap_or(i32::MAX),
                         at,
+                        tenant: action.tenant.as_deref(),
                     },
                 )
                 .await?;

@@ -11,6 +11,7 @@ pub mod actions;
 pub mod codegen;
 pub mod dispatch;
 pub mod github;
+pub mod grpc;
 pub mod inbox;
 pub mod monitor;
 pub mod ratelimit;
@@ -58,6 +59,8 @@ pub struct Settings {
     /// `/health`, `/ready` and `/metrics` for probes and Prometheus (`OPS_ADDR`); never routed
     /// by the Ingress.
     pub ops_addr: SocketAddr,
+    /// The `WebhookIngest` gRPC API for the gateway (`GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub audio_generation: PeerSettings,
@@ -261,6 +264,7 @@ impl Settings {
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8081).into())?,
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
+            grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50054).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
         })
@@ -292,6 +296,9 @@ pub struct Application {
     ops: HttpServerTask,
     relay: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    grpc_port: u16,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -430,6 +437,47 @@ impl Application {
             SCHEMA,
             signals.shutdown.clone(),
         );
+        // The gRPC API is served once the callers it trusts are configured; until then the
+        // receivers and the dispatcher work as before, and the gateway cannot list the inbox.
+        let (grpc_port, grpc, health) = if settings.internal_auth.trusted.is_empty() {
+            tracing::warn!(
+                "INTERNAL_AUTH_TRUSTED_KEYS is not set: the WebhookIngest gRPC API (GRPC_ADDR) is not served"
+            );
+            (0, tokio::spawn(async { Ok(()) }), tokio::spawn(async {}))
+        } else {
+            let grpc_listener = bind(settings.grpc_addr)?;
+            let grpc_port = grpc_listener.local_addr()?.port();
+            let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
+            let (reporter, health_service) = tonic_health::server::health_reporter();
+            let health = lifecycle::grpc::sync_health(
+                reporter,
+                vec![sonora_proto::ingest::v1::SERVICE],
+                readiness.clone(),
+                signals.shutdown.clone(),
+                Duration::from_secs(1),
+            );
+            let server = tonic::transport::Server::builder()
+                .trace_fn(telemetry::propagation::grpc_server_span)
+                .layer(settings.internal_auth.guard(grpc::policy())?)
+                .add_service(
+                    sonora_proto::ingest::v1::webhook_ingest_server::WebhookIngestServer::new(
+                        grpc::IngestApi {
+                            pool: database.pool().clone(),
+                        },
+                    ),
+                )
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    signals.shutdown.clone().cancelled_owned(),
+                );
+            let grpc = tokio::spawn(lifecycle::grpc::serve_until_drained(
+                server,
+                signals.shutdown.clone(),
+                settings.common.shutdown_grace_period,
+            ));
+            (grpc_port, grpc, health)
+        };
         let ops = serve_ops(
             settings.ops_addr,
             readiness.clone(),
@@ -458,12 +506,20 @@ impl Application {
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
-        tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
+        tracing::info!(
+            port = http.port(),
+            ops_port = ops.port(),
+            grpc_port,
+            "listening"
+        );
         Ok(Self {
             http,
             ops,
             relay,
             dispatcher,
+            grpc_port,
+            grpc,
+            health,
         })
     }
 
@@ -477,11 +533,20 @@ impl Application {
         self.ops.port()
     }
 
+    /// The gRPC port (0 when the API is not served).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
     /// Resolves once shutdown was requested, in-flight requests have finished and the relay and
     /// the dispatcher have stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.http.stopped().await?;
         self.ops.stopped().await?;
+        self.grpc
+            .await
+            .map_err(|_| anyhow::anyhow!("the gRPC server task panicked"))??;
+        let _ = self.health.await;
         let _ = self.relay.await;
         let _ = self.dispatcher.await;
         Ok(())

@@ -1,6 +1,7 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod api;
 mod dispatch;
 mod github;
 mod monitoring;
