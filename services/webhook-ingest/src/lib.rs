@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod codegen;
+pub mod cors;
 pub mod dispatch;
 pub mod github;
 pub mod grpc;
@@ -91,6 +92,14 @@ pub struct Settings {
     pub monitoring: monitor::MonitorSettings,
     /// How stored events are dispatched (`INBOX_…`).
     pub dispatch: dispatch::DispatchSettings,
+    /// The public URL of the receivers (`BASE_URL`), as senders are told it; `https://` in
+    /// production.
+    pub base_url: Option<settings::Url>,
+    /// Whether an `http://` `BASE_URL` was upgraded to `https://` (production), to be warned
+    /// about once logging runs.
+    pub base_url_upgraded: bool,
+    /// Which browser origins may call the public port (`CORS_ORIGINS`, in production).
+    pub cors: cors::CorsPolicy,
     /// Which events set off which actions (`ROUTING_RULES`).
     pub rules: Vec<routing::Rule>,
     /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
@@ -185,6 +194,36 @@ impl Settings {
             "http://127.0.0.1:50052",
             Duration::from_secs(10),
         )?;
+        let common = CommonSettings::load(src, NAME)?;
+        let production = common.environment == settings::Environment::Production;
+        let (base_url, base_url_upgraded) = match src.optional::<String>("BASE_URL")? {
+            None => (None, false),
+            Some(text) => {
+                let mut url = settings::Url::parse(&text)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or_else(|| {
+                        SettingError::new(
+                            "BASE_URL",
+                            "must be an absolute https:// URL, such as https://hooks.example.com",
+                        )
+                    })?;
+                let upgrade = production && url.scheme() == "http";
+                if upgrade {
+                    url.set_scheme("https").map_err(|()| {
+                        SettingError::new("BASE_URL", "cannot be made an https:// URL")
+                    })?;
+                }
+                (Some(url), upgrade)
+            }
+        };
+        let origins = cors::parse_origins(&src.or("CORS_ORIGINS", Vec::<String>::new())?)
+            .map_err(|problem| SettingError::new("CORS_ORIGINS", problem))?;
+        let cors = if production {
+            cors::CorsPolicy::Only(std::sync::Arc::new(origins))
+        } else {
+            cors::CorsPolicy::Any
+        };
         let rules = src
             .optional::<String>("ROUTING_RULES")?
             .map(|text| routing::parse_rules(&text))
@@ -237,6 +276,9 @@ impl Settings {
             ));
         }
         Ok(Self {
+            base_url,
+            base_url_upgraded,
+            cors,
             rules,
             codegen,
             dispatch: dispatch::DispatchSettings::load(
@@ -260,7 +302,7 @@ impl Settings {
             max_body,
             outbox: RelaySettings::load(src, delivery_worker.timeout)?,
             delivery_worker,
-            common: CommonSettings::load(src, NAME)?,
+            common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8081).into())?,
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
@@ -485,11 +527,27 @@ impl Application {
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
+        if settings.base_url_upgraded {
+            tracing::warn!(
+                "BASE_URL is an http:// URL in production: webhooks must reach this service over HTTPS, so https:// is used"
+            );
+        }
+        if let Some(base) = &settings.base_url {
+            let base = base.as_str().trim_end_matches('/');
+            tracing::info!(
+                replicate = %format!("{base}/api/replicate-webhook/{{content_type}}/{{content_id}}"),
+                github = %format!("{base}/api/v1/webhooks/github"),
+                "webhook URLs"
+            );
+        }
+        let cors_policy = web::Data::new(settings.cors.clone());
         let app_readiness = readiness.clone();
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
+                    .app_data(cors_policy.clone())
+                    .wrap(actix_web::middleware::from_fn(cors::middleware))
                     .app_data(replicate.clone())
                     .app_data(github.clone())
                     .app_data(web::Data::new(monitor.clone()))
@@ -592,6 +650,59 @@ fn spawn_inbox_gauge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        let mut all = vec![
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+        ];
+        all.extend_from_slice(pairs);
+        Settings::load(&Sources::from_pairs(all).unwrap())
+    }
+
+    #[test]
+    fn base_url_is_https_in_production() {
+        let dev = load(&[("BASE_URL", "http://localhost:8081")]).unwrap();
+        assert_eq!(dev.base_url.unwrap().as_str(), "http://localhost:8081/");
+        assert!(!dev.base_url_upgraded);
+        let prod = load(&[
+            ("ENVIRONMENT", "production"),
+            ("BASE_URL", "http://hooks.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(
+            prod.base_url.unwrap().as_str(),
+            "https://hooks.example.com/"
+        );
+        assert!(prod.base_url_upgraded);
+        for bad in ["hooks.example.com", "ftp://hooks.example.com", "https://"] {
+            let error = load(&[("ENVIRONMENT", "production"), ("BASE_URL", bad)]).unwrap_err();
+            assert_eq!(error.name, "BASE_URL", "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_is_restricted_to_the_listed_origins_in_production() {
+        assert_eq!(
+            load(&[("CORS_ORIGINS", "https://console.example.com")])
+                .unwrap()
+                .cors,
+            cors::CorsPolicy::Any
+        );
+        assert_eq!(
+            load(&[
+                ("ENVIRONMENT", "production"),
+                ("CORS_ORIGINS", "https://console.example.com")
+            ])
+            .unwrap()
+            .cors,
+            cors::CorsPolicy::Only(std::sync::Arc::new(vec![
+                "https://console.example.com".to_owned()
+            ]))
+        );
+        let error = load(&[("CORS_ORIGINS", "https://console.example.com/app")]).unwrap_err();
+        assert_eq!(error.name, "CORS_ORIGINS");
+    }
 
     #[test]
     fn routing_rules_come_from_the_settings_file() {
