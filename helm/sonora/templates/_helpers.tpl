@@ -138,7 +138,7 @@ webhook-ingest:
   public: true
   database: true
   redis: true
-  encryption: false
+  encryption: true
   peers: [audio-generation, delivery-worker]
   serves: true
 tts-inference:

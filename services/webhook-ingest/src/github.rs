@@ -179,6 +179,7 @@ async fn handle(
                     payload: &text,
                     state,
                     error: None,
+                    tenant: None,
                 },
                 now,
             )
@@ -211,6 +212,7 @@ async fn handle(
                     payload: &String::from_utf8_lossy(&body),
                     state: State::Malformed,
                     error: Some(&detail),
+                    tenant: None,
                 },
                 now,
             )

@@ -16,7 +16,10 @@ use internal_rpc::{Access, Policy, Scope, caller};
 use sonora_proto::ingest::v1::{self as pb, SERVICE, webhook_ingest_server::WebhookIngest};
 use tonic::{Request, Response, Status};
 
-use crate::inbox::{self, AttemptRow, EventFilter, EventRow};
+use crate::{
+    inbox::{self, AttemptRow, EventFilter, EventRow},
+    sources::{self, SourceError, SourceRow, Sources},
+};
 
 /// Who may call which method: the gateway, for a client with the `webhooks` scope or on its own.
 pub fn policy() -> Policy {
@@ -26,12 +29,73 @@ pub fn policy() -> Policy {
         .allow(SERVICE, "ListInboxEvents", GATEWAY, access)
         .allow(SERVICE, "GetInboxEvent", GATEWAY, access)
         .allow(SERVICE, "RedriveDeadLetters", GATEWAY, access)
+        .allow(SERVICE, "CreateSource", GATEWAY, access)
+        .allow(SERVICE, "ListSources", GATEWAY, access)
+        .allow(SERVICE, "RotateSourceSecret", GATEWAY, access)
+        .allow(SERVICE, "DeleteSource", GATEWAY, access)
 }
 
 /// The service.
 #[derive(Clone)]
 pub struct IngestApi {
     pub pool: Pool,
+    /// The generic sources; none without `WEBHOOK_SECRET_ENCRYPTION_KEY`.
+    pub sources: Option<Sources>,
+}
+
+impl IngestApi {
+    fn sources(&self) -> Result<&Sources, Status> {
+        self.sources.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "sources cannot be registered: webhook-ingest has no WEBHOOK_SECRET_ENCRYPTION_KEY to seal their secrets",
+            )
+        })
+    }
+}
+
+fn source_error(error: SourceError) -> Status {
+    match error {
+        SourceError::Exists(name) => {
+            Status::already_exists(format!("name: a source named {name} exists already"))
+        }
+        SourceError::Database(error) => unavailable(&error),
+        SourceError::Sealed(error) => {
+            tracing::error!(%error, "a source's secret cannot be opened");
+            Status::internal("internal error; it has been logged")
+        }
+    }
+}
+
+fn source_name(name: &str) -> Result<&str, Status> {
+    if !sources::valid_name(name) {
+        return Err(Status::invalid_argument(
+            "name: must be 1 to 64 characters of a-z, 0-9, '-' and '_'",
+        ));
+    }
+    if sources::RESERVED.contains(&name) {
+        return Err(Status::invalid_argument(format!(
+            "name: {name} is the built-in receiver's; choose another"
+        )));
+    }
+    Ok(name)
+}
+
+fn source_message(row: SourceRow) -> pb::Source {
+    pb::Source {
+        id: row.id.to_string(),
+        name: row.name,
+        tenant: row.tenant.unwrap_or_default(),
+        created_at_unix_ms: row.created_at.timestamp_millis(),
+        rotated_at_unix_ms: row.rotated_at.map_or(0, |t| t.timestamp_millis()),
+    }
+}
+
+fn source_secret(row: SourceRow, secret: String) -> pb::SourceSecret {
+    pb::SourceSecret {
+        path: format!("/api/v1/webhooks/{}", row.name),
+        source: Some(source_message(row)),
+        secret,
+    }
 }
 
 /// What a call may see: every tenant's events (an operator, optionally filtering on one), or one
@@ -275,5 +339,83 @@ impl WebhookIngest for IngestApi {
         Ok(Response::new(pb::RedriveDeadLettersResponse {
             redriven: u32::try_from(redriven).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn create_source(
+        &self,
+        request: Request<pb::CreateSourceRequest>,
+    ) -> Result<Response<pb::SourceSecret>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        let name = source_name(&request.get_ref().name)?;
+        let (row, secret) = self
+            .sources()?
+            .create(name, scoped.tenant.as_deref(), Utc::now())
+            .await
+            .map_err(source_error)?;
+        tracing::info!(source = name, tenant = ?scoped.tenant, "source registered");
+        Ok(Response::new(source_secret(row, secret)))
+    }
+
+    async fn list_sources(
+        &self,
+        request: Request<pb::ListSourcesRequest>,
+    ) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        let rows = self
+            .sources()?
+            .list(scoped.tenant.as_deref())
+            .await
+            .map_err(source_error)?;
+        Ok(Response::new(pb::ListSourcesResponse {
+            sources: rows.into_iter().map(source_message).collect(),
+        }))
+    }
+
+    async fn rotate_source_secret(
+        &self,
+        request: Request<pb::RotateSourceSecretRequest>,
+    ) -> Result<Response<pb::SourceSecret>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        let name = source_name(&request.get_ref().name)?;
+        let keep = match request.get_ref().old_secret_ttl_seconds {
+            0 => 24 * 3600,
+            n @ 1..=604_800 => i64::from(n),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "old_secret_ttl_seconds: must be at most 604800 (7 days)",
+                ));
+            }
+        };
+        let (row, secret) = self
+            .sources()?
+            .rotate(
+                name,
+                scoped.tenant.as_deref(),
+                chrono::Duration::seconds(keep),
+                Utc::now(),
+            )
+            .await
+            .map_err(source_error)?
+            .ok_or_else(|| Status::not_found(format!("name: no source {name}")))?;
+        tracing::info!(source = name, "source secret rotated");
+        Ok(Response::new(source_secret(row, secret)))
+    }
+
+    async fn delete_source(
+        &self,
+        request: Request<pb::DeleteSourceRequest>,
+    ) -> Result<Response<pb::DeleteSourceResponse>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        let name = source_name(&request.get_ref().name)?;
+        if !self
+            .sources()?
+            .delete(name, scoped.tenant.as_deref())
+            .await
+            .map_err(source_error)?
+        {
+            return Err(Status::not_found(format!("name: no source {name}")));
+        }
+        tracing::info!(source = name, "source deleted");
+        Ok(Response::new(pb::DeleteSourceResponse {}))
     }
 }

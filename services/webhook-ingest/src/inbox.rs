@@ -40,6 +40,8 @@ pub struct NewEvent<'a> {
     pub payload: &'a str,
     pub state: State,
     pub error: Option<&'a str>,
+    /// The tenant whose source it came from: the event is shown to that tenant.
+    pub tenant: Option<&'a str>,
 }
 
 /// Whether an event was new.
@@ -78,8 +80,9 @@ pub async fn store(
     let mut conn = database::get(pool).await?;
     let inserted = diesel::sql_query(
         "INSERT INTO inbox (id, source, delivery_id, path, subject_type, subject_id, event_type, \
-           payload, state, last_error, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+           payload, state, last_error, received_at, tenants) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+           CASE WHEN $12::text IS NULL THEN '{}'::text[] ELSE ARRAY[$12::text] END) \
          ON CONFLICT (source, delivery_id) DO NOTHING",
     )
     .bind::<Text, _>(id)
@@ -93,6 +96,7 @@ pub async fn store(
     .bind::<Text, _>(event.state.as_str())
     .bind::<Nullable<Text>, _>(event.error)
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(event.tenant)
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;

@@ -11,6 +11,7 @@ pub mod actions;
 pub mod codegen;
 pub mod cors;
 pub mod dispatch;
+pub mod generic;
 pub mod github;
 pub mod grpc;
 pub mod inbox;
@@ -20,6 +21,7 @@ pub mod replicate;
 pub mod replicate_secret;
 mod request;
 pub mod routing;
+pub mod sources;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -100,6 +102,11 @@ pub struct Settings {
     pub base_url_upgraded: bool,
     /// Which browser origins may call the public port (`CORS_ORIGINS`, in production).
     pub cors: cors::CorsPolicy,
+    /// Seals the generic sources' secrets (`WEBHOOK_SECRET_ENCRYPTION_KEY`, and
+    /// `WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS` during a rotation); without it no source can be
+    /// registered.
+    pub encryption_key: Option<SecretString>,
+    pub previous_encryption_keys: Vec<SecretString>,
     /// Which events set off which actions (`ROUTING_RULES`).
     pub rules: Vec<routing::Rule>,
     /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
@@ -112,7 +119,8 @@ pub struct Settings {
 pub(crate) fn route_of(source: &str) -> &'static str {
     match source {
         "replicate" => replicate::ROUTE,
-        _ => github::ROUTE,
+        "github" => github::ROUTE,
+        _ => generic::ROUTE,
     }
 }
 
@@ -224,6 +232,21 @@ impl Settings {
         } else {
             cors::CorsPolicy::Any
         };
+        let encryption_key: Option<SecretString> = src.optional("WEBHOOK_SECRET_ENCRYPTION_KEY")?;
+        let previous_encryption_keys: Vec<SecretString> = src
+            .or::<Vec<String>>("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", Vec::new())?
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
+        if let Some(key) = &encryption_key {
+            secret_box::Keyring::new(key.expose_secret(), &[])
+                .map_err(|e| SettingError::new("WEBHOOK_SECRET_ENCRYPTION_KEY", e.to_string()))?;
+        }
+        for key in &previous_encryption_keys {
+            secret_box::Keyring::new(key.expose_secret(), &[]).map_err(|e| {
+                SettingError::new("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", e.to_string())
+            })?;
+        }
         let rules = src
             .optional::<String>("ROUTING_RULES")?
             .map(|text| routing::parse_rules(&text))
@@ -276,6 +299,8 @@ impl Settings {
             ));
         }
         Ok(Self {
+            encryption_key,
+            previous_encryption_keys,
             base_url,
             base_url_upgraded,
             cors,
@@ -456,6 +481,35 @@ impl Application {
             received,
             processing: processing.clone(),
         });
+        let sources = settings
+            .encryption_key
+            .as_ref()
+            .map(|key| {
+                let previous: Vec<String> = settings
+                    .previous_encryption_keys
+                    .iter()
+                    .map(|k| k.expose_secret().to_owned())
+                    .collect();
+                secret_box::Keyring::new(key.expose_secret(), &previous).map(|keyring| {
+                    sources::Sources {
+                        pool: database.pool().clone(),
+                        keyring: std::sync::Arc::new(keyring),
+                    }
+                })
+            })
+            .transpose()?;
+        let generic = web::Data::new(generic::GenericReceiver {
+            pool: database.pool().clone(),
+            sources: sources.clone(),
+            body: request::BodyLimits {
+                max_bytes: settings.max_body,
+                timeout: settings.body_timeout,
+            },
+            received: replicate.received.clone(),
+            processing: processing.clone(),
+            monitor: monitor.clone(),
+            limiter: limiter.clone(),
+        });
         let github = web::Data::new(github::GithubReceiver {
             limiter,
             body_timeout: settings.body_timeout,
@@ -505,6 +559,7 @@ impl Application {
                     sonora_proto::ingest::v1::webhook_ingest_server::WebhookIngestServer::new(
                         grpc::IngestApi {
                             pool: database.pool().clone(),
+                            sources: sources.clone(),
                         },
                     ),
                 )
@@ -552,7 +607,12 @@ impl Application {
                     .app_data(github.clone())
                     .app_data(web::Data::new(monitor.clone()))
                     .route("/webhook-status", web::get().to(monitor::webhook_status))
+                    .app_data(generic.clone())
                     .route("/api/v1/webhooks/github", web::post().to(github::receive))
+                    .route(
+                        "/api/v1/webhooks/{source}",
+                        web::post().to(generic::receive),
+                    )
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .route(
                         "/api/replicate-webhook/{content_type}/{content_id}",

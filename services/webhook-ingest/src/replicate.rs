@@ -226,6 +226,7 @@ async fn handle(
         payload: &text,
         state,
         error,
+        tenant: None,
     };
     match prediction {
         Ok(prediction) if !prediction.id.is_empty() => {

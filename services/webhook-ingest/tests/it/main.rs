@@ -8,6 +8,7 @@ mod monitoring;
 mod replicate;
 mod replicate_secret;
 mod routing;
+mod sources;
 
 use test_stack::{Service, Stack};
 use test_support::{
