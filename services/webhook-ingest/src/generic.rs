@@ -31,6 +31,8 @@ pub struct GenericReceiver {
     pub processing: prometheus::HistogramVec,
     pub monitor: Monitor,
     pub limiter: RateLimiter,
+    /// This replica's dispatcher, woken when an event is stored.
+    pub wake: crate::dispatch::Waker,
 }
 
 /// An event type as the payload names it, if it can name one.
@@ -153,6 +155,7 @@ async fn handle(
     }
     Ok(match stored {
         Stored::New(id) => {
+            receiver.wake.wake();
             count("accepted");
             tracing::info!(event_id = %id, "webhook stored");
             HttpResponse::Ok().json(serde_json::json!({ "status": "accepted", "event_id": id }))

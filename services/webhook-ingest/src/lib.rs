@@ -461,14 +461,16 @@ impl Application {
             },
             monitor.clone(),
             dispatch::DispatchMetrics::register(metrics.registry())?,
-        )
-        .spawn(
+        );
+        let waker = dispatcher.waker();
+        let dispatcher = dispatcher.spawn(
             &database,
             settings.database.url.expose().to_owned(),
             SCHEMA,
             signals.shutdown.clone(),
         );
         let replicate = web::Data::new(replicate::ReplicateReceiver {
+            wake: waker.clone(),
             jobs: audio_client,
             limiter: limiter.clone(),
             monitor: monitor.clone(),
@@ -499,6 +501,7 @@ impl Application {
             })
             .transpose()?;
         let generic = web::Data::new(generic::GenericReceiver {
+            wake: waker.clone(),
             pool: database.pool().clone(),
             sources: sources.clone(),
             body: request::BodyLimits {
@@ -511,6 +514,7 @@ impl Application {
             limiter: limiter.clone(),
         });
         let github = web::Data::new(github::GithubReceiver {
+            wake: waker,
             limiter,
             body_timeout: settings.body_timeout,
             monitor: monitor.clone(),
