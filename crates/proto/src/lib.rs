@@ -78,3 +78,13 @@ pub mod events {
         ),
     ];
 }
+
+/// `sonora.ingest.v1`: the inbox of inbound webhooks, served by `webhook-ingest`.
+pub mod ingest {
+    pub mod v1 {
+        tonic::include_proto!("sonora.ingest.v1");
+
+        /// The fully qualified name of the service, for method policies.
+        pub const SERVICE: &str = "sonora.ingest.v1.WebhookIngest";
+    }
+}

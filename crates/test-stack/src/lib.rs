@@ -197,7 +197,7 @@ impl StackBuilder {
                     )
                     .expect("webhook-ingest starts");
                     let ports = Ports {
-                        grpc: None,
+                        grpc: Some(app.grpc_port()),
                         http: app.port(),
                         ops: app.ops_port(),
                     };

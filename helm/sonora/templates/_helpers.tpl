@@ -138,9 +138,9 @@ webhook-ingest:
   public: true
   database: true
   redis: true
-  encryption: false
+  encryption: true
   peers: [audio-generation, delivery-worker]
-  serves: false
+  serves: true
 tts-inference:
   component: inference
   public: false

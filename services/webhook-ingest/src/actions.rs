@@ -52,6 +52,9 @@ pub struct Planned {
     pub run: Option<(String, serde_json::Value)>,
     /// Why the action cannot be run at all (an event too large to publish): it is refused.
     pub invalid: Option<String>,
+    /// The tenant of the rule it runs for: the event is shown to that tenant, with this
+    /// action's attempts.
+    pub tenant: Option<String>,
 }
 
 impl Planned {
@@ -62,6 +65,7 @@ impl Planned {
             publish: None,
             run: None,
             invalid: None,
+            tenant: None,
         }
     }
 }
@@ -102,6 +106,7 @@ impl Actions {
                     RuleAction::Publish => {
                         let mut plan =
                             Planned::new(format!("publish:{}", rule.name), ActionKind::Publish);
+                        plan.tenant = rule.tenant.as_ref().map(ToString::to_string);
                         let tenant = rule
                             .tenant
                             .clone()
@@ -131,6 +136,7 @@ impl Actions {
                     RuleAction::AgentRun => {
                         let mut plan =
                             Planned::new(format!("agent_run:{}", rule.name), ActionKind::AgentRun);
+                        plan.tenant = rule.tenant.as_ref().map(ToString::to_string);
                         let prompt = rule
                             .prompt
                             .as_ref()

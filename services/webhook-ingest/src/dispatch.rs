@@ -4,8 +4,12 @@
 //!   moved to `dispatched` under a lease (`INBOX_LEASE`). A dispatcher that dies keeps nothing:
 //!   once the lease expires another takes the event again, so an event committed but not
 //!   dispatched when a process stopped is dispatched after it (or another replica) starts.
-//! - Wake-ups: the receivers' insert notifies `inbox_<schema>` at commit (a trigger); polling
-//!   (`INBOX_POLL_INTERVAL`) also finds retries that became due and notifications that were lost.
+//! - Wake-ups: the receiver that stored an event wakes its own replica's dispatcher in process
+//!   ([`Dispatcher::waker`]); a redrive notifies `inbox_<schema>`, which wakes every replica;
+//!   polling (`INBOX_POLL_INTERVAL`) finds events stored by another replica, retries that became
+//!   due, and lost notifications. The insert itself sends no NOTIFY: that would serialise the
+//!   receivers' commits on PostgreSQL's notification lock (measured: about 320 inserts a second
+//!   instead of 2,200, with 8 clients).
 //! - Actions: each is recorded in `inbox_attempts` (number, action, outcome, error, result,
 //!   duration); one that succeeded is never run again for its event, not on a retry nor after a
 //!   redrive. [`decide`] turns the attempt's outcomes into the event's next state: `done`,
@@ -284,7 +288,17 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
 }
 
-/// The channel the receivers' inserts notify: `inbox_<schema>`.
+/// Wakes a replica's dispatcher: cheap, and never waits.
+#[derive(Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The channel a redrive notifies: `inbox_<schema>`.
 pub fn channel(schema: &str) -> String {
     format!("inbox_{schema}")
 }
@@ -305,6 +319,11 @@ impl Dispatcher {
             metrics,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// What a receiver calls once it has stored an event, to have it dispatched at once.
+    pub fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.wake))
     }
 
     /// Claims one batch and dispatches its events concurrently; returns how many it claimed.
@@ -415,10 +434,14 @@ impl Dispatcher {
                     return Ok(false);
                 }
                 let mut result = result;
-                if let Some((tenant, outbox_event)) = publish {
+                if let Some((_, outbox_event)) = publish {
                     let id = outbox::enqueue(conn, outbox_event, at).await?;
-                    inbox::add_tenants(conn, event.id, std::slice::from_ref(tenant)).await?;
                     result = Some(serde_json::json!({ "outbox_event_id": id }).to_string());
+                }
+                // The event is shown to the tenant of every rule it set off, whatever came of
+                // the action (a tenant may redrive what failed).
+                if let Some(tenant) = &action.tenant {
+                    inbox::add_tenants(conn, event.id, std::slice::from_ref(tenant)).await?;
                 }
                 inbox::record_attempt(
                     conn,
@@ -431,6 +454,7 @@ impl Dispatcher {
                         result: result.as_deref(),
                         duration_ms: i32::try_from(took.as_millis()).unwrap_or(i32::MAX),
                         at,
+                        tenant: action.tenant.as_deref(),
                     },
                 )
                 .await?;

@@ -30,6 +30,8 @@ pub struct GithubReceiver {
     pub limiter: RateLimiter,
     /// How long a body may take (`WEBHOOK_BODY_TIMEOUT`); its size limit is GitHub's.
     pub body_timeout: std::time::Duration,
+    /// This replica's dispatcher, woken when an event is stored.
+    pub wake: crate::dispatch::Waker,
 }
 
 pub(crate) const ROUTE: &str = "/api/v1/webhooks/github";
@@ -179,6 +181,7 @@ async fn handle(
                     payload: &text,
                     state,
                     error: None,
+                    tenant: None,
                 },
                 now,
             )
@@ -186,6 +189,7 @@ async fn handle(
             .map_err(not_stored)?;
             Ok(match stored {
                 Stored::New(id) => {
+                    receiver.wake.wake();
                     count("accepted");
                     tracing::info!(event_id = %id, event_type, "GitHub webhook stored");
                     HttpResponse::Ok()
@@ -211,6 +215,7 @@ async fn handle(
                     payload: &String::from_utf8_lossy(&body),
                     state: State::Malformed,
                     error: Some(&detail),
+                    tenant: None,
                 },
                 now,
             )

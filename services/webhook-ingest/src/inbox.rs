@@ -40,6 +40,8 @@ pub struct NewEvent<'a> {
     pub payload: &'a str,
     pub state: State,
     pub error: Option<&'a str>,
+    /// The tenant whose source it came from: the event is shown to that tenant.
+    pub tenant: Option<&'a str>,
 }
 
 /// Whether an event was new.
@@ -78,8 +80,9 @@ pub async fn store(
     let mut conn = database::get(pool).await?;
     let inserted = diesel::sql_query(
         "INSERT INTO inbox (id, source, delivery_id, path, subject_type, subject_id, event_type, \
-           payload, state, last_error, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+           payload, state, last_error, received_at, tenants) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+           CASE WHEN $12::text IS NULL THEN '{}'::text[] ELSE ARRAY[$12::text] END) \
          ON CONFLICT (source, delivery_id) DO NOTHING",
     )
     .bind::<Text, _>(id)
@@ -93,6 +96,7 @@ pub async fn store(
     .bind::<Text, _>(event.state.as_str())
     .bind::<Nullable<Text>, _>(event.error)
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(event.tenant)
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;
@@ -193,6 +197,8 @@ pub struct NewAttempt<'a> {
     pub result: Option<&'a str>,
     pub duration_ms: i32,
     pub at: DateTime<Utc>,
+    /// The tenant of the rule it ran for, if any.
+    pub tenant: Option<&'a str>,
 }
 
 /// Whether the claim still holds the event; locks its row for the rest of the transaction, so a
@@ -216,8 +222,8 @@ pub async fn record_attempt(
     attempt: &NewAttempt<'_>,
 ) -> Result<(), diesel::result::Error> {
     diesel::sql_query(
-        "INSERT INTO inbox_attempts (event_id, attempt, action, outcome, error, result, duration_ms, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO inbox_attempts (event_id, attempt, action, outcome, error, result, duration_ms, at, tenant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind::<Text, _>(attempt.event)
     .bind::<Integer, _>(attempt.attempt)
@@ -227,6 +233,7 @@ pub async fn record_attempt(
     .bind::<Nullable<Text>, _>(attempt.result)
     .bind::<Integer, _>(attempt.duration_ms)
     .bind::<Timestamptz, _>(attempt.at)
+    .bind::<Nullable<Text>, _>(attempt.tenant)
     .execute(conn)
     .await?;
     Ok(())
@@ -319,4 +326,167 @@ pub async fn clean_up(pool: &Pool, before: DateTime<Utc>) -> Result<usize, Datab
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)
+}
+
+/// A stored event as the API shows it.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct EventRow {
+    #[diesel(sql_type = Text)]
+    pub id: EventId,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    #[diesel(sql_type = Text)]
+    pub delivery_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub event_type: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub received_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Array<Text>)]
+    pub tenants: Vec<String>,
+}
+
+/// Which events a listing or a redrive covers; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Events handed to this tenant (among others).
+    pub tenant: Option<String>,
+    /// Events handed to this tenant and no other (a client's redrive).
+    pub only_tenant: Option<String>,
+    pub id: Option<EventId>,
+    pub source: Option<String>,
+    pub state: Option<String>,
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+const FILTER: &str = "($1::text IS NULL OR $1 = ANY(tenants)) \
+     AND ($2::text IS NULL OR tenants = ARRAY[$2::text]) \
+     AND ($3::text IS NULL OR id = $3) \
+     AND ($4::text IS NULL OR source = $4) \
+     AND ($5::text IS NULL OR state = $5) \
+     AND ($6::timestamptz IS NULL OR received_at >= $6) \
+     AND ($7::timestamptz IS NULL OR received_at < $7)";
+
+const EVENT_COLUMNS: &str = "id, source, delivery_id, event_type, state, attempts, last_error, \
+     received_at, next_attempt_at, tenants";
+
+/// Events matching `filter`, newest first, up to `limit`, older than the event `after_id`.
+pub async fn list(
+    pool: &Pool,
+    filter: &EventFilter,
+    after_id: Option<EventId>,
+    limit: i64,
+) -> Result<Vec<EventRow>, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    diesel::sql_query(format!(
+        "SELECT {EVENT_COLUMNS} FROM inbox WHERE {FILTER} AND ($8::text IS NULL OR id < $8) \
+         ORDER BY id DESC LIMIT $9"
+    ))
+    .bind::<Nullable<Text>, _>(filter.tenant.as_deref())
+    .bind::<Nullable<Text>, _>(filter.only_tenant.as_deref())
+    .bind::<Nullable<Text>, _>(filter.id)
+    .bind::<Nullable<Text>, _>(filter.source.as_deref())
+    .bind::<Nullable<Text>, _>(filter.state.as_deref())
+    .bind::<Nullable<Timestamptz>, _>(filter.after)
+    .bind::<Nullable<Timestamptz>, _>(filter.before)
+    .bind::<Nullable<Text>, _>(after_id)
+    .bind::<BigInt, _>(limit)
+    .load(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)
+}
+
+/// One event and its payload, if `filter` lets it be seen.
+pub async fn get(
+    pool: &Pool,
+    filter: &EventFilter,
+) -> Result<Option<(EventRow, String)>, DatabaseError> {
+    #[derive(diesel::QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = Text)]
+        payload: String,
+    }
+    let Some(row) = list(pool, filter, None, 1).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut conn = database::get(pool).await?;
+    let payload: Payload = diesel::sql_query("SELECT payload FROM inbox WHERE id = $1")
+        .bind::<Text, _>(row.id)
+        .get_result(&mut conn)
+        .await
+        .map_err(DatabaseError::Query)?;
+    Ok(Some((row, payload.payload)))
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct AttemptRow {
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    #[diesel(sql_type = Text)]
+    pub action: String,
+    #[diesel(sql_type = Text)]
+    pub outcome: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub result: Option<String>,
+    #[diesel(sql_type = Integer)]
+    pub duration_ms: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+}
+
+/// An event's attempts in order; only those of `tenant`'s rules when given.
+pub async fn attempts(
+    pool: &Pool,
+    event: EventId,
+    tenant: Option<&str>,
+) -> Result<Vec<AttemptRow>, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    diesel::sql_query(
+        "SELECT attempt, action, outcome, error, result, duration_ms, at FROM inbox_attempts \
+         WHERE event_id = $1 AND ($2::text IS NULL OR tenant = $2) ORDER BY id",
+    )
+    .bind::<Text, _>(event)
+    .bind::<Nullable<Text>, _>(tenant)
+    .load(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)
+}
+
+/// Puts the dead letters matching `filter` back as `received`, with a full run of the retry
+/// schedule, and wakes the dispatchers; returns how many.
+pub async fn redrive(pool: &Pool, filter: &EventFilter) -> Result<usize, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    let redriven = diesel::sql_query(format!(
+        "UPDATE inbox SET state = 'received', attempts = 0, next_attempt_at = NULL, \
+           settled_at = NULL \
+         WHERE state = 'dead_letter' AND {FILTER}"
+    ))
+    .bind::<Nullable<Text>, _>(filter.tenant.as_deref())
+    .bind::<Nullable<Text>, _>(filter.only_tenant.as_deref())
+    .bind::<Nullable<Text>, _>(filter.id)
+    .bind::<Nullable<Text>, _>(filter.source.as_deref())
+    .bind::<Nullable<Text>, _>(filter.state.as_deref())
+    .bind::<Nullable<Timestamptz>, _>(filter.after)
+    .bind::<Nullable<Timestamptz>, _>(filter.before)
+    .execute(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)?;
+    if redriven > 0 {
+        diesel::sql_query("SELECT pg_notify('inbox_' || current_schema(), '')")
+            .execute(&mut conn)
+            .await
+            .map_err(DatabaseError::Query)?;
+    }
+    Ok(redriven)
 }

@@ -9,8 +9,11 @@
 
 pub mod actions;
 pub mod codegen;
+pub mod cors;
 pub mod dispatch;
+pub mod generic;
 pub mod github;
+pub mod grpc;
 pub mod inbox;
 pub mod monitor;
 pub mod ratelimit;
@@ -18,6 +21,7 @@ pub mod replicate;
 pub mod replicate_secret;
 mod request;
 pub mod routing;
+pub mod sources;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -58,6 +62,8 @@ pub struct Settings {
     /// `/health`, `/ready` and `/metrics` for probes and Prometheus (`OPS_ADDR`); never routed
     /// by the Ingress.
     pub ops_addr: SocketAddr,
+    /// The `WebhookIngest` gRPC API for the gateway (`GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub audio_generation: PeerSettings,
@@ -88,6 +94,19 @@ pub struct Settings {
     pub monitoring: monitor::MonitorSettings,
     /// How stored events are dispatched (`INBOX_…`).
     pub dispatch: dispatch::DispatchSettings,
+    /// The public URL of the receivers (`BASE_URL`), as senders are told it; `https://` in
+    /// production.
+    pub base_url: Option<settings::Url>,
+    /// Whether an `http://` `BASE_URL` was upgraded to `https://` (production), to be warned
+    /// about once logging runs.
+    pub base_url_upgraded: bool,
+    /// Which browser origins may call the public port (`CORS_ORIGINS`, in production).
+    pub cors: cors::CorsPolicy,
+    /// Seals the generic sources' secrets (`WEBHOOK_SECRET_ENCRYPTION_KEY`, and
+    /// `WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS` during a rotation); without it no source can be
+    /// registered.
+    pub encryption_key: Option<SecretString>,
+    pub previous_encryption_keys: Vec<SecretString>,
     /// Which events set off which actions (`ROUTING_RULES`).
     pub rules: Vec<routing::Rule>,
     /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
@@ -100,7 +119,8 @@ pub struct Settings {
 pub(crate) fn route_of(source: &str) -> &'static str {
     match source {
         "replicate" => replicate::ROUTE,
-        _ => github::ROUTE,
+        "github" => github::ROUTE,
+        _ => generic::ROUTE,
     }
 }
 
@@ -182,6 +202,51 @@ impl Settings {
             "http://127.0.0.1:50052",
             Duration::from_secs(10),
         )?;
+        let common = CommonSettings::load(src, NAME)?;
+        let production = common.environment == settings::Environment::Production;
+        let (base_url, base_url_upgraded) = match src.optional::<String>("BASE_URL")? {
+            None => (None, false),
+            Some(text) => {
+                let mut url = settings::Url::parse(&text)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or_else(|| {
+                        SettingError::new(
+                            "BASE_URL",
+                            "must be an absolute https:// URL, such as https://hooks.example.com",
+                        )
+                    })?;
+                let upgrade = production && url.scheme() == "http";
+                if upgrade {
+                    url.set_scheme("https").map_err(|()| {
+                        SettingError::new("BASE_URL", "cannot be made an https:// URL")
+                    })?;
+                }
+                (Some(url), upgrade)
+            }
+        };
+        let origins = cors::parse_origins(&src.or("CORS_ORIGINS", Vec::<String>::new())?)
+            .map_err(|problem| SettingError::new("CORS_ORIGINS", problem))?;
+        let cors = if production {
+            cors::CorsPolicy::Only(std::sync::Arc::new(origins))
+        } else {
+            cors::CorsPolicy::Any
+        };
+        let encryption_key: Option<SecretString> = src.optional("WEBHOOK_SECRET_ENCRYPTION_KEY")?;
+        let previous_encryption_keys: Vec<SecretString> = src
+            .or::<Vec<String>>("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", Vec::new())?
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
+        if let Some(key) = &encryption_key {
+            secret_box::Keyring::new(key.expose_secret(), &[])
+                .map_err(|e| SettingError::new("WEBHOOK_SECRET_ENCRYPTION_KEY", e.to_string()))?;
+        }
+        for key in &previous_encryption_keys {
+            secret_box::Keyring::new(key.expose_secret(), &[]).map_err(|e| {
+                SettingError::new("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", e.to_string())
+            })?;
+        }
         let rules = src
             .optional::<String>("ROUTING_RULES")?
             .map(|text| routing::parse_rules(&text))
@@ -234,6 +299,11 @@ impl Settings {
             ));
         }
         Ok(Self {
+            encryption_key,
+            previous_encryption_keys,
+            base_url,
+            base_url_upgraded,
+            cors,
             rules,
             codegen,
             dispatch: dispatch::DispatchSettings::load(
@@ -257,10 +327,11 @@ impl Settings {
             max_body,
             outbox: RelaySettings::load(src, delivery_worker.timeout)?,
             delivery_worker,
-            common: CommonSettings::load(src, NAME)?,
+            common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8081).into())?,
             ops_addr: src.or("OPS_ADDR", ([0, 0, 0, 0], 9104).into())?,
+            grpc_addr: src.or("GRPC_ADDR", ([0, 0, 0, 0], 50054).into())?,
             database: DatabaseSettings::load(src)?,
             redis: RedisSettings::load(src)?,
         })
@@ -292,6 +363,9 @@ pub struct Application {
     ops: HttpServerTask,
     relay: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    grpc_port: u16,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -387,14 +461,16 @@ impl Application {
             },
             monitor.clone(),
             dispatch::DispatchMetrics::register(metrics.registry())?,
-        )
-        .spawn(
+        );
+        let waker = dispatcher.waker();
+        let dispatcher = dispatcher.spawn(
             &database,
             settings.database.url.expose().to_owned(),
             SCHEMA,
             signals.shutdown.clone(),
         );
         let replicate = web::Data::new(replicate::ReplicateReceiver {
+            wake: waker.clone(),
             jobs: audio_client,
             limiter: limiter.clone(),
             monitor: monitor.clone(),
@@ -407,7 +483,38 @@ impl Application {
             received,
             processing: processing.clone(),
         });
+        let sources = settings
+            .encryption_key
+            .as_ref()
+            .map(|key| {
+                let previous: Vec<String> = settings
+                    .previous_encryption_keys
+                    .iter()
+                    .map(|k| k.expose_secret().to_owned())
+                    .collect();
+                secret_box::Keyring::new(key.expose_secret(), &previous).map(|keyring| {
+                    sources::Sources {
+                        pool: database.pool().clone(),
+                        keyring: std::sync::Arc::new(keyring),
+                    }
+                })
+            })
+            .transpose()?;
+        let generic = web::Data::new(generic::GenericReceiver {
+            wake: waker.clone(),
+            pool: database.pool().clone(),
+            sources: sources.clone(),
+            body: request::BodyLimits {
+                max_bytes: settings.max_body,
+                timeout: settings.body_timeout,
+            },
+            received: replicate.received.clone(),
+            processing: processing.clone(),
+            monitor: monitor.clone(),
+            limiter: limiter.clone(),
+        });
         let github = web::Data::new(github::GithubReceiver {
+            wake: waker,
             limiter,
             body_timeout: settings.body_timeout,
             monitor: monitor.clone(),
@@ -430,6 +537,48 @@ impl Application {
             SCHEMA,
             signals.shutdown.clone(),
         );
+        // The gRPC API is served once the callers it trusts are configured; until then the
+        // receivers and the dispatcher work as before, and the gateway cannot list the inbox.
+        let (grpc_port, grpc, health) = if settings.internal_auth.trusted.is_empty() {
+            tracing::warn!(
+                "INTERNAL_AUTH_TRUSTED_KEYS is not set: the WebhookIngest gRPC API (GRPC_ADDR) is not served"
+            );
+            (0, tokio::spawn(async { Ok(()) }), tokio::spawn(async {}))
+        } else {
+            let grpc_listener = bind(settings.grpc_addr)?;
+            let grpc_port = grpc_listener.local_addr()?.port();
+            let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
+            let (reporter, health_service) = tonic_health::server::health_reporter();
+            let health = lifecycle::grpc::sync_health(
+                reporter,
+                vec![sonora_proto::ingest::v1::SERVICE],
+                readiness.clone(),
+                signals.shutdown.clone(),
+                Duration::from_secs(1),
+            );
+            let server = tonic::transport::Server::builder()
+                .trace_fn(telemetry::propagation::grpc_server_span)
+                .layer(settings.internal_auth.guard(grpc::policy())?)
+                .add_service(
+                    sonora_proto::ingest::v1::webhook_ingest_server::WebhookIngestServer::new(
+                        grpc::IngestApi {
+                            pool: database.pool().clone(),
+                            sources: sources.clone(),
+                        },
+                    ),
+                )
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    signals.shutdown.clone().cancelled_owned(),
+                );
+            let grpc = tokio::spawn(lifecycle::grpc::serve_until_drained(
+                server,
+                signals.shutdown.clone(),
+                settings.common.shutdown_grace_period,
+            ));
+            (grpc_port, grpc, health)
+        };
         let ops = serve_ops(
             settings.ops_addr,
             readiness.clone(),
@@ -437,16 +586,37 @@ impl Application {
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
+        if settings.base_url_upgraded {
+            tracing::warn!(
+                "BASE_URL is an http:// URL in production: webhooks must reach this service over HTTPS, so https:// is used"
+            );
+        }
+        if let Some(base) = &settings.base_url {
+            let base = base.as_str().trim_end_matches('/');
+            tracing::info!(
+                replicate = %format!("{base}/api/replicate-webhook/{{content_type}}/{{content_id}}"),
+                github = %format!("{base}/api/v1/webhooks/github"),
+                "webhook URLs"
+            );
+        }
+        let cors_policy = web::Data::new(settings.cors.clone());
         let app_readiness = readiness.clone();
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
+                    .app_data(cors_policy.clone())
+                    .wrap(actix_web::middleware::from_fn(cors::middleware))
                     .app_data(replicate.clone())
                     .app_data(github.clone())
                     .app_data(web::Data::new(monitor.clone()))
                     .route("/webhook-status", web::get().to(monitor::webhook_status))
+                    .app_data(generic.clone())
                     .route("/api/v1/webhooks/github", web::post().to(github::receive))
+                    .route(
+                        "/api/v1/webhooks/{source}",
+                        web::post().to(generic::receive),
+                    )
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .route(
                         "/api/replicate-webhook/{content_type}/{content_id}",
@@ -458,12 +628,20 @@ impl Application {
             signals.shutdown.clone(),
             settings.common.shutdown_grace_period,
         )?;
-        tracing::info!(port = http.port(), ops_port = ops.port(), "listening");
+        tracing::info!(
+            port = http.port(),
+            ops_port = ops.port(),
+            grpc_port,
+            "listening"
+        );
         Ok(Self {
             http,
             ops,
             relay,
             dispatcher,
+            grpc_port,
+            grpc,
+            health,
         })
     }
 
@@ -477,11 +655,20 @@ impl Application {
         self.ops.port()
     }
 
+    /// The gRPC port (0 when the API is not served).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
     /// Resolves once shutdown was requested, in-flight requests have finished and the relay and
     /// the dispatcher have stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.http.stopped().await?;
         self.ops.stopped().await?;
+        self.grpc
+            .await
+            .map_err(|_| anyhow::anyhow!("the gRPC server task panicked"))??;
+        let _ = self.health.await;
         let _ = self.relay.await;
         let _ = self.dispatcher.await;
         Ok(())
@@ -527,6 +714,59 @@ fn spawn_inbox_gauge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        let mut all = vec![
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+        ];
+        all.extend_from_slice(pairs);
+        Settings::load(&Sources::from_pairs(all).unwrap())
+    }
+
+    #[test]
+    fn base_url_is_https_in_production() {
+        let dev = load(&[("BASE_URL", "http://localhost:8081")]).unwrap();
+        assert_eq!(dev.base_url.unwrap().as_str(), "http://localhost:8081/");
+        assert!(!dev.base_url_upgraded);
+        let prod = load(&[
+            ("ENVIRONMENT", "production"),
+            ("BASE_URL", "http://hooks.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(
+            prod.base_url.unwrap().as_str(),
+            "https://hooks.example.com/"
+        );
+        assert!(prod.base_url_upgraded);
+        for bad in ["hooks.example.com", "ftp://hooks.example.com", "https://"] {
+            let error = load(&[("ENVIRONMENT", "production"), ("BASE_URL", bad)]).unwrap_err();
+            assert_eq!(error.name, "BASE_URL", "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_is_restricted_to_the_listed_origins_in_production() {
+        assert_eq!(
+            load(&[("CORS_ORIGINS", "https://console.example.com")])
+                .unwrap()
+                .cors,
+            cors::CorsPolicy::Any
+        );
+        assert_eq!(
+            load(&[
+                ("ENVIRONMENT", "production"),
+                ("CORS_ORIGINS", "https://console.example.com")
+            ])
+            .unwrap()
+            .cors,
+            cors::CorsPolicy::Only(std::sync::Arc::new(vec![
+                "https://console.example.com".to_owned()
+            ]))
+        );
+        let error = load(&[("CORS_ORIGINS", "https://console.example.com/app")]).unwrap_err();
+        assert_eq!(error.name, "CORS_ORIGINS");
+    }
 
     #[test]
     fn routing_rules_come_from_the_settings_file() {

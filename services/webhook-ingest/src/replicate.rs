@@ -36,6 +36,8 @@ pub struct ReplicateReceiver {
     pub limiter: RateLimiter,
     /// audio-generation, asked whether the job in the path exists.
     pub jobs: AudioGenerationClient<PeerChannel>,
+    /// This replica's dispatcher, woken when an event is stored.
+    pub wake: crate::dispatch::Waker,
 }
 
 /// How long to wait for audio-generation's answer before accepting the webhook anyway.
@@ -226,6 +228,7 @@ async fn handle(
         payload: &text,
         state,
         error,
+        tenant: None,
     };
     match prediction {
         Ok(prediction) if !prediction.id.is_empty() => {
@@ -238,6 +241,7 @@ async fn handle(
             .map_err(not_stored)?;
             Ok(match stored {
                 Stored::New(id) => {
+                    receiver.wake.wake();
                     count("accepted");
                     tracing::info!(event_id = %id, prediction = %prediction.id, "Replicate webhook stored");
                     HttpResponse::Ok()

@@ -1,12 +1,14 @@
 //! Integration tests of `webhook-ingest`: the real service on port 0 with its real gRPC peers
 //! (started by the test stack) against the real PostgreSQL and Redis.
 
+mod api;
 mod dispatch;
 mod github;
 mod monitoring;
 mod replicate;
 mod replicate_secret;
 mod routing;
+mod sources;
 
 use test_stack::{Service, Stack};
 use test_support::{
@@ -167,5 +169,83 @@ fn bad_setting_exits_64_naming_it() {
         run.stderr.contains("SHUTDOWN_GRACE_PERIOD"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn an_invalid_base_url_exits_64_naming_it() {
+    let run = test_support::run_binary(
+        env!("CARGO_BIN_EXE_webhook-ingest"),
+        &[],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1/x"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("ENVIRONMENT", "production"),
+            ("BASE_URL", "hooks.example.com"),
+        ],
+    );
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(run.stderr.contains("BASE_URL"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn in_production_only_the_listed_origins_may_call_from_a_browser() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_ingest()
+        .setting(Service::WebhookIngest, "ENVIRONMENT", "production")
+        .setting(
+            Service::WebhookIngest,
+            "BASE_URL",
+            "http://hooks.example.com",
+        )
+        .setting(
+            Service::WebhookIngest,
+            "CORS_ORIGINS",
+            "https://console.example.com",
+        )
+        .start()
+        .await;
+    let base = stack.http_url(Service::WebhookIngest);
+    let preflight = |origin: &'static str| {
+        test_support::http_client()
+            .request(reqwest::Method::OPTIONS, format!("{base}/webhook-status"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    let allowed = preflight("https://console.example.com").await.unwrap();
+    assert_eq!(allowed.status().as_u16(), 204);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://console.example.com"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    // A simple request from another origin is answered without the header, so the browser
+    // keeps the answer from the page.
+    let other = test_support::http_client()
+        .get(format!("{base}/health"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 200);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let listed = test_support::http_client()
+        .get(format!("{base}/health"))
+        .header("origin", "https://console.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "https://console.example.com"
     );
 }

@@ -58,6 +58,8 @@ async fn failures_are_counted_across_instances_and_alert_at_the_threshold() {
             ("REDIS_URL", redis_url().as_str()),
             ("HTTP_ADDR", "127.0.0.1:0"),
             ("OPS_ADDR", "127.0.0.1:0"),
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("INTERNAL_AUTH_TRUSTED_KEYS", internal_keys().trusted()),
             (
                 "INTERNAL_AUTH_KEY",
                 internal_keys().signing("webhook-ingest"),
