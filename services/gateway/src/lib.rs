@@ -5,6 +5,7 @@
 //! rate limits, metering and speech arrive with their own issues.
 
 pub mod admin;
+pub mod audio;
 pub mod auth;
 pub mod cli;
 pub mod keys;
@@ -208,6 +209,11 @@ impl Application {
         ));
         let authenticator = web::Data::new(authenticator);
         let redis_data = web::Data::new(redis.clone());
+        let audio_client = web::Data::new(
+            sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
+                audio.channel(),
+            ),
+        );
         let metrics = Metrics::new();
         let ops = serve_ops(
             settings.ops_addr,
@@ -224,6 +230,7 @@ impl Application {
                     .app_data(web::Data::new(peers.clone()))
                     .app_data(authenticator.clone())
                     .app_data(redis_data.clone())
+                    .app_data(audio_client.clone())
                     .app_data(
                         web::JsonConfig::default()
                             .limit(MAX_JSON_BODY_BYTES)
@@ -233,6 +240,7 @@ impl Application {
                     .app_data(web::PathConfig::default().error_handler(http_problem::path_error))
                     .configure(routes::configure)
                     .configure(admin::configure)
+                    .configure(audio::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

@@ -2,6 +2,7 @@
 //! (`tts-inference`, `audio-generation`, `delivery-worker`) started in-process on port 0 by the
 //! test stack, against the real PostgreSQL and Redis.
 
+mod audio;
 mod keys;
 
 use std::time::Duration;

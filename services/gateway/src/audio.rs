@@ -1,0 +1,503 @@
+//! Sound effects and background music, proxied to audio-generation for the caller's tenant
+//! (`audio` scope): create (202 with the job), read and list jobs, cancel, and download the
+//! audio with HTTP range requests. Also `GET /v1/event-types`, the catalogue of the events
+//! partners receive.
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{StatusCode, header},
+    web,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use http_problem::Problem;
+use internal_rpc::{PeerChannel, Scope, on_behalf};
+use serde::{Deserialize, Serialize};
+use sonora_proto::audio::v1::{self as pb, audio_generation_client::AudioGenerationClient};
+
+use crate::auth::Caller;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/sound-effects", web::post().to(create_sound_effect))
+        .route(
+            "/v1/background-music",
+            web::post().to(create_background_music),
+        )
+        .route("/v1/audio-jobs", web::get().to(list_jobs))
+        .route("/v1/audio-jobs/{id}", web::get().to(get_job))
+        .route("/v1/audio-jobs/{id}", web::delete().to(cancel_job))
+        .route("/v1/audio-jobs/{id}/audio", web::get().to(read_audio))
+        .route("/v1/event-types", web::get().to(event_types));
+}
+
+type Client = AudioGenerationClient<PeerChannel>;
+
+/// Maps audio-generation's answer to the client's problem; its own words go to the client only
+/// for refusals of the request itself.
+fn problem(status: &tonic::Status) -> Problem {
+    match status.code() {
+        tonic::Code::InvalidArgument => Problem::invalid_request(status.message()),
+        tonic::Code::NotFound => {
+            Problem::not_found().detail("No audio job with this id exists for this tenant.")
+        }
+        tonic::Code::OutOfRange => Problem::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range-not-satisfiable",
+            "Range Not Satisfiable",
+        )
+        .detail(status.message()),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "audio-generation unavailable");
+            Problem::unavailable("The audio service is not available right now; retry later.")
+                .retry_after(5)
+        }
+        _ => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "audio-generation failed");
+            Problem::bad_gateway("The audio service failed to answer; it has been logged.")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AudioBody {
+    format: String,
+    content_type: String,
+    size_bytes: u64,
+    duration_seconds: f64,
+    sha256: String,
+    /// Where to download it.
+    url: String,
+}
+
+#[derive(Serialize)]
+struct JobBody {
+    id: String,
+    #[serde(rename = "type")]
+    job_type: &'static str,
+    status: &'static str,
+    prompt: String,
+    duration_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prediction_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio: Option<AudioBody>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+fn type_name(job_type: pb::JobType) -> &'static str {
+    match job_type {
+        pb::JobType::SoundEffect => "sound_effect",
+        pb::JobType::BackgroundMusic => "background_music",
+        pb::JobType::Unspecified => "unknown",
+    }
+}
+
+fn status_name(status: pb::JobStatus) -> &'static str {
+    match status {
+        pb::JobStatus::Queued => "queued",
+        pb::JobStatus::Submitted => "submitted",
+        pb::JobStatus::Processing => "processing",
+        pb::JobStatus::Succeeded => "succeeded",
+        pb::JobStatus::Failed => "failed",
+        pb::JobStatus::Canceled => "canceled",
+        pb::JobStatus::Unspecified => "unknown",
+    }
+}
+
+impl From<pb::Job> for JobBody {
+    fn from(job: pb::Job) -> Self {
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        Self {
+            job_type: type_name(job.r#type()),
+            status: status_name(job.status()),
+            audio: job.audio.map(|a| AudioBody {
+                format: a.format,
+                content_type: a.content_type,
+                size_bytes: a.size_bytes,
+                duration_seconds: a.duration_seconds,
+                sha256: a.sha256,
+                url: format!("/v1/audio-jobs/{}/audio", job.id),
+            }),
+            id: job.id,
+            prompt: job.prompt,
+            duration_seconds: job.duration_seconds,
+            error: non_empty(job.error),
+            prediction_id: non_empty(job.prediction_id),
+            created_at: DateTime::from_timestamp_millis(job.created_at_unix_ms),
+            updated_at: DateTime::from_timestamp_millis(job.updated_at_unix_ms),
+        }
+    }
+}
+
+fn accepted(job: pb::Job) -> HttpResponse {
+    let location = format!("/v1/audio-jobs/{}", job.id);
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location))
+        .json(JobBody::from(job))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SoundEffectBody {
+    prompt: String,
+    #[serde(alias = "duration")]
+    duration_seconds: f64,
+    #[serde(default)]
+    seed: Option<i64>,
+}
+
+/// `POST /v1/sound-effects`: 202 with the queued job.
+async fn create_sound_effect(
+    caller: Caller,
+    client: web::Data<Client>,
+    body: web::Json<SoundEffectBody>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let body = body.into_inner();
+    let job = client
+        .get_ref()
+        .clone()
+        .create_sound_effect(on_behalf(
+            pb::CreateSoundEffectRequest {
+                prompt: body.prompt,
+                duration_seconds: body.duration_seconds,
+                seed: body.seed,
+            },
+            &principal,
+        ))
+        .await
+        .map_err(|s| problem(&s))?
+        .into_inner();
+    Ok(accepted(job))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MusicBody {
+    prompt: String,
+    #[serde(default, alias = "duration")]
+    duration_seconds: Option<f64>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `POST /v1/background-music`: 202 with the queued job; the duration is given, or set by the
+/// reading time of `text`.
+async fn create_background_music(
+    caller: Caller,
+    client: web::Data<Client>,
+    body: web::Json<MusicBody>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let body = body.into_inner();
+    if body.duration_seconds == Some(0.0) {
+        return Err(Problem::invalid_request(
+            "duration_seconds: must be between 1 and 300",
+        ));
+    }
+    let job = client
+        .get_ref()
+        .clone()
+        .create_background_music(on_behalf(
+            pb::CreateBackgroundMusicRequest {
+                prompt: body.prompt,
+                duration_seconds: body.duration_seconds.unwrap_or(0.0),
+                text: body.text.unwrap_or_default(),
+            },
+            &principal,
+        ))
+        .await
+        .map_err(|s| problem(&s))?
+        .into_inner();
+    Ok(accepted(job))
+}
+
+/// `GET /v1/audio-jobs/{id}`.
+async fn get_job(
+    caller: Caller,
+    client: web::Data<Client>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let job = client
+        .get_ref()
+        .clone()
+        .get_job(on_behalf(
+            pb::GetJobRequest {
+                id: id.into_inner(),
+            },
+            &principal,
+        ))
+        .await
+        .map_err(|s| problem(&s))?
+        .into_inner();
+    Ok(HttpResponse::Ok().json(JobBody::from(job)))
+}
+
+/// `DELETE /v1/audio-jobs/{id}`: cancels the job (a finished one is returned as it is).
+async fn cancel_job(
+    caller: Caller,
+    client: web::Data<Client>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let job = client
+        .get_ref()
+        .clone()
+        .cancel_job(on_behalf(
+            pb::CancelJobRequest {
+                id: id.into_inner(),
+            },
+            &principal,
+        ))
+        .await
+        .map_err(|s| problem(&s))?
+        .into_inner();
+    Ok(HttpResponse::Ok().json(JobBody::from(job)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default, rename = "type")]
+    job_type: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ListBody {
+    jobs: Vec<JobBody>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/audio-jobs?type=&status=&limit=&cursor=`: the tenant's jobs, newest first.
+async fn list_jobs(
+    caller: Caller,
+    client: web::Data<Client>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let query = query.into_inner();
+    let job_type = match query.job_type.as_deref() {
+        None => pb::JobType::Unspecified,
+        Some("sound_effect") => pb::JobType::SoundEffect,
+        Some("background_music") => pb::JobType::BackgroundMusic,
+        Some(_) => {
+            return Err(Problem::invalid_request(
+                "type must be sound_effect or background_music",
+            ));
+        }
+    };
+    let status = match query.status.as_deref() {
+        None => pb::JobStatus::Unspecified,
+        Some("queued") => pb::JobStatus::Queued,
+        Some("submitted") => pb::JobStatus::Submitted,
+        Some("processing") => pb::JobStatus::Processing,
+        Some("succeeded") => pb::JobStatus::Succeeded,
+        Some("failed") => pb::JobStatus::Failed,
+        Some("canceled") => pb::JobStatus::Canceled,
+        Some(_) => {
+            return Err(Problem::invalid_request(
+                "status must be one of queued, submitted, processing, succeeded, failed, canceled",
+            ));
+        }
+    };
+    if query.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+        return Err(Problem::invalid_request("limit must be between 1 and 500"));
+    }
+    let page = client
+        .get_ref()
+        .clone()
+        .list_jobs(on_behalf(
+            pb::ListJobsRequest {
+                r#type: job_type.into(),
+                status: status.into(),
+                page_size: query.limit.unwrap_or(0),
+                page_token: query.cursor.unwrap_or_default(),
+            },
+            &principal,
+        ))
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::InvalidArgument if s.message().starts_with("page_token") => {
+                Problem::invalid_request("cursor is not one this API gave out")
+            }
+            _ => problem(&s),
+        })?
+        .into_inner();
+    Ok(HttpResponse::Ok().json(ListBody {
+        jobs: page.jobs.into_iter().map(JobBody::from).collect(),
+        next_cursor: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+    }))
+}
+
+/// A single `Range: bytes=…` request: `(first, last)` with either open, or `None` for anything
+/// this server does not serve partially (several ranges, other units), which gets the whole file.
+fn byte_range(req: &HttpRequest) -> Result<Option<(Option<u64>, Option<u64>)>, Problem> {
+    let Some(value) = req.headers().get(header::RANGE) else {
+        return Ok(None);
+    };
+    let Some(spec) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let invalid =
+        || Problem::invalid_request("Range must be bytes=first-last, bytes=first- or bytes=-count");
+    let (first, last) = spec.split_once('-').ok_or_else(invalid)?;
+    let number = |text: &str| -> Result<Option<u64>, Problem> {
+        let text = text.trim();
+        if text.is_empty() {
+            Ok(None)
+        } else {
+            text.parse().map(Some).map_err(|_| invalid())
+        }
+    };
+    match (number(first)?, number(last)?) {
+        (None, None) => Err(invalid()),
+        (Some(first), Some(last)) if last < first => Err(invalid()),
+        range => Ok(Some(range)),
+    }
+}
+
+fn unsatisfiable(size: u64) -> HttpResponse {
+    let mut response = Problem::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range-not-satisfiable",
+        "Range Not Satisfiable",
+    )
+    .detail(format!("The audio has {size} bytes."))
+    .to_response();
+    if let Ok(value) = header::HeaderValue::from_str(&format!("bytes */{size}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    response
+}
+
+/// `GET /v1/audio-jobs/{id}/audio`: the stored file, whole (200) or one byte range (206).
+async fn read_audio(
+    req: HttpRequest,
+    caller: Caller,
+    client: web::Data<Client>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let principal = caller.require(Scope::Audio)?.principal();
+    let id = id.into_inner();
+    let range = byte_range(&req)?;
+    let mut client = client.get_ref().clone();
+    // A suffix range (`bytes=-500`) needs the size first.
+    let (start, end) = match range {
+        None => (None, None),
+        Some((Some(first), last)) => (Some(first), last),
+        Some((None, Some(count))) => {
+            let job = client
+                .get_job(on_behalf(pb::GetJobRequest { id: id.clone() }, &principal))
+                .await
+                .map_err(|s| problem(&s))?
+                .into_inner();
+            let size = job.audio.map_or(0, |a| a.size_bytes);
+            if count == 0 || size == 0 {
+                return Ok(unsatisfiable(size));
+            }
+            (Some(size.saturating_sub(count)), None)
+        }
+        Some((None, None)) => (None, None),
+    };
+    let mut stream = match client
+        .read_audio(on_behalf(
+            pb::ReadAudioRequest {
+                id,
+                range_start: start,
+                range_end: end,
+            },
+            &principal,
+        ))
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::OutOfRange => {
+            let size = status
+                .message()
+                .split_whitespace()
+                .find_map(|w| w.parse::<u64>().ok())
+                .unwrap_or(0);
+            return Ok(unsatisfiable(size));
+        }
+        Err(status) => return Err(problem(&status)),
+    };
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| problem(&s))?
+        .ok_or_else(|| Problem::bad_gateway("The audio service sent no audio."))?;
+    let audio = first.audio.clone().unwrap_or_default();
+    let (from, to) = (first.range_start, first.range_end);
+    let length = if audio.size_bytes == 0 {
+        0
+    } else {
+        to - from + 1
+    };
+    let rest = futures::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        match stream.message().await {
+            Ok(Some(chunk)) => Some((
+                Ok::<_, actix_web::Error>(web::Bytes::from(chunk.data)),
+                Some(stream),
+            )),
+            Ok(None) => None,
+            Err(status) => {
+                tracing::error!(code = ?status.code(), "reading audio broke off; the response is aborted");
+                Some((
+                    Err(actix_web::error::ErrorBadGateway(
+                        "reading the audio broke off",
+                    )),
+                    None,
+                ))
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok(web::Bytes::from(first.data)) }).chain(rest);
+    let partial = start.is_some() || end.is_some();
+    let mut response = if partial {
+        let mut r = HttpResponse::PartialContent();
+        r.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {from}-{to}/{}", audio.size_bytes),
+        ));
+        r
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response
+        .content_type(audio.content_type)
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+        .insert_header((header::ETAG, format!("\"{}\"", audio.sha256)))
+        .no_chunking(length)
+        .streaming(body))
+}
+
+/// `GET /v1/event-types`: every event type partners can receive, with its JSON Schema and an
+/// example.
+async fn event_types(_caller: Caller) -> HttpResponse {
+    let types: Vec<serde_json::Value> = sonora_proto::events::CATALOGUE
+        .iter()
+        .filter_map(|(_, document)| serde_json::from_str(document).ok())
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "event_types": types }))
+}
