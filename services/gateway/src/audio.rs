@@ -343,7 +343,10 @@ async fn list_jobs(
 
 /// A single `Range: bytes=…` request: `(first, last)` with either open, or `None` for anything
 /// this server does not serve partially (several ranges, other units), which gets the whole file.
-fn byte_range(req: &HttpRequest) -> Result<Option<(Option<u64>, Option<u64>)>, Problem> {
+/// The first and last byte asked for; either may be open (`bytes=500-`, `bytes=-500`).
+type ByteRange = (Option<u64>, Option<u64>);
+
+fn byte_range(req: &HttpRequest) -> Result<Option<ByteRange>, Problem> {
     let Some(value) = req.headers().get(header::RANGE) else {
         return Ok(None);
     };
