@@ -312,6 +312,17 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       # Optional: needed only by routing rules that start agent runs.
       optional: true
 {{- end }}
+{{- if eq $name "gateway" }}
+{{- /* The pepper API keys are hashed with: the gateway's alone. */}}
+- name: API_KEY_PEPPER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.apiKeyPepperKey }}
+      # Required in production, where the gateway stops at start-up naming it;
+      # a development gateway without it uses its development pepper.
+      optional: true
+{{- end }}
 {{- if and (eq $name "audio-generation") (not (hasKey $env "AUDIO_STORAGE_S3_SECRET_ACCESS_KEY_FILE")) }}
 - name: AUDIO_STORAGE_S3_SECRET_ACCESS_KEY
   valueFrom:
@@ -374,7 +385,27 @@ settings inline (a hook runs before the release's ConfigMap exists).
         secretKeyRef:
           name: {{ .secretName }}
           key: {{ $root.Values.secrets.databaseUrlKey }}
-    {{- if (index (include "sonora.catalog" $root | fromYaml) .service).encryption }}
+    {{- $facts := index (include "sonora.catalog" $root | fromYaml) .service }}
+    {{- if $facts.redis }}
+    {{- /* `gateway migrate` and `webhook-ingest migrate` load every setting of
+    their service, and REDIS_URL is required: without it the command stops
+    with exit code 64. Migrating does not use Redis. */}}
+    - name: REDIS_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ $root.Values.secrets.redisUrlKey }}
+    {{- end }}
+    {{- if eq .service "gateway" }}
+    {{- /* Required by every gateway command in production (not used here). */}}
+    - name: API_KEY_PEPPER
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ $root.Values.secrets.apiKeyPepperKey }}
+          optional: true
+    {{- end }}
+    {{- if $facts.encryption }}
     {{- /* `delivery-worker migrate` loads every delivery-worker setting, and
     WEBHOOK_SECRET_ENCRYPTION_KEY is required: without it the command stops
     with exit code 64. It does not use the key. */}}
