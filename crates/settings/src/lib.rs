@@ -466,6 +466,9 @@ pub struct BaseUrl {
     pub url: String,
     /// Set when production upgraded an `http://` address; the original is kept to be logged.
     pub upgraded: Option<String>,
+    /// Whether `BASE_URL` was not set and the development default is in use: a production
+    /// service refuses to serve so (see [`BaseUrl::require`]), while its one-off commands run.
+    pub defaulted: bool,
 }
 
 impl BaseUrl {
@@ -474,7 +477,9 @@ impl BaseUrl {
         environment: Environment,
         default: &str,
     ) -> Result<Self, SettingError> {
-        let raw: String = src.or("BASE_URL", default.to_owned())?;
+        let given: Option<String> = src.optional("BASE_URL")?;
+        let defaulted = given.is_none();
+        let raw = given.unwrap_or_else(|| default.to_owned());
         let invalid = || {
             SettingError::new(
                 "BASE_URL",
@@ -491,16 +496,30 @@ impl BaseUrl {
             return Err(invalid());
         }
         let text = parsed.as_str().trim_end_matches('/').to_owned();
-        if environment == Environment::Production && parsed.scheme() == "http" {
+        if environment == Environment::Production && parsed.scheme() == "http" && !defaulted {
             return Ok(Self {
                 url: format!("https{}", &text["http".len()..]),
                 upgraded: Some(text),
+                defaulted,
             });
         }
         Ok(Self {
             url: text,
             upgraded: None,
+            defaulted,
         })
+    }
+
+    /// Refuses to serve in production on the development default, which reaches nothing
+    /// outside the machine.
+    pub fn require(&self, environment: Environment) -> Result<(), SettingError> {
+        if environment == Environment::Production && self.defaulted {
+            return Err(SettingError::new(
+                "BASE_URL",
+                "is required in production: the public https:// address webhooks reach",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -588,18 +607,21 @@ mod tests {
             &sources(&[]),
             Environment::Production,
             "http://localhost:8081",
-        );
+        )
+        .unwrap();
         assert_eq!(
-            missing.unwrap_err().name,
+            missing.require(Environment::Production).unwrap_err().name,
             "BASE_URL",
-            "required in production"
+            "required to serve in production"
         );
+        assert!(missing.require(Environment::Development).is_ok());
         let dev = load(Environment::Development, "http://localhost:8081/").unwrap();
         assert_eq!(
             dev,
             BaseUrl {
                 url: "http://localhost:8081".into(),
-                upgraded: None
+                upgraded: None,
+                defaulted: false,
             }
         );
         let prod = load(Environment::Production, "http://sonora.example.com/hooks").unwrap();

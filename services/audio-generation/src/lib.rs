@@ -116,7 +116,10 @@ pub fn service() -> ServiceMain<Settings> {
         about: "sound effects and background music generated on Replicate",
         load: Settings::load,
         common: |s| &s.common,
-        serve_check: |s| s.internal_auth.require(true, true),
+        serve_check: |s| {
+            s.internal_auth.require(true, true)?;
+            s.replicate.base_url.require(s.common.environment)
+        },
         commands: vec![lifecycle::cli::Command::migrate(|settings, _| {
             Box::pin(async move {
                 Ok(database::migrate_command(&settings.database, SCHEMA, migrations()).await?)

@@ -111,6 +111,12 @@ async fn create(
         expires_at: body.expires_at,
     };
     new.check(now).map_err(Problem::invalid_request)?;
+    if keys::plan_rank(&new.plan) > keys::plan_rank(&admin.plan) {
+        return Err(Problem::invalid_request(format!(
+            "plan: an admin key on the {} plan cannot make a key on a higher plan",
+            admin.plan
+        )));
+    }
     let made = keys::make(authenticator.pepper(), &new, now);
     keys::insert(authenticator.pool(), &made.record)
         .await

@@ -341,11 +341,11 @@ async fn list_jobs(
     }))
 }
 
-/// A single `Range: bytes=…` request: `(first, last)` with either open, or `None` for anything
-/// this server does not serve partially (several ranges, other units), which gets the whole file.
 /// The first and last byte asked for; either may be open (`bytes=500-`, `bytes=-500`).
 type ByteRange = (Option<u64>, Option<u64>);
 
+/// A single `Range: bytes=…` request, or `None` for anything this server does not serve
+/// partially (several ranges, other units), which gets the whole file.
 fn byte_range(req: &HttpRequest) -> Result<Option<ByteRange>, Problem> {
     let Some(value) = req.headers().get(header::RANGE) else {
         return Ok(None);
@@ -421,6 +421,7 @@ async fn read_audio(
         }
         Some((None, None)) => (None, None),
     };
+    let id_for_size = id.clone();
     let mut stream = match client
         .read_audio(on_behalf(
             pb::ReadAudioRequest {
@@ -434,12 +435,12 @@ async fn read_audio(
     {
         Ok(stream) => stream.into_inner(),
         Err(status) if status.code() == tonic::Code::OutOfRange => {
-            let size = status
-                .message()
-                .split_whitespace()
-                .find_map(|w| w.parse::<u64>().ok())
-                .unwrap_or(0);
-            return Ok(unsatisfiable(size));
+            let job = client
+                .get_job(on_behalf(pb::GetJobRequest { id: id_for_size }, &principal))
+                .await
+                .map_err(|s| problem(&s))?
+                .into_inner();
+            return Ok(unsatisfiable(job.audio.map_or(0, |a| a.size_bytes)));
         }
         Err(status) => return Err(problem(&status)),
     };

@@ -29,8 +29,9 @@ use crate::keys::{self, KeyRecord, Pepper, Unusable};
 
 /// The Redis channel revocations are published on.
 pub const REVOKED_CHANNEL: &str = "gateway:api-keys:revoked";
-/// How long a looked-up key is trusted while revocations arrive over Redis.
-const TTL_SUBSCRIBED: Duration = Duration::from_secs(60);
+/// How long a looked-up key is trusted while revocations arrive over Redis: short enough that a
+/// subscription that died silently, or a missed message, lets a revoked key in for 10 s at most.
+const TTL_SUBSCRIBED: Duration = Duration::from_secs(10);
 /// ... and while they cannot.
 const TTL_UNSUBSCRIBED: Duration = Duration::from_secs(1);
 /// Keys kept in the cache at most; beyond, it starts over.
@@ -218,7 +219,7 @@ pub async fn publish_revoked(redis: &deadpool_redis::Pool, hash: &str) {
             .map_err(|e| e.to_string())
     };
     if let Err(error) = published.await {
-        tracing::warn!(%error, "cannot publish a key revocation; other replicas see it within a minute");
+        tracing::warn!(%error, "cannot publish a key revocation; other replicas see it when their cache expires (10 s at most)");
     }
 }
 

@@ -92,7 +92,7 @@ fn parse_create(args: &[String]) -> anyhow::Result<CreateArgs> {
 
 /// Runs `gateway keys …`.
 pub async fn keys(settings: Settings, args: Vec<String>) -> anyhow::Result<()> {
-    let pepper = Pepper::new(&settings.api_keys.pepper);
+    let pepper = Pepper::new(settings.api_keys.require()?);
     match args.split_first() {
         Some((command, rest)) if command == "create" => create(&settings, &pepper, rest).await,
         Some((command, rest)) if command == "list" => list(&settings, rest).await,
@@ -101,9 +101,13 @@ pub async fn keys(settings: Settings, args: Vec<String>) -> anyhow::Result<()> {
     }
 }
 
-async fn pool(settings: &Settings) -> anyhow::Result<database::Pool> {
+/// A pool on the gateway's schema; `migrate` first when the tool may be the first to run
+/// (creating the first keys of a new installation).
+async fn pool(settings: &Settings, migrate: bool) -> anyhow::Result<database::Pool> {
     let config = database::DatabaseConfig::from_settings(&settings.database, crate::SCHEMA);
-    database::migrate_command(&settings.database, crate::SCHEMA, crate::MIGRATIONS).await?;
+    if migrate {
+        database::migrate_command(&settings.database, crate::SCHEMA, crate::MIGRATIONS).await?;
+    }
     Ok(database::connect(&config)?)
 }
 
@@ -134,12 +138,12 @@ async fn create(settings: &Settings, pepper: &Pepper, args: &[String]) -> anyhow
         }
         return Ok(());
     }
-    let pool = pool(settings).await?;
+    let pool = pool(settings, true).await?;
     keys::create_tenant(&pool, &args.tenant, now).await?;
-    for key in &made {
-        keys::insert(&pool, &key.record).await?;
-    }
+    // Each key is printed as soon as it is stored: if a later one fails, every stored key has
+    // been shown.
     for (i, key) in made.iter().enumerate() {
+        keys::insert(&pool, &key.record).await?;
         println!("Key {}:", i + 1);
         println!("  Id:       {}", key.record.id);
         println!("  Name:     {}", key.record.name);
@@ -162,7 +166,7 @@ async fn list(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("{USAGE}"),
     };
-    let pool = pool(settings).await?;
+    let pool = pool(settings, false).await?;
     for key in keys::list(&pool, tenant.as_ref()).await? {
         let state = match (key.revoked_at, key.expires_at) {
             (Some(at), _) => format!("revoked {at}"),
@@ -184,7 +188,7 @@ async fn list(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
 
 async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
     let id = KeyId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = pool(settings).await?;
+    let pool = pool(settings, false).await?;
     let revoked = keys::revoke(&pool, None, id, Utc::now())
         .await?
         .ok_or_else(|| anyhow::anyhow!("no API key has the id {id}"))?;

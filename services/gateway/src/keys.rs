@@ -31,6 +31,11 @@ const MAX_NAME_CHARS: usize = 100;
 /// Key plans: the limits and quotas a key gets.
 pub const PLANS: &[&str] = &["free", "standard", "enterprise"];
 
+/// Where a plan stands among [`PLANS`] (an unknown one ranks highest, so it is never below).
+pub fn plan_rank(plan: &str) -> usize {
+    PLANS.iter().position(|p| *p == plan).unwrap_or(PLANS.len())
+}
+
 /// The server's secret that keys are hashed with.
 #[derive(Clone)]
 pub struct Pepper(ring::hmac::Key);

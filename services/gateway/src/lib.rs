@@ -1,8 +1,10 @@
 //! `gateway`: the public HTTP API.
 //!
-//! Today it serves the voice catalogue (`GET /v1/voices`, from `tts-inference` over gRPC), the
-//! operational endpoints, and readiness over its database, Redis and every gRPC peer. API keys,
-//! rate limits, metering and speech arrive with their own issues.
+//! Every `/v1` route takes an API key of a tenant ([`auth`], [`keys`]; managed by tenant admins in
+//! [`admin`] and by operators with `gateway keys`, [`cli`]): speech and the voice catalogue from
+//! tts-inference, sound-effect and music jobs from audio-generation ([`audio`]), the event
+//! catalogue; plus the operational endpoints and readiness over its database, Redis and every
+//! gRPC peer. Rate limits, quotas and usage metering are not built yet.
 
 pub mod admin;
 pub mod audio;
@@ -56,8 +58,9 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct ApiKeySettings {
     /// `API_KEY_PEPPER`: the secret keys are hashed with (HMAC-SHA256). Changing it invalidates
-    /// every key.
-    pub pepper: settings::SecretString,
+    /// every key. `None` only in production without one, which [`ApiKeySettings::require`]
+    /// refuses for serving and for the key tool (not for `migrate`, which needs no keys).
+    pub pepper: Option<settings::SecretString>,
     /// Whether the development pepper is in use (logged at start).
     pub development_pepper: bool,
 }
@@ -75,18 +78,28 @@ impl ApiKeySettings {
                 "must be at least 32 characters (head -c32 /dev/urandom | base64)",
             )),
             Some(pepper) => Ok(Self {
-                pepper,
+                pepper: Some(pepper),
                 development_pepper: false,
             }),
-            None if environment == settings::Environment::Production => Err(SettingError::new(
-                "API_KEY_PEPPER",
-                "is required in production (head -c32 /dev/urandom | base64)",
-            )),
+            None if environment == settings::Environment::Production => Ok(Self {
+                pepper: None,
+                development_pepper: false,
+            }),
             None => Ok(Self {
-                pepper: settings::SecretString::from(DEVELOPMENT_PEPPER),
+                pepper: Some(settings::SecretString::from(DEVELOPMENT_PEPPER)),
                 development_pepper: true,
             }),
         }
+    }
+
+    /// The pepper, or the setting named as missing.
+    pub fn require(&self) -> Result<&settings::SecretString, SettingError> {
+        self.pepper.as_ref().ok_or_else(|| {
+            SettingError::new(
+                "API_KEY_PEPPER",
+                "is required in production (head -c32 /dev/urandom | base64)",
+            )
+        })
     }
 }
 
@@ -134,7 +147,10 @@ pub fn service() -> ServiceMain<Settings> {
         about: "the public HTTP API of Sonora",
         load: Settings::load,
         common: |s| &s.common,
-        serve_check: |s| s.internal_auth.require(true, false),
+        serve_check: |s| {
+            s.internal_auth.require(true, false)?;
+            s.api_keys.require().map(drop)
+        },
         commands: vec![
             lifecycle::cli::Command::migrate(|settings, _| {
                 Box::pin(async move {
@@ -201,7 +217,7 @@ impl Application {
         }
         let authenticator = auth::Authenticator::new(
             database.pool().clone(),
-            keys::Pepper::new(&settings.api_keys.pepper),
+            keys::Pepper::new(settings.api_keys.require()?),
         );
         let revocations = tokio::spawn(authenticator.clone().follow_revocations(
             settings.redis.url.expose().to_owned(),

@@ -23,12 +23,20 @@ async fn ready_with_database_storage_and_peer() {
             "AUDIO_STORAGE_PATH",
             storage.display().to_string(),
         )
-        .setting(Service::AudioGeneration, "REPLICATE_API_TOKEN", "r8_test_token")
+        .setting(
+            Service::AudioGeneration,
+            "REPLICATE_API_TOKEN",
+            "r8_test_token",
+        )
         .start()
         .await;
     let grpc = stack.grpc_port(Service::AudioGeneration);
     let base = stack.http_url(Service::AudioGeneration);
-    assert_operational(&base, &["database", "delivery-worker", "replicate", "storage"]).await;
+    assert_operational(
+        &base,
+        &["database", "delivery-worker", "replicate", "storage"],
+    )
+    .await;
     assert!(storage.is_dir(), "the storage root is created");
     test_support::eventually(Duration::from_secs(10), "SERVING", || async {
         (grpc_health(grpc).await == Some(ServingStatus::Serving)).then_some(())
@@ -64,8 +72,13 @@ async fn unwritable_storage_and_missing_peer_are_named() {
         body["components"]["delivery-worker"]["error"], "unreachable",
         "{body}"
     );
-    let replicate = body["components"]["replicate"]["error"].as_str().unwrap_or_default();
-    assert!(replicate.starts_with("REPLICATE_API_TOKEN is not set"), "{body}");
+    let replicate = body["components"]["replicate"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        replicate.starts_with("REPLICATE_API_TOKEN is not set"),
+        "{body}"
+    );
     // gRPC health follows the same rule: degraded is still SERVING.
     let grpc = stack.grpc_port(Service::AudioGeneration);
     test_support::eventually(
