@@ -50,8 +50,47 @@ async fn metrics(metrics: web::Data<Metrics>, readiness: web::Data<Readiness>) -
         .body(metrics.render())
 }
 
+/// Whether answers carry `Strict-Transport-Security` (production, behind TLS): app data for
+/// [`security_headers`].
+#[derive(Debug, Clone, Copy)]
+pub struct Hsts(pub bool);
+
+/// Security headers on every answer of a public port: no MIME sniffing, no framing, no
+/// referrer, a Content-Security-Policy that allows nothing (the API serves data, not pages; a
+/// route serving pages sets its own), and HSTS when [`Hsts`] says so. Headers a route set
+/// itself are kept.
+pub async fn security_headers(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let hsts = req.app_data::<web::Data<Hsts>>().is_some_and(|h| h.0);
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    let headers = response.headers_mut();
+    let defaults = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in defaults {
+        if !headers.contains_key(&name) {
+            headers.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    if hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    Ok(response)
+}
+
 /// The app of a public port: readiness and metrics as app data, the tracing and metrics
-/// middleware, and `/health` only; the service adds its API.
+/// middleware, security headers, and `/health` only; the service adds its API.
 pub fn public_app(
     readiness: Readiness,
     metrics: Metrics,
@@ -67,6 +106,7 @@ pub fn public_app(
     App::new()
         .app_data(web::Data::new(readiness))
         .app_data(web::Data::new(metrics))
+        .wrap(from_fn(security_headers))
         .wrap(from_fn(http_middleware))
         .route("/health", web::get().to(health))
 }

@@ -12,6 +12,7 @@
 //! - [`signals`] turns SIGTERM/SIGINT into a cancellation token and SIGHUP into a reload notice.
 
 pub mod cli;
+pub mod cors;
 pub mod grpc;
 pub mod http;
 pub mod readiness;

@@ -12,13 +12,17 @@ use settings::ExposeSecret as _;
 use crate::{
     auth::{self, Authenticator, Caller},
     keys::{self, KeyRecord, NewKey},
+    routes::resource,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/auth/verify", web::get().to(verify))
-        .route("/v1/admin/api-keys", web::post().to(create))
-        .route("/v1/admin/api-keys", web::get().to(list))
-        .route("/v1/admin/api-keys/{id}", web::delete().to(revoke));
+    cfg.service(resource("/v1/auth/verify", "GET").route(web::get().to(verify)))
+        .service(
+            resource("/v1/admin/api-keys", "GET, POST")
+                .route(web::post().to(create))
+                .route(web::get().to(list)),
+        )
+        .service(resource("/v1/admin/api-keys/{id}", "DELETE").route(web::delete().to(revoke)));
 }
 
 /// A key as the API shows it: never its hash, never the key (except once, on creation).

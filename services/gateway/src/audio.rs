@@ -15,19 +15,21 @@ use internal_rpc::{PeerChannel, Scope, on_behalf};
 use serde::{Deserialize, Serialize};
 use sonora_proto::audio::v1::{self as pb, audio_generation_client::AudioGenerationClient};
 
-use crate::auth::Caller;
+use crate::{auth::Caller, routes::resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sound-effects", web::post().to(create_sound_effect))
-        .route(
-            "/v1/background-music",
-            web::post().to(create_background_music),
+    cfg.service(resource("/v1/sound-effects", "POST").route(web::post().to(create_sound_effect)))
+        .service(
+            resource("/v1/background-music", "POST").route(web::post().to(create_background_music)),
         )
-        .route("/v1/audio-jobs", web::get().to(list_jobs))
-        .route("/v1/audio-jobs/{id}", web::get().to(get_job))
-        .route("/v1/audio-jobs/{id}", web::delete().to(cancel_job))
-        .route("/v1/audio-jobs/{id}/audio", web::get().to(read_audio))
-        .route("/v1/event-types", web::get().to(event_types));
+        .service(resource("/v1/audio-jobs", "GET").route(web::get().to(list_jobs)))
+        .service(
+            resource("/v1/audio-jobs/{id}", "GET, DELETE")
+                .route(web::get().to(get_job))
+                .route(web::delete().to(cancel_job)),
+        )
+        .service(resource("/v1/audio-jobs/{id}/audio", "GET").route(web::get().to(read_audio)))
+        .service(resource("/v1/event-types", "GET").route(web::get().to(event_types)));
 }
 
 type Client = AudioGenerationClient<PeerChannel>;

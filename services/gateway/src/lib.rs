@@ -11,7 +11,7 @@ pub mod audio;
 pub mod auth;
 pub mod cli;
 pub mod keys;
-mod routes;
+pub mod routes;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -52,7 +52,14 @@ pub struct Settings {
     pub audio_generation: PeerSettings,
     pub delivery_worker: PeerSettings,
     pub api_keys: ApiKeySettings,
+    /// `CORS_ORIGINS`: in production the only origins browsers may call from.
+    pub cors: lifecycle::cors::CorsPolicy,
 }
+
+/// What a browser's preflight may ask the API for.
+const CORS_METHODS: &str = "GET, POST, DELETE";
+const CORS_HEADERS: &str = "content-type, authorization, x-api-key, range";
+const CORS_EXPOSE: &str = "location, retry-after, content-range, accept-ranges, x-sample-rate, ratelimit, ratelimit-policy";
 
 /// How API keys are hashed.
 #[derive(Debug, Clone)]
@@ -106,7 +113,18 @@ impl ApiKeySettings {
 impl Settings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
         let common = CommonSettings::load(src, NAME)?;
+        let origins =
+            lifecycle::cors::parse_origins(&src.or("CORS_ORIGINS", Vec::<String>::new())?)
+                .map_err(|problem| SettingError::new("CORS_ORIGINS", problem))?;
+        let mut cors = lifecycle::cors::CorsPolicy::new(
+            common.environment == settings::Environment::Production,
+            origins,
+            CORS_METHODS,
+            CORS_HEADERS,
+        );
+        cors.expose = CORS_EXPOSE;
         Ok(Self {
+            cors,
             api_keys: ApiKeySettings::load(src, common.environment)?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
@@ -225,6 +243,10 @@ impl Application {
         ));
         let authenticator = web::Data::new(authenticator);
         let redis_data = web::Data::new(redis.clone());
+        let cors_policy = web::Data::new(settings.cors.clone());
+        let hsts = web::Data::new(lifecycle::http::Hsts(
+            settings.common.environment == settings::Environment::Production,
+        ));
         let audio_client = web::Data::new(
             sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
                 audio.channel(),
@@ -247,6 +269,9 @@ impl Application {
                     .app_data(authenticator.clone())
                     .app_data(redis_data.clone())
                     .app_data(audio_client.clone())
+                    .app_data(cors_policy.clone())
+                    .app_data(hsts.clone())
+                    .wrap(actix_web::middleware::from_fn(lifecycle::cors::middleware))
                     .app_data(
                         web::JsonConfig::default()
                             .limit(MAX_JSON_BODY_BYTES)

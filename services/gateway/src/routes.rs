@@ -10,9 +10,24 @@ use crate::{Peers, auth::Caller};
 use internal_rpc::{Scope, on_behalf};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/voices", web::get().to(list_voices))
-        .route("/v1/tts", web::post().to(tts))
-        .route("/v1/audio/speech", web::post().to(audio_speech));
+    cfg.service(resource("/v1/voices", "GET").route(web::get().to(list_voices)))
+        .service(resource("/v1/tts", "POST").route(web::post().to(tts)))
+        .service(resource("/v1/audio/speech", "POST").route(web::post().to(audio_speech)));
+}
+
+/// A resource that answers a method it does not serve with 405 and `Allow: allow` (a
+/// problem+json), instead of falling through to 404.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = Problem::method_not_allowed()
+            .detail(format!("This path accepts {allow}."))
+            .to_response();
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        response
+    }))
 }
 
 /// Maps a failed call to a backend to the problem the client sees. The backend's own message
@@ -92,7 +107,8 @@ async fn list_voices(_caller: Caller, peers: web::Data<Peers>) -> Result<HttpRes
 #[serde(deny_unknown_fields)]
 struct TtsBody {
     text: String,
-    #[serde(default)]
+    /// The voice's id; `voice_id` is what the old clients send.
+    #[serde(default, alias = "voice_id")]
     voice: Option<String>,
     #[serde(default)]
     speaker: Option<u32>,
@@ -139,6 +155,21 @@ fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
         }
     };
     Ok(format.into())
+}
+
+/// `speed` and `sample_rate`, checked here so a client hears which field and which rule.
+fn check_voice_options(speed: f32, sample_rate: Option<u32>) -> Result<(), Problem> {
+    if !speed.is_finite() || !(0.25..=4.0).contains(&speed) {
+        return Err(Problem::invalid_request("speed must be between 0.25 and 4"));
+    }
+    if let Some(rate) = sample_rate
+        && !(8_000..=48_000).contains(&rate)
+    {
+        return Err(Problem::invalid_request(
+            "sample_rate must be between 8000 and 48000",
+        ));
+    }
+    Ok(())
 }
 
 /// The largest text a request may carry, as tts-inference enforces it.
@@ -228,6 +259,7 @@ async fn tts(
     body: web::Json<TtsBody>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
+    check_voice_options(body.speed.unwrap_or(1.0), body.sample_rate)?;
     let request = sonora_proto::tts::v1::SynthesizeRequest {
         text: body.text,
         voice: body.voice.unwrap_or_default(),
@@ -249,6 +281,7 @@ async fn audio_speech(
     body: web::Json<SpeechBody>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
+    check_voice_options(body.speed.unwrap_or(1.0), None)?;
     let request = sonora_proto::tts::v1::SynthesizeRequest {
         text: body.input,
         voice: body.voice.unwrap_or_default(),

@@ -9,7 +9,6 @@
 
 pub mod actions;
 pub mod codegen;
-pub mod cors;
 pub mod dispatch;
 pub mod generic;
 pub mod github;
@@ -101,7 +100,7 @@ pub struct Settings {
     /// about once logging runs.
     pub base_url_upgraded: bool,
     /// Which browser origins may call the public port (`CORS_ORIGINS`, in production).
-    pub cors: cors::CorsPolicy,
+    pub cors: lifecycle::cors::CorsPolicy,
     /// Seals the generic sources' secrets (`WEBHOOK_SECRET_ENCRYPTION_KEY`, and
     /// `WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS` during a rotation); without it no source can be
     /// registered.
@@ -225,13 +224,16 @@ impl Settings {
                 (Some(url), upgrade)
             }
         };
-        let origins = cors::parse_origins(&src.or("CORS_ORIGINS", Vec::<String>::new())?)
-            .map_err(|problem| SettingError::new("CORS_ORIGINS", problem))?;
-        let cors = if production {
-            cors::CorsPolicy::Only(std::sync::Arc::new(origins))
-        } else {
-            cors::CorsPolicy::Any
-        };
+        let origins =
+            lifecycle::cors::parse_origins(&src.or("CORS_ORIGINS", Vec::<String>::new())?)
+                .map_err(|problem| SettingError::new("CORS_ORIGINS", problem))?;
+        // Webhook senders are servers and never need CORS; a browser reading /webhook-status may.
+        let cors = lifecycle::cors::CorsPolicy::new(
+            production,
+            origins,
+            "GET, POST",
+            "content-type, webhook-id, webhook-timestamp, webhook-signature",
+        );
         let encryption_key: Option<SecretString> = src.optional("WEBHOOK_SECRET_ENCRYPTION_KEY")?;
         let previous_encryption_keys: Vec<SecretString> = src
             .or::<Vec<String>>("WEBHOOK_SECRET_ENCRYPTION_PREVIOUS_KEYS", Vec::new())?
@@ -606,7 +608,7 @@ impl Application {
             move || {
                 public_app(app_readiness.clone(), metrics.clone())
                     .app_data(cors_policy.clone())
-                    .wrap(actix_web::middleware::from_fn(cors::middleware))
+                    .wrap(actix_web::middleware::from_fn(lifecycle::cors::middleware))
                     .app_data(replicate.clone())
                     .app_data(github.clone())
                     .app_data(web::Data::new(monitor.clone()))
@@ -751,7 +753,12 @@ mod tests {
             load(&[("CORS_ORIGINS", "https://console.example.com")])
                 .unwrap()
                 .cors,
-            cors::CorsPolicy::Any
+            lifecycle::cors::CorsPolicy::new(
+                false,
+                Vec::new(),
+                "GET, POST",
+                "content-type, webhook-id, webhook-timestamp, webhook-signature"
+            )
         );
         assert_eq!(
             load(&[
@@ -760,9 +767,12 @@ mod tests {
             ])
             .unwrap()
             .cors,
-            cors::CorsPolicy::Only(std::sync::Arc::new(vec![
-                "https://console.example.com".to_owned()
-            ]))
+            lifecycle::cors::CorsPolicy::new(
+                true,
+                vec!["https://console.example.com".to_owned()],
+                "GET, POST",
+                "content-type, webhook-id, webhook-timestamp, webhook-signature"
+            )
         );
         let error = load(&[("CORS_ORIGINS", "https://console.example.com/app")]).unwrap_err();
         assert_eq!(error.name, "CORS_ORIGINS");

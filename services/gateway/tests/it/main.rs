@@ -3,6 +3,7 @@
 //! test stack, against the real PostgreSQL and Redis.
 
 mod audio;
+mod http;
 mod keys;
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
-//! Cross-origin requests to the public port. Webhook senders are servers and never need CORS;
-//! a browser (an operator's console reading `/webhook-status`) may. In development every origin
-//! is allowed; in production only those in `CORS_ORIGINS`, and a preflight from any other is
-//! refused (403) with no CORS headers, so the browser blocks the call.
+//! Cross-origin requests to a public port (the gateway's API, webhook-ingest's status). In
+//! development every origin is allowed; in production only those in `CORS_ORIGINS`, and a
+//! preflight from any other is refused (403) with no CORS headers, so the browser blocks the
+//! call. What a preflight may ask for (methods, headers) is the app's: [`CorsPolicy`] carries it.
 
 use std::sync::Arc;
 
@@ -18,18 +18,49 @@ use actix_web::{
 
 /// Which origins may call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CorsPolicy {
+pub enum Origins {
     /// Development: any origin.
     Any,
     /// Production: these origins only (none: no cross-origin call at all).
     Only(Arc<Vec<String>>),
 }
 
+/// Who may call cross-origin, and what a preflight may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    pub origins: Origins,
+    /// `Access-Control-Allow-Methods`, such as `GET, POST`.
+    pub methods: &'static str,
+    /// `Access-Control-Allow-Headers`.
+    pub headers: &'static str,
+    /// `Access-Control-Expose-Headers`: what scripts may read from answers.
+    pub expose: &'static str,
+}
+
 impl CorsPolicy {
+    /// Development allows every origin; production only `origins` (from `CORS_ORIGINS`).
+    pub fn new(
+        production: bool,
+        origins: Vec<String>,
+        methods: &'static str,
+        headers: &'static str,
+    ) -> Self {
+        Self {
+            origins: if production {
+                Origins::Only(Arc::new(origins))
+            } else {
+                Origins::Any
+            },
+            methods,
+            headers,
+            expose: "",
+        }
+    }
+
     fn allows(&self, origin: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Only(origins) => origins.iter().any(|o| o == origin),
+        match &self.origins {
+            Origins::Any => true,
+            Origins::Only(origins) => origins.iter().any(|o| o == origin),
         }
     }
 }
@@ -67,7 +98,12 @@ pub async fn middleware(
     let policy = req
         .app_data::<actix_web::web::Data<CorsPolicy>>()
         .map(|p| p.get_ref().clone())
-        .unwrap_or(CorsPolicy::Only(Arc::new(Vec::new())));
+        .unwrap_or(CorsPolicy {
+            origins: Origins::Only(Arc::new(Vec::new())),
+            methods: "",
+            headers: "",
+            expose: "",
+        });
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -85,11 +121,8 @@ pub async fn middleware(
         let response = if allowed {
             HttpResponse::NoContent()
                 .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.as_str()))
-                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
-                .insert_header((
-                    header::ACCESS_CONTROL_ALLOW_HEADERS,
-                    "content-type, webhook-id, webhook-timestamp, webhook-signature",
-                ))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, policy.methods))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, policy.headers))
                 .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
                 .insert_header((header::VARY, "Origin"))
                 .finish()
@@ -105,6 +138,12 @@ pub async fn middleware(
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     if allowed && let Ok(value) = HeaderValue::from_str(&origin) {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        if !policy.expose.is_empty() {
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(policy.expose),
+            );
+        }
     }
     Ok(response)
 }
@@ -130,9 +169,12 @@ mod tests {
             let error = parse_origins(&[bad.into()]).unwrap_err();
             assert!(error.contains(bad), "{error}");
         }
-        let only = CorsPolicy::Only(Arc::new(ok));
+        let only = CorsPolicy::new(true, ok, "GET", "content-type");
         assert!(only.allows("https://console.example.com"));
         assert!(!only.allows("https://evil.example"));
-        assert!(CorsPolicy::Any.allows("https://anything.example"));
+        assert!(
+            CorsPolicy::new(false, Vec::new(), "GET", "content-type")
+                .allows("https://anything.example")
+        );
     }
 }

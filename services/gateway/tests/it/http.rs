@@ -1,0 +1,138 @@
+//! Behaving like a serious HTTP API: security headers on every answer, 405 with `Allow` for a
+//! wrong method, CORS preflights answered, the old clients' `voice_id`, and option ranges named.
+
+use internal_rpc::Scope;
+use test_stack::{Service, Stack};
+use test_support::TestDatabase;
+
+#[tokio::test]
+async fn headers_methods_cors_and_old_clients() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db).with_tts().with_gateway().start().await;
+    let base = stack.http_url(Service::Gateway);
+    let key = stack.api_key("acme", &[Scope::Tts]).await;
+    let client = test_support::http_client();
+
+    // Security headers, on a success and on a refusal alike; no HSTS in development.
+    for response in [
+        client.get(format!("{base}/health")).send().await.unwrap(),
+        client
+            .get(format!("{base}/v1/voices"))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+        assert!(headers.get("strict-transport-security").is_none());
+    }
+
+    // A wrong method is 405 with Allow, as problem+json; an unknown path stays 404.
+    let response = client
+        .post(format!("{base}/v1/voices"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = client
+        .delete(format!("{base}/v1/admin/api-keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            response.headers()["allow"].to_str().unwrap()
+        ),
+        (405, "GET, POST")
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/v1/nothing"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // A browser's preflight is answered (development: any origin), and answers name the origin.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/tts"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert!(
+        preflight.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-api-key")
+    );
+    let answer = client
+        .get(format!("{base}/v1/voices"))
+        .header("x-api-key", &key)
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+
+    // The old clients' request: voice_id and x-api-key.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"text": "Hello.", "voice_id": "en_US-joe-medium", "format": "pcm16", "speed": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap().len() > 1000);
+
+    // Out-of-range options are named with their rule.
+    for (body, rule) in [
+        (
+            serde_json::json!({"text": "Hi.", "speed": 0}),
+            "speed must be between 0.25 and 4",
+        ),
+        (
+            serde_json::json!({"text": "Hi.", "sample_rate": 0}),
+            "sample_rate must be between 8000 and 48000",
+        ),
+    ] {
+        let response = client
+            .post(format!("{base}/v1/tts"))
+            .header("x-api-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["detail"], rule, "{problem}");
+    }
+}
