@@ -262,12 +262,24 @@ impl AudioGeneration for AudioApi {
                     .map_err(|_| invalid("page_token", "is not a token this API gave out"))
             })
             .transpose()?;
+        let time = |field: &str, ms: Option<i64>| {
+            ms.map(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| invalid(field, "is not a time"))
+            })
+            .transpose()
+        };
+        let created = (
+            time("created_after_unix_ms", r.created_after_unix_ms)?,
+            time("created_before_unix_ms", r.created_before_unix_ms)?,
+        );
         let found = jobs::list(
             self.database.pool(),
             &tenant,
             job_type,
             status,
             before,
+            created,
             i64::from(page_size),
         )
         .await?;

@@ -286,6 +286,7 @@ pub async fn list(
     job_type: Option<JobType>,
     status: Option<JobStatus>,
     before: Option<JobId>,
+    created: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     limit: i64,
 ) -> Result<Vec<Job>, JobsError> {
     let mut conn = database::get(pool).await?;
@@ -293,6 +294,8 @@ pub async fn list(
         "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 \
            AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR status = $3) \
            AND ($4::text IS NULL OR id < $4) \
+           AND ($6::timestamptz IS NULL OR created_at >= $6) \
+           AND ($7::timestamptz IS NULL OR created_at < $7) \
          ORDER BY id DESC LIMIT $5"
     ))
     .bind::<Text, _>(tenant)
@@ -300,6 +303,8 @@ pub async fn list(
     .bind::<Nullable<Text>, _>(status.map(JobStatus::as_str))
     .bind::<Nullable<Text>, _>(before)
     .bind::<BigInt, _>(limit)
+    .bind::<Nullable<Timestamptz>, _>(created.0)
+    .bind::<Nullable<Timestamptz>, _>(created.1)
     .load(&mut conn)
     .await?;
     jobs(rows)

@@ -272,6 +272,11 @@ struct ListQuery {
     limit: Option<u32>,
     #[serde(default)]
     cursor: Option<String>,
+    /// RFC 3339 times: jobs created at or after, and before.
+    #[serde(default)]
+    created_after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    created_before: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
@@ -282,7 +287,8 @@ struct ListBody {
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/audio-jobs?type=&status=&limit=&cursor=`: the tenant's jobs, newest first.
+/// `GET /v1/audio-jobs?type=&status=&created_after=&created_before=&limit=&cursor=`: the
+/// tenant's jobs, newest first.
 async fn list_jobs(
     caller: Caller,
     client: web::Data<Client>,
@@ -326,6 +332,8 @@ async fn list_jobs(
                 status: status.into(),
                 page_size: query.limit.unwrap_or(0),
                 page_token: query.cursor.unwrap_or_default(),
+                created_after_unix_ms: query.created_after.map(|t| t.timestamp_millis()),
+                created_before_unix_ms: query.created_before.map(|t| t.timestamp_millis()),
             },
             &principal,
         ))

@@ -111,6 +111,51 @@ async fn jobs_are_queued_at_once_and_kept_per_tenant() {
         .unwrap()
         .into_inner();
     assert_eq!(second.jobs[0].id, effect.id);
+    // By creation time: from the music's creation on, only the music; before it, the effect.
+    let window = |after: Option<i64>, before: Option<i64>| ListJobsRequest {
+        created_after_unix_ms: after,
+        created_before_unix_ms: before,
+        ..Default::default()
+    };
+    let since = gateway
+        .list_jobs(on_behalf(
+            window(Some(music.created_at_unix_ms), None),
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        since
+            .jobs
+            .iter()
+            .all(|j| j.created_at_unix_ms >= music.created_at_unix_ms)
+    );
+    assert!(since.jobs.iter().any(|j| j.id == music.id));
+    let until = gateway
+        .list_jobs(on_behalf(
+            window(None, Some(effect.created_at_unix_ms + 1)),
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(until.jobs.iter().any(|j| j.id == effect.id), "{until:?}");
+    assert!(
+        until
+            .jobs
+            .iter()
+            .all(|j| j.created_at_unix_ms <= effect.created_at_unix_ms),
+        "{until:?}"
+    );
+    let bad = gateway
+        .list_jobs(on_behalf(window(Some(i64::MAX), None), &acme))
+        .await
+        .unwrap_err();
+    assert!(
+        bad.message().starts_with("created_after_unix_ms"),
+        "{bad:?}"
+    );
 
     // Another tenant sees nothing of acme's.
     let intruder = client_of("intruder", &[Scope::Audio]);
