@@ -21,10 +21,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Readiness;
 
-/// `GET /health`: the process is alive and serving HTTP. It checks nothing else, so a slow
-/// dependency never gets a healthy process restarted.
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+/// `GET /health`: 200 while the process is alive and serving HTTP. It checks nothing now, so a
+/// slow dependency never gets a healthy process restarted; it reports, in the old TTS API's body,
+/// what the last readiness check saw: `{"status": "healthy" | "degraded", "timestamp",
+/// "components": {"database": true, "tts_model": true, …}}` (names with `_`, one boolean each;
+/// `tts_model` is the old name of the voice, tts-inference).
+async fn health(readiness: web::Data<Readiness>) -> HttpResponse {
+    let mut components = serde_json::Map::new();
+    let mut all_up = true;
+    if let Some(report) = readiness.last_report() {
+        for (name, component) in &report.components {
+            let up = component.status == "up";
+            all_up &= up;
+            components.insert(name.replace('-', "_"), serde_json::Value::Bool(up));
+            if name == "tts-inference" || name == "voice" {
+                components.insert("tts_model".to_owned(), serde_json::Value::Bool(up));
+            }
+        }
+    }
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({
+            "status": if all_up { "healthy" } else { "degraded" },
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "components": components,
+        }))
 }
 
 /// `GET /ready`: 200 while the replica can serve (every required component is up; degraded

@@ -40,6 +40,9 @@ pub struct Readiness {
     draining: Arc<AtomicBool>,
     timeout: Duration,
     up: prometheus::IntGaugeVec,
+    /// The last report made (by a probe, a scrape or the gRPC health loop), for `/health`,
+    /// which must answer at once whatever the dependencies do.
+    last: Arc<std::sync::Mutex<Option<ReadinessReport>>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -120,6 +123,7 @@ impl ReadinessBuilder {
             draining: Arc::new(AtomicBool::new(false)),
             timeout: self.timeout,
             up,
+            last: Arc::default(),
         }
     }
 }
@@ -228,7 +232,14 @@ impl Readiness {
         } else {
             "ready"
         };
-        ReadinessReport { status, components }
+        let report = ReadinessReport { status, components };
+        *self.last.lock().expect("not poisoned") = Some(report.clone());
+        report
+    }
+
+    /// The last report made, without checking anything now; `None` before the first.
+    pub fn last_report(&self) -> Option<ReadinessReport> {
+        self.last.lock().expect("not poisoned").clone()
     }
 }
 

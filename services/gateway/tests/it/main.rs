@@ -227,8 +227,19 @@ async fn the_public_port_serves_no_metrics_and_no_readiness_details() {
             "application/problem+json"
         );
     }
+    // The old TTS API's /health body, for its monitors: components as booleans, from the last
+    // readiness check.
+    wait_all_up(&stack.ops).await;
     let (status, body) = get_json(&format!("{}/health", stack.base)).await.unwrap();
-    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("healthy")),
+        "{body}"
+    );
+    assert_eq!(body["components"]["tts_model"], true, "{body}");
+    assert_eq!(body["components"]["database"], true, "{body}");
+    assert_eq!(body["components"]["redis"], true, "{body}");
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'), "{body}");
 }
 
 #[tokio::test]
@@ -294,6 +305,15 @@ async fn a_backend_that_is_down_gives_a_503_with_retry_after_and_degrades() {
         body["components"]["tts-inference"]["error"], "unreachable",
         "{body}"
     );
+    // Liveness does not flap with a dependency: /health stays 200 and says what is down.
+    let (status, health) = get_json(&format!("{}/health", stack.base)).await.unwrap();
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("degraded")),
+        "{health}"
+    );
+    assert_eq!(health["components"]["tts_model"], false, "{health}");
+    assert_eq!(health["components"]["database"], true, "{health}");
 }
 
 #[tokio::test]
