@@ -13,6 +13,15 @@ pub mod tts {
         pub const MAX_TEXT_CHARS: usize = 4096;
         /// The fully qualified name of the service, for method policies.
         pub const SERVICE: &str = "sonora.tts.v1.TtsInference";
+        /// Response metadata (headers) of `Synthesize`: how many characters of the text were
+        /// skipped because the voice's language does not read their script (`0` when none).
+        pub const SKIPPED_METADATA: &str = "sonora-skipped-characters";
+        /// Metadata on an `INVALID_ARGUMENT` status of `Synthesize` saying which kind of refusal
+        /// it is, when the gateway answers it with another HTTP status than 400.
+        pub const REFUSAL_METADATA: &str = "sonora-refusal";
+        /// [`REFUSAL_METADATA`] of a text mostly in scripts the voice's language does not read
+        /// (the gateway answers 422).
+        pub const REFUSAL_UNSUPPORTED_SCRIPT: &str = "unsupported-script";
     }
 }
 

@@ -44,6 +44,7 @@ mod fused;
 mod kernels;
 pub mod model;
 pub mod phonemes;
+pub mod script;
 mod spline;
 mod synth;
 pub mod text;
@@ -52,10 +53,10 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::VoiceConfig;
-pub use model::{Encoded, Latent, Scales, Vits};
+pub use model::{Encoded, Latent, Plan, Scales, Vits};
 pub use phonemes::{Phonemizer, phoneme_ids};
 
-pub use synth::{Chunk, FIRST_WINDOW_FRAMES, PHONEME_BATCH_CHARS, Part, Voice};
+pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Voice};
 pub use weights::Weights;
 
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is
@@ -87,6 +88,23 @@ pub enum Error {
     /// espeak-ng could not be run or gave no usable answer.
     #[error("phonemisation failed: {0}")]
     Phonemizer(String),
+    /// The text cannot be spoken by this voice.
+    #[error("text: {0}")]
+    Text(#[from] text::TextError),
+    /// A piece of the text has more phonemes than the limit allows.
+    #[error("a piece of the text has {phonemes} phonemes; the limit is {limit} a piece")]
+    TooManyPhonemes {
+        /// The piece's phonemes.
+        phonemes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The text would make more audio than the limit allows.
+    #[error("the text makes more than {limit} s of audio")]
+    TooMuchAudio {
+        /// The limit, in seconds.
+        limit: f64,
+    },
     /// A tensor computation failed (usually a shape mismatch: a voice of another architecture).
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

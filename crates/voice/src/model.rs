@@ -1043,14 +1043,32 @@ impl Vits {
 
     /// Stages 1 to 4: phoneme ids → the latent the decoder turns into audio.
     pub fn latent(&self, ids: &[i64], speaker: Option<u32>, scales: Scales) -> Result<Latent> {
+        let plan = self.plan(ids, speaker, scales)?;
+        self.latent_of(plan, scales)
+    }
+
+    /// Stages 1 to 3a: the text encoder and the duration predictor, which say how many frames
+    /// (and so how much audio) the ids will make before the flows and the decoder, which do
+    /// most of the work, run on them.
+    pub fn plan(&self, ids: &[i64], speaker: Option<u32>, scales: Scales) -> Result<Plan> {
         let g = self.speaker(speaker)?;
         let encoded = self.encode(ids)?;
         let logw = self.log_durations(&encoded.x, g.as_ref(), scales.noise_w)?;
         let frames = durations(&logw, scales.length_scale)?;
-        let (m, logs) = self.expand(&encoded, &frames)?;
+        Ok(Plan { encoded, g, frames })
+    }
+
+    /// Stages 3b and 4 on a [`Vits::plan`]: the latent the decoder turns into audio.
+    pub fn latent_of(&self, plan: Plan, scales: Scales) -> Result<Latent> {
+        let (m, logs) = self.expand(&plan.encoded, &plan.frames)?;
         let z_p = self.prior_sample(&m, &logs, scales.noise_scale)?;
-        let z = self.flow_reverse(&z_p, g.as_ref())?;
-        Ok(Latent { z, g })
+        let z = self.flow_reverse(&z_p, plan.g.as_ref())?;
+        Ok(Latent { z, g: plan.g })
+    }
+
+    /// Audio samples the decoder makes per latent frame.
+    pub fn samples_per_frame(&self) -> usize {
+        self.dec.hop
     }
 
     /// Stage 5 for latent frames `start .. end` alone (see [`windows`]): the same samples
@@ -1064,6 +1082,21 @@ impl Vits {
         }
         self.dec
             .forward_frames(&latent.z, latent.g.as_ref(), start, end)
+    }
+}
+
+/// A sentence after the text encoder and the duration predictor: see [`Vits::plan`].
+#[derive(Debug, Clone)]
+pub struct Plan {
+    encoded: Encoded,
+    g: Option<Tensor>,
+    frames: Vec<usize>,
+}
+
+impl Plan {
+    /// Latent frames the sentence will have (at least one).
+    pub fn total_frames(&self) -> usize {
+        self.frames.iter().sum::<usize>().max(1)
     }
 }
 

@@ -158,15 +158,7 @@ impl Phonemizer {
         if lines.is_empty() {
             return Ok(vec![String::new(); sentences.len()]);
         }
-        let mut ipa = self.run(&lines)?;
-        if ipa.len() != lines.len() {
-            // espeak-ng split a clause further (very long clauses): fall back to one process
-            // per clause so the clauses and their punctuation stay paired.
-            ipa = lines
-                .iter()
-                .map(|line| self.run(&[line]).map(|out| out.join(" ")))
-                .collect::<Result<_, _>>()?;
-        }
+        let ipa = self.run_resilient(&lines)?;
         let mut ipa = ipa.into_iter();
         Ok(clauses
             .iter()
@@ -186,19 +178,67 @@ impl Phonemizer {
             .collect())
     }
 
+    /// Phonemes of each of `lines`, exactly one string per line, whatever espeak-ng does:
+    ///
+    /// - When it answers with more or fewer lines than it was given (it splits a very long clause
+    ///   itself, and gives no line for a clause with nothing to say), the lines are sent again
+    ///   in halves, down to one line, whose answer lines are joined.
+    /// - When it dies (espeak-ng 1.51 aborts on some inputs), the lines are sent again in halves;
+    ///   a single line that still kills it is split between its words the same way, and a single
+    ///   word that kills it is skipped with a warning, so the rest of the text is still spoken.
+    ///
+    /// Only a failure to start espeak-ng at all is an error.
+    fn run_resilient(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
+        match self.run(lines) {
+            Ok(out) if out.len() == lines.len() => return Ok(out),
+            Ok(out) if lines.len() == 1 => return Ok(vec![out.join(" ")]),
+            Ok(_) => {}
+            Err(Failure::Died(why)) if lines.len() == 1 => {
+                let words: Vec<&str> = lines[0].split_whitespace().collect();
+                if words.len() <= 1 {
+                    tracing::warn!(
+                        chars = lines[0].chars().count(),
+                        %why,
+                        "espeak-ng dies on this word; it is skipped"
+                    );
+                    return Ok(vec![String::new()]);
+                }
+                let (head, tail) = words.split_at(words.len() / 2);
+                let (head, tail) = (head.join(" "), tail.join(" "));
+                let mut halves = self.run_resilient(&[&head])?;
+                halves.extend(self.run_resilient(&[&tail])?);
+                let joined = halves
+                    .iter()
+                    .filter(|h| !h.is_empty())
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Ok(vec![joined]);
+            }
+            Err(Failure::Died(why)) => {
+                tracing::warn!(lines = lines.len(), %why, "espeak-ng died; retrying in halves");
+            }
+            Err(Failure::Start(e)) => return Err(e),
+        }
+        let (head, tail) = lines.split_at(lines.len() / 2);
+        let mut out = self.run_resilient(head)?;
+        out.extend(self.run_resilient(tail)?);
+        Ok(out)
+    }
+
     /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
-    fn run(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
+    fn run(&self, lines: &[&str]) -> Result<Vec<String>, Failure> {
         let mut input = String::new();
         for line in lines {
             // A newline inside a clause would desynchronise the one-line-per-clause answer.
             input.push_str(&line.replace(['\n', '\r'], " "));
             input.push('\n');
         }
-        let (child, pre_started) = self.process()?;
+        let (child, pre_started) = self.process().map_err(Failure::Start)?;
         let output = match communicate(child, input.clone()) {
             // A pre-started process can die between the liveness check and the write: the
             // request then gets one fresh process before it fails.
-            Err(_) if pre_started => communicate(self.fresh()?, input),
+            Err(_) if pre_started => communicate(self.fresh().map_err(Failure::Start)?, input),
             result => result,
         };
         // The next request's process starts after this one's answer, off its critical path.
@@ -212,28 +252,40 @@ impl Phonemizer {
     }
 }
 
+/// How one espeak-ng run failed.
+#[derive(Debug)]
+enum Failure {
+    /// The program could not be started: nothing will work until it can.
+    Start(Error),
+    /// It started and then failed on this input (a crash, a bad exit, unreadable output).
+    Died(String),
+}
+
 /// Writes `input` to espeak-ng, closes its input and returns everything it printed.
-fn communicate(mut child: Child, input: String) -> Result<String, Error> {
+fn communicate(mut child: Child, input: String) -> Result<String, Failure> {
     let mut stdin = child.stdin.take().expect("stdin is piped");
     // Written from another thread: espeak-ng answers while it reads, and a large input would
     // otherwise fill both pipes and deadlock.
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let output = child
         .wait_with_output()
-        .map_err(|e| Error::Phonemizer(format!("espeak-ng failed: {e}")))?;
-    writer
-        .join()
-        .map_err(|_| Error::Phonemizer("writing to espeak-ng panicked".into()))?
-        .map_err(|e| Error::Phonemizer(format!("writing to espeak-ng: {e}")))?;
+        .map_err(|e| Failure::Died(format!("espeak-ng failed: {e}")))?;
+    // A write error (a broken pipe) only means the process died first: its status says why.
+    let written = writer.join();
     if !output.status.success() {
-        return Err(Error::Phonemizer(format!(
+        return Err(Failure::Died(format!(
             "espeak-ng exited with {}: {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Failure::Died(format!("writing to espeak-ng: {e}"))),
+        Err(_) => return Err(Failure::Died("writing to espeak-ng panicked".into())),
+    }
     String::from_utf8(output.stdout)
-        .map_err(|_| Error::Phonemizer("espeak-ng wrote invalid UTF-8".into()))
+        .map_err(|_| Failure::Died("espeak-ng wrote invalid UTF-8".into()))
 }
 
 /// Removes espeak-ng's language-switch markers such as `(en)` or `(fr)`, as Piper does.
@@ -330,6 +382,57 @@ mod tests {
         assert!(proc_dir.exists(), "a clone still holds it");
         drop(clone);
         assert!(!proc_dir.exists(), "killed and reaped");
+    }
+
+    #[test]
+    fn espeak_dying_never_fails_a_batch() {
+        let p = Phonemizer::new("en-us").unwrap();
+        // Both make espeak-ng 1.51 abort ("stack smashing detected"), on their own and inside a
+        // clause of other words.
+        let quotes = "s'".repeat(220);
+        let dots = format!("{}a", "a.".repeat(100));
+        assert!(matches!(p.run(&[&quotes]), Err(Failure::Died(_))));
+        let hello = p.phonemize("Hello there.").unwrap();
+        let goodbye = p.phonemize("Goodbye.").unwrap();
+        let out = p
+            .phonemize_all(&[
+                "Hello there.",
+                &quotes,
+                &format!("One {dots} two."),
+                "Goodbye.",
+            ])
+            .unwrap();
+        assert_eq!(out[0], hello);
+        assert_eq!(out[1], "", "the word it dies on is skipped");
+        assert!(
+            out[2].starts_with("wˈʌn") && out[2].ends_with("tˈuː."),
+            "the words around it are spoken: {}",
+            out[2]
+        );
+        assert_eq!(out[3], goodbye);
+    }
+
+    /// Random Unicode after the text front end never makes espeak-ng die.
+    #[test]
+    fn espeak_never_dies_on_prepared_text() {
+        let p = Phonemizer::new("en-us").unwrap();
+        let mut generator = text::random_text::Gen::new(7);
+        for _ in 0..150 {
+            let len = generator.below(800) as usize;
+            let random = generator.text(len);
+            let clauses: Vec<String> = text::pieces(&random)
+                .iter()
+                .flat_map(|piece| text::split_clauses(piece))
+                .map(|clause| clause.text)
+                .collect();
+            let lines: Vec<&str> = clauses.iter().map(String::as_str).collect();
+            if lines.is_empty() {
+                continue;
+            }
+            if let Err(Failure::Died(why)) = p.run(&lines) {
+                panic!("{why} on {lines:?}");
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,34 @@ use crate::{
 /// of the piece before it).
 pub const PHONEME_BATCH_CHARS: usize = 600;
 
+/// Bounds on the work one text may cause, checked before the work they bound: a piece's
+/// phonemes as soon as espeak-ng has given them (the text encoder's memory grows with the
+/// square of their number), and a piece's seconds of audio from the duration predictor, before
+/// the flows and the decoder run on them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Phonemes one piece may have.
+    pub max_phonemes_per_piece: usize,
+    /// Seconds of audio one text may make, all its pieces together.
+    pub max_audio_seconds: f64,
+}
+
+impl Limits {
+    /// 1,000 phonemes a piece: a 400-character piece of ordinary text has about 400, and one of
+    /// spelled-out letters about 1,000. 600 s of audio a text: 4,096 characters of ordinary
+    /// text make about 280 s at normal speed.
+    pub const DEFAULT: Self = Self {
+        max_phonemes_per_piece: 1000,
+        max_audio_seconds: 600.0,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// The pieces of one request: those still to phonemise and those phonemised but not spoken.
 struct Pieces {
     waiting: VecDeque<String>,
@@ -96,6 +124,9 @@ struct Parts<'a> {
     voice: &'a Voice,
     speaker: Option<u32>,
     scales: Scales,
+    limits: Limits,
+    /// Seconds of audio of the pieces started so far.
+    audio_seconds: f64,
     pieces: Pieces,
     next_piece: usize,
     current: Option<CurrentPiece>,
@@ -120,7 +151,24 @@ impl Parts<'_> {
             };
             let (sentence, phonemes) = next?;
             let ids = phoneme_ids(&voice.config, &phonemes);
-            let latent = voice.model.latent(&ids, self.speaker, self.scales)?;
+            // Piper's ids are `^ _ (p _)* $`: two a phoneme and three more.
+            let count = ids.len().saturating_sub(3) / 2;
+            if count > self.limits.max_phonemes_per_piece {
+                return Err(Error::TooManyPhonemes {
+                    phonemes: count,
+                    limit: self.limits.max_phonemes_per_piece,
+                });
+            }
+            let plan = voice.model.plan(&ids, self.speaker, self.scales)?;
+            let seconds = (plan.total_frames() * voice.model.samples_per_frame()) as f64
+                / f64::from(voice.sample_rate());
+            if self.audio_seconds + seconds > self.limits.max_audio_seconds {
+                return Err(Error::TooMuchAudio {
+                    limit: self.limits.max_audio_seconds,
+                });
+            }
+            self.audio_seconds += seconds;
+            let latent = voice.model.latent_of(plan, self.scales)?;
             let first = if self.next_piece == 0 {
                 FIRST_WINDOW_FRAMES
             } else {
@@ -261,6 +309,10 @@ impl Voice {
     ///   next one twice as many, up to [`model::DECODE_WINDOW_FRAMES`] ([`model::windows`]). The first audio therefore waits for one piece's
     ///   text side and one short window of the decoder, which does most of the arithmetic.
     ///
+    /// The text goes through the whole front end ([`Voice::prepare`]); a text with nothing to
+    /// speak gives no parts, and one in a script the voice does not read is an error. The work
+    /// is bounded by [`Limits::DEFAULT`].
+    ///
     /// This blocks: run it off any async executor. An error ends the iterator.
     pub fn synthesize_parts<'a>(
         &'a self,
@@ -268,13 +320,46 @@ impl Voice {
         speaker: Option<u32>,
         scales: Scales,
     ) -> Result<impl Iterator<Item = Result<Part, Error>> + 'a, Error> {
+        let pieces = match self.prepare(text) {
+            Ok(prepared) => prepared.pieces,
+            Err(text::TextError::NothingToSpeak) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        self.synthesize_pieces(pieces, speaker, scales, Limits::DEFAULT)
+    }
+
+    /// The text front end for this voice's language: [`text::prepare`].
+    pub fn prepare(&self, text: &str) -> Result<text::Prepared, text::TextError> {
+        text::prepare(text, self.language())
+    }
+
+    /// The voice's language code (`en_US`), or its espeak-ng voice when the configuration
+    /// names no language.
+    pub fn language(&self) -> &str {
+        self.config
+            .language
+            .as_ref()
+            .map_or(self.config.espeak.voice.as_str(), |l| l.code.as_str())
+    }
+
+    /// [`Voice::synthesize_parts`] for pieces already made by [`Voice::prepare`] (or
+    /// [`text::prepare`]), within `limits`: a piece over the phoneme limit, or one that would
+    /// take the text over its seconds of audio, ends the iterator with
+    /// [`Error::TooManyPhonemes`] or [`Error::TooMuchAudio`] before any of its audio is made.
+    pub fn synthesize_pieces(
+        &self,
+        pieces: Vec<String>,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+    ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
         if let Some(id) = speaker
             && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
         {
             return Err(Error::Format(format!("the voice has no speaker {id}")));
         }
         let mut pieces = Pieces {
-            waiting: text::pieces(text).into(),
+            waiting: pieces.into(),
             ready: VecDeque::new(),
             first: true,
         };
@@ -283,6 +368,8 @@ impl Voice {
             voice: self,
             speaker,
             scales,
+            limits,
+            audio_seconds: 0.0,
             pieces,
             next_piece: 0,
             current: None,

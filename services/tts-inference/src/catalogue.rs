@@ -23,6 +23,8 @@ pub struct VoiceInfo {
     /// Speaker id to name, for multi-speaker voices.
     pub speakers: BTreeMap<u32, String>,
     pub weights: PathBuf,
+    /// The espeak-ng voice its phonemes come from (`en-us`), the language when none is declared.
+    pub espeak_voice: String,
 }
 
 /// The part of a Piper `.onnx.json` the catalogue reads.
@@ -35,6 +37,13 @@ struct PiperConfig {
     dataset: Option<String>,
     #[serde(default)]
     speaker_id_map: BTreeMap<String, u32>,
+    #[serde(default)]
+    espeak: Option<PiperEspeak>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PiperEspeak {
+    voice: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +108,7 @@ pub fn load_voice(dir: &Path, id: &str) -> Result<VoiceInfo, CatalogueError> {
             .map(|(name, id)| (id, name))
             .collect(),
         weights,
+        espeak_voice: config.espeak.map(|e| e.voice).unwrap_or_default(),
     })
 }
 

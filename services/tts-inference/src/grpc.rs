@@ -4,11 +4,13 @@ use std::{path::PathBuf, pin::Pin, sync::Arc, time::Instant};
 
 use audio_codec::AudioFormat;
 use sonora_proto::tts::v1::{
-    self as pb, ListVoicesRequest, ListVoicesResponse, Speaker, SynthesizeRequest,
-    SynthesizeResponse, Voice, tts_inference_server::TtsInference,
+    self as pb, ListVoicesRequest, ListVoicesResponse, REFUSAL_METADATA,
+    REFUSAL_UNSUPPORTED_SCRIPT, SKIPPED_METADATA, Speaker, SynthesizeRequest, SynthesizeResponse,
+    Voice, tts_inference_server::TtsInference,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+use voice::text::TextError;
 
 use crate::{
     catalogue::{self, CatalogueError, VoiceInfo},
@@ -21,6 +23,7 @@ pub struct TtsService {
     pub voices: Arc<Voices>,
     pub pool: Arc<InferencePool>,
     pub metrics: SynthesisMetrics,
+    pub limits: voice::Limits,
 }
 
 fn format(value: i32) -> Result<AudioFormat, Status> {
@@ -63,11 +66,6 @@ impl TtsService {
                 "text: {chars} characters; the limit is {MAX_TEXT_CHARS}"
             )));
         }
-        if voice::text::pieces(&r.text).is_empty() {
-            return Err(Status::invalid_argument(
-                "text: has nothing to speak (no letters or digits)",
-            ));
-        }
         let speed = if r.speed == 0.0 { 1.0 } else { r.speed };
         if !(0.25..=4.0).contains(&speed) || speed.is_nan() {
             return Err(Status::invalid_argument(
@@ -82,7 +80,15 @@ impl TtsService {
         if voice.contains(['/', '\\']) || voice.starts_with('.') {
             return Err(Status::invalid_argument("voice: not a voice id"));
         }
-        catalogue::load_voice(&self.voices_dir, &voice)?;
+        let info = catalogue::load_voice(&self.voices_dir, &voice)?;
+        // The whole text front end runs here, on the executor: it is linear in the text (at most
+        // 4,096 characters) and lets a text with nothing to speak be refused before it queues.
+        let language = if info.language.is_empty() {
+            info.espeak_voice.as_str()
+        } else {
+            info.language.as_str()
+        };
+        let prepared = voice::text::prepare(&r.text, language).map_err(text_status)?;
         let format = format(r.format)?;
         let sample_rate = (r.sample_rate != 0).then_some(r.sample_rate);
         if let Some(rate) = sample_rate
@@ -94,7 +100,9 @@ impl TtsService {
             )));
         }
         Ok(synthesis::Request {
-            text: r.text,
+            pieces: prepared.pieces,
+            skipped: prepared.skipped,
+            limits: self.limits,
             voice,
             speaker: r.speaker,
             length_scale: 1.0 / speed,
@@ -105,6 +113,19 @@ impl TtsService {
             received,
         })
     }
+}
+
+/// A text the voice cannot speak: `INVALID_ARGUMENT`; one mostly in another script also carries
+/// [`REFUSAL_METADATA`] = [`REFUSAL_UNSUPPORTED_SCRIPT`], for the gateway's 422.
+pub(crate) fn text_status(error: TextError) -> Status {
+    let mut status = Status::invalid_argument(format!("text: {error}"));
+    if matches!(error, TextError::UnsupportedScript { .. }) {
+        status.metadata_mut().insert(
+            REFUSAL_METADATA,
+            MetadataValue::from_static(REFUSAL_UNSUPPORTED_SCRIPT),
+        );
+    }
+    status
 }
 
 impl From<CatalogueError> for Status {
@@ -146,9 +167,17 @@ impl TtsInference for TtsService {
         request: Request<SynthesizeRequest>,
     ) -> Result<Response<Self::SynthesizeStream>, Status> {
         let received = Instant::now();
+        let chars = request.get_ref().text.chars().count();
+        tracing::Span::current().record("chars", chars);
         let request = self.validate(request.into_inner(), received)?;
         tracing::Span::current().record("voice", request.voice.as_str());
-        tracing::Span::current().record("chars", request.text.chars().count());
+        if request.skipped > 0 {
+            tracing::info!(
+                skipped = request.skipped,
+                "characters in scripts the voice does not read are skipped"
+            );
+        }
+        let skipped = request.skipped;
         // One message in flight: synthesis stays at most a sentence ahead of the client.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let (voices, metrics) = (Arc::clone(&self.voices), self.metrics.clone());
@@ -157,7 +186,12 @@ impl TtsInference for TtsService {
             let _entered = span.enter();
             synthesis::run(&voices, &metrics, request, &tx);
         }))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response =
+            Response::new(Box::pin(ReceiverStream::new(rx)) as Self::SynthesizeStream);
+        response
+            .metadata_mut()
+            .insert(SKIPPED_METADATA, MetadataValue::from(skipped as u64));
+        Ok(response)
     }
 
     #[tracing::instrument(skip_all)]

@@ -40,6 +40,9 @@ pub struct Settings {
     pub workers: usize,
     /// Requests that may wait for a thread before new ones are refused (`TTS_QUEUE_CAPACITY`).
     pub queue_capacity: usize,
+    /// What one request may cost: phonemes per piece (`TTS_MAX_PHONEMES_PER_PIECE`) and seconds
+    /// of audio (`TTS_MAX_AUDIO_SECONDS`); see [`voice::Limits`].
+    pub limits: voice::Limits,
 }
 
 impl Settings {
@@ -63,6 +66,24 @@ impl Settings {
                 src.or("TTS_WORKERS", (2 * voice::inference_threads()).min(1024))?,
             )?,
             queue_capacity: bounded("TTS_QUEUE_CAPACITY", src.or("TTS_QUEUE_CAPACITY", 8usize)?)?,
+            limits: voice::Limits {
+                max_phonemes_per_piece: within(
+                    "TTS_MAX_PHONEMES_PER_PIECE",
+                    src.or(
+                        "TTS_MAX_PHONEMES_PER_PIECE",
+                        voice::Limits::DEFAULT.max_phonemes_per_piece,
+                    )?,
+                    MAX_PHONEMES_PER_PIECE,
+                )?,
+                max_audio_seconds: within(
+                    "TTS_MAX_AUDIO_SECONDS",
+                    src.or(
+                        "TTS_MAX_AUDIO_SECONDS",
+                        voice::Limits::DEFAULT.max_audio_seconds as usize,
+                    )?,
+                    MAX_AUDIO_SECONDS,
+                )? as f64,
+            },
         })
     }
 }
@@ -84,6 +105,24 @@ pub fn policy() -> Policy {
             GATEWAY,
             Access::ServiceOrClient(Scope::Tts),
         )
+}
+
+/// The highest `TTS_MAX_PHONEMES_PER_PIECE` allowed: a piece's memory grows with its phonemes
+/// (the text encoder's with their square, the flows' with the frames they last), and at the
+/// default 1,000 the worst piece found adds about 250 MB (docs/deployment.md).
+pub const MAX_PHONEMES_PER_PIECE: usize = 2000;
+/// The highest `TTS_MAX_AUDIO_SECONDS` allowed (an hour).
+pub const MAX_AUDIO_SECONDS: usize = 3600;
+
+fn within(name: &str, value: usize, max: usize) -> Result<usize, SettingError> {
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SettingError::new(
+            name,
+            format!("must be between 1 and {max}"),
+        ))
+    }
 }
 
 fn bounded(name: &str, value: usize) -> Result<usize, SettingError> {
@@ -169,6 +208,7 @@ impl Application {
             voices,
             pool,
             metrics: synthesis_metrics,
+            limits: settings.limits,
         }));
         let app = GrpcApp::start(
             GrpcAppConfig {

@@ -225,7 +225,11 @@ impl Voices {
 /// One request, validated.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub text: String,
+    /// The text after the front end (`voice::text::prepare`): never empty.
+    pub pieces: Vec<String>,
+    /// Characters of the text skipped (scripts the voice's language does not read).
+    pub skipped: usize,
+    pub limits: voice::Limits,
     pub voice: String,
     pub speaker: Option<u32>,
     pub length_scale: f32,
@@ -284,16 +288,14 @@ pub fn run(
         sample_rate,
         done,
     };
-    let mut parts = match voice.synthesize_parts(&request.text, request.speaker, scales) {
-        Ok(parts) => parts,
-        Err(error) => {
-            tracing::error!(%error, "synthesis failed");
-            send(Err(Status::internal(
-                "synthesis failed; it has been logged",
-            )));
-            return;
-        }
-    };
+    let mut parts =
+        match voice.synthesize_pieces(request.pieces, request.speaker, scales, request.limits) {
+            Ok(parts) => parts,
+            Err(error) => {
+                send(Err(status_of(error)));
+                return;
+            }
+        };
     let mut audio_seconds = 0.0;
     let mut index = 0u32;
     let mut first_sent = false;
@@ -311,10 +313,7 @@ pub fn run(
             None => break,
             Some(Ok(part)) => part,
             Some(Err(error)) => {
-                tracing::error!(%error, sentence_index = index, "synthesis failed");
-                send(Err(Status::internal(
-                    "synthesis failed; it has been logged",
-                )));
+                send(Err(status_of(error)));
                 return;
             }
         };
@@ -349,6 +348,14 @@ pub fn run(
             return;
         }
     }
+    if audio_seconds == 0.0 {
+        // Every piece turned out to have nothing espeak-ng would say (symbols it does not read,
+        // a word it dies on): no audio is a refusal, never an empty file.
+        send(Err(Status::invalid_argument(
+            "text: nothing speakable in text",
+        )));
+        return;
+    }
     match encoder.finish() {
         Ok(tail) => {
             if !first_sent && !tail.is_empty() {
@@ -369,5 +376,31 @@ pub fn run(
     metrics.generation.observe(elapsed);
     if audio_seconds > 0.0 {
         metrics.real_time_factor.observe(elapsed / audio_seconds);
+    }
+}
+
+/// The one mapping of a synthesis error to a status: limits and unspeakable text are the
+/// client's (`INVALID_ARGUMENT`, naming the limit's setting), the rest is logged and `INTERNAL`.
+fn status_of(error: voice::Error) -> Status {
+    match error {
+        voice::Error::TooManyPhonemes { phonemes, limit } => {
+            tracing::info!(phonemes, limit, "refused: too many phonemes in a piece");
+            Status::invalid_argument(format!(
+                "text: a piece of it has {phonemes} phonemes; the limit is {limit} a piece \
+                 (TTS_MAX_PHONEMES_PER_PIECE): add punctuation or spaces to cut it"
+            ))
+        }
+        voice::Error::TooMuchAudio { limit } => {
+            tracing::info!(limit, "refused: too much audio");
+            Status::invalid_argument(format!(
+                "text: makes more than {limit} s of audio, the limit of one request \
+                 (TTS_MAX_AUDIO_SECONDS): send it in parts"
+            ))
+        }
+        voice::Error::Text(error) => crate::grpc::text_status(error),
+        error => {
+            tracing::error!(%error, "synthesis failed");
+            Status::internal("synthesis failed; it has been logged")
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests of `tts-inference`: the real service on port 0.
 
+mod hostile;
 mod intelligibility;
 mod synthesis;
 mod trace;

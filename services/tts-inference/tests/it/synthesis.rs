@@ -49,7 +49,7 @@ pub async fn start(extra: &[(&str, &str)]) -> Service {
     }
 }
 
-fn request(text: &str, format: AudioFormat) -> SynthesizeRequest {
+pub fn request(text: &str, format: AudioFormat) -> SynthesizeRequest {
     SynthesizeRequest {
         text: text.to_owned(),
         format: format.into(),
@@ -80,9 +80,12 @@ async fn collect(
 }
 
 /// Decodes with the ffmpeg program; returns seconds of audio at the stream's rate.
-fn decoded_seconds(bytes: &[u8], format: AudioFormat, rate: u32) -> f64 {
+pub fn decoded_seconds(bytes: &[u8], format: AudioFormat, rate: u32) -> f64 {
+    // Unique per call: tests decode at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!(
-        "tts-it-{}-{}",
+        "tts-it-{}-{call}-{}",
         std::process::id(),
         format.as_str_name()
     ));
@@ -109,6 +112,7 @@ fn decoded_seconds(bytes: &[u8], format: AudioFormat, rate: u32) -> f64 {
         "{format:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _ = std::fs::remove_file(&path);
     out.stdout.len() as f64 / 2.0 / f64::from(rate)
 }
 
