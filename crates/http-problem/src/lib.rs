@@ -153,6 +153,45 @@ pub async fn not_found() -> HttpResponse {
     Problem::not_found().to_response()
 }
 
+/// What a client is told about a body serde could not read: the field and the rule, never a
+/// Rust type name, and no line and column (bodies are small).
+pub fn serde_message(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = error.to_string();
+    let text = text.split(" at line ").next().unwrap_or_default();
+    match error.classify() {
+        Category::Syntax | Category::Eof => format!("The body is not valid JSON: {text}."),
+        _ if text.contains("expected a map") || text.contains("expected struct") => {
+            "The body must be a JSON object.".to_owned()
+        }
+        _ => format!("Invalid JSON body: {text}."),
+    }
+}
+
+/// A JSON body that must be an object: `web::Json<T>` would also take an array for a struct
+/// (serde reads its fields by position). Limits and content type follow the app's
+/// `JsonConfig` and [`json_error`].
+#[derive(Debug)]
+pub struct JsonObject<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for JsonObject<T> {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let object =
+            actix_web::web::Json::<serde_json::Map<String, serde_json::Value>>::from_request(
+                req, payload,
+            );
+        Box::pin(async move {
+            let object = object.await?.into_inner();
+            serde_json::from_value(serde_json::Value::Object(object))
+                .map(JsonObject)
+                .map_err(|e| Problem::invalid_request(serde_message(&e)).into())
+        })
+    }
+}
+
 /// For `web::JsonConfig::default().error_handler(json_error)`: a malformed or oversized JSON body
 /// becomes a problem that says what is wrong with it.
 pub fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
@@ -179,9 +218,7 @@ pub fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Err
             "Unsupported Media Type",
         )
         .detail("Send the body as application/json."),
-        JsonPayloadError::Deserialize(e) => {
-            Problem::invalid_request(format!("Invalid JSON body: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) => Problem::invalid_request(serde_message(e)),
         _ => Problem::invalid_request("The JSON body could not be read."),
     };
     problem.into()

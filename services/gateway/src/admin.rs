@@ -91,10 +91,10 @@ fn database_problem(error: &database::DatabaseError) -> Problem {
 async fn create(
     caller: Caller,
     authenticator: web::Data<Authenticator>,
-    body: web::Json<CreateBody>,
+    body: http_problem::JsonObject<CreateBody>,
 ) -> Result<HttpResponse, Problem> {
     let admin = caller.require(Scope::Admin)?;
-    let body = body.into_inner();
+    let body = body.0;
     let mut scopes = Vec::new();
     for name in &body.scopes {
         scopes.push(Scope::parse(name).ok_or_else(|| {

@@ -155,10 +155,10 @@ struct SoundEffectBody {
 async fn create_sound_effect(
     caller: Caller,
     client: web::Data<Client>,
-    body: web::Json<SoundEffectBody>,
+    body: http_problem::JsonObject<SoundEffectBody>,
 ) -> Result<HttpResponse, Problem> {
     let principal = caller.require(Scope::Audio)?.principal();
-    let body = body.into_inner();
+    let body = body.0;
     let job = client
         .get_ref()
         .clone()
@@ -191,10 +191,10 @@ struct MusicBody {
 async fn create_background_music(
     caller: Caller,
     client: web::Data<Client>,
-    body: web::Json<MusicBody>,
+    body: http_problem::JsonObject<MusicBody>,
 ) -> Result<HttpResponse, Problem> {
     let principal = caller.require(Scope::Audio)?.principal();
-    let body = body.into_inner();
+    let body = body.0;
     if body.duration_seconds == Some(0.0) {
         return Err(Problem::invalid_request(
             "duration_seconds: must be between 1 and 300",

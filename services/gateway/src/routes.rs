@@ -177,7 +177,20 @@ pub use sonora_proto::tts::v1::MAX_TEXT_CHARS;
 
 fn synthesis_problem(status: &tonic::Status) -> Problem {
     use actix_web::http::StatusCode;
+    use sonora_proto::tts::v1::{REFUSAL_METADATA, REFUSAL_UNSUPPORTED_SCRIPT};
+    let refusal = status
+        .metadata()
+        .get(REFUSAL_METADATA)
+        .and_then(|v| v.to_str().ok());
     match status.code() {
+        tonic::Code::InvalidArgument if refusal == Some(REFUSAL_UNSUPPORTED_SCRIPT) => {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported-script",
+                "Unsupported Script",
+            )
+            .detail(status.message())
+        }
         tonic::Code::InvalidArgument => Problem::invalid_request(status.message()),
         tonic::Code::NotFound => {
             Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found").detail(status.message())
@@ -210,11 +223,18 @@ async fn speak(
         .with("limit_chars", MAX_TEXT_CHARS));
     }
     let mut tts = peers.tts.clone();
-    let mut stream = tts
+    let response = tts
         .synthesize(on_behalf(request, &principal))
         .await
-        .map_err(|status| synthesis_problem(&status))?
-        .into_inner();
+        .map_err(|status| synthesis_problem(&status))?;
+    // Characters of a script the voice does not read, skipped rather than spelled out.
+    let skipped = response
+        .metadata()
+        .get(sonora_proto::tts::v1::SKIPPED_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    let mut stream = response.into_inner();
     // Wait for the first audio so that a refusal still gets a proper status code.
     let first = stream
         .message()
@@ -246,6 +266,7 @@ async fn speak(
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header(("x-sample-rate", sample_rate.to_string()))
+        .insert_header(("x-skipped-characters", skipped))
         .insert_header(("cache-control", "no-store"))
         .streaming(body))
 }
@@ -256,9 +277,9 @@ async fn speak(
 async fn tts(
     caller: Caller,
     peers: web::Data<Peers>,
-    body: web::Json<TtsBody>,
+    body: http_problem::JsonObject<TtsBody>,
 ) -> Result<HttpResponse, Problem> {
-    let body = body.into_inner();
+    let body = body.0;
     check_voice_options(body.speed.unwrap_or(1.0), body.sample_rate)?;
     let request = sonora_proto::tts::v1::SynthesizeRequest {
         text: body.text,
@@ -278,9 +299,9 @@ async fn tts(
 async fn audio_speech(
     caller: Caller,
     peers: web::Data<Peers>,
-    body: web::Json<SpeechBody>,
+    body: http_problem::JsonObject<SpeechBody>,
 ) -> Result<HttpResponse, Problem> {
-    let body = body.into_inner();
+    let body = body.0;
     check_voice_options(body.speed.unwrap_or(1.0), None)?;
     let request = sonora_proto::tts::v1::SynthesizeRequest {
         text: body.input,

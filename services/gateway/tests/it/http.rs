@@ -113,6 +113,47 @@ async fn headers_methods_cors_and_old_clients() {
     assert_eq!(response.status(), 200);
     assert!(response.bytes().await.unwrap().len() > 1000);
 
+    // A body that is not a JSON object is refused, without naming any Rust type.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!(["Hello."]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["detail"], "The body must be a JSON object.",
+        "{problem}"
+    );
+
+    // Letters the voice's language does not read: skipped and counted, or 422 when they are
+    // most of the text.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"text": "Hello 日 world.", "format": "wav"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-skipped-characters"], "1");
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"text": "日本語の文章です。"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/unsupported-script", "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("English"),
+        "{problem}"
+    );
+
     // Out-of-range options are named with their rule.
     for (body, rule) in [
         (
