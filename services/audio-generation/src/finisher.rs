@@ -116,37 +116,19 @@ pub fn storage_key(job: &Job, extension: &str) -> String {
 
 impl Finisher {
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
-        loop {
-            let now = Utc::now();
-            let claimed = jobs::claim(
-                &self.pool,
-                Queue::Finish,
-                CONCURRENCY as i64,
-                self.work.lease,
-                now,
-            )
-            .await;
-            let claimed = match claimed {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot claim jobs to finish");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep(self.work.poll_interval) => {}
-                }
-                continue;
-            }
+        while let Some(claimed) = crate::submitter::next_batch(
+            &self.pool,
+            Queue::Finish,
+            CONCURRENCY,
+            (self.work.lease, self.work.poll_interval),
+            &wake,
+            &shutdown,
+        )
+        .await
+        {
             futures::stream::iter(claimed)
                 .for_each_concurrent(CONCURRENCY, |job| self.finish(job))
                 .await;
-            if shutdown.is_cancelled() {
-                return;
-            }
         }
     }
 

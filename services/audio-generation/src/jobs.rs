@@ -335,6 +335,16 @@ pub enum Queue {
     Finish,
 }
 
+impl Queue {
+    /// The status of the jobs waiting in it.
+    fn status(self) -> &'static str {
+        match self {
+            Self::Submit => "queued",
+            Self::Finish => "processing",
+        }
+    }
+}
+
 /// Claims up to `limit` due jobs of a queue for `lease`: no other replica takes them until it
 /// expires, so a job held by a killed process is taken again once its lease runs out.
 pub async fn claim(
@@ -344,10 +354,7 @@ pub async fn claim(
     lease: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<Job>, JobsError> {
-    let status = match queue {
-        Queue::Submit => "queued",
-        Queue::Finish => "processing",
-    };
+    let status = queue.status();
     let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
     let mut conn = database::get(pool).await?;
     let rows: Vec<Row> = diesel::sql_query(format!(
@@ -366,28 +373,6 @@ pub async fn claim(
     .load(&mut conn)
     .await?;
     jobs(rows)
-}
-
-/// When the next job of a queue is due, if any is waiting: the worker sleeps until then.
-pub async fn next_due(pool: &Pool, queue: Queue) -> Result<Option<DateTime<Utc>>, JobsError> {
-    #[derive(QueryableByName)]
-    struct Due {
-        #[diesel(sql_type = Nullable<Timestamptz>)]
-        due: Option<DateTime<Utc>>,
-    }
-    let status = match queue {
-        Queue::Submit => "queued",
-        Queue::Finish => "processing",
-    };
-    let mut conn = database::get(pool).await?;
-    let due: Due = diesel::sql_query(
-        "SELECT min(GREATEST(COALESCE(next_attempt_at, '-infinity'), COALESCE(lease_until, '-infinity'))) AS due \
-         FROM jobs WHERE status = $1",
-    )
-    .bind::<Text, _>(status)
-    .get_result(&mut conn)
-    .await?;
-    Ok(due.due)
 }
 
 /// Takes one prediction creation from this minute's budget, shared by every replica; false

@@ -101,6 +101,33 @@ async fn idle(wake: &Notify, wait: Duration, shutdown: &CancellationToken) -> bo
     }
 }
 
+/// The next jobs of a queue for a worker loop (the submitter's, the finisher's): claimed under
+/// `lease`, or, when none is due or the database fails, after waiting to be woken or for
+/// `poll`; `None` once shutdown is asked.
+pub async fn next_batch(
+    pool: &Pool,
+    queue: Queue,
+    limit: usize,
+    (lease, poll): (Duration, Duration),
+    wake: &Notify,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Job>> {
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match jobs::claim(pool, queue, limit, lease, Utc::now()).await {
+            Ok(claimed) if !claimed.is_empty() => return Some(claimed),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, ?queue, "cannot claim jobs"),
+        }
+        if !idle(wake, poll, shutdown).await {
+            return None;
+        }
+    }
+}
+
 impl Submitter {
     /// Runs until shutdown.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -119,24 +146,18 @@ impl Submitter {
                     () = tokio::time::sleep(wait) => continue,
                 }
             }
-            let limit = i64::try_from(self.work.submit_concurrency).unwrap_or(8);
-            let claimed =
-                match jobs::claim(&self.pool, Queue::Submit, limit, self.work.lease, now).await {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot claim jobs to submit");
-                        if !idle(&wake, self.work.poll_interval, &shutdown).await {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-            if claimed.is_empty() {
-                if !idle(&wake, self.work.poll_interval, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
+            let Some(claimed) = next_batch(
+                &self.pool,
+                Queue::Submit,
+                self.work.submit_concurrency,
+                (self.work.lease, self.work.poll_interval),
+                &wake,
+                &shutdown,
+            )
+            .await
+            else {
+                return;
+            };
             futures::stream::iter(claimed)
                 .for_each_concurrent(self.work.submit_concurrency, |job| self.submit(job))
                 .await;

@@ -9,7 +9,6 @@ use actix_web::{
     web,
 };
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use http_problem::Problem;
 use internal_rpc::{PeerChannel, Scope, on_behalf};
 use serde::{Deserialize, Serialize};
@@ -466,26 +465,7 @@ async fn read_audio(
     } else {
         to - from + 1
     };
-    let rest = futures::stream::unfold(Some(stream), |stream| async move {
-        let mut stream = stream?;
-        match stream.message().await {
-            Ok(Some(chunk)) => Some((
-                Ok::<_, actix_web::Error>(web::Bytes::from(chunk.data)),
-                Some(stream),
-            )),
-            Ok(None) => None,
-            Err(status) => {
-                tracing::error!(code = ?status.code(), "reading audio broke off; the response is aborted");
-                Some((
-                    Err(actix_web::error::ErrorBadGateway(
-                        "reading the audio broke off",
-                    )),
-                    None,
-                ))
-            }
-        }
-    });
-    let body = futures::stream::once(async move { Ok(web::Bytes::from(first.data)) }).chain(rest);
+    let body = crate::routes::body_of(first.data, stream, |c| c.data, "reading the audio");
     let partial = start.is_some() || end.is_some();
     let mut response = if partial {
         let mut r = HttpResponse::PartialContent();

@@ -204,6 +204,35 @@ fn synthesis_problem(status: &tonic::Status) -> Problem {
     }
 }
 
+/// The body of a response relaying a backend's gRPC stream: `first` (already received, so that a
+/// refusal could still get its status code), then the bytes of every further message. A stream
+/// that breaks off midway ends the body with an error, which aborts the transfer: the client
+/// sees a broken download, never a short file that looks complete.
+pub fn body_of<M: Send + 'static>(
+    first: Vec<u8>,
+    stream: tonic::Streaming<M>,
+    bytes: fn(M) -> Vec<u8>,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    let rest = futures::stream::unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
+        match stream.message().await {
+            Ok(Some(message)) => Some((Ok(web::Bytes::from(bytes(message))), Some(stream))),
+            Ok(None) => None,
+            Err(status) => {
+                tracing::error!(code = ?status.code(), what, "a backend stream broke off; the response is aborted");
+                Some((
+                    Err(actix_web::error::ErrorBadGateway(format!(
+                        "{what} broke off"
+                    ))),
+                    None,
+                ))
+            }
+        }
+    });
+    futures::stream::once(async move { Ok(web::Bytes::from(first)) }).chain(rest)
+}
+
 /// Starts synthesis and streams the audio as it is made; errors before the first audio are
 /// problem+json, errors after it end the stream early (the status line is already sent).
 async fn speak(
@@ -243,26 +272,7 @@ async fn speak(
         .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
     let content_type = first.content_type.clone();
     let sample_rate = first.sample_rate;
-    // A stream that breaks off midway ends the response with an error, which aborts the
-    // transfer: the client sees a broken download, never a short file that looks complete.
-    let rest = futures::stream::unfold(Some(stream), |stream| async move {
-        let mut stream = stream?;
-        match stream.message().await {
-            Ok(Some(message)) => Some((
-                Ok::<_, actix_web::Error>(web::Bytes::from(message.audio)),
-                Some(stream),
-            )),
-            Ok(None) => None,
-            Err(status) => {
-                tracing::error!(code = ?status.code(), "synthesis stream broke off; the response is aborted");
-                Some((
-                    Err(actix_web::error::ErrorBadGateway("synthesis broke off")),
-                    None,
-                ))
-            }
-        }
-    });
-    let body = futures::stream::once(async move { Ok(web::Bytes::from(first.audio)) }).chain(rest);
+    let body = body_of(first.audio, stream, |m| m.audio, "synthesis");
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header(("x-sample-rate", sample_rate.to_string()))
