@@ -3,7 +3,10 @@
 use std::{io, path::PathBuf};
 
 fn main() -> io::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not when it was compiled: a script binary reused from another
+    // checkout must still read this one's protos.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").map_err(io::Error::other)?;
+    let root = PathBuf::from(manifest).join("../../proto");
     let root = root.canonicalize()?;
     let mut files = Vec::new();
     collect(&root, &mut files)?;

@@ -4,7 +4,10 @@
 use std::{io, path::PathBuf};
 
 fn main() -> io::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // Read when the script runs, not when it was compiled: a script binary reused from another
+    // checkout must still read this one's files.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").map_err(io::Error::other)?;
+    let dir = PathBuf::from(manifest).join("proto");
     let file = dir.join("onnx.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let descriptors = protox::compile([&file], [&dir]).map_err(io::Error::other)?;

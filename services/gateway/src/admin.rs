@@ -170,8 +170,8 @@ async fn revoke(
         .await
         .map_err(|e| database_problem(&e))?
         .ok_or_else(not_found)?;
-    authenticator.forget(&revoked.hash);
-    auth::publish_revoked(&redis, &revoked.hash).await;
+    authenticator.forget(&revoked.hash, Some(&revoked.id.to_string()));
+    auth::publish_revoked(&redis, &revoked).await;
     tracing::info!(key_id = %revoked.id, by = %admin.id, "API key revoked");
     Ok(HttpResponse::Ok().json(KeyBody::from(&revoked)))
 }

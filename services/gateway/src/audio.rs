@@ -14,7 +14,11 @@ use internal_rpc::{PeerChannel, Scope, on_behalf};
 use serde::{Deserialize, Serialize};
 use sonora_proto::audio::v1::{self as pb, audio_generation_client::AudioGenerationClient};
 
-use crate::{auth::Caller, routes::resource};
+use crate::{
+    auth::Caller,
+    routes::resource,
+    usage::{Counts, Meter},
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/sound-effects", "POST").route(web::post().to(create_sound_effect)))
@@ -154,6 +158,7 @@ struct SoundEffectBody {
 async fn create_sound_effect(
     caller: Caller,
     client: web::Data<Client>,
+    meter: web::Data<Meter>,
     body: http_problem::JsonObject<SoundEffectBody>,
 ) -> Result<HttpResponse, Problem> {
     let principal = caller.require(Scope::Audio)?.principal();
@@ -172,6 +177,13 @@ async fn create_sound_effect(
         .await
         .map_err(|s| problem(&s))?
         .into_inner();
+    meter.record(
+        &caller.0,
+        Counts {
+            jobs: 1,
+            ..Counts::default()
+        },
+    );
     Ok(accepted(job))
 }
 
@@ -190,6 +202,7 @@ struct MusicBody {
 async fn create_background_music(
     caller: Caller,
     client: web::Data<Client>,
+    meter: web::Data<Meter>,
     body: http_problem::JsonObject<MusicBody>,
 ) -> Result<HttpResponse, Problem> {
     let principal = caller.require(Scope::Audio)?.principal();
@@ -213,6 +226,13 @@ async fn create_background_music(
         .await
         .map_err(|s| problem(&s))?
         .into_inner();
+    meter.record(
+        &caller.0,
+        Counts {
+            jobs: 1,
+            ..Counts::default()
+        },
+    );
     Ok(accepted(job))
 }
 

@@ -1,5 +1,9 @@
 //! Who is calling: the API key in `x-api-key` (what the old clients send) or
-//! `Authorization: Bearer`, looked up by its keyed hash, and the [`Caller`] every route takes.
+//! `Authorization: Bearer`, looked up by its keyed hash, or a short-lived token made from a key
+//! ([`crate::token`]), and the [`Caller`] every route takes.
+//!
+//! A token carries its key's id and is honoured only while that key is: each use looks the key
+//! up (through the same cache), so revoking a key ends its tokens as fast as the key itself.
 //!
 //! Lookups are cached in the process. A revocation is published on Redis
 //! (`gateway:api-keys:revoked`) and every replica drops the key from its cache at once; while a
@@ -25,7 +29,10 @@ use http_problem::Problem;
 use internal_rpc::Scope;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::{self, KeyRecord, Pepper, Unusable};
+use crate::{
+    keys::{self, KeyRecord, Pepper, Unusable},
+    token::TokenSigner,
+};
 
 /// The Redis channel revocations are published on.
 pub const REVOKED_CHANNEL: &str = "gateway:api-keys:revoked";
@@ -47,6 +54,8 @@ struct Cached {
 pub struct Authenticator {
     pool: Pool,
     pepper: Pepper,
+    signer: TokenSigner,
+    /// By key hash, and by `id:{key_id}` for tokens.
     cache: Arc<Mutex<HashMap<String, Cached>>>,
     subscribed: Arc<AtomicBool>,
 }
@@ -83,10 +92,11 @@ impl From<Refusal> for Problem {
 }
 
 impl Authenticator {
-    pub fn new(pool: Pool, pepper: Pepper) -> Self {
+    pub fn new(pool: Pool, pepper: Pepper, signer: TokenSigner) -> Self {
         Self {
             pool,
             pepper,
+            signer,
             cache: Arc::default(),
             subscribed: Arc::default(),
         }
@@ -100,12 +110,54 @@ impl Authenticator {
         &self.pool
     }
 
-    /// The key's record, if the key may be used now.
-    pub async fn authenticate(&self, key: &str) -> Result<KeyRecord, Refusal> {
-        if !keys::plausible(key) {
+    pub fn signer(&self) -> &TokenSigner {
+        &self.signer
+    }
+
+    /// A key's or a token's record, if it may be used now. A token's record has the token's
+    /// scopes (never more than its key has now).
+    pub async fn authenticate(&self, credential: &str) -> Result<KeyRecord, Refusal> {
+        if crate::token::looks_like_token(credential) {
+            let claims = self
+                .signer
+                .verify(credential, Utc::now())
+                .map_err(|expired| {
+                    if expired {
+                        Refusal::Expired
+                    } else {
+                        Refusal::Unknown
+                    }
+                })?;
+            let mut record = self
+                .lookup(format!("id:{}", claims.key_id), || {
+                    keys::find_by_id(&self.pool, claims.key_id)
+                })
+                .await?;
+            if record.tenant != claims.tenant {
+                return Err(Refusal::Unknown);
+            }
+            record.scopes = record.scopes.intersection(claims.scopes);
+            return usable(record);
+        }
+        if !keys::plausible(credential) {
             return Err(Refusal::Unknown);
         }
-        let hash = self.pepper.hash(key);
+        let hash = self.pepper.hash(credential);
+        let record = self
+            .lookup(hash.clone(), || keys::find_by_hash(&self.pool, &hash))
+            .await?;
+        usable(record)
+    }
+
+    /// A record from the cache, or from the database (then cached).
+    async fn lookup<F>(
+        &self,
+        cache_key: String,
+        find: impl FnOnce() -> F,
+    ) -> Result<KeyRecord, Refusal>
+    where
+        F: Future<Output = Result<Option<KeyRecord>, database::DatabaseError>>,
+    {
         let ttl = if self.subscribed.load(Ordering::Relaxed) {
             TTL_SUBSCRIBED
         } else {
@@ -114,46 +166,51 @@ impl Authenticator {
         let cached = {
             let cache = self.cache.lock().expect("not poisoned");
             cache
-                .get(&hash)
+                .get(&cache_key)
                 .filter(|c| c.at.elapsed() < ttl)
                 .map(|c| c.record.clone())
         };
-        let record = match cached {
-            Some(record) => record,
-            None => {
-                let found = keys::find_by_hash(&self.pool, &hash)
-                    .await
-                    .map_err(|error| {
-                        tracing::warn!(%error, "cannot look up an API key");
-                        Refusal::Unavailable
-                    })?;
-                let record = found.ok_or(Refusal::Unknown)?;
-                let mut cache = self.cache.lock().expect("not poisoned");
-                if cache.len() >= MAX_CACHED {
-                    cache.clear();
-                }
-                cache.insert(
-                    hash,
-                    Cached {
-                        record: record.clone(),
-                        at: Instant::now(),
-                    },
-                );
-                record
-            }
-        };
-        record
-            .usable(Utc::now())
-            .map_err(|unusable| match unusable {
-                Unusable::Revoked => Refusal::Revoked,
-                Unusable::Expired => Refusal::Expired,
-            })?;
+        if let Some(record) = cached {
+            return Ok(record);
+        }
+        let found = find().await.map_err(|error| {
+            tracing::warn!(%error, "cannot look up an API key");
+            Refusal::Unavailable
+        })?;
+        let record = found.ok_or(Refusal::Unknown)?;
+        let mut cache = self.cache.lock().expect("not poisoned");
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(
+            cache_key,
+            Cached {
+                record: record.clone(),
+                at: Instant::now(),
+            },
+        );
         Ok(record)
     }
+}
 
-    /// Drops a key from this replica's cache.
-    pub fn forget(&self, hash: &str) {
-        self.cache.lock().expect("not poisoned").remove(hash);
+fn usable(record: KeyRecord) -> Result<KeyRecord, Refusal> {
+    record
+        .usable(Utc::now())
+        .map_err(|unusable| match unusable {
+            Unusable::Revoked => Refusal::Revoked,
+            Unusable::Expired => Refusal::Expired,
+        })?;
+    Ok(record)
+}
+
+impl Authenticator {
+    /// Drops a key (by its hash and its id) from this replica's cache.
+    pub fn forget(&self, hash: &str, id: Option<&str>) {
+        let mut cache = self.cache.lock().expect("not poisoned");
+        cache.remove(hash);
+        if let Some(id) = id {
+            cache.remove(&format!("id:{id}"));
+        }
     }
 
     /// Follows revocations on Redis until shutdown, reconnecting; the cache is emptied whenever
@@ -190,8 +247,12 @@ impl Authenticator {
                     () = shutdown.cancelled() => return,
                     message = messages.next() => match message {
                         Some(message) => {
-                            if let Ok(hash) = message.get_payload::<String>() {
-                                self.forget(&hash);
+                            // "{hash} {key_id}".
+                            if let Ok(payload) = message.get_payload::<String>() {
+                                let mut parts = payload.split_whitespace();
+                                if let Some(hash) = parts.next() {
+                                    self.forget(hash, parts.next());
+                                }
                             }
                         }
                         None => break,
@@ -208,12 +269,12 @@ impl Authenticator {
 
 /// Tells every replica that a key was revoked. Best effort: a replica that misses it still
 /// stops the key within its cache's lifetime, which is short while it is not subscribed.
-pub async fn publish_revoked(redis: &deadpool_redis::Pool, hash: &str) {
+pub async fn publish_revoked(redis: &deadpool_redis::Pool, record: &KeyRecord) {
     let published = async {
         let mut conn = redis_pool::get(redis).await.map_err(|e| e.to_string())?;
         deadpool_redis::redis::cmd("PUBLISH")
             .arg(REVOKED_CHANNEL)
-            .arg(hash)
+            .arg(format!("{} {}", record.hash, record.id))
             .query_async::<i64>(&mut conn)
             .await
             .map_err(|e| e.to_string())
@@ -256,17 +317,48 @@ fn presented(req: &HttpRequest) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
+/// The outcome of checking a request's credential, kept in the request's extensions by the
+/// rate limiter (which needs the key first) so that the route's [`Caller`] does not check again.
+#[derive(Debug, Clone)]
+pub struct Authenticated(Result<KeyRecord, Refusal>);
+
+impl Authenticated {
+    pub async fn of(authenticator: &Authenticator, req: &HttpRequest) -> Self {
+        let outcome = match presented(req).filter(|k| !k.is_empty()) {
+            None => Err(Refusal::Missing),
+            Some(credential) => authenticator.authenticate(&credential).await,
+        };
+        Self(outcome)
+    }
+
+    pub fn record(&self) -> Option<&KeyRecord> {
+        self.0.as_ref().ok()
+    }
+}
+
+/// Whether the request carried an API key itself (not a token).
+pub fn presented_api_key(req: &HttpRequest) -> bool {
+    presented(req).is_some_and(|c| !crate::token::looks_like_token(&c))
+}
+
 impl FromRequest for Caller {
     type Error = Problem;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Problem>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        use actix_web::HttpMessage as _;
+        let known = req.extensions().get::<Authenticated>().cloned();
         let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
-        let key = presented(req);
+        let req = req.clone();
         Box::pin(async move {
-            let authenticator = authenticator.ok_or_else(Problem::internal)?;
-            let key = key.filter(|k| !k.is_empty()).ok_or(Refusal::Missing)?;
-            Ok(Caller(authenticator.authenticate(&key).await?))
+            let authenticated = match known {
+                Some(known) => known,
+                None => {
+                    let authenticator = authenticator.ok_or_else(Problem::internal)?;
+                    Authenticated::of(&authenticator, &req).await
+                }
+            };
+            Ok(Caller(authenticated.0?))
         })
     }
 }

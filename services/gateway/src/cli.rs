@@ -193,7 +193,7 @@ async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("no API key has the id {id}"))?;
     let redis = redis_pool::connect(&redis_pool::RedisConfig::from_settings(&settings.redis))?;
-    crate::auth::publish_revoked(&redis, &revoked.hash).await;
+    crate::auth::publish_revoked(&redis, &revoked).await;
     println!(
         "revoked {} ({}) of {}",
         revoked.id,

@@ -359,6 +359,17 @@ pub async fn find_by_hash(pool: &Pool, hash: &str) -> Result<Option<KeyRecord>, 
     Ok(rows.into_iter().next().map(KeyRecord::from))
 }
 
+/// The key with this id, if any.
+pub async fn find_by_id(pool: &Pool, id: KeyId) -> Result<Option<KeyRecord>, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    let rows: Vec<Row> = diesel::sql_query(format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1"))
+        .bind::<Text, _>(id)
+        .load(&mut conn)
+        .await
+        .map_err(DatabaseError::Query)?;
+    Ok(rows.into_iter().next().map(KeyRecord::from))
+}
+
 /// A tenant's keys (every tenant's when `None`), newest first.
 pub async fn list(pool: &Pool, tenant: Option<&Tenant>) -> Result<Vec<KeyRecord>, DatabaseError> {
     let mut conn = database::get(pool).await?;

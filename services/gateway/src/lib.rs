@@ -4,14 +4,19 @@
 //! [`admin`] and by operators with `gateway keys`, [`cli`]): speech and the voice catalogue from
 //! tts-inference, sound-effect and music jobs from audio-generation ([`audio`]), the event
 //! catalogue; plus the operational endpoints and readiness over its database, Redis and every
-//! gRPC peer. Rate limits, quotas and usage metering are not built yet.
+//! gRPC peer. Every `/v1` request is limited per key and per client address ([`ratelimit`]),
+//! speech is counted against the key's monthly character quota, and usage is metered per key and
+//! day ([`usage`]). Keys can be exchanged for short-lived tokens ([`token`]).
 
 pub mod admin;
 pub mod audio;
 pub mod auth;
 pub mod cli;
 pub mod keys;
+pub mod ratelimit;
 pub mod routes;
+pub mod token;
+pub mod usage;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -54,6 +59,11 @@ pub struct Settings {
     pub api_keys: ApiKeySettings,
     /// `CORS_ORIGINS`: in production the only origins browsers may call from.
     pub cors: lifecycle::cors::CorsPolicy,
+    /// Rate limits, quotas and the trusted proxies.
+    pub limits: ratelimit::LimitSettings,
+    /// `USAGE_FLUSH_INTERVAL`: how often usage counts are written to PostgreSQL (and so the most
+    /// a replica killed without warning loses).
+    pub usage_flush_interval: Duration,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -123,8 +133,17 @@ impl Settings {
             CORS_HEADERS,
         );
         cors.expose = CORS_EXPOSE;
+        let usage_flush_interval = src.or("USAGE_FLUSH_INTERVAL", Duration::from_secs(5))?;
+        if usage_flush_interval.is_zero() || usage_flush_interval > Duration::from_secs(300) {
+            return Err(SettingError::new(
+                "USAGE_FLUSH_INTERVAL",
+                "must be between 1ms and 5m",
+            ));
+        }
         Ok(Self {
             cors,
+            limits: ratelimit::LimitSettings::load(src)?,
+            usage_flush_interval,
             api_keys: ApiKeySettings::load(src, common.environment)?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
@@ -188,10 +207,14 @@ pub fn service() -> ServiceMain<Settings> {
     }
 }
 
-/// The gRPC clients of the services behind the gateway.
+/// The gRPC clients of the services behind the gateway, and what speech is limited and
+/// metered with.
 #[derive(Clone)]
 pub struct Peers {
     pub tts: TtsInferenceClient<PeerChannel>,
+    pub limiter: ratelimit::Limiter,
+    pub meter: usage::Meter,
+    pub pool: database::Pool,
 }
 
 /// The running service.
@@ -199,6 +222,9 @@ pub struct Application {
     http: HttpServerTask,
     ops: HttpServerTask,
     revocations: tokio::task::JoinHandle<()>,
+    usage: tokio::task::JoinHandle<()>,
+    meter: usage::Meter,
+    pool: database::Pool,
 }
 
 impl Application {
@@ -225,18 +251,37 @@ impl Application {
             .degraded_without("audio-generation", audio.readiness_check())
             .degraded_without("delivery-worker", delivery.readiness_check())
             .build();
+        let metrics = Metrics::new();
+        let limiter =
+            ratelimit::Limiter::new(settings.limits.clone(), redis.clone(), metrics.registry());
+        let meter = usage::Meter::default();
+        let usage = tokio::spawn(meter.clone().run(
+            database.pool().clone(),
+            settings.usage_flush_interval,
+            signals.shutdown.clone(),
+        ));
         let peers = Peers {
             tts: TtsInferenceClient::new(tts.channel()),
+            limiter: limiter.clone(),
+            meter: meter.clone(),
+            pool: database.pool().clone(),
         };
         if settings.api_keys.development_pepper {
             tracing::warn!(
                 "API_KEY_PEPPER is not set: keys are hashed with the development pepper"
             );
         }
+        let signer = token::TokenSigner::new(settings.api_keys.require()?);
         let authenticator = auth::Authenticator::new(
             database.pool().clone(),
             keys::Pepper::new(settings.api_keys.require()?),
+            signer.clone(),
         );
+        let signer = web::Data::new(signer);
+        let limiter = web::Data::new(limiter);
+        let meter = web::Data::new(meter);
+        let pool = web::Data::new(database.pool().clone());
+        let (app_meter, app_pool) = (meter.get_ref().clone(), pool.get_ref().clone());
         let revocations = tokio::spawn(authenticator.clone().follow_revocations(
             settings.redis.url.expose().to_owned(),
             signals.shutdown.clone(),
@@ -252,7 +297,6 @@ impl Application {
                 audio.channel(),
             ),
         );
-        let metrics = Metrics::new();
         let ops = serve_ops(
             settings.ops_addr,
             readiness.clone(),
@@ -271,6 +315,11 @@ impl Application {
                     .app_data(audio_client.clone())
                     .app_data(cors_policy.clone())
                     .app_data(hsts.clone())
+                    .app_data(signer.clone())
+                    .app_data(limiter.clone())
+                    .app_data(meter.clone())
+                    .app_data(pool.clone())
+                    .wrap(actix_web::middleware::from_fn(ratelimit::middleware))
                     .wrap(actix_web::middleware::from_fn(lifecycle::cors::middleware))
                     .app_data(
                         web::JsonConfig::default()
@@ -282,6 +331,8 @@ impl Application {
                     .configure(routes::configure)
                     .configure(admin::configure)
                     .configure(audio::configure)
+                    .configure(token::configure)
+                    .configure(usage::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,
@@ -293,6 +344,9 @@ impl Application {
             http,
             ops,
             revocations,
+            usage,
+            meter: app_meter,
+            pool: app_pool,
         })
     }
 
@@ -311,6 +365,11 @@ impl Application {
         self.http.stopped().await?;
         self.ops.stopped().await?;
         let _ = self.revocations.await;
+        // The last counts are written once requests have drained.
+        let _ = self.usage.await;
+        if let Err(error) = self.meter.flush(&self.pool).await {
+            tracing::warn!(%error, "the last usage counts could not be written");
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use http_problem::Problem;
 use serde::Serialize;
 use sonora_proto::tts::v1::ListVoicesRequest;
 
-use crate::{Peers, auth::Caller};
+use crate::{Peers, auth::Caller, usage::Counts};
 use internal_rpc::{Scope, on_behalf};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -211,13 +211,16 @@ fn synthesis_problem(status: &tonic::Status) -> Problem {
 pub fn body_of<M: Send + 'static>(
     first: Vec<u8>,
     stream: tonic::Streaming<M>,
-    bytes: fn(M) -> Vec<u8>,
+    bytes: impl FnMut(M) -> Vec<u8> + 'static,
     what: &'static str,
 ) -> impl futures::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    let rest = futures::stream::unfold(Some(stream), move |stream| async move {
-        let mut stream = stream?;
+    let rest = futures::stream::unfold(Some((stream, bytes)), move |state| async move {
+        let (mut stream, mut bytes) = state?;
         match stream.message().await {
-            Ok(Some(message)) => Some((Ok(web::Bytes::from(bytes(message))), Some(stream))),
+            Ok(Some(message)) => {
+                let chunk = web::Bytes::from(bytes(message));
+                Some((Ok(chunk), Some((stream, bytes))))
+            }
             Ok(None) => None,
             Err(status) => {
                 tracing::error!(code = ?status.code(), what, "a backend stream broke off; the response is aborted");
@@ -240,7 +243,8 @@ async fn speak(
     caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
 ) -> Result<HttpResponse, Problem> {
-    let principal = caller.require(Scope::Tts)?.principal();
+    let key = caller.require(Scope::Tts)?;
+    let principal = key.principal();
     if request.text.trim().is_empty() {
         return Err(Problem::invalid_request("The text is empty."));
     }
@@ -251,28 +255,76 @@ async fn speak(
         ))
         .with("limit_chars", MAX_TEXT_CHARS));
     }
-    let mut tts = peers.tts.clone();
-    let response = tts
-        .synthesize(on_behalf(request, &principal))
+    // The month's quota is spent before the work and given back if no audio comes of it.
+    let characters = chars as u64;
+    if let Err(refusal) = peers
+        .limiter
+        .spend_characters(key, characters, &peers.pool)
         .await
-        .map_err(|status| synthesis_problem(&status))?;
-    // Characters of a script the voice does not read, skipped rather than spelled out.
-    let skipped = response
-        .metadata()
-        .get(sonora_proto::tts::v1::SKIPPED_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
-    let mut stream = response.into_inner();
-    // Wait for the first audio so that a refusal still gets a proper status code.
-    let first = stream
-        .message()
-        .await
-        .map_err(|status| synthesis_problem(&status))?
-        .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
+    {
+        if matches!(refusal, crate::ratelimit::QuotaRefusal::Exceeded { .. }) {
+            peers.limiter.quota_exceeded();
+        }
+        return Err(refusal.into());
+    }
+    let started = async {
+        let mut tts = peers.tts.clone();
+        let response = tts
+            .synthesize(on_behalf(request, &principal))
+            .await
+            .map_err(|status| synthesis_problem(&status))?;
+        // Characters of a script the voice does not read, skipped rather than spelled out.
+        let skipped = response
+            .metadata()
+            .get(sonora_proto::tts::v1::SKIPPED_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_owned();
+        let mut stream = response.into_inner();
+        // Wait for the first audio so that a refusal still gets a proper status code.
+        let first = stream
+            .message()
+            .await
+            .map_err(|status| synthesis_problem(&status))?
+            .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
+        Ok::<_, Problem>((skipped, stream, first))
+    };
+    let (skipped, stream, first) = match started.await {
+        Ok(started) => started,
+        Err(problem) => {
+            peers.limiter.refund_characters(key, characters).await;
+            return Err(problem);
+        }
+    };
+    let meter = peers.meter.clone();
+    let record = key.clone();
+    meter.record(
+        &record,
+        Counts {
+            characters: i64::try_from(characters).unwrap_or(i64::MAX),
+            audio_seconds: if first.done { first.audio_seconds } else { 0.0 },
+            ..Counts::default()
+        },
+    );
     let content_type = first.content_type.clone();
     let sample_rate = first.sample_rate;
-    let body = body_of(first.audio, stream, |m| m.audio, "synthesis");
+    let body = body_of(
+        first.audio,
+        stream,
+        move |m: sonora_proto::tts::v1::SynthesizeResponse| {
+            if m.done {
+                meter.record(
+                    &record,
+                    Counts {
+                        audio_seconds: m.audio_seconds,
+                        ..Counts::default()
+                    },
+                );
+            }
+            m.audio
+        },
+        "synthesis",
+    );
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header(("x-sample-rate", sample_rate.to_string()))

@@ -281,13 +281,15 @@ pub fn run(
         request.format.content_type().to_owned(),
         encoder.output_rate(),
     );
-    let message = |audio: Vec<u8>, sentence_index: u32, done: bool| SynthesizeResponse {
-        audio,
-        sentence_index,
-        content_type: content_type.clone(),
-        sample_rate,
-        done,
-    };
+    let message =
+        |audio: Vec<u8>, sentence_index: u32, audio_seconds: Option<f64>| SynthesizeResponse {
+            audio,
+            sentence_index,
+            content_type: content_type.clone(),
+            sample_rate,
+            done: audio_seconds.is_some(),
+            audio_seconds: audio_seconds.unwrap_or_default(),
+        };
     let mut parts =
         match voice.synthesize_pieces(request.pieces, request.speaker, scales, request.limits) {
             Ok(parts) => parts,
@@ -343,7 +345,7 @@ pub fn run(
                 .first_audio
                 .observe(request.received.elapsed().as_secs_f64());
         }
-        if !send(Ok(message(bytes, index, false))) {
+        if !send(Ok(message(bytes, index, None))) {
             metrics.cancelled.inc();
             return;
         }
@@ -364,7 +366,7 @@ pub fn run(
                     .first_audio
                     .observe(request.received.elapsed().as_secs_f64());
             }
-            send(Ok(message(tail, index, true)));
+            send(Ok(message(tail, index, Some(audio_seconds))));
         }
         Err(error) => {
             tracing::error!(%error, "encoding failed");

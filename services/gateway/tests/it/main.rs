@@ -5,6 +5,7 @@
 mod audio;
 mod http;
 mod keys;
+mod limits;
 
 use std::time::Duration;
 
