@@ -131,25 +131,21 @@ pub struct LimitSettings {
 
 impl LimitSettings {
     pub fn load(src: &Sources) -> Result<Self, SettingError> {
-        let rate = |name: &str, default: &str| {
-            src.optional::<Rate>(name).map(|r| {
-                r.unwrap_or_else(|| Rate::from_setting(default).expect("defaults are valid"))
-            })
-        };
+        let rate = |text: &str| Rate::from_setting(text).expect("defaults are valid");
         Ok(Self {
             free: PlanLimits {
-                rate: rate("RATE_LIMIT_FREE", "5/s,burst=10")?,
+                rate: src.or("RATE_LIMIT_FREE", rate("5/s,burst=10"))?,
                 monthly_characters: src.or("QUOTA_FREE_CHARACTERS", 100_000)?,
             },
             standard: PlanLimits {
-                rate: rate("RATE_LIMIT_STANDARD", "50/s,burst=100")?,
+                rate: src.or("RATE_LIMIT_STANDARD", rate("50/s,burst=100"))?,
                 monthly_characters: src.or("QUOTA_STANDARD_CHARACTERS", 10_000_000)?,
             },
             enterprise: PlanLimits {
-                rate: rate("RATE_LIMIT_ENTERPRISE", "500/s,burst=1000")?,
+                rate: src.or("RATE_LIMIT_ENTERPRISE", rate("500/s,burst=1000"))?,
                 monthly_characters: src.or("QUOTA_ENTERPRISE_CHARACTERS", 1_000_000_000)?,
             },
-            per_ip: rate("RATE_LIMIT_PER_IP", "100/s,burst=200")?,
+            per_ip: src.or("RATE_LIMIT_PER_IP", rate("100/s,burst=200"))?,
             trusted_proxies: src.or("TRUSTED_PROXIES", Vec::new())?,
             fail_closed: src.or("RATE_LIMIT_FAIL_CLOSED", false)?,
         })
