@@ -1166,6 +1166,34 @@ mod tests {
     }
 
     #[test]
+    fn backend_codes_map_to_problems_without_backend_words() {
+        let cap = problem(&tonic::Status::resource_exhausted(
+            "tenant acme has 1000 endpoints",
+        ));
+        assert_eq!(
+            (cap.status, cap.kind.as_str()),
+            (409, "/problems/endpoint-limit-reached")
+        );
+        let missing = problem(&tonic::Status::not_found("endpoint ep_1 of tenant beta"));
+        assert_eq!(
+            (missing.status, missing.detail.as_deref()),
+            (404, Some(NO_ENDPOINT))
+        );
+        let down = problem(&tonic::Status::unavailable("connection refused"));
+        assert_eq!((down.status, down.retry_after), (503, Some(5)));
+        let broken = problem(&tonic::Status::internal("panic at store.rs:12"));
+        assert_eq!(broken.status, 502);
+        assert!(!broken.detail.unwrap_or_default().contains("store.rs"));
+        let token = problem(&tonic::Status::invalid_argument(
+            "page_token: is not a token",
+        ));
+        assert_eq!(
+            token.detail.as_deref(),
+            Some("cursor: is not one this API gave out")
+        );
+    }
+
+    #[test]
     fn forwarded_types_name_their_source() {
         assert_eq!(forwarded_source("github.issues.labeled"), Some("github"));
         assert_eq!(forwarded_source("acme.order"), Some("acme"));

@@ -653,3 +653,36 @@ async fn webhook_routes_answer_503_with_retry_after_when_their_backend_is_down()
         assert_eq!(headers["content-type"], "application/problem+json");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thousand_and_first_endpoint_is_a_conflict_naming_the_limit() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db).with_delivery().with_gateway().start().await;
+    let base = stack.http_url(Service::Gateway);
+    let key = stack.api_key("acme", &[Scope::Webhooks]).await;
+    let endpoints = format!("{base}/v1/webhook-endpoints");
+    let url = "http://127.0.0.1:9/hook";
+    // 1,000 endpoints, 25 at a time.
+    for batch in 0..40 {
+        let created = futures::future::join_all(
+            (0..25).map(|_| call(Method::POST, &endpoints, &key, Some(json!({"url": url})))),
+        )
+        .await;
+        for (status, _, body) in created {
+            assert_eq!(status, 201, "batch {batch}: {body}");
+        }
+    }
+    let (status, headers, body) =
+        call(Method::POST, &endpoints, &key, Some(json!({"url": url}))).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["type"], "/problems/endpoint-limit-reached");
+    assert!(
+        body["detail"].as_str().unwrap().contains("(1000)"),
+        "{body}"
+    );
+    // Another tenant has its own allowance.
+    let other = stack.api_key("beta", &[Scope::Webhooks]).await;
+    let (status, _, _) = call(Method::POST, &endpoints, &other, Some(json!({"url": url}))).await;
+    assert_eq!(status, 201);
+}
