@@ -26,7 +26,7 @@ use sonora_proto::ingest::v1::{self as pb, webhook_ingest_client::WebhookIngestC
 use crate::{
     auth::Caller,
     routes::resource,
-    webhooks::{backend_problem, limit, optional_body, time},
+    webhooks::{backend_problem, limit, optional_body, rfc3339, time},
 };
 
 type Client = WebhookIngestClient<PeerChannel>;
@@ -388,10 +388,10 @@ struct EventsQuery {
     state: Option<String>,
     /// RFC 3339: events received at or after.
     #[serde(default)]
-    after: Option<DateTime<Utc>>,
+    after: Option<String>,
     /// RFC 3339: events received before.
     #[serde(default)]
-    before: Option<DateTime<Utc>>,
+    before: Option<String>,
     #[serde(default)]
     limit: Option<u32>,
     #[serde(default)]
@@ -423,8 +423,8 @@ async fn list_events(
             pb::ListInboxEventsRequest {
                 source: query.source.unwrap_or_default(),
                 state: state.into(),
-                after_unix_ms: millis(query.after),
-                before_unix_ms: millis(query.before),
+                after_unix_ms: millis(rfc3339("after", query.after.as_deref())?),
+                before_unix_ms: millis(rfc3339("before", query.before.as_deref())?),
                 page_size: limit(query.limit, 100)?,
                 page_token: query.cursor.unwrap_or_default(),
                 ..Default::default()
@@ -487,9 +487,9 @@ struct RedriveBody {
     #[serde(default)]
     source: Option<String>,
     #[serde(default)]
-    after: Option<DateTime<Utc>>,
+    after: Option<String>,
     #[serde(default)]
-    before: Option<DateTime<Utc>>,
+    before: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -528,8 +528,8 @@ async fn redrive(
             pb::RedriveDeadLettersRequest {
                 id: body.id.unwrap_or_default(),
                 source: body.source.unwrap_or_default(),
-                after_unix_ms: millis(body.after),
-                before_unix_ms: millis(body.before),
+                after_unix_ms: millis(rfc3339("after", body.after.as_deref())?),
+                before_unix_ms: millis(rfc3339("before", body.before.as_deref())?),
                 ..Default::default()
             },
             &principal,

@@ -164,6 +164,20 @@ fn endpoint_id(text: &str) -> Result<String, Problem> {
     path_id::<ids::EndpointId>(text, NO_ENDPOINT)
 }
 
+/// An optional RFC 3339 time given as `field`; the refusal names the field and the form.
+pub(crate) fn rfc3339(field: &str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
+    text.map(|text| {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                Problem::invalid_request(format!(
+                    "{field}: must be an RFC 3339 time, such as 2026-12-02T10:00:00Z"
+                ))
+            })
+    })
+    .transpose()
+}
+
 pub(crate) fn time(ms: i64) -> Option<DateTime<Utc>> {
     (ms != 0)
         .then(|| DateTime::from_timestamp_millis(ms))
@@ -976,10 +990,10 @@ async fn retry_delivery(
 struct RedriveBody {
     /// Only dead letters created at or after this time (RFC 3339).
     #[serde(default)]
-    since: Option<DateTime<Utc>>,
+    since: Option<String>,
     /// Only dead letters created before this time.
     #[serde(default)]
-    until: Option<DateTime<Utc>>,
+    until: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -999,7 +1013,9 @@ async fn redrive(
     let principal = caller.require(Scope::Webhooks)?.principal();
     let id = endpoint_id(&id)?;
     let body: RedriveBody = optional_body(&body)?;
-    if let (Some(since), Some(until)) = (body.since, body.until)
+    let since = rfc3339("since", body.since.as_deref())?;
+    let until = rfc3339("until", body.until.as_deref())?;
+    if let (Some(since), Some(until)) = (since, until)
         && until <= since
     {
         return Err(Problem::invalid_request("until: must be later than since"));
@@ -1010,8 +1026,8 @@ async fn redrive(
         .redrive_dead_letters(on_behalf(
             pb::RedriveDeadLettersRequest {
                 endpoint_id: id,
-                since_unix_ms: body.since.map_or(0, |t| t.timestamp_millis()),
-                until_unix_ms: body.until.map_or(0, |t| t.timestamp_millis()),
+                since_unix_ms: since.map_or(0, |t| t.timestamp_millis()),
+                until_unix_ms: until.map_or(0, |t| t.timestamp_millis()),
                 ..Default::default()
             },
             &principal,

@@ -233,6 +233,10 @@ async fn inbound_sources_and_events_through_the_public_api() {
         ("limit=101", "limit: must be between 1 and 100"),
         ("cursor=nonsense", "cursor: is not one this API gave out"),
         (
+            "after=yesterday",
+            "after: must be an RFC 3339 time, such as 2026-12-02T10:00:00Z",
+        ),
+        (
             "source=Not%20A%20Source",
             "source: must be a source's name, such as github",
         ),

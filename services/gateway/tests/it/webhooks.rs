@@ -530,6 +530,19 @@ async fn partner_endpoints_through_the_public_api() {
         .await,
         (400, "until: must be later than since".to_owned())
     );
+    assert_eq!(
+        refused(
+            Method::POST,
+            &format!("{failing}/redrive"),
+            &acme,
+            Some(json!({"since": "last tuesday"}))
+        )
+        .await,
+        (
+            400,
+            "since: must be an RFC 3339 time, such as 2026-12-02T10:00:00Z".to_owned()
+        )
+    );
 
     // Another tenant's endpoint and delivery are 404 on every route, never 403, and unchanged.
     let not_found = "No webhook endpoint with this id exists for this tenant.";
