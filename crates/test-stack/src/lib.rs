@@ -311,6 +311,8 @@ impl Stack {
                 "DELIVERY_WORKER_URL",
                 self.peer_url(Service::DeliveryWorker),
             ),
+            // webhook-ingest starts before the gateway (see [`Service`]), so its port is known.
+            ("WEBHOOK_INGEST_URL", self.peer_url(Service::WebhookIngest)),
             (
                 "AUDIO_GENERATION_URL",
                 match &self.audio_proxy {

@@ -131,7 +131,7 @@ gateway:
   database: true
   redis: true
   encryption: false
-  peers: [tts-inference, audio-generation, delivery-worker]
+  peers: [tts-inference, audio-generation, delivery-worker, webhook-ingest]
   serves: false
 webhook-ingest:
   component: webhooks

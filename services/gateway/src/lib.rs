@@ -3,20 +3,24 @@
 //! Every `/v1` route takes an API key of a tenant ([`auth`], [`keys`]; managed by tenant admins in
 //! [`admin`] and by operators with `gateway keys`, [`cli`]): speech and the voice catalogue from
 //! tts-inference, sound-effect and music jobs from audio-generation ([`audio`]), the event
-//! catalogue; plus the operational endpoints and readiness over its database, Redis and every
-//! gRPC peer. Every `/v1` request is limited per key and per client address ([`ratelimit`]),
-//! speech is counted against the key's monthly character quota, and usage is metered per key and
-//! day ([`usage`]). Keys can be exchanged for short-lived tokens ([`token`]).
+//! catalogue, partner webhook endpoints and their deliveries from delivery-worker ([`webhooks`]),
+//! inbound webhook sources and events from webhook-ingest ([`inbound`]); plus the operational
+//! endpoints and readiness over its database, Redis and every gRPC peer. Every `/v1` request is
+//! limited per key and per client address ([`ratelimit`]), speech is counted against the key's
+//! monthly character quota, and usage is metered per key and day ([`usage`]). Keys can be
+//! exchanged for short-lived tokens ([`token`]).
 
 pub mod admin;
 pub mod audio;
 pub mod auth;
 pub mod cli;
+pub mod inbound;
 pub mod keys;
 pub mod ratelimit;
 pub mod routes;
 pub mod token;
 pub mod usage;
+pub mod webhooks;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -56,6 +60,7 @@ pub struct Settings {
     pub tts_inference: PeerSettings,
     pub audio_generation: PeerSettings,
     pub delivery_worker: PeerSettings,
+    pub webhook_ingest: PeerSettings,
     pub api_keys: ApiKeySettings,
     /// `CORS_ORIGINS`: in production the only origins browsers may call from.
     pub cors: lifecycle::cors::CorsPolicy,
@@ -67,7 +72,7 @@ pub struct Settings {
 }
 
 /// What a browser's preflight may ask the API for.
-const CORS_METHODS: &str = "GET, POST, DELETE";
+const CORS_METHODS: &str = "GET, POST, PATCH, DELETE";
 const CORS_HEADERS: &str = "content-type, authorization, x-api-key, range";
 const CORS_EXPOSE: &str = "location, retry-after, content-range, accept-ranges, x-sample-rate, ratelimit, ratelimit-policy";
 
@@ -173,6 +178,13 @@ impl Settings {
                 "http://127.0.0.1:50053",
                 Duration::from_secs(10),
             )?,
+            webhook_ingest: PeerSettings::load(
+                src,
+                "webhook-ingest",
+                "WEBHOOK_INGEST",
+                "http://127.0.0.1:50054",
+                Duration::from_secs(10),
+            )?,
         })
     }
 }
@@ -239,7 +251,8 @@ impl Application {
         let minter = settings.internal_auth.minter()?;
         let tts = Peer::new(&settings.tts_inference, minter.clone())?;
         let audio = Peer::new(&settings.audio_generation, minter.clone())?;
-        let delivery = Peer::new(&settings.delivery_worker, minter)?;
+        let delivery = Peer::new(&settings.delivery_worker, minter.clone())?;
+        let ingest = Peer::new(&settings.webhook_ingest, minter)?;
 
         // Every dependency is shared by all replicas, and each serves only some routes: none
         // may take the gateway out of its Service. The routes that need a missing one answer
@@ -250,6 +263,7 @@ impl Application {
             .degraded_without("tts-inference", tts.readiness_check())
             .degraded_without("audio-generation", audio.readiness_check())
             .degraded_without("delivery-worker", delivery.readiness_check())
+            .degraded_without("webhook-ingest", ingest.readiness_check())
             .build();
         let metrics = Metrics::new();
         let limiter =
@@ -297,6 +311,11 @@ impl Application {
                 audio.channel(),
             ),
         );
+        let delivery_client = web::Data::new(webhooks::Client::new(delivery.channel()));
+        let ingest_client = web::Data::new(webhooks::IngestClient::new(ingest.channel()));
+        let endpoint_rules = web::Data::new(webhooks::EndpointRules {
+            production: settings.common.environment == settings::Environment::Production,
+        });
         let ops = serve_ops(
             settings.ops_addr,
             readiness.clone(),
@@ -313,6 +332,9 @@ impl Application {
                     .app_data(authenticator.clone())
                     .app_data(redis_data.clone())
                     .app_data(audio_client.clone())
+                    .app_data(delivery_client.clone())
+                    .app_data(ingest_client.clone())
+                    .app_data(endpoint_rules.clone())
                     .app_data(cors_policy.clone())
                     .app_data(hsts.clone())
                     .app_data(signer.clone())
@@ -333,6 +355,8 @@ impl Application {
                     .configure(audio::configure)
                     .configure(token::configure)
                     .configure(usage::configure)
+                    .configure(webhooks::configure)
+                    .configure(inbound::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

@@ -430,7 +430,13 @@ async fn usage_is_metered_per_key_and_day_and_seen_by_its_tenant_only() {
     assert_eq!(spoken.status, 200);
     let body = test_support::eventually(Duration::from_secs(10), "usage written", || async {
         let usage = get(&format!("{base}/v1/usage"), &key).await;
-        (usage.status == 200 && usage.body["totals"]["characters"] == 20).then_some(usage.body)
+        // Characters are counted when the audio starts, its seconds when the stream ends: each
+        // reaches PostgreSQL with the next flush.
+        let seconds = usage.body["totals"]["audio_seconds"]
+            .as_f64()
+            .unwrap_or(0.0);
+        (usage.status == 200 && usage.body["totals"]["characters"] == 20 && seconds > 0.0)
+            .then_some(usage.body)
     })
     .await;
     assert_eq!(body["tenant"], "acme");

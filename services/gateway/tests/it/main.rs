@@ -1,11 +1,13 @@
 //! Integration tests of `gateway`: the real service on port 0, with its real gRPC peers
-//! (`tts-inference`, `audio-generation`, `delivery-worker`) started in-process on port 0 by the
+//! (`tts-inference`, `audio-generation`, `delivery-worker`, `webhook-ingest`) started in-process on port 0 by the
 //! test stack, against the real PostgreSQL and Redis.
 
 mod audio;
 mod http;
+mod inbound;
 mod keys;
 mod limits;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -35,7 +37,11 @@ struct Options {
 
 async fn start(options: Options) -> (Gateway, Option<(TcpProxy, TcpProxy)>) {
     let db = TestDatabase::create().await.unwrap();
-    let mut builder = Stack::new(&db).with_delivery().with_audio().with_gateway();
+    let mut builder = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_audio()
+        .with_gateway();
     if !options.tts_down {
         builder = builder.with_tts();
     }
@@ -83,6 +89,7 @@ async fn health_ready_and_metrics_with_every_component() {
             "delivery-worker",
             "redis",
             "tts-inference",
+            "webhook-ingest",
         ],
     )
     .await;
