@@ -219,6 +219,16 @@ pub fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Err
         )
         .detail("Send the body as application/json."),
         JsonPayloadError::Deserialize(e) => Problem::invalid_request(serde_message(e)),
+        JsonPayloadError::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request Timeout",
+            )
+            .detail("The request body did not arrive in time.")
+        }
         _ => Problem::invalid_request("The JSON body could not be read."),
     };
     problem.into()

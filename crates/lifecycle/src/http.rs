@@ -79,13 +79,21 @@ pub struct Hsts(pub bool);
 /// Security headers on every answer of a public port: no MIME sniffing, no framing, no
 /// referrer, a Content-Security-Policy that allows nothing (the API serves data, not pages; a
 /// route serving pages sets its own), and HSTS when [`Hsts`] says so. Headers a route set
-/// itself are kept.
+/// itself are kept. An HTTP/1.0 client's streamed answer is sent without chunks and ended by
+/// closing the connection.
 pub async fn security_headers(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let hsts = req.app_data::<web::Data<Hsts>>().is_some_and(|h| h.0);
+    let http_1_0 = req.version() == actix_web::http::Version::HTTP_10;
     let mut response = next.call(req).await?.map_into_boxed_body();
+    if http_1_0 {
+        // HTTP/1.0 has no chunked encoding: a body of unknown length ends with the connection.
+        let head = response.response_mut().head_mut();
+        head.no_chunking(true);
+        head.set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     let headers = response.headers_mut();
     let defaults = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -110,6 +118,66 @@ pub async fn security_headers(
     Ok(response)
 }
 
+/// How long a client may take to send a request's whole body, from when its head arrived (as app
+/// data, read by [`body_deadline`]). The head itself must arrive within actix-web's 5 seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub Duration);
+
+/// A request body that ends in an error ([`std::io::ErrorKind::TimedOut`]) once its deadline
+/// passes, so a client that stalls midway cannot hold a connection and a buffer for ever.
+struct DeadlineStream {
+    inner: actix_web::dev::Payload,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl futures::Stream for DeadlineStream {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            self.done = item.is_none();
+            return Poll::Ready(item);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                ),
+            ))));
+        }
+        Poll::Pending
+    }
+}
+
+/// Gives every request body the deadline of the app's [`BodyDeadline`], if it has one.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(deadline) = req.app_data::<web::Data<BodyDeadline>>().map(|d| d.0) {
+        let inner = actix_web::HttpMessage::take_payload(&mut req);
+        let stream = DeadlineStream {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(deadline)),
+            done: false,
+        };
+        req.set_payload(actix_web::dev::Payload::Stream {
+            payload: Box::pin(stream),
+        });
+    }
+    next.call(req).await
+}
+
 /// The app of a public port: readiness and metrics as app data, the tracing and metrics
 /// middleware, security headers, and `/health` only; the service adds its API.
 pub fn public_app(
@@ -127,6 +195,7 @@ pub fn public_app(
     App::new()
         .app_data(web::Data::new(readiness))
         .app_data(web::Data::new(metrics))
+        .wrap(from_fn(body_deadline))
         .wrap(from_fn(security_headers))
         .wrap(from_fn(http_middleware))
         .route("/health", web::get().to(health))

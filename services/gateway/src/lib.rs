@@ -69,6 +69,8 @@ pub struct Settings {
     /// `USAGE_FLUSH_INTERVAL`: how often usage counts are written to PostgreSQL (and so the most
     /// a replica killed without warning loses).
     pub usage_flush_interval: Duration,
+    /// `HTTP_BODY_TIMEOUT`: how long a client may take to send a request's body (408 after).
+    pub body_timeout: Duration,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -145,8 +147,16 @@ impl Settings {
                 "must be between 1ms and 5m",
             ));
         }
+        let body_timeout = src.or("HTTP_BODY_TIMEOUT", Duration::from_secs(10))?;
+        if body_timeout < Duration::from_millis(100) || body_timeout > Duration::from_secs(300) {
+            return Err(SettingError::new(
+                "HTTP_BODY_TIMEOUT",
+                "must be between 100ms and 5m",
+            ));
+        }
         Ok(Self {
             cors,
+            body_timeout,
             limits: ratelimit::LimitSettings::load(src)?,
             usage_flush_interval,
             api_keys: ApiKeySettings::load(src, common.environment)?,
@@ -292,6 +302,7 @@ impl Application {
             signer.clone(),
         );
         let signer = web::Data::new(signer);
+        let body_deadline = web::Data::new(lifecycle::http::BodyDeadline(settings.body_timeout));
         let limiter = web::Data::new(limiter);
         let meter = web::Data::new(meter);
         let pool = web::Data::new(database.pool().clone());
@@ -338,6 +349,7 @@ impl Application {
                     .app_data(cors_policy.clone())
                     .app_data(hsts.clone())
                     .app_data(signer.clone())
+                    .app_data(body_deadline.clone())
                     .app_data(limiter.clone())
                     .app_data(meter.clone())
                     .app_data(pool.clone())

@@ -177,3 +177,71 @@ async fn headers_methods_cors_and_old_clients() {
         assert_eq!(problem["detail"], rule, "{problem}");
     }
 }
+
+/// Writes `request` on a fresh connection to `port`, then reads until the server closes it (or
+/// `within` passes): the raw answer and how long it took.
+async fn raw_exchange(
+    port: u16,
+    request: &[u8],
+    within: std::time::Duration,
+) -> (Vec<u8>, std::time::Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
+    (answer, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_cut_off_and_http_1_0_clients_get_no_chunks() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_tts()
+        .with_gateway()
+        .setting(Service::Gateway, "HTTP_BODY_TIMEOUT", "1s")
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
+    let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    let key = stack.api_key("acme", &[Scope::Tts]).await;
+
+    // A body that stops after a few bytes: 408 as problem+json once the deadline passes, not
+    // minutes later.
+    let stalled = format!(
+        "POST /v1/tts HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{\"te"
+    );
+    let (answer, took) =
+        raw_exchange(port, stalled.as_bytes(), std::time::Duration::from_secs(15)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("/problems/request-timeout"), "{text}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+
+    // HTTP/1.0 has no chunked encoding: a streamed answer ends with the connection instead.
+    let body = r#"{"text": "Hello from an old client.", "format": "wav"}"#;
+    let request = format!(
+        "POST /v1/tts HTTP/1.0\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, _) =
+        raw_exchange(port, request.as_bytes(), std::time::Duration::from_secs(60)).await;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let audio = &answer[split + 4..];
+    assert!(
+        head.starts_with("http/1.0 200") || head.starts_with("http/1.1 200"),
+        "{head}"
+    );
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(&audio[..4], b"RIFF", "{head}");
+    // The whole file: well over a second of 16-bit audio at 22,050 Hz.
+    assert!(audio.len() > 44 + 22_050, "{} bytes", audio.len());
+}
