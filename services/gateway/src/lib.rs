@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod inbound;
 pub mod keys;
+pub mod legacy_metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod token;
@@ -237,6 +238,8 @@ pub struct Peers {
     pub limiter: ratelimit::Limiter,
     pub meter: usage::Meter,
     pub pool: database::Pool,
+    /// `tts_generation_duration_seconds`.
+    pub generation_seconds: prometheus::Histogram,
 }
 
 /// The running service.
@@ -278,6 +281,12 @@ impl Application {
         let metrics = Metrics::new();
         let limiter =
             ratelimit::Limiter::new(settings.limits.clone(), redis.clone(), metrics.registry());
+        let legacy = legacy_metrics::LegacyMetrics::new(metrics.registry());
+        tokio::spawn(
+            legacy
+                .clone()
+                .run(readiness.clone(), signals.shutdown.clone()),
+        );
         let meter = usage::Meter::default();
         let usage = tokio::spawn(meter.clone().run(
             database.pool().clone(),
@@ -289,6 +298,7 @@ impl Application {
             limiter: limiter.clone(),
             meter: meter.clone(),
             pool: database.pool().clone(),
+            generation_seconds: legacy.generation.clone(),
         };
         if settings.api_keys.development_pepper {
             tracing::warn!(

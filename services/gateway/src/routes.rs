@@ -243,6 +243,7 @@ async fn speak(
     caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
 ) -> Result<HttpResponse, Problem> {
+    let received = std::time::Instant::now();
     let key = caller.require(Scope::Tts)?;
     let principal = key.principal();
     if request.text.trim().is_empty() {
@@ -298,6 +299,10 @@ async fn speak(
     };
     let meter = peers.meter.clone();
     let record = key.clone();
+    let generation = peers.generation_seconds.clone();
+    if first.done {
+        generation.observe(received.elapsed().as_secs_f64());
+    }
     meter.record(
         &record,
         Counts {
@@ -313,6 +318,7 @@ async fn speak(
         stream,
         move |m: sonora_proto::tts::v1::SynthesizeResponse| {
             if m.done {
+                generation.observe(received.elapsed().as_secs_f64());
                 meter.record(
                     &record,
                     Counts {

@@ -459,6 +459,34 @@ async fn tts_streams_audio_from_tts_inference() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(content_type, "audio/mpeg");
     assert!(body.len() > 1000);
+
+    // The old API's metric names, for its dashboards.
+    let metrics = test_support::eventually(Duration::from_secs(20), "the old metrics", || async {
+        let text = test_support::http_client()
+            .get(format!("{}/metrics", stack.ops))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "tts_model_loaded 1")
+            .then_some(text)
+    })
+    .await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("tts_generation_duration_seconds_count") >= 2.0);
+    assert!((0.0..=100.0).contains(&value("system_cpu_percent")));
+    assert!(value("system_memory_percent") > 0.0);
+    assert!(metrics.contains("http_requests_total{"), "{metrics}");
 }
 
 #[tokio::test]
