@@ -203,6 +203,58 @@ async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+const VOICES_USAGE: &str = "usage: gateway voices list\n\
+       gateway voices rename VOICE NAME\n\
+       gateway voices disable VOICE\n\
+       gateway voices enable VOICE\n\
+(VOICE is a voice's UUID or slug, as GET /v1/voices lists them)";
+
+/// Runs `gateway voices …`: the operator's changes to the shared voice catalogue (every tenant
+/// sees the same voices, so no tenant's key may change them). Replicas see a change within 30 s.
+pub async fn voices(settings: Settings, args: Vec<String>) -> anyhow::Result<()> {
+    let pool = pool(&settings, false).await?;
+    let changed = match args.as_slice() {
+        [command] if command == "list" => {
+            for voice in crate::voices::all(&pool).await? {
+                println!(
+                    "{}  {:<28} {:<32} {}{}",
+                    voice.id,
+                    voice.slug,
+                    voice.display_name,
+                    if voice.enabled { "enabled" } else { "disabled" },
+                    if voice.available { "" } else { ", not loaded" }
+                );
+            }
+            return Ok(());
+        }
+        [command, voice, name] if command == "rename" => {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                anyhow::bail!("NAME must be 1 to 100 characters, without control characters");
+            }
+            crate::voices::update(&pool, voice, Some(name), None).await?
+        }
+        [command, voice] if command == "disable" => {
+            crate::voices::update(&pool, voice, None, Some(false)).await?
+        }
+        [command, voice] if command == "enable" => {
+            crate::voices::update(&pool, voice, None, Some(true)).await?
+        }
+        _ => anyhow::bail!("{VOICES_USAGE}"),
+    };
+    let voice = changed.ok_or_else(|| {
+        anyhow::anyhow!("no voice has that UUID or slug (gateway voices list shows them)")
+    })?;
+    println!(
+        "{}  {}  {:?}  {}",
+        voice.id,
+        voice.slug,
+        voice.display_name,
+        if voice.enabled { "enabled" } else { "disabled" }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

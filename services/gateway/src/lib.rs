@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod token;
 pub mod usage;
+pub mod voices;
 pub mod webhooks;
 
 use std::{net::SocketAddr, time::Duration};
@@ -223,6 +224,12 @@ pub fn service() -> ServiceMain<Settings> {
                 takes_args: true,
                 run: |settings, args| Box::pin(cli::keys(settings, args)),
             },
+            lifecycle::cli::Command {
+                name: "voices",
+                about: "list the voice catalogue, rename, disable or enable a voice (gateway voices disable en_US-joe-medium)",
+                takes_args: true,
+                run: |settings, args| Box::pin(cli::voices(settings, args)),
+            },
         ],
         serve: |settings, signals| {
             Box::pin(async move { Application::build(settings, signals)?.stopped().await })
@@ -240,6 +247,7 @@ pub struct Peers {
     pub pool: database::Pool,
     /// `tts_generation_duration_seconds`.
     pub generation_seconds: prometheus::Histogram,
+    pub catalogue: voices::Catalogue,
 }
 
 /// The running service.
@@ -299,6 +307,7 @@ impl Application {
             meter: meter.clone(),
             pool: database.pool().clone(),
             generation_seconds: legacy.generation.clone(),
+            catalogue: voices::Catalogue::new(database.pool().clone()),
         };
         if settings.api_keys.development_pepper {
             tracing::warn!(
@@ -377,6 +386,7 @@ impl Application {
                     .configure(audio::configure)
                     .configure(token::configure)
                     .configure(usage::configure)
+                    .configure(voices::configure)
                     .configure(webhooks::configure)
                     .configure(inbound::configure)
                     .default_service(web::to(http_problem::not_found))

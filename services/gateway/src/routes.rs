@@ -3,15 +3,12 @@
 use actix_web::{HttpResponse, web};
 use futures::StreamExt as _;
 use http_problem::Problem;
-use serde::Serialize;
-use sonora_proto::tts::v1::ListVoicesRequest;
 
 use crate::{Peers, auth::Caller, usage::Counts};
 use internal_rpc::{Scope, on_behalf};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/voices", "GET").route(web::get().to(list_voices)))
-        .service(resource("/v1/tts", "POST").route(web::post().to(tts)))
+    cfg.service(resource("/v1/tts", "POST").route(web::post().to(tts)))
         .service(resource("/v1/audio/speech", "POST").route(web::post().to(audio_speech)));
 }
 
@@ -32,7 +29,7 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 
 /// Maps a failed call to a backend to the problem the client sees. The backend's own message
 /// goes to the log only.
-fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
+pub(crate) fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
     tracing::warn!(backend, code = ?status.code(), message = status.message(), "backend call failed");
     match status.code() {
         tonic::Code::Unavailable
@@ -45,61 +42,6 @@ fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
             "The {backend} service failed to answer; it has been logged."
         )),
     }
-}
-
-#[derive(Serialize)]
-struct VoiceBody {
-    id: String,
-    name: String,
-    language: String,
-    sample_rate: u32,
-    quality: String,
-    speakers: Vec<SpeakerBody>,
-    default: bool,
-}
-
-#[derive(Serialize)]
-struct SpeakerBody {
-    id: u32,
-    name: String,
-}
-
-#[derive(Serialize)]
-struct VoicesBody {
-    voices: Vec<VoiceBody>,
-}
-
-/// `GET /v1/voices`: every installed voice and its speakers.
-#[tracing::instrument(skip_all)]
-async fn list_voices(_caller: Caller, peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
-    let mut tts = peers.tts.clone();
-    let voices = tts
-        .list_voices(ListVoicesRequest {})
-        .await
-        .map_err(|status| backend_problem("tts-inference", &status))?
-        .into_inner()
-        .voices;
-    Ok(HttpResponse::Ok().json(VoicesBody {
-        voices: voices
-            .into_iter()
-            .map(|v| VoiceBody {
-                id: v.id,
-                name: v.name,
-                language: v.language,
-                sample_rate: v.sample_rate,
-                quality: v.quality,
-                speakers: v
-                    .speakers
-                    .into_iter()
-                    .map(|s| SpeakerBody {
-                        id: s.id,
-                        name: s.name,
-                    })
-                    .collect(),
-                default: v.is_default,
-            })
-            .collect(),
-    }))
 }
 
 /// The body of `POST /v1/tts`.
@@ -256,6 +198,8 @@ async fn speak(
         ))
         .with("limit_chars", MAX_TEXT_CHARS));
     }
+    let mut request = request;
+    request.voice = peers.catalogue.resolve(peers, &request.voice).await?;
     // The month's quota is spent before the work and given back if no audio comes of it.
     let characters = chars as u64;
     if let Err(refusal) = peers

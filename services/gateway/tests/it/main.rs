@@ -251,19 +251,119 @@ async fn the_public_port_serves_no_metrics_and_no_readiness_details() {
 }
 
 #[tokio::test]
-async fn voices_come_from_tts_inference_over_grpc() {
+async fn the_voice_catalogue_has_stable_uuids_follows_tts_inference_and_obeys_operators() {
     let stack = plain().await;
-    let (status, body) = get_keyed(&format!("{}/v1/voices", stack.base), &stack.key).await;
+    let list = || async { get_keyed(&format!("{}/v1/voices", stack.base), &stack.key).await };
+    let (status, body) = list().await;
     assert_eq!(status, 200, "{body}");
     let joe = body["voices"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["id"] == "en_US-joe-medium")
-        .expect("the default voice is listed");
+        .find(|v| v["slug"] == "en_US-joe-medium")
+        .expect("the default voice is listed")
+        .clone();
     assert_eq!(joe["sample_rate"], 22050);
     assert_eq!(joe["language"], "en_US");
     assert_eq!(joe["default"], true);
+    assert_eq!(
+        (joe["enabled"].as_bool(), joe["available"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let id = joe["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    // The same id on every listing (and on every installation: it is derived from the slug).
+    assert_eq!(
+        id,
+        gateway::voices::voice_uuid("en_US-joe-medium").to_string()
+    );
+    assert_eq!(list().await.1["voices"][0]["id"], joe["id"]);
+
+    // The old clients send the UUID as voice_id.
+    let speak = |voice_id: String| {
+        let (base, key) = (stack.base.clone(), stack.key.clone());
+        async move {
+            post(
+                &key,
+                &format!("{base}/v1/tts"),
+                serde_json::json!({ "text": "Hello.", "voice_id": voice_id, "format": "wav" }),
+            )
+            .await
+        }
+    };
+    let (status, _, audio) = speak(id.clone()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&audio));
+    assert_eq!(&audio[..4], b"RIFF");
+    let (status, _, problem) = speak("00000000-0000-4000-8000-000000000000".into()).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&problem).contains("voice_id"));
+
+    // A voice tts-inference no longer has is kept, marked unavailable.
+    let gone = test_support::run_binary(
+        "/usr/bin/psql",
+        &[
+            &stack.stack.db.url,
+            "-c",
+            "INSERT INTO gateway.voices (id, slug, display_name, language, sample_rate, quality) \
+             VALUES ('11111111-1111-5111-8111-111111111111', 'xx_XX-gone-low', 'Gone', 'xx_XX', 16000, 'low')",
+        ],
+        &[],
+    );
+    assert_eq!(gone.code, Some(0), "{}", gone.stderr);
+    let (_, body) = list().await;
+    let gone = body["voices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["slug"] == "xx_XX-gone-low")
+        .expect("still listed")
+        .clone();
+    assert_eq!(gone["available"], false, "{gone}");
+
+    // An operator renames and disables a voice; tts-inference's next listing does not undo it.
+    let tool = |args: &[&str]| {
+        test_support::run_binary(
+            env!("CARGO_BIN_EXE_gateway"),
+            args,
+            &[
+                ("DATABASE_URL", &stack.stack.db.url),
+                ("REDIS_URL", &redis_url()),
+                ("LOG_FORMAT", "text"),
+            ],
+        )
+    };
+    let renamed = tool(&["voices", "rename", "en_US-joe-medium", "Joe (US)"]);
+    assert_eq!(renamed.code, Some(0), "{}", renamed.stderr);
+    let disabled = tool(&["voices", "disable", &id]);
+    assert_eq!(disabled.code, Some(0), "{}", disabled.stderr);
+    let missing = tool(&["voices", "disable", "nobody"]);
+    assert_ne!(missing.code, Some(0));
+    assert!(missing.stderr.contains("no voice"), "{}", missing.stderr);
+    let (_, body) = list().await;
+    let joe = &body["voices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["slug"] == "en_US-joe-medium")
+        .unwrap()
+        .clone();
+    assert_eq!(joe["display_name"], "Joe (US)", "{joe}");
+    assert_eq!(joe["enabled"], false, "{joe}");
+    let (status, _, problem) = speak(id.clone()).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&problem).contains("disabled"));
+    let listed = tool(&["voices", "list"]);
+    assert!(
+        listed.stdout.contains("Joe (US)") && listed.stdout.contains("not loaded"),
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(
+        tool(&["voices", "enable", "en_US-joe-medium"]).code,
+        Some(0)
+    );
+    list().await;
+    assert_eq!(speak(id).await.0, 200);
 }
 
 #[tokio::test]
