@@ -756,6 +756,37 @@ impl Api for DeliveryApi {
         }))
     }
 
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.ready()?;
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let tenant = caller.tenant(&r.tenant)?;
+        let day = |field: &str, text: &str| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map_err(|_| invalid(field, "must be a date written YYYY-MM-DD"))
+        };
+        let (from, to) = (day("from", &r.from)?, day("to", &r.to)?);
+        if to < from || (to - from).num_days() > 366 {
+            return Err(invalid(
+                "to",
+                "must be on or after from, at most 366 days later",
+            ));
+        }
+        let days = self.store.usage(&tenant, from, to).await?;
+        Ok(Response::new(pb::GetUsageResponse {
+            days: days
+                .into_iter()
+                .map(|(day, delivered)| pb::DailyDeliveries {
+                    day: day.format("%Y-%m-%d").to_string(),
+                    delivered: u64::try_from(delivered).unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
     async fn cleanup_delivered(
         &self,
         request: Request<pb::CleanupDeliveredRequest>,

@@ -231,6 +231,8 @@ impl Settings {
 ///   the gateway publishes a client's test event.
 /// - Everything about a tenant's endpoints, messages and deliveries is asked by the gateway for
 ///   a client whose key has the `webhooks` scope; the tenant is the client's.
+/// - A tenant's usage (webhooks delivered per day) is asked by the gateway for a client whose key
+///   has the `usage` scope.
 /// - Cleaning up delivered rows spans every tenant: only the gateway acting for itself (an
 ///   operator's tool), never for a client.
 pub fn api_policy() -> internal_rpc::Policy {
@@ -272,6 +274,7 @@ pub fn api_policy() -> internal_rpc::Policy {
             GATEWAY,
             Access::ServiceOrClient(Scope::Webhooks),
         )
+        .allow(SERVICE, "GetUsage", GATEWAY, Access::Client(Scope::Usage))
         .allow(SERVICE, "CleanupDelivered", GATEWAY, Access::Service)
 }
 

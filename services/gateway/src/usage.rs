@@ -214,6 +214,15 @@ struct Totals {
     characters: i64,
     audio_seconds: f64,
     jobs: i64,
+    /// Webhooks delivered to the tenant's partner endpoints; `null` when delivery-worker could
+    /// not be asked.
+    webhooks_delivered: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Deliveries {
+    day: String,
+    delivered: u64,
 }
 
 #[derive(Serialize)]
@@ -232,6 +241,9 @@ struct UsageBody {
     totals: Totals,
     /// One row per key and day with any use, oldest first.
     days: Vec<DayRow>,
+    /// Webhooks delivered per day (to the tenant, whichever key made their events); `null` when
+    /// delivery-worker could not be asked.
+    webhooks: Option<Vec<Deliveries>>,
     /// The calling key's monthly character quota.
     quota: Quota,
 }
@@ -255,6 +267,7 @@ async fn usage(
     query: web::Query<UsageQuery>,
     pool: web::Data<Pool>,
     limiter: web::Data<Limiter>,
+    delivery: web::Data<crate::webhooks::Client>,
 ) -> Result<HttpResponse, Problem> {
     let key = caller.require(Scope::Usage)?;
     let today = Utc::now().date_naive();
@@ -305,12 +318,42 @@ async fn usage(
         totals.jobs += row.jobs;
     }
     let used = month_characters(&pool, key).await.map_err(unavailable)?;
+    let webhooks = delivery
+        .get_ref()
+        .clone()
+        .get_usage(internal_rpc::on_behalf(
+            sonora_proto::delivery::v1::GetUsageRequest {
+                tenant: String::new(),
+                from: from.format("%Y-%m-%d").to_string(),
+                to: to.format("%Y-%m-%d").to_string(),
+            },
+            &key.principal(),
+        ))
+        .await
+        .map(|r| {
+            r.into_inner()
+                .days
+                .into_iter()
+                .map(|d| Deliveries {
+                    day: d.day,
+                    delivered: d.delivered,
+                })
+                .collect::<Vec<_>>()
+        })
+        .inspect_err(|status| {
+            tracing::warn!(code = ?status.code(), "cannot ask delivery-worker for webhook usage");
+        })
+        .ok();
+    totals.webhooks_delivered = webhooks
+        .as_ref()
+        .map(|days| days.iter().map(|d| d.delivered).sum());
     Ok(HttpResponse::Ok().json(UsageBody {
         tenant: key.tenant.to_string(),
         from,
         to,
         totals,
         days,
+        webhooks,
         quota: Quota {
             plan: key.plan.clone(),
             monthly_characters: limiter.settings().plan(&key.plan).monthly_characters,

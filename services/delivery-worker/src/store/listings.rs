@@ -272,6 +272,32 @@ impl Store {
         .await?)
     }
 
+    /// Webhooks delivered to the tenant's endpoints per UTC day from `from` to `to` inclusive.
+    pub async fn usage(
+        &self,
+        tenant: &Tenant,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<(chrono::NaiveDate, i64)>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Date)]
+            day: chrono::NaiveDate,
+            #[diesel(sql_type = BigInt)]
+            delivered: i64,
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT day, delivered FROM usage_daily WHERE tenant = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
+        )
+        .bind::<Text, _>(tenant)
+        .bind::<diesel::sql_types::Date, _>(from)
+        .bind::<diesel::sql_types::Date, _>(to)
+        .load(&mut conn)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.day, r.delivered)).collect())
+    }
+
     /// Every delivery's status, counted, for the queue-size gauge.
     pub async fn status_counts(&self) -> Result<BTreeMap<DeliveryStatus, i64>> {
         #[derive(QueryableByName)]

@@ -395,6 +395,20 @@ async fn record_in(
         .execute(conn)
         .await?;
     }
+    if !succeeded_ids.is_empty() {
+        // Usage: one row update per tenant of the batch (an endpoint may appear several times).
+        diesel::sql_query(
+            "INSERT INTO usage_daily (tenant, day, delivered) \
+             SELECT e.tenant, ($2 AT TIME ZONE 'UTC')::date, count(*) \
+             FROM unnest($1::text[]) AS d(endpoint_id) JOIN endpoints e ON e.id = d.endpoint_id \
+             GROUP BY e.tenant ORDER BY e.tenant \
+             ON CONFLICT (tenant, day) DO UPDATE SET delivered = usage_daily.delivered + excluded.delivered",
+        )
+        .bind::<Array<Text>, _>(&succeeded_ids)
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
+        .await?;
+    }
     for o in &kept {
         if let Some(until) = o.throttle_until {
             diesel::sql_query(

@@ -415,9 +415,44 @@ async fn a_token_made_from_a_key_acts_for_it_until_it_expires_or_the_key_is_revo
 #[tokio::test]
 async fn usage_is_metered_per_key_and_day_and_seen_by_its_tenant_only() {
     let db = TestDatabase::create().await.unwrap();
-    let stack = Stack::new(&db).with_tts().with_gateway().start().await;
+    let stack = Stack::new(&db)
+        .with_tts()
+        .with_delivery()
+        .with_gateway()
+        .start()
+        .await;
     let base = stack.http_url(Service::Gateway);
-    let key = stack.api_key("acme", &[Scope::Tts, Scope::Usage]).await;
+    let key = stack
+        .api_key("acme", &[Scope::Tts, Scope::Usage, Scope::Webhooks])
+        .await;
+    // A webhook delivered to the tenant's partner counts as the tenant's.
+    let receiver = test_support::receiver::Receiver::start().await;
+    let endpoint = send(
+        reqwest::Method::POST,
+        &format!("{base}/v1/webhook-endpoints"),
+        &[("x-api-key", &key)],
+        Some(serde_json::json!({ "url": receiver.url("/hook") })),
+    )
+    .await;
+    assert_eq!(endpoint.status, 201, "{}", endpoint.body);
+    let endpoint_id = endpoint.body["id"].as_str().unwrap();
+    let secret = get(
+        &format!("{base}/v1/webhook-endpoints/{endpoint_id}/secret"),
+        &key,
+    )
+    .await;
+    receiver.trust("/hook", secret.body["key"].as_str().unwrap());
+    let tested = send(
+        reqwest::Method::POST,
+        &format!(
+            "{base}/v1/webhook-endpoints/{}/test",
+            endpoint.body["id"].as_str().unwrap()
+        ),
+        &[("x-api-key", &key)],
+        None,
+    )
+    .await;
+    assert_eq!(tested.status, 202, "{}", tested.body);
     let other = stack.api_key("globex", &[Scope::Tts, Scope::Usage]).await;
     let no_usage = stack.api_key("acme", &[Scope::Tts]).await;
     let spoken = send(
@@ -435,7 +470,10 @@ async fn usage_is_metered_per_key_and_day_and_seen_by_its_tenant_only() {
         let seconds = usage.body["totals"]["audio_seconds"]
             .as_f64()
             .unwrap_or(0.0);
-        (usage.status == 200 && usage.body["totals"]["characters"] == 20 && seconds > 0.0)
+        (usage.status == 200
+            && usage.body["totals"]["characters"] == 20
+            && seconds > 0.0
+            && usage.body["totals"]["webhooks_delivered"] == 1)
             .then_some(usage.body)
     })
     .await;
@@ -456,6 +494,15 @@ async fn usage_is_metered_per_key_and_day_and_seen_by_its_tenant_only() {
     assert_eq!(theirs.status, 200);
     assert_eq!(theirs.body["tenant"], "globex");
     assert_eq!(theirs.body["totals"]["characters"], 0, "{}", theirs.body);
+    assert_eq!(
+        theirs.body["totals"]["webhooks_delivered"], 0,
+        "{}",
+        theirs.body
+    );
+    assert_eq!(
+        body["webhooks"][0]["day"],
+        chrono::Utc::now().format("%Y-%m-%d").to_string()
+    );
     let filtered = get(
         &format!("{base}/v1/usage?key_id={}", day["key_id"].as_str().unwrap()),
         &other,
