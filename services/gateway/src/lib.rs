@@ -11,6 +11,7 @@ pub mod audio;
 pub mod auth;
 pub mod cli;
 pub mod keys;
+pub mod openai;
 pub mod routes;
 
 use std::{net::SocketAddr, time::Duration};
@@ -54,6 +55,9 @@ pub struct Settings {
     pub api_keys: ApiKeySettings,
     /// `CORS_ORIGINS`: in production the only origins browsers may call from.
     pub cors: lifecycle::cors::CorsPolicy,
+    /// `OPENAI_VOICE_MAP`: the Sonora voice and speaker of each OpenAI voice name on
+    /// `/v1/audio/speech`; every name not given speaks with the default voice.
+    pub openai_voices: openai::VoiceMap,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -126,6 +130,7 @@ impl Settings {
         Ok(Self {
             cors,
             api_keys: ApiKeySettings::load(src, common.environment)?,
+            openai_voices: src.or("OPENAI_VOICE_MAP", openai::VoiceMap::default())?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
@@ -244,6 +249,7 @@ impl Application {
         let authenticator = web::Data::new(authenticator);
         let redis_data = web::Data::new(redis.clone());
         let cors_policy = web::Data::new(settings.cors.clone());
+        let openai_voices = web::Data::new(settings.openai_voices.clone());
         let hsts = web::Data::new(lifecycle::http::Hsts(
             settings.common.environment == settings::Environment::Production,
         ));
@@ -270,6 +276,7 @@ impl Application {
                     .app_data(redis_data.clone())
                     .app_data(audio_client.clone())
                     .app_data(cors_policy.clone())
+                    .app_data(openai_voices.clone())
                     .app_data(hsts.clone())
                     .wrap(actix_web::middleware::from_fn(lifecycle::cors::middleware))
                     .app_data(

@@ -12,7 +12,9 @@ use internal_rpc::{Scope, on_behalf};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/voices", "GET").route(web::get().to(list_voices)))
         .service(resource("/v1/tts", "POST").route(web::post().to(tts)))
-        .service(resource("/v1/audio/speech", "POST").route(web::post().to(audio_speech)));
+        .service(
+            resource("/v1/audio/speech", "POST").route(web::post().to(crate::openai::audio_speech)),
+        );
 }
 
 /// A resource that answers a method it does not serve with 405 and `Allow: allow` (a
@@ -124,21 +126,6 @@ struct TtsBody {
     noise_w: Option<f32>,
 }
 
-/// The body of `POST /v1/audio/speech`, in the shape OpenAI-style clients send.
-#[derive(Debug, serde::Deserialize)]
-struct SpeechBody {
-    input: String,
-    #[serde(default)]
-    voice: Option<String>,
-    #[serde(default)]
-    response_format: Option<String>,
-    #[serde(default)]
-    speed: Option<f32>,
-    /// Accepted and ignored: the voice decides the model.
-    #[serde(default, rename = "model")]
-    _model: Option<String>,
-}
-
 fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
     use sonora_proto::tts::v1::AudioFormat as F;
     let format = match name.unwrap_or("wav").to_ascii_lowercase().as_str() {
@@ -147,10 +134,11 @@ fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
         "mp3" => F::Mp3,
         "opus" | "ogg" => F::Opus,
         "flac" => F::Flac,
+        "aac" => F::Aac,
         "mulaw" | "ulaw" => F::Mulaw,
         other => {
             return Err(Problem::invalid_request(format!(
-                "format {other:?} is not one of wav, pcm16, mp3, opus, flac, mulaw"
+                "format {other:?} is not one of wav, pcm16, mp3, opus, flac, aac, mulaw"
             )));
         }
     };
@@ -175,7 +163,7 @@ fn check_voice_options(speed: f32, sample_rate: Option<u32>) -> Result<(), Probl
 /// The largest text a request may carry, as tts-inference enforces it.
 pub use sonora_proto::tts::v1::MAX_TEXT_CHARS;
 
-fn synthesis_problem(status: &tonic::Status) -> Problem {
+pub(crate) fn synthesis_problem(status: &tonic::Status) -> Problem {
     use actix_web::http::StatusCode;
     use sonora_proto::tts::v1::{REFUSAL_METADATA, REFUSAL_UNSUPPORTED_SCRIPT};
     let refusal = status
@@ -233,6 +221,65 @@ pub fn body_of<M: Send + 'static>(
     futures::stream::once(async move { Ok(web::Bytes::from(first)) }).chain(rest)
 }
 
+/// Synthesis that has made its first audio: what a response needs to start.
+pub(crate) struct Started {
+    pub first: Vec<u8>,
+    pub stream: tonic::Streaming<sonora_proto::tts::v1::SynthesizeResponse>,
+    pub content_type: String,
+    pub sample_rate: u32,
+    /// Characters of a script the voice does not read, skipped rather than spelled out.
+    pub skipped: String,
+}
+
+/// Why synthesis did not start: tts-inference refused or failed (its status, which the routes
+/// map to their problems), or it ended without audio.
+pub(crate) enum StartError {
+    Backend(tonic::Status),
+    NoAudio,
+}
+
+impl StartError {
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Backend(status) => synthesis_problem(status),
+            Self::NoAudio => Problem::bad_gateway("tts-inference ended the stream without audio."),
+        }
+    }
+}
+
+/// Calls `Synthesize` on behalf of `principal` and waits for the first audio, so that a refusal
+/// still gets a proper status code.
+pub(crate) async fn start_synthesis(
+    peers: &Peers,
+    principal: &internal_rpc::Principal,
+    request: sonora_proto::tts::v1::SynthesizeRequest,
+) -> Result<Started, StartError> {
+    let mut tts = peers.tts.clone();
+    let response = tts
+        .synthesize(on_behalf(request, principal))
+        .await
+        .map_err(StartError::Backend)?;
+    let skipped = response
+        .metadata()
+        .get(sonora_proto::tts::v1::SKIPPED_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    let mut stream = response.into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(StartError::Backend)?
+        .ok_or(StartError::NoAudio)?;
+    Ok(Started {
+        content_type: first.content_type,
+        sample_rate: first.sample_rate,
+        first: first.audio,
+        stream,
+        skipped,
+    })
+}
+
 /// Starts synthesis and streams the audio as it is made; errors before the first audio are
 /// problem+json, errors after it end the stream early (the status line is already sent).
 async fn speak(
@@ -251,32 +298,14 @@ async fn speak(
         ))
         .with("limit_chars", MAX_TEXT_CHARS));
     }
-    let mut tts = peers.tts.clone();
-    let response = tts
-        .synthesize(on_behalf(request, &principal))
+    let started = start_synthesis(peers, &principal, request)
         .await
-        .map_err(|status| synthesis_problem(&status))?;
-    // Characters of a script the voice does not read, skipped rather than spelled out.
-    let skipped = response
-        .metadata()
-        .get(sonora_proto::tts::v1::SKIPPED_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
-    let mut stream = response.into_inner();
-    // Wait for the first audio so that a refusal still gets a proper status code.
-    let first = stream
-        .message()
-        .await
-        .map_err(|status| synthesis_problem(&status))?
-        .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
-    let content_type = first.content_type.clone();
-    let sample_rate = first.sample_rate;
-    let body = body_of(first.audio, stream, |m| m.audio, "synthesis");
+        .map_err(|error| error.problem())?;
+    let body = body_of(started.first, started.stream, |m| m.audio, "synthesis");
     Ok(HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header(("x-sample-rate", sample_rate.to_string()))
-        .insert_header(("x-skipped-characters", skipped))
+        .content_type(started.content_type)
+        .insert_header(("x-sample-rate", started.sample_rate.to_string()))
+        .insert_header(("x-skipped-characters", started.skipped))
         .insert_header(("cache-control", "no-store"))
         .streaming(body))
 }
@@ -300,25 +329,6 @@ async fn tts(
         noise_w: body.noise_w,
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
-    };
-    speak(&peers, &caller, request).await
-}
-
-/// `POST /v1/audio/speech`: the same, for clients written against OpenAI's speech endpoint.
-#[tracing::instrument(skip_all)]
-async fn audio_speech(
-    caller: Caller,
-    peers: web::Data<Peers>,
-    body: http_problem::JsonObject<SpeechBody>,
-) -> Result<HttpResponse, Problem> {
-    let body = body.0;
-    check_voice_options(body.speed.unwrap_or(1.0), None)?;
-    let request = sonora_proto::tts::v1::SynthesizeRequest {
-        text: body.input,
-        voice: body.voice.unwrap_or_default(),
-        speed: body.speed.unwrap_or(1.0),
-        format: audio_format(body.response_format.as_deref())?,
-        ..Default::default()
     };
     speak(&peers, &caller, request).await
 }
