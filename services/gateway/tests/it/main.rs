@@ -5,6 +5,7 @@
 mod audio;
 mod http;
 mod keys;
+mod openai;
 
 use std::time::Duration;
 
@@ -465,7 +466,7 @@ async fn tts_refusals_are_problem_json() {
             "/problems/invalid-request",
         ),
         (
-            serde_json::json!({ "text": "Hi.", "format": "aac" }),
+            serde_json::json!({ "text": "Hi.", "format": "m4a" }),
             400,
             "/problems/invalid-request",
         ),
