@@ -230,14 +230,15 @@ pub struct SpeechRequest {
 /// A refused request: the problem, and the request field it is about (OpenAI's `param`).
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    pub problem: Problem,
+    /// Boxed: a problem is large, and every step of parsing returns this.
+    pub problem: Box<Problem>,
     pub param: Option<&'static str>,
 }
 
 impl From<Problem> for Refusal {
     fn from(problem: Problem) -> Self {
         Self {
-            problem,
+            problem: Box::new(problem),
             param: None,
         }
     }
@@ -245,7 +246,7 @@ impl From<Problem> for Refusal {
 
 fn invalid(param: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal {
-        problem: Problem::invalid_request(detail),
+        problem: Box::new(Problem::invalid_request(detail)),
         param: Some(param),
     }
 }
@@ -284,7 +285,7 @@ impl Refusal {
             "param": self.param,
             "code": code,
         });
-        self.problem.with("error", error)
+        (*self.problem).with("error", error)
     }
 }
 
@@ -469,7 +470,7 @@ fn backend_refusal(error: &routes::StartError) -> Refusal {
                 _ => Some("input"),
             };
             Refusal {
-                problem: error.problem(),
+                problem: Box::new(error.problem()),
                 param,
             }
         }
