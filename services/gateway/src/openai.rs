@@ -390,7 +390,7 @@ impl SpeechRequest {
             input: input.to_owned(),
             voice,
             format,
-            #[allow(clippy::cast_possible_truncation, reason = "bounded to 0.25..=4")]
+            // Within 0.25..=4, so f32 holds it.
             speed: speed as f32,
             stream,
         })
