@@ -173,6 +173,23 @@ install_moto() {
   export TEST_MOTO_SERVER="$venv/bin/moto_server"
 }
 
+# OpenAI's Python SDK, which the gateway's `openai` tests drive against /v1/audio/speech: the
+# pinned PyPI release in its own venv beside moto's. Sets TEST_OPENAI_PYTHON.
+# services/gateway/tests/it/openai.rs pins the same version.
+OPENAI_SDK_REQUIREMENT='openai==3.57.0'
+
+install_openai_sdk() {
+  local venv="$SONORA_TOOLS/openai-venv"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.sonora-requirements" 2>/dev/null)" != "$OPENAI_SDK_REQUIREMENT" ]; then
+    log "installing $OPENAI_SDK_REQUIREMENT into $venv (once)"
+    mkdir -p "$SONORA_TOOLS"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$OPENAI_SDK_REQUIREMENT"
+    printf '%s\n' "$OPENAI_SDK_REQUIREMENT" >"$venv/.sonora-requirements"
+  fi
+  export TEST_OPENAI_PYTHON="$venv/bin/python"
+}
+
 # Development-only secrets of the inbound webhooks, made once per machine and kept outside the
 # repository (mode 600): Replicate's signing secret, which the simulator signs with and
 # webhook-ingest verifies with, and the GitHub webhook secret.

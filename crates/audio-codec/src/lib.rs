@@ -2,10 +2,12 @@
 //! playable stream out, piece by piece as the samples arrive.
 //!
 //! Formats ([`AudioFormat`]): raw `pcm16` (little-endian), `wav` (PCM16), `mp3` (libmp3lame),
-//! `opus` (libopus in Ogg), `flac`, and `mulaw` (G.711 µ-law at 8 kHz, raw, for telephony).
-//! Samples are resampled and converted with swresample; the codecs are FFmpeg's. The thin
-//! container layers (the WAV header, FLAC's stream header, Ogg pages for Opus) are written here,
-//! because they are small and FFmpeg's muxers can only write through raw IO callbacks.
+//! `opus` (libopus in Ogg), `flac`, `aac` (FFmpeg's native AAC-LC encoder in ADTS), and `mulaw`
+//! (G.711 µ-law at 8 kHz, raw, for telephony). Samples are resampled and converted with
+//! swresample; the codecs are FFmpeg's (all LGPL; AAC is FFmpeg's own encoder, never the non-free
+//! libfdk-aac). The thin container layers (the WAV header, FLAC's stream header, Ogg pages for
+//! Opus, ADTS headers for AAC) are written here, because they are small and FFmpeg's muxers can
+//! only write through raw IO callbacks.
 //!
 //! Streams have no known length when they start: the WAV header says "to the end of the stream"
 //! (0xFFFFFFFF sizes) and FLAC's header leaves the total sample count unknown, as streaming
@@ -37,16 +39,20 @@ pub enum AudioFormat {
     Opus,
     Flac,
     Mulaw,
+    /// AAC-LC in ADTS: every packet carries its own 7-byte header, so the stream can be cut
+    /// anywhere between packets and still plays.
+    Aac,
 }
 
 impl AudioFormat {
-    pub const ALL: [AudioFormat; 6] = [
+    pub const ALL: [AudioFormat; 7] = [
         Self::Pcm16,
         Self::Wav,
         Self::Mp3,
         Self::Opus,
         Self::Flac,
         Self::Mulaw,
+        Self::Aac,
     ];
 
     /// Parses a format name as the API spells it.
@@ -58,6 +64,7 @@ impl AudioFormat {
             "opus" | "ogg" => Self::Opus,
             "flac" => Self::Flac,
             "mulaw" | "ulaw" | "mu-law" => Self::Mulaw,
+            "aac" => Self::Aac,
             _ => return None,
         })
     }
@@ -70,6 +77,7 @@ impl AudioFormat {
             Self::Opus => "opus",
             Self::Flac => "flac",
             Self::Mulaw => "mulaw",
+            Self::Aac => "aac",
         }
     }
 
@@ -82,6 +90,7 @@ impl AudioFormat {
             Self::Opus => "audio/ogg; codecs=opus",
             Self::Flac => "audio/flac",
             Self::Mulaw => "audio/basic",
+            Self::Aac => "audio/aac",
         }
     }
 
@@ -104,6 +113,7 @@ impl AudioFormat {
                 rate,
                 8_000 | 11_025 | 12_000 | 16_000 | 22_050 | 24_000 | 32_000 | 44_100 | 48_000
             ),
+            Self::Aac => adts_rate_index(rate).is_some(),
             Self::Pcm16 | Self::Wav | Self::Flac => (8_000..=192_000).contains(&rate),
         }
     }
@@ -115,12 +125,15 @@ impl AudioFormat {
             Self::Opus => "libopus",
             Self::Flac => "flac",
             Self::Mulaw => "pcm_mulaw",
+            // FFmpeg's own encoder (LGPL), which every build has; not libfdk_aac.
+            Self::Aac => "aac",
         }
     }
 
     fn sample_format(self) -> Sample {
         match self {
             Self::Mp3 => Sample::I16(Type::Planar),
+            Self::Aac => Sample::F32(Type::Planar),
             _ => Sample::I16(Type::Packed),
         }
     }
@@ -202,6 +215,7 @@ impl Encoder {
         match format {
             AudioFormat::Mp3 => encoder.set_bit_rate(64_000),
             AudioFormat::Opus => encoder.set_bit_rate(32_000),
+            AudioFormat::Aac => encoder.set_bit_rate(64_000),
             _ => {}
         }
         let encoder = encoder.open_as(codec)?;
@@ -318,9 +332,18 @@ impl Encoder {
                 frame::Audio::new(self.format.sample_format(), size, ChannelLayout::MONO);
             frame.set_rate(self.output_rate);
             frame.set_pts(Some(self.pts));
-            let plane = frame.plane_mut::<i16>(0);
-            plane[..available].copy_from_slice(&self.pending[start..start + available]);
-            plane[available..].fill(0);
+            let pending = &self.pending[start..start + available];
+            if self.format.sample_format() == Sample::F32(Type::Planar) {
+                let plane = frame.plane_mut::<f32>(0);
+                for (to, &from) in plane.iter_mut().zip(pending) {
+                    *to = f32::from(from) / 32_768.0;
+                }
+                plane[available..].fill(0.0);
+            } else {
+                let plane = frame.plane_mut::<i16>(0);
+                plane[..available].copy_from_slice(pending);
+                plane[available..].fill(0);
+            }
             self.pts += i64::try_from(size).expect("frame sizes are small");
             self.encoder.send_frame(&frame)?;
             self.drain(out)?;
@@ -338,6 +361,10 @@ impl Encoder {
                     let data = packet.data().unwrap_or_default();
                     match &mut self.ogg {
                         Some(ogg) => out.extend(ogg.packet(data, packet.duration())),
+                        None if self.format == AudioFormat::Aac => {
+                            out.extend(adts_header(self.output_rate, data.len()));
+                            out.extend_from_slice(data);
+                        }
                         None => out.extend_from_slice(data),
                     }
                 }
@@ -388,4 +415,35 @@ fn flac_header(rate: u32, block_size: usize) -> Vec<u8> {
     h.extend_from_slice(&packed.to_be_bytes());
     h.extend_from_slice(&[0; 16]); // MD5 of the audio: unknown
     h
+}
+
+/// The ADTS sampling-frequency index of `rate` (ISO/IEC 14496-3, table 1.18), if it has one.
+fn adts_rate_index(rate: u32) -> Option<u8> {
+    const RATES: [u32; 13] = [
+        96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025,
+        8_000, 7_350,
+    ];
+    RATES
+        .iter()
+        .position(|&r| r == rate)
+        .map(|i| u8::try_from(i).expect("13 rates"))
+}
+
+/// The 7-byte ADTS header (no CRC) of one raw AAC-LC frame of `payload` bytes, mono, at `rate`
+/// (ISO/IEC 14496-3, 1.A.2.2). The buffer fullness is 0x7FF: variable bit rate.
+fn adts_header(rate: u32, payload: usize) -> [u8; 7] {
+    let index = adts_rate_index(rate).expect("the encoder only opens at ADTS rates");
+    // The 13-bit frame length counts the header; an AAC frame is at most 6,144 bits per channel.
+    let length = u16::try_from(payload + 7).expect("an AAC frame is small") & 0x1FFF;
+    let profile = 1; // AAC LC: audio object type 2, written minus one
+    let channels = 1u8;
+    [
+        0xFF,
+        0xF1, // sync, MPEG-4, layer 0, no CRC
+        (profile << 6) | (index << 2) | (channels >> 2),
+        ((channels & 3) << 6) | u8::try_from(length >> 11).expect("2 bits"),
+        u8::try_from((length >> 3) & 0xFF).expect("8 bits"),
+        (u8::try_from(length & 7).expect("3 bits") << 5) | 0x1F,
+        0xFC, // the rest of the buffer fullness; one raw data block
+    ]
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod inbound;
 pub mod keys;
 pub mod legacy_metrics;
+pub mod openai;
 pub mod ratelimit;
 pub mod routes;
 pub mod token;
@@ -73,6 +74,9 @@ pub struct Settings {
     pub usage_flush_interval: Duration,
     /// `HTTP_BODY_TIMEOUT`: how long a client may take to send a request's body (408 after).
     pub body_timeout: Duration,
+    /// `OPENAI_VOICE_MAP`: the Sonora voice and speaker of each OpenAI voice name on
+    /// `/v1/audio/speech`; every name not given speaks with the default voice.
+    pub openai_voices: openai::VoiceMap,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -162,6 +166,7 @@ impl Settings {
             limits: ratelimit::LimitSettings::load(src)?,
             usage_flush_interval,
             api_keys: ApiKeySettings::load(src, common.environment)?,
+            openai_voices: src.or("OPENAI_VOICE_MAP", openai::VoiceMap::default())?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
@@ -333,6 +338,7 @@ impl Application {
         let authenticator = web::Data::new(authenticator);
         let redis_data = web::Data::new(redis.clone());
         let cors_policy = web::Data::new(settings.cors.clone());
+        let openai_voices = web::Data::new(settings.openai_voices.clone());
         let hsts = web::Data::new(lifecycle::http::Hsts(
             settings.common.environment == settings::Environment::Production,
         ));
@@ -366,6 +372,7 @@ impl Application {
                     .app_data(ingest_client.clone())
                     .app_data(endpoint_rules.clone())
                     .app_data(cors_policy.clone())
+                    .app_data(openai_voices.clone())
                     .app_data(hsts.clone())
                     .app_data(signer.clone())
                     .app_data(body_deadline.clone())

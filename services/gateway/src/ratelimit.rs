@@ -641,9 +641,8 @@ impl Limiter {
         }
         // Redis away: the month's usage as PostgreSQL has it (behind by at most one flush of each
         // replica) plus what this replica counted meanwhile.
-        let recorded = crate::usage::month_characters(pool, key)
-            .await
-            .map_err(|_| QuotaRefusal::Unavailable)?;
+        // Without PostgreSQL either, only this replica's own counts.
+        let recorded = crate::usage::month_characters(pool, key).await.unwrap_or(0);
         let mut local = self.inner.local_quota.lock().expect("not poisoned");
         let mine = local.entry(format!("{}:{month}", key.id)).or_default();
         let used = recorded + *mine;
@@ -684,10 +683,15 @@ impl Limiter {
                 }
                 [-1, _] => {
                     // No counter this month (a new month, or Redis lost it): start it from what
-                    // PostgreSQL recorded, unless another request just did.
-                    let recorded = crate::usage::month_characters(pool, key)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    // PostgreSQL recorded, unless another request just did. Without PostgreSQL
+                    // the request is let through uncounted (the next one tries again): speech
+                    // does not stop with the database.
+                    let Ok(recorded) = crate::usage::month_characters(pool, key).await else {
+                        tracing::warn!(
+                            "cannot start this month's quota counter without PostgreSQL; the request is let through"
+                        );
+                        return Ok(Ok(()));
+                    };
                     let ttl = (next_month_start() - Utc::now()).num_seconds().max(0) + 7 * 86_400;
                     redis::cmd("SET")
                         .arg(counter)
@@ -789,10 +793,20 @@ pub async fn middleware(
         )
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     req.extensions_mut().insert(authenticated);
+    // The OpenAI SDKs show the message of OpenAI's `error` object, so refusals on that route
+    // carry it too.
+    let openai = req.path() == crate::openai::PATH;
+    let dressed = move |problem: Problem| {
+        if openai {
+            crate::openai::Refusal::from(problem).into_problem()
+        } else {
+            problem
+        }
+    };
     let decision = match limiter.check(key.as_ref(), ip).await {
         Ok(decision) => decision,
         Err(problem) => {
-            let response = problem.to_response().map_into_right_body();
+            let response = dressed(problem).to_response().map_into_right_body();
             return Ok(req.into_response(response));
         }
     };
@@ -804,18 +818,20 @@ pub async fn middleware(
         };
         limiter.exceeded(which);
         let retry = decision.retry_after();
-        let mut response = Problem::new(
-            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too Many Requests",
+        let mut response = dressed(
+            Problem::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too Many Requests",
+            )
+            .detail(if which == "key" {
+                format!("This API key's rate limit is reached; retry in {retry} s.")
+            } else {
+                format!("This client address's rate limit is reached; retry in {retry} s.")
+            })
+            .with("limit", which)
+            .retry_after(retry),
         )
-        .detail(if which == "key" {
-            format!("This API key's rate limit is reached; retry in {retry} s.")
-        } else {
-            format!("This client address's rate limit is reached; retry in {retry} s.")
-        })
-        .with("limit", which)
-        .retry_after(retry)
         .to_response();
         for (name, value) in decision.headers() {
             response.headers_mut().insert(name, value);

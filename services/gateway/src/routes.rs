@@ -4,12 +4,15 @@ use actix_web::{HttpResponse, web};
 use futures::StreamExt as _;
 use http_problem::Problem;
 
-use crate::{Peers, auth::Caller, usage::Counts};
+use crate::{Peers, auth::Caller, keys::KeyRecord, usage::Counts};
 use internal_rpc::{Scope, on_behalf};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/tts", "POST").route(web::post().to(tts)))
-        .service(resource("/v1/audio/speech", "POST").route(web::post().to(audio_speech)));
+        .service(
+            resource(crate::openai::PATH, "POST")
+                .route(web::post().to(crate::openai::audio_speech)),
+        );
 }
 
 /// A resource that answers a method it does not serve with 405 and `Allow: allow` (a
@@ -66,21 +69,6 @@ struct TtsBody {
     noise_w: Option<f32>,
 }
 
-/// The body of `POST /v1/audio/speech`, in the shape OpenAI-style clients send.
-#[derive(Debug, serde::Deserialize)]
-struct SpeechBody {
-    input: String,
-    #[serde(default)]
-    voice: Option<String>,
-    #[serde(default)]
-    response_format: Option<String>,
-    #[serde(default)]
-    speed: Option<f32>,
-    /// Accepted and ignored: the voice decides the model.
-    #[serde(default, rename = "model")]
-    _model: Option<String>,
-}
-
 fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
     use sonora_proto::tts::v1::AudioFormat as F;
     let format = match name.unwrap_or("wav").to_ascii_lowercase().as_str() {
@@ -89,10 +77,11 @@ fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
         "mp3" => F::Mp3,
         "opus" | "ogg" => F::Opus,
         "flac" => F::Flac,
+        "aac" => F::Aac,
         "mulaw" | "ulaw" => F::Mulaw,
         other => {
             return Err(Problem::invalid_request(format!(
-                "format {other:?} is not one of wav, pcm16, mp3, opus, flac, mulaw"
+                "format {other:?} is not one of wav, pcm16, mp3, opus, flac, aac, mulaw"
             )));
         }
     };
@@ -117,7 +106,7 @@ fn check_voice_options(speed: f32, sample_rate: Option<u32>) -> Result<(), Probl
 /// The largest text a request may carry, as tts-inference enforces it.
 pub use sonora_proto::tts::v1::MAX_TEXT_CHARS;
 
-fn synthesis_problem(status: &tonic::Status) -> Problem {
+pub(crate) fn synthesis_problem(status: &tonic::Status) -> Problem {
     use actix_web::http::StatusCode;
     use sonora_proto::tts::v1::{REFUSAL_METADATA, REFUSAL_UNSUPPORTED_SCRIPT};
     let refusal = status
@@ -178,6 +167,150 @@ pub fn body_of<M: Send + 'static>(
     futures::stream::once(async move { Ok(web::Bytes::from(first)) }).chain(rest)
 }
 
+/// Synthesis that has made its first audio: what a response needs to start.
+pub(crate) struct Started {
+    pub first: Vec<u8>,
+    pub stream: tonic::Streaming<sonora_proto::tts::v1::SynthesizeResponse>,
+    pub content_type: String,
+    pub sample_rate: u32,
+    /// Characters of a script the voice does not read, skipped rather than spelled out.
+    pub skipped: String,
+    /// Meters the rest of the stream; see [`Metering::audio`].
+    pub metering: Metering,
+}
+
+/// What is counted when a synthesis stream ends: its seconds of audio in the key's usage, and
+/// `tts_generation_duration_seconds`.
+pub(crate) struct Metering {
+    meter: crate::usage::Meter,
+    key: KeyRecord,
+    generation: prometheus::Histogram,
+    received: std::time::Instant,
+}
+
+impl Metering {
+    fn ended(&self, audio_seconds: f64) {
+        self.generation
+            .observe(self.received.elapsed().as_secs_f64());
+        self.meter.record(
+            &self.key,
+            Counts {
+                audio_seconds,
+                ..Counts::default()
+            },
+        );
+    }
+
+    /// The bytes of each further message, metering the stream when its final message passes
+    /// (for [`body_of`]).
+    pub fn audio(self) -> impl FnMut(sonora_proto::tts::v1::SynthesizeResponse) -> Vec<u8> {
+        move |m| {
+            if m.done {
+                self.ended(m.audio_seconds);
+            }
+            m.audio
+        }
+    }
+}
+
+/// Why synthesis did not start: tts-inference refused or failed (its status, which the routes
+/// map to their problems), it ended without audio, or the gateway refused first (the voice is
+/// unknown or disabled, the quota is spent).
+pub(crate) enum StartError {
+    Backend(tonic::Status),
+    NoAudio,
+    Refused(Problem),
+}
+
+impl StartError {
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Backend(status) => synthesis_problem(status),
+            Self::NoAudio => Problem::bad_gateway("tts-inference ended the stream without audio."),
+            Self::Refused(problem) => problem.clone(),
+        }
+    }
+}
+
+/// Resolves the voice, spends the text's characters from `key`'s monthly quota, calls
+/// `Synthesize` on the key's behalf and waits for the first audio, so that a refusal still gets
+/// a proper status code. Characters are given back when no audio comes of it; they are counted
+/// in the key's usage once it does.
+pub(crate) async fn start_synthesis(
+    peers: &Peers,
+    key: &KeyRecord,
+    mut request: sonora_proto::tts::v1::SynthesizeRequest,
+) -> Result<Started, StartError> {
+    let received = std::time::Instant::now();
+    request.voice = peers
+        .catalogue
+        .resolve(peers, &request.voice)
+        .await
+        .map_err(StartError::Refused)?;
+    let characters = request.text.chars().count() as u64;
+    if let Err(refusal) = peers
+        .limiter
+        .spend_characters(key, characters, &peers.pool)
+        .await
+    {
+        if matches!(refusal, crate::ratelimit::QuotaRefusal::Exceeded { .. }) {
+            peers.limiter.quota_exceeded();
+        }
+        return Err(StartError::Refused(refusal.into()));
+    }
+    let started = async {
+        let mut tts = peers.tts.clone();
+        let response = tts
+            .synthesize(on_behalf(request, &key.principal()))
+            .await
+            .map_err(StartError::Backend)?;
+        let skipped = response
+            .metadata()
+            .get(sonora_proto::tts::v1::SKIPPED_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_owned();
+        let mut stream = response.into_inner();
+        let first = stream
+            .message()
+            .await
+            .map_err(StartError::Backend)?
+            .ok_or(StartError::NoAudio)?;
+        Ok((skipped, stream, first))
+    };
+    let (skipped, stream, first) = match started.await {
+        Ok(started) => started,
+        Err(error) => {
+            peers.limiter.refund_characters(key, characters).await;
+            return Err(error);
+        }
+    };
+    let metering = Metering {
+        meter: peers.meter.clone(),
+        key: key.clone(),
+        generation: peers.generation_seconds.clone(),
+        received,
+    };
+    peers.meter.record(
+        key,
+        Counts {
+            characters: i64::try_from(characters).unwrap_or(i64::MAX),
+            ..Counts::default()
+        },
+    );
+    if first.done {
+        metering.ended(first.audio_seconds);
+    }
+    Ok(Started {
+        content_type: first.content_type,
+        sample_rate: first.sample_rate,
+        first: first.audio,
+        stream,
+        skipped,
+        metering,
+    })
+}
+
 /// Starts synthesis and streams the audio as it is made; errors before the first audio are
 /// problem+json, errors after it end the stream early (the status line is already sent).
 async fn speak(
@@ -185,9 +318,7 @@ async fn speak(
     caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
 ) -> Result<HttpResponse, Problem> {
-    let received = std::time::Instant::now();
     let key = caller.require(Scope::Tts)?;
-    let principal = key.principal();
     if request.text.trim().is_empty() {
         return Err(Problem::invalid_request("The text is empty."));
     }
@@ -198,87 +329,19 @@ async fn speak(
         ))
         .with("limit_chars", MAX_TEXT_CHARS));
     }
-    let mut request = request;
-    request.voice = peers.catalogue.resolve(peers, &request.voice).await?;
-    // The month's quota is spent before the work and given back if no audio comes of it.
-    let characters = chars as u64;
-    if let Err(refusal) = peers
-        .limiter
-        .spend_characters(key, characters, &peers.pool)
+    let started = start_synthesis(peers, key, request)
         .await
-    {
-        if matches!(refusal, crate::ratelimit::QuotaRefusal::Exceeded { .. }) {
-            peers.limiter.quota_exceeded();
-        }
-        return Err(refusal.into());
-    }
-    let started = async {
-        let mut tts = peers.tts.clone();
-        let response = tts
-            .synthesize(on_behalf(request, &principal))
-            .await
-            .map_err(|status| synthesis_problem(&status))?;
-        // Characters of a script the voice does not read, skipped rather than spelled out.
-        let skipped = response
-            .metadata()
-            .get(sonora_proto::tts::v1::SKIPPED_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("0")
-            .to_owned();
-        let mut stream = response.into_inner();
-        // Wait for the first audio so that a refusal still gets a proper status code.
-        let first = stream
-            .message()
-            .await
-            .map_err(|status| synthesis_problem(&status))?
-            .ok_or_else(|| Problem::bad_gateway("tts-inference ended the stream without audio."))?;
-        Ok::<_, Problem>((skipped, stream, first))
-    };
-    let (skipped, stream, first) = match started.await {
-        Ok(started) => started,
-        Err(problem) => {
-            peers.limiter.refund_characters(key, characters).await;
-            return Err(problem);
-        }
-    };
-    let meter = peers.meter.clone();
-    let record = key.clone();
-    let generation = peers.generation_seconds.clone();
-    if first.done {
-        generation.observe(received.elapsed().as_secs_f64());
-    }
-    meter.record(
-        &record,
-        Counts {
-            characters: i64::try_from(characters).unwrap_or(i64::MAX),
-            audio_seconds: if first.done { first.audio_seconds } else { 0.0 },
-            ..Counts::default()
-        },
-    );
-    let content_type = first.content_type.clone();
-    let sample_rate = first.sample_rate;
+        .map_err(|error| error.problem())?;
     let body = body_of(
-        first.audio,
-        stream,
-        move |m: sonora_proto::tts::v1::SynthesizeResponse| {
-            if m.done {
-                generation.observe(received.elapsed().as_secs_f64());
-                meter.record(
-                    &record,
-                    Counts {
-                        audio_seconds: m.audio_seconds,
-                        ..Counts::default()
-                    },
-                );
-            }
-            m.audio
-        },
+        started.first,
+        started.stream,
+        started.metering.audio(),
         "synthesis",
     );
     Ok(HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header(("x-sample-rate", sample_rate.to_string()))
-        .insert_header(("x-skipped-characters", skipped))
+        .content_type(started.content_type)
+        .insert_header(("x-sample-rate", started.sample_rate.to_string()))
+        .insert_header(("x-skipped-characters", started.skipped))
         .insert_header(("cache-control", "no-store"))
         .streaming(body))
 }
@@ -302,25 +365,6 @@ async fn tts(
         noise_w: body.noise_w,
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
-    };
-    speak(&peers, &caller, request).await
-}
-
-/// `POST /v1/audio/speech`: the same, for clients written against OpenAI's speech endpoint.
-#[tracing::instrument(skip_all)]
-async fn audio_speech(
-    caller: Caller,
-    peers: web::Data<Peers>,
-    body: http_problem::JsonObject<SpeechBody>,
-) -> Result<HttpResponse, Problem> {
-    let body = body.0;
-    check_voice_options(body.speed.unwrap_or(1.0), None)?;
-    let request = sonora_proto::tts::v1::SynthesizeRequest {
-        text: body.input,
-        voice: body.voice.unwrap_or_default(),
-        speed: body.speed.unwrap_or(1.0),
-        format: audio_format(body.response_format.as_deref())?,
-        ..Default::default()
     };
     speak(&peers, &caller, request).await
 }

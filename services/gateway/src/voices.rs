@@ -7,7 +7,8 @@
 //! marked unavailable, and a voice's technical fields follow tts-inference; its display name and
 //! whether it is enabled are the operator's (`gateway voices rename|disable|enable`) and are
 //! never overwritten. When tts-inference cannot answer, the list is 503: whether a voice is
-//! available is not known then.
+//! available is not known then. When PostgreSQL cannot, the list is tts-inference's, with the
+//! names and switches last read (a voice's id needs no table).
 //!
 //! A request's voice is resolved here before synthesis: a UUID is looked up (404 when unknown), a
 //! disabled voice is refused (404, saying so), and a slug passes to tts-inference, which knows
@@ -144,62 +145,105 @@ impl Catalogue {
     }
 
     /// Reconciles the table with tts-inference's voices and returns it; a problem when
-    /// tts-inference cannot answer (whether a voice is available is not known then).
+    /// tts-inference cannot answer (whether a voice is available is not known then). While
+    /// PostgreSQL is away, tts-inference's voices as the cache last knew them.
     pub async fn sync(
         &self,
         tts: &mut TtsInferenceClient<PeerChannel>,
     ) -> Result<Vec<VoiceRow>, Problem> {
-        let loaded = tts.list_voices(ListVoicesRequest {}).await;
-        let unavailable = |error: DatabaseError| {
-            tracing::warn!(%error, "cannot read the voice catalogue");
-            Problem::unavailable("The voice catalogue cannot be read right now; retry shortly.")
-                .retry_after(2)
-        };
-        let voices =
-            loaded.map_err(|status| crate::routes::backend_problem("tts-inference", &status))?;
-        let voices = voices.into_inner().voices;
-        let mut conn = database::get(&self.pool).await.map_err(unavailable)?;
-        let slugs: Vec<String> = voices.iter().map(|v| v.id.clone()).collect();
-        for v in voices {
-            let speakers: Vec<Speaker> = v
-                .speakers
-                .into_iter()
-                .map(|s| Speaker {
-                    id: s.id,
-                    name: s.name,
-                })
-                .collect();
-            diesel::sql_query(
-                        "INSERT INTO voices (id, slug, display_name, language, sample_rate, quality, speakers, is_default) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                         ON CONFLICT (slug) DO UPDATE SET language = excluded.language, \
-                           sample_rate = excluded.sample_rate, quality = excluded.quality, \
-                           speakers = excluded.speakers, is_default = excluded.is_default, available = TRUE, \
-                           updated_at = CASE WHEN voices.available THEN voices.updated_at ELSE now() END",
-                    )
-                    .bind::<SqlUuid, _>(voice_uuid(&v.id))
-                    .bind::<Text, _>(&v.id)
-                    .bind::<Text, _>(if v.name.is_empty() { &v.id } else { &v.name })
-                    .bind::<Text, _>(&v.language)
-                    .bind::<Integer, _>(i32::try_from(v.sample_rate).unwrap_or(i32::MAX))
-                    .bind::<Text, _>(&v.quality)
-                    .bind::<Jsonb, _>(serde_json::to_value(speakers).expect("serializable"))
-                    .bind::<Bool, _>(v.is_default)
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| unavailable(DatabaseError::Query(e)))?;
+        let voices = tts
+            .list_voices(ListVoicesRequest {})
+            .await
+            .map_err(|status| crate::routes::backend_problem("tts-inference", &status))?
+            .into_inner()
+            .voices;
+        let live: Vec<VoiceRow> = voices
+            .into_iter()
+            .map(|v| VoiceRow {
+                id: voice_uuid(&v.id),
+                display_name: if v.name.is_empty() {
+                    v.id.clone()
+                } else {
+                    v.name.clone()
+                },
+                language: v.language,
+                sample_rate: i32::try_from(v.sample_rate).unwrap_or(i32::MAX),
+                quality: v.quality,
+                speakers: serde_json::to_value(
+                    v.speakers
+                        .into_iter()
+                        .map(|s| Speaker {
+                            id: s.id,
+                            name: s.name,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .expect("serializable"),
+                is_default: v.is_default,
+                enabled: true,
+                available: true,
+                slug: v.id,
+            })
+            .collect();
+        match self.reconcile(&live).await {
+            Ok(rows) => {
+                self.remember(&rows);
+                Ok(rows)
+            }
+            Err(error) => {
+                // The table is away: the live voices, with the names and switches last read
+                // (ids need no table: they are derived from the slugs).
+                tracing::warn!(%error, "cannot reconcile the voice catalogue; listing tts-inference's voices as last known");
+                let cache = self.cache.read().expect("not poisoned");
+                Ok(live
+                    .into_iter()
+                    .map(|mut row| {
+                        if let Some(known) = cache.by_slug.get(&row.slug) {
+                            row.display_name.clone_from(&known.display_name);
+                            row.enabled = known.enabled;
+                        }
+                        row
+                    })
+                    .collect())
+            }
         }
+    }
+
+    /// Writes the live voices into the table and reads it back.
+    async fn reconcile(&self, live: &[VoiceRow]) -> Result<Vec<VoiceRow>, DatabaseError> {
+        let mut conn = database::get(&self.pool).await?;
+        for v in live {
+            diesel::sql_query(
+                "INSERT INTO voices (id, slug, display_name, language, sample_rate, quality, speakers, is_default) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (slug) DO UPDATE SET language = excluded.language, \
+                   sample_rate = excluded.sample_rate, quality = excluded.quality, \
+                   speakers = excluded.speakers, is_default = excluded.is_default, available = TRUE, \
+                   updated_at = CASE WHEN voices.available THEN voices.updated_at ELSE now() END",
+            )
+            .bind::<SqlUuid, _>(v.id)
+            .bind::<Text, _>(&v.slug)
+            .bind::<Text, _>(&v.display_name)
+            .bind::<Text, _>(&v.language)
+            .bind::<Integer, _>(v.sample_rate)
+            .bind::<Text, _>(&v.quality)
+            .bind::<Jsonb, _>(&v.speakers)
+            .bind::<Bool, _>(v.is_default)
+            .execute(&mut conn)
+            .await
+            .map_err(DatabaseError::Query)?;
+        }
+        let slugs: Vec<&str> = live.iter().map(|v| v.slug.as_str()).collect();
         diesel::sql_query(
             "UPDATE voices SET available = FALSE, is_default = FALSE, updated_at = now() \
-                     WHERE available AND NOT (slug = ANY($1))",
+             WHERE available AND NOT (slug = ANY($1))",
         )
         .bind::<diesel::sql_types::Array<Text>, _>(slugs)
         .execute(&mut conn)
         .await
-        .map_err(|e| unavailable(DatabaseError::Query(e)))?;
-        let rows = all(&self.pool).await.map_err(unavailable)?;
-        self.remember(&rows);
-        Ok(rows)
+        .map_err(DatabaseError::Query)?;
+        drop(conn);
+        all(&self.pool).await
     }
 
     /// The voice a request names, as tts-inference knows it (its slug; empty for the default).

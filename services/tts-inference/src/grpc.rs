@@ -37,6 +37,7 @@ fn format(value: i32) -> Result<AudioFormat, Status> {
             pb::AudioFormat::Opus => AudioFormat::Opus,
             pb::AudioFormat::Flac => AudioFormat::Flac,
             pb::AudioFormat::Mulaw => AudioFormat::Mulaw,
+            pb::AudioFormat::Aac => AudioFormat::Aac,
         },
     )
 }

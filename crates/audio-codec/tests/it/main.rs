@@ -157,6 +157,35 @@ fn opus_in_ogg_trims_to_the_granule() {
 }
 
 #[test]
+fn aac_in_adts_within_its_priming_and_padding() {
+    // ADTS carries no encoder delay, so decoders keep AAC's 1,024 priming samples and the
+    // padding of the last frame: at most two frames longer.
+    check(AudioFormat::Aac, None, 22_050, 0.1);
+    check(AudioFormat::Aac, Some(24_000), 24_000, 0.1);
+    // Every packet has its own header: the stream starts with one and each header's length
+    // leads to the next, to the last byte.
+    let (bytes, _) = encode(AudioFormat::Aac, Some(24_000));
+    let mut at = 0;
+    let mut frames = 0;
+    while at < bytes.len() {
+        assert_eq!(
+            (bytes[at], bytes[at + 1] & 0xF6),
+            (0xFF, 0xF0),
+            "sync word at {at}"
+        );
+        let length = (usize::from(bytes[at + 3] & 3) << 11)
+            | (usize::from(bytes[at + 4]) << 3)
+            | usize::from(bytes[at + 5] >> 5);
+        assert!(length > 7, "frame at {at} of {length} bytes");
+        at += length;
+        frames += 1;
+    }
+    assert_eq!(at, bytes.len());
+    // 1.5 s at 24 kHz is 36 frames of 1,024 samples, plus priming and the last partial frame.
+    assert!((36..=39).contains(&frames), "{frames} frames");
+}
+
+#[test]
 fn mulaw_is_8khz_for_telephony() {
     check(AudioFormat::Mulaw, None, 8_000, 0.001);
 }
@@ -166,5 +195,7 @@ fn unsupported_rates_are_refused() {
     assert!(Encoder::new(AudioFormat::Mulaw, INPUT_RATE, Some(16_000)).is_err());
     assert!(Encoder::new(AudioFormat::Opus, INPUT_RATE, Some(44_100)).is_err());
     assert_eq!(AudioFormat::parse("OGG"), Some(AudioFormat::Opus));
-    assert_eq!(AudioFormat::parse("aac"), None);
+    assert!(Encoder::new(AudioFormat::Aac, INPUT_RATE, Some(20_000)).is_err());
+    assert_eq!(AudioFormat::parse("AAC"), Some(AudioFormat::Aac));
+    assert_eq!(AudioFormat::parse("m4a"), None);
 }

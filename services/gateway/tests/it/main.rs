@@ -7,6 +7,7 @@ mod http;
 mod inbound;
 mod keys;
 mod limits;
+mod openai;
 mod webhooks;
 
 use std::time::Duration;
@@ -153,6 +154,13 @@ async fn postgres_away_degrades_without_unreadiness_and_recovers() {
     assert_eq!(body["components"]["database"]["required"], false, "{body}");
     assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
     assert_eq!(voices_status(&stack).await, 200, "speech does not need it");
+    let (status, _, audio) = post(
+        &stack.key,
+        &format!("{}/v1/tts", stack.base),
+        serde_json::json!({ "text": "Spoken without the database.", "format": "wav" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&audio));
 
     pg.restore();
     wait_component(&stack.ops, "database", "up").await;
@@ -601,7 +609,7 @@ async fn tts_refusals_are_problem_json() {
             "/problems/invalid-request",
         ),
         (
-            serde_json::json!({ "text": "Hi.", "format": "aac" }),
+            serde_json::json!({ "text": "Hi.", "format": "m4a" }),
             400,
             "/problems/invalid-request",
         ),
