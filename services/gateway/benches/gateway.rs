@@ -8,8 +8,10 @@
 //!
 //! The key's and the address's limits are set far above the load so that every request is
 //! checked and admitted (a 429 would be cheaper than the work measured). Prints requests per
-//! second and p50/p99 latency of each, and the ratio.
-//! `BENCH_SECONDS` (default 10), `BENCH_CONNECTIONS` (default 64), `BENCH_THREADS` (default 1).
+//! second and p50/p99 latency of each, saturated (`BENCH_CONNECTIONS`, default 64: throughput)
+//! and lightly loaded (`BENCH_LIGHT_CONNECTIONS`, default 4: what auth and limits add to a
+//! request's latency when nothing queues). `BENCH_SECONDS` (default 10), `BENCH_THREADS`
+//! (default 1).
 
 #![allow(
     clippy::print_stdout,
@@ -45,9 +47,8 @@ fn millis(text: &str) -> f64 {
     panic!("unknown latency unit in {text:?}");
 }
 
-fn wrk(url: &str, key: Option<&str>) -> Run {
+fn wrk(url: &str, key: Option<&str>, connections: u64) -> Run {
     let seconds = setting("BENCH_SECONDS", 10);
-    let connections = setting("BENCH_CONNECTIONS", 64);
     let threads = setting("BENCH_THREADS", 1);
     let mut command = std::process::Command::new("wrk");
     command.args([
@@ -116,14 +117,22 @@ async fn main() {
     );
 
     let health_url = format!("{base}/health");
-    let (health, verified) = tokio::task::spawn_blocking(move || {
+    let runs = tokio::task::spawn_blocking(move || {
         // Warm up both paths, then measure.
         let _ = wrk_short(&health_url, None);
         let _ = wrk_short(&verify, Some(&key));
-        (wrk(&health_url, None), wrk(&verify, Some(&key)))
+        let busy = setting("BENCH_CONNECTIONS", 64);
+        let light = setting("BENCH_LIGHT_CONNECTIONS", 4);
+        (
+            wrk(&health_url, None, busy),
+            wrk(&verify, Some(&key), busy),
+            wrk(&health_url, None, light),
+            wrk(&verify, Some(&key), light),
+        )
     })
     .await
     .expect("wrk ran");
+    let (health, verified, health_light, verified_light) = runs;
     assert_eq!(
         verified.non_2xx, 0,
         "every authenticated request was admitted"
@@ -141,20 +150,40 @@ async fn main() {
         "machine: {cpu}, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| endpoint | requests/s | p50 ms | p99 ms |");
-    println!("| --- | --- | --- | --- |");
+    println!("| endpoint | connections | requests/s | p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, run, connections) in [
+        (
+            "GET /health (no key, no limit)",
+            &health,
+            setting("BENCH_CONNECTIONS", 64),
+        ),
+        (
+            "GET /v1/auth/verify (key + Redis limits + usage)",
+            &verified,
+            setting("BENCH_CONNECTIONS", 64),
+        ),
+        (
+            "GET /health (no key, no limit)",
+            &health_light,
+            setting("BENCH_LIGHT_CONNECTIONS", 4),
+        ),
+        (
+            "GET /v1/auth/verify (key + Redis limits + usage)",
+            &verified_light,
+            setting("BENCH_LIGHT_CONNECTIONS", 4),
+        ),
+    ] {
+        println!(
+            "| {name} | {connections} | {:.0} | {:.2} | {:.2} |",
+            run.rps, run.p50_ms, run.p99_ms
+        );
+    }
     println!(
-        "| GET /health (no key, no limit) | {:.0} | {:.2} | {:.2} |",
-        health.rps, health.p50_ms, health.p99_ms
-    );
-    println!(
-        "| GET /v1/auth/verify (key + Redis limits + usage) | {:.0} | {:.2} | {:.2} |",
-        verified.rps, verified.p50_ms, verified.p99_ms
-    );
-    println!(
-        "authenticated/unauthenticated throughput: {:.2}; p99 added by auth and limits: {:.2} ms",
+        "saturated: authenticated/unauthenticated throughput {:.2}; light load: p99 added by auth and limits {:.2} ms (p50 {:.2} ms)",
         verified.rps / health.rps,
-        verified.p99_ms - health.p99_ms
+        verified_light.p99_ms - health_light.p99_ms,
+        verified_light.p50_ms - health_light.p50_ms,
     );
     stack.stop().await;
 }
