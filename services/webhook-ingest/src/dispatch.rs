@@ -341,10 +341,24 @@ impl Dispatcher {
         )
         .await?;
         let claimed = events.len();
-        futures::stream::iter(events)
-            .for_each_concurrent(self.settings.batch_size, |event| async move {
+        // Events no rule acts on (and no Replicate prediction) have nothing to run: settled
+        // together in one statement rather than one by one.
+        let (idle, busy): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .map(|event| {
+                let planned = self.actions.plan(&event);
+                (event, planned)
+            })
+            .partition(|(_, planned)| planned.is_empty());
+        if !idle.is_empty() {
+            let ids: Vec<ids::EventId> = idle.iter().map(|(event, _)| event.id).collect();
+            let settled = inbox::settle_done(&self.pool, &ids, claim_id, Utc::now()).await?;
+            tracing::debug!(settled, "events with nothing to do settled");
+        }
+        futures::stream::iter(busy)
+            .for_each_concurrent(self.settings.batch_size, |(event, planned)| async move {
                 let id = event.id;
-                if let Err(error) = self.dispatch(claim_id, event).await {
+                if let Err(error) = self.dispatch(claim_id, event, planned).await {
                     // The claim expires and the event is taken again.
                     tracing::warn!(event_id = %id, %error, "event not dispatched; it will be taken again");
                 }
@@ -359,9 +373,9 @@ impl Dispatcher {
         &self,
         claim_id: uuid::Uuid,
         event: ClaimedEvent,
+        planned: Vec<Planned>,
     ) -> Result<(), DatabaseError> {
         let done = inbox::succeeded_actions(&self.pool, event.id).await?;
-        let planned = self.actions.plan(&event);
         let mut outcomes = Vec::new();
         for action in planned.iter().filter(|a| !done.contains(&a.key)) {
             let started = std::time::Instant::now();

@@ -273,6 +273,27 @@ pub enum Settled {
 }
 
 /// Moves a dispatched event on, if `claim_id` still holds it; false when the claim was lost.
+/// Settles claimed events that had nothing to do, all at once; how many the claim still held.
+pub async fn settle_done(
+    pool: &Pool,
+    events: &[EventId],
+    claim_id: uuid::Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, DatabaseError> {
+    let mut conn = database::get(pool).await?;
+    diesel::sql_query(
+        "UPDATE inbox SET state = 'done', next_attempt_at = NULL, last_error = NULL, settled_at = $3, \
+           claim_id = NULL, lease_expires_at = NULL \
+         WHERE id = ANY($1) AND claim_id = $2",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(events)
+    .bind::<SqlUuid, _>(claim_id)
+    .bind::<Timestamptz, _>(now)
+    .execute(&mut conn)
+    .await
+    .map_err(DatabaseError::Query)
+}
+
 pub async fn settle(
     pool: &Pool,
     event: EventId,
