@@ -7,6 +7,7 @@ mod http;
 mod inbound;
 mod keys;
 mod limits;
+mod openapi;
 mod webhooks;
 
 use std::time::Duration;
