@@ -293,7 +293,7 @@ struct RotateBody {
     path = "/v1/inbound/sources/{name}/secret/rotate",
     tag = tag::INBOUND_WEBHOOKS,
     params(("name" = String, Path, description = "The source's name.")),
-    request_body(content = Option<RotateBody>, description = "Optional."),
+    request_body(content = Option<RotateBody>),
     responses(
         (status = 200, description = "The source, with its new secret.", body = SourceSecretBody),
         (status = 400, response = openapi::BadRequest),
@@ -629,7 +629,7 @@ struct RedrivenBody {
     path = "/v1/inbound/dead-letters/redrive",
     tag = tag::INBOUND_WEBHOOKS,
     operation_id = "redrive_inbound_dead_letters",
-    request_body(content = Option<RedriveBody>, description = "Optional."),
+    request_body(content = Option<RedriveBody>),
     responses(
         (status = 202, description = "How many went back to the dispatcher.", body = RedrivenBody),
         (status = 400, response = openapi::BadRequest),

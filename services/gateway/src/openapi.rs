@@ -27,7 +27,7 @@ use utoipa::{
         Content, HttpMethod, Ref, RefOr, Response, ResponseBuilder, Schema,
         header::HeaderBuilder,
         path::OperationBuilder,
-        schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type},
+        schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type},
         security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -139,12 +139,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 // --- Schemas and answers the handlers share ---------------------------------------------------
 
+// This mirrors `http_problem::Problem`'s wire form, since that crate does not depend on utoipa
+// (and the orphan rule keeps the derive out of here); the gateway's tests check a real problem
+// against it.
 /// The body of every refusal and error: a problem detail (RFC 9457), served as
 /// `application/problem+json`. Some problems add members of their own: `limit_chars`,
 /// `limit_bytes`, `limit` (`key` or `ip`), `quota_characters`, `used_characters`, `resets_at`.
-///
-/// This mirrors `http_problem::Problem`'s wire form (the crate does not depend on utoipa); the
-/// gateway's tests check a real problem against it.
 #[derive(ToSchema)]
 #[schema(as = Problem)]
 pub struct ProblemSchema {
@@ -240,7 +240,7 @@ problem_response!(
 );
 problem_response!(
     PayloadTooLarge,
-    "The body is larger than the route accepts (64 KiB of JSON)."
+    "The body is larger than the route accepts; its `limit_bytes` says how large it may be."
 );
 problem_response!(
     UnprocessableEntity,
@@ -264,7 +264,7 @@ problem_response!(
 );
 
 /// What every `/v1` route answers by the middleware and extractors in front of its handler,
-/// the security schemes, and `/health`.
+/// the security schemes, `/health`, and two corrections of how utoipa writes `Option`.
 pub struct Conventions;
 
 impl Modify for Conventions {
@@ -307,6 +307,8 @@ impl Modify for Conventions {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
+                optional_body_left_out(operation);
+                absent_parameters_not_null(operation);
                 for (status, name) in every_route {
                     operation
                         .responses
@@ -320,6 +322,50 @@ impl Modify for Conventions {
             .paths
             .add_path_operation("/health", vec![HttpMethod::Get], health());
     }
+}
+
+/// utoipa writes a body declared `Option<T>` as required-unless-null (`oneOf: [null, T]`); these
+/// routes read an empty body as the defaults and refuse JSON `null`, so the body is `T` and not
+/// required.
+fn optional_body_left_out(operation: &mut utoipa::openapi::path::Operation) {
+    let Some(body) = operation.request_body.as_mut() else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        let mut items = one_of.items.iter().filter(|item| !is_null(item));
+        if let (Some(only), None) = (items.next(), items.next()) {
+            content.schema = Some(only.clone());
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}
+
+/// utoipa writes a parameter declared `Option<T>` as `T` or `null`; a parameter is text in a URL
+/// or a header and never JSON null (a client leaves it out), so it is `T`, not required.
+fn absent_parameters_not_null(operation: &mut utoipa::openapi::path::Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+            && let SchemaType::Array(types) = &object.schema_type
+            && types.contains(&Type::Null)
+        {
+            let types: Vec<Type> = types
+                .iter()
+                .filter(|t| **t != Type::Null)
+                .cloned()
+                .collect();
+            if let [only] = types.as_slice() {
+                object.schema_type = SchemaType::Type(only.clone());
+            }
+        }
+    }
+}
+
+fn is_null(schema: &RefOr<Schema>) -> bool {
+    matches!(schema, RefOr::T(Schema::Object(object))
+        if object.schema_type == SchemaType::Type(Type::Null))
 }
 
 /// `GET /health`, served by `lifecycle` on every service's public port.

@@ -174,7 +174,7 @@ struct TokenResponse {
     path = "/v1/auth/token",
     tag = tag::KEYS,
     operation_id = "create_token",
-    request_body(content = Option<TokenBody>, description = "Optional."),
+    request_body(content = Option<TokenBody>),
     responses(
         (status = 200, description = "The token.", body = TokenResponse),
         (status = 400, response = openapi::BadRequest),

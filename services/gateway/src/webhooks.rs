@@ -941,7 +941,7 @@ struct RotateBody {
     path = "/v1/webhook-endpoints/{id}/secret/rotate",
     tag = tag::PARTNER_WEBHOOKS,
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
-    request_body(content = Option<RotateBody>, description = "Optional."),
+    request_body(content = Option<RotateBody>),
     responses(
         (status = 200, description = "The new key.", body = SecretBody),
         (status = 400, response = openapi::BadRequest),
@@ -1215,7 +1215,7 @@ struct RedrivenBody {
     tag = tag::PARTNER_WEBHOOKS,
     operation_id = "redrive_endpoint",
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
-    request_body(content = Option<RedriveBody>, description = "Optional."),
+    request_body(content = Option<RedriveBody>),
     responses(
         (status = 202, description = "How many went back in the queue.", body = RedrivenBody),
         (status = 400, response = openapi::BadRequest),
@@ -1302,7 +1302,7 @@ fn example(event_type: &str) -> Option<String> {
     path = "/v1/webhook-endpoints/{id}/test",
     tag = tag::PARTNER_WEBHOOKS,
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
-    request_body(content = Option<TestBody>, description = "Optional."),
+    request_body(content = Option<TestBody>),
     responses(
         (status = 202, description = "The message published.", body = TestSentBody),
         (status = 400, response = openapi::BadRequest),

@@ -204,28 +204,54 @@
       el('tbody', null, rows));
   }
 
+  function headersView(doc, headers) {
+    const entries = Object.entries(headers || {});
+    if (entries.length === 0) return null;
+    return el('ul', { class: 'headers' }, entries.map(([name, header]) =>
+      el('li', null, 'Header ', el('code', null, name), ' ',
+        el('span', { class: 'type' }, typeLabel(doc, header.schema)),
+        header.description ? el('span', { class: 'field-description' }, inline(header.description)) : null)));
+  }
+
+  /** An operation's answers; a shared one links to its full description under "Common answers". */
   function responsesView(doc, responses) {
     const list = el('ul', { class: 'responses' });
     const statuses = Object.keys(responses || {}).sort();
     for (const status of statuses) {
-      let response = responses[status] || {};
-      let shared = null;
+      const response = responses[status] || {};
+      const item = el('li', { class: 'response status-' + status.charAt(0) + 'xx' },
+        el('strong', { class: 'status' }, status), ' ');
       if (response.$ref) {
-        shared = refName(response.$ref);
-        response = resolve(doc, response.$ref, 'responses') || {};
+        const name = refName(response.$ref);
+        const shared = resolve(doc, response.$ref, 'responses') || {};
+        item.append(...inline(shared.description || name), ' ',
+          el('a', { class: 'shared', href: '#response-' + slug(name) }, name));
+      } else {
+        item.append(...inline(response.description || ''),
+          headersView(doc, response.headers) || '', contentView(doc, response.content) || '');
       }
-      const headers = Object.entries(response.headers || {});
-      list.append(el('li', { class: 'response status-' + status.charAt(0) + 'xx' },
-        el('strong', { class: 'status' }, status), ' ',
-        response.description ? inline(response.description) : '',
-        shared ? el('span', { class: 'shared' }, '(' + shared + ')') : null,
-        headers.length ? el('ul', { class: 'headers' }, headers.map(([name, header]) =>
-          el('li', null, 'Header ', el('code', null, name), ' ',
-            el('span', { class: 'type' }, typeLabel(doc, header.schema)),
-            header.description ? el('span', { class: 'field-description' }, inline(header.description)) : null))) : null,
-        contentView(doc, response.content)));
+      list.append(item);
     }
     return list;
+  }
+
+  /** The answers many operations share, each described once. */
+  function commonAnswersView(doc) {
+    const responses = Object.entries((doc.components && doc.components.responses) || {});
+    if (responses.length === 0) return null;
+    const list = el('ul', { class: 'responses' });
+    for (const [name, response] of responses) {
+      list.append(el('li', { id: 'response-' + slug(name), tabindex: '-1' },
+        el('strong', null, name), ' ',
+        response.description ? inline(response.description) : '',
+        headersView(doc, response.headers),
+        contentView(doc, response.content)));
+    }
+    return el('section', { id: 'common-answers', 'aria-labelledby': 'common-answers-heading', class: 'common' },
+      el('h2', { id: 'common-answers-heading' }, 'Common answers'),
+      el('p', null, 'Answers many operations share. Every ', el('code', null, '/v1'),
+        ' operation can also answer 401, 429 and 503 as described here.'),
+      list);
   }
 
   function operationView(doc, path, method, operation) {
@@ -277,6 +303,8 @@
     if (found && found.tagName === 'DETAILS') {
       found.open = true;
       found.querySelector('summary').focus();
+    } else if (found && found.hasAttribute('tabindex')) {
+      found.focus();
     }
   }
 
@@ -312,6 +340,11 @@
         about && about.description ? prose(about.description) : null,
         list));
       contents.append(el('li', null, el('a', { href: '#' + sectionId }, tag), entries));
+    }
+    const common = commonAnswersView(doc);
+    if (common) {
+      main.append(common);
+      contents.append(el('li', null, el('a', { href: '#common-answers' }, 'Common answers')));
     }
     document.getElementById('status').textContent = count + ' operations.';
     setUpTools(main);

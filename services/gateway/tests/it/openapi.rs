@@ -260,6 +260,30 @@ async fn the_document_names_every_route_as_the_gateway_serves_it() {
         );
     }
 
+    // A body that may be left out is optional, not JSON null; an absent parameter is not null.
+    for (path, method, operation) in operations(&doc) {
+        if let Some(body) = operation.get("requestBody") {
+            let schema = &body["content"]["application/json"]["schema"];
+            assert!(schema.get("oneOf").is_none(), "{method} {path}: {schema}");
+        }
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            assert!(
+                !parameter["schema"]["type"].is_array(),
+                "{method} {path}: {parameter}"
+            );
+        }
+    }
+    let token = &doc["paths"]["/v1/auth/token"]["post"]["requestBody"];
+    assert_eq!(token["required"], false);
+    assert_eq!(
+        token["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TokenRequest"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/tts"]["post"]["requestBody"]["required"],
+        true
+    );
+
     // Speech answers audio, as bytes.
     let speech = &doc["paths"]["/v1/tts"]["post"]["responses"]["200"]["content"];
     for media in ["audio/wav", "audio/mpeg"] {
