@@ -8,10 +8,12 @@ use ids::KeyId;
 use internal_rpc::{Scope, Scopes};
 use serde::{Deserialize, Serialize};
 use settings::ExposeSecret as _;
+use utoipa::ToSchema;
 
 use crate::{
     auth::{self, Authenticator, Caller},
     keys::{self, KeyRecord, NewKey},
+    openapi::{self, tag},
     routes::resource,
 };
 
@@ -26,14 +28,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// A key as the API shows it: never its hash, never the key (except once, on creation).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Key)]
 struct KeyBody {
+    /// `key_…`.
     id: String,
     tenant: String,
     name: String,
-    /// `cw_live_Ab12…`.
+    /// The key's prefix and first characters, to recognise it by: `cw_live_Ab12…`.
     display: String,
+    /// Of `tts`, `audio`, `webhooks`, `usage`, `admin`.
     scopes: Vec<&'static str>,
+    /// `free`, `standard` or `enterprise`: the rate limit and monthly quota.
     plan: String,
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
@@ -56,25 +62,41 @@ impl From<&KeyRecord> for KeyBody {
     }
 }
 
-/// `GET /v1/auth/verify`: the calling key's tenant, name, scopes, plan and expiry.
+/// What the calling key is.
+///
+/// Its tenant, name, scopes, plan and expiry; any valid key may ask.
+#[utoipa::path(
+    get,
+    path = "/v1/auth/verify",
+    tag = tag::KEYS,
+    operation_id = "verify_key",
+    responses((status = 200, description = "The calling key.", body = KeyBody)),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn verify(caller: Caller) -> HttpResponse {
     HttpResponse::Ok().json(KeyBody::from(&caller.0))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateKey)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
+    /// Of `tts`, `audio`, `webhooks`, `usage`, `admin`.
     scopes: Vec<String>,
+    /// The admin key's own plan when absent; never a higher one.
     #[serde(default)]
     plan: Option<String>,
+    /// No expiry when absent.
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
+    /// `cw_live_` when absent.
     #[serde(default)]
     prefix: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreatedKey)]
 struct CreatedBody {
     #[serde(flatten)]
     record: KeyBody,
@@ -87,7 +109,23 @@ fn database_problem(error: &database::DatabaseError) -> Problem {
     Problem::unavailable("The key store is not reachable right now; retry shortly.").retry_after(2)
 }
 
-/// `POST /v1/admin/api-keys`: a new key of the caller's tenant.
+/// A new key of the caller's tenant.
+///
+/// 201 with the key, shown this once and never again.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/api-keys",
+    tag = tag::KEYS,
+    operation_id = "create_api_key",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The key, with the key itself.", body = CreatedBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 413, response = openapi::PayloadTooLarge),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn create(
     caller: Caller,
     authenticator: web::Data<Authenticator>,
@@ -135,12 +173,26 @@ async fn create(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Keys)]
 struct KeysBody {
     keys: Vec<KeyBody>,
 }
 
-/// `GET /v1/admin/api-keys`: the tenant's keys, newest first.
+/// The tenant's keys, newest first.
+///
+/// Never the keys themselves.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/api-keys",
+    tag = tag::KEYS,
+    operation_id = "list_api_keys",
+    responses(
+        (status = 200, description = "The tenant's keys.", body = KeysBody),
+        (status = 403, response = openapi::Forbidden),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn list(
     caller: Caller,
     authenticator: web::Data<Authenticator>,
@@ -154,8 +206,23 @@ async fn list(
     }))
 }
 
-/// `DELETE /v1/admin/api-keys/{id}`: revokes a key of the tenant, on every replica within a
-/// second. Another tenant's key is not found.
+/// Revokes a key of the tenant.
+///
+/// On every replica within a second, and the tokens made from it with it. Another tenant's key
+/// is not found.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/api-keys/{id}",
+    tag = tag::KEYS,
+    operation_id = "revoke_api_key",
+    params(("id" = String, Path, description = "The key's id, `key_…`.")),
+    responses(
+        (status = 200, description = "The key, revoked.", body = KeyBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn revoke(
     caller: Caller,
     authenticator: web::Data<Authenticator>,

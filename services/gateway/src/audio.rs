@@ -13,9 +13,11 @@ use http_problem::Problem;
 use internal_rpc::{PeerChannel, Scope, on_behalf};
 use serde::{Deserialize, Serialize};
 use sonora_proto::audio::v1::{self as pb, audio_generation_client::AudioGenerationClient};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     auth::Caller,
+    openapi::{self, AudioBytes, tag},
     routes::resource,
     usage::{Counts, Meter},
 };
@@ -63,8 +65,11 @@ fn problem(status: &tonic::Status) -> Problem {
     }
 }
 
-#[derive(Serialize)]
+/// A job's audio, once it has succeeded.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobAudio)]
 struct AudioBody {
+    /// `mp3`, `wav` or `flac`.
     format: String,
     content_type: String,
     size_bytes: u64,
@@ -74,11 +79,14 @@ struct AudioBody {
     url: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AudioJob)]
 struct JobBody {
     id: String,
+    /// `sound_effect` or `background_music`.
     #[serde(rename = "type")]
     job_type: &'static str,
+    /// `queued`, `submitted`, `processing`, `succeeded`, `failed` or `canceled`.
     status: &'static str,
     prompt: String,
     duration_seconds: f64,
@@ -144,17 +152,37 @@ fn accepted(job: pb::Job) -> HttpResponse {
         .json(JobBody::from(job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateSoundEffect)]
 #[serde(deny_unknown_fields)]
 struct SoundEffectBody {
+    /// What to hear, at most 2,000 characters.
     prompt: String,
+    /// 0.5 to 47 seconds (`duration` is accepted too).
     #[serde(alias = "duration")]
     duration_seconds: f64,
     #[serde(default)]
     seed: Option<i64>,
 }
 
-/// `POST /v1/sound-effects`: 202 with the queued job.
+/// A sound effect, made as a job.
+///
+/// 202 with the queued job and its `Location`; the audio is read once the job has succeeded.
+#[utoipa::path(
+    post,
+    path = "/v1/sound-effects",
+    tag = tag::AUDIO_JOBS,
+    request_body = SoundEffectBody,
+    responses(
+        (status = 202, description = "The queued job.", body = JobBody,
+            headers(("Location" = String, description = "The job: `/v1/audio-jobs/{id}`."))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn create_sound_effect(
     caller: Caller,
     client: web::Data<Client>,
@@ -187,18 +215,40 @@ async fn create_sound_effect(
     Ok(accepted(job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateBackgroundMusic)]
 #[serde(deny_unknown_fields)]
 struct MusicBody {
+    /// What to hear.
     prompt: String,
+    /// 1 to 300 seconds (`duration` is accepted too); when absent, the reading time of `text`.
     #[serde(default, alias = "duration")]
     duration_seconds: Option<f64>,
+    /// A text the music goes under: its reading time at 150 words a minute (5 to 300 s) sets the
+    /// duration when none is given.
     #[serde(default)]
     text: Option<String>,
 }
 
-/// `POST /v1/background-music`: 202 with the queued job; the duration is given, or set by the
-/// reading time of `text`.
+/// Background music, made as a job.
+///
+/// 202 with the queued job and its `Location`; the duration is given, or set by the reading time
+/// of `text`.
+#[utoipa::path(
+    post,
+    path = "/v1/background-music",
+    tag = tag::AUDIO_JOBS,
+    request_body = MusicBody,
+    responses(
+        (status = 202, description = "The queued job.", body = JobBody,
+            headers(("Location" = String, description = "The job: `/v1/audio-jobs/{id}`."))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn create_background_music(
     caller: Caller,
     client: web::Data<Client>,
@@ -236,7 +286,23 @@ async fn create_background_music(
     Ok(accepted(job))
 }
 
-/// `GET /v1/audio-jobs/{id}`.
+/// One audio job.
+///
+/// Its type, status, prompt, duration, error, and once it has succeeded its `audio`.
+#[utoipa::path(
+    get,
+    path = "/v1/audio-jobs/{id}",
+    tag = tag::AUDIO_JOBS,
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn get_job(
     caller: Caller,
     client: web::Data<Client>,
@@ -258,7 +324,23 @@ async fn get_job(
     Ok(HttpResponse::Ok().json(JobBody::from(job)))
 }
 
-/// `DELETE /v1/audio-jobs/{id}`: cancels the job (a finished one is returned as it is).
+/// Cancels an audio job.
+///
+/// A job that has finished is returned as it is.
+#[utoipa::path(
+    delete,
+    path = "/v1/audio-jobs/{id}",
+    tag = tag::AUDIO_JOBS,
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job, canceled unless it had finished.", body = JobBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn cancel_job(
     caller: Caller,
     client: web::Data<Client>,
@@ -280,25 +362,33 @@ async fn cancel_job(
     Ok(HttpResponse::Ok().json(JobBody::from(job)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// `sound_effect` or `background_music`.
     #[serde(default, rename = "type")]
     job_type: Option<String>,
+    /// `queued`, `submitted`, `processing`, `succeeded`, `failed` or `canceled`.
     #[serde(default)]
     status: Option<String>,
+    /// 1 to 500.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The last page's `next_cursor`.
     #[serde(default)]
     cursor: Option<String>,
-    /// RFC 3339 times: jobs created at or after, and before.
+    /// Jobs created at or after this time (RFC 3339).
     #[serde(default)]
     created_after: Option<DateTime<Utc>>,
+    /// Jobs created before this time (RFC 3339).
     #[serde(default)]
     created_before: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AudioJobs)]
 struct ListBody {
     jobs: Vec<JobBody>,
     /// Pass as `cursor` for the next page; absent on the last.
@@ -306,8 +396,22 @@ struct ListBody {
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/audio-jobs?type=&status=&created_after=&created_before=&limit=&cursor=`: the
-/// tenant's jobs, newest first.
+/// The tenant's audio jobs, newest first.
+///
+/// Filtered by type, status and creation time, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/audio-jobs",
+    tag = tag::AUDIO_JOBS,
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs.", body = ListBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn list_jobs(
     caller: Caller,
     client: web::Data<Client>,
@@ -421,7 +525,50 @@ fn unsatisfiable(size: u64) -> HttpResponse {
     response
 }
 
-/// `GET /v1/audio-jobs/{id}/audio`: the stored file, whole (200) or one byte range (206).
+/// A job's audio file.
+///
+/// Whole (200), or one byte range (206 with `Content-Range`) for `Range: bytes=first-last`,
+/// `bytes=first-` or `bytes=-count`; a range beyond the end is 416 with
+/// `Content-Range: bytes */size`, and several ranges get the whole file.
+#[utoipa::path(
+    get,
+    path = "/v1/audio-jobs/{id}/audio",
+    tag = tag::AUDIO_JOBS,
+    params(
+        ("id" = String, Path, description = "The job's id."),
+        ("Range" = Option<String>, Header, description = "One byte range: `bytes=first-last`, `bytes=first-` or `bytes=-count`."),
+    ),
+    responses(
+        (status = 200, description = "The whole file.",
+            headers(
+                ("Accept-Ranges" = String, description = "`bytes`."),
+                ("ETag" = String, description = "The file's SHA-256."),
+            ),
+            content(
+                (AudioBytes = "audio/mpeg"),
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+            )),
+        (status = 206, description = "The byte range asked for.",
+            headers(
+                ("Content-Range" = String, description = "`bytes first-last/size`."),
+                ("ETag" = String, description = "The file's SHA-256."),
+            ),
+            content(
+                (AudioBytes = "audio/mpeg"),
+                (AudioBytes = "audio/wav"),
+                (AudioBytes = "audio/flac"),
+            )),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 416, description = "The range starts beyond the end of the file.",
+            body = openapi::ProblemSchema, content_type = "application/problem+json",
+            headers(("Content-Range" = String, description = "`bytes */size`."))),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn read_audio(
     req: HttpRequest,
     caller: Caller,
@@ -506,8 +653,19 @@ async fn read_audio(
         .streaming(body))
 }
 
-/// `GET /v1/event-types`: every event type partners can receive, with its JSON Schema and an
-/// example.
+/// The events partners can receive.
+///
+/// Every event type, with its JSON Schema and an example.
+#[utoipa::path(
+    get,
+    path = "/v1/event-types",
+    tag = tag::PARTNER_WEBHOOKS,
+    responses(
+        (status = 200, description = "`{\"event_types\": [...]}`: each type's name, JSON Schema and example.",
+            body = Object),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn event_types(_caller: Caller) -> HttpResponse {
     let types: Vec<serde_json::Value> = sonora_proto::events::CATALOGUE
         .iter()

@@ -22,9 +22,11 @@ use http_problem::Problem;
 use internal_rpc::{PeerChannel, Principal, Scope, on_behalf};
 use serde::{Deserialize, Serialize};
 use sonora_proto::ingest::v1::{self as pb, webhook_ingest_client::WebhookIngestClient};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     auth::Caller,
+    openapi::{self, tag},
     routes::resource,
     webhooks::{backend_problem, limit, optional_body, rfc3339, time},
 };
@@ -99,7 +101,8 @@ fn source_name(name: &str) -> Result<String, Problem> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundSource)]
 struct SourceBody {
     id: String,
     name: String,
@@ -122,7 +125,8 @@ impl From<pb::Source> for SourceBody {
 }
 
 /// A source with its current secret: only in the answers of creating and rotating.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundSourceWithSecret)]
 struct SourceSecretBody {
     #[serde(flatten)]
     source: SourceBody,
@@ -140,13 +144,34 @@ fn with_secret(secret: pb::SourceSecret) -> Result<SourceSecretBody, Problem> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateInboundSource)]
 #[serde(deny_unknown_fields)]
 struct CreateSourceBody {
+    /// 1 to 64 of a-z, 0-9, `-` and `_`; `github` and `replicate` are taken.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     name: String,
 }
 
-/// `POST /v1/inbound/sources` (`name`): 201 with the source and its secret, shown this once.
+/// Registers an inbound webhook source.
+///
+/// 201 with the source, the path senders post to, and its `whsec_` secret, shown this once. A
+/// name in use is 409.
+#[utoipa::path(
+    post,
+    path = "/v1/inbound/sources",
+    tag = tag::INBOUND_WEBHOOKS,
+    request_body = CreateSourceBody,
+    responses(
+        (status = 201, description = "The source, with its secret.", body = SourceSecretBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn create_source(
     caller: Caller,
@@ -174,12 +199,26 @@ async fn create_source(
         .json(body))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundSources)]
 struct SourcesBody {
     data: Vec<SourceBody>,
 }
 
-/// `GET /v1/inbound/sources`: the tenant's sources, without their secrets.
+/// The tenant's inbound webhook sources.
+///
+/// Without their secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/inbound/sources",
+    tag = tag::INBOUND_WEBHOOKS,
+    responses(
+        (status = 200, description = "The sources.", body = SourcesBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn list_sources(caller: Caller, client: web::Data<Client>) -> Result<HttpResponse, Problem> {
     let principal = principal(&caller)?;
@@ -196,7 +235,22 @@ async fn list_sources(caller: Caller, client: web::Data<Client>) -> Result<HttpR
     }))
 }
 
-/// `DELETE /v1/inbound/sources/{name}`: 204; its webhooks are refused from now on.
+/// Deletes an inbound webhook source.
+///
+/// Its webhooks are refused from now on.
+#[utoipa::path(
+    delete,
+    path = "/v1/inbound/sources/{name}",
+    tag = tag::INBOUND_WEBHOOKS,
+    params(("name" = String, Path, description = "The source's name.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(source = %name))]
 async fn delete_source(
     caller: Caller,
@@ -220,16 +274,35 @@ async fn delete_source(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RotateInboundSourceSecret)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// How long the old secret is still accepted; default 24 h, at most 7 days.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     old_secret_ttl_seconds: Option<u32>,
 }
 
-/// `POST /v1/inbound/sources/{name}/secret/rotate` (body optional): the new secret, shown this
-/// once; the old one is still accepted for `old_secret_ttl_seconds`.
+/// Rotates an inbound webhook source's secret.
+///
+/// The new secret, shown this once; the old one is still accepted for
+/// `old_secret_ttl_seconds`. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/v1/inbound/sources/{name}/secret/rotate",
+    tag = tag::INBOUND_WEBHOOKS,
+    params(("name" = String, Path, description = "The source's name.")),
+    request_body(content = Option<RotateBody>),
+    responses(
+        (status = 200, description = "The source, with its new secret.", body = SourceSecretBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(source = %name))]
 async fn rotate_source_secret(
     caller: Caller,
@@ -302,7 +375,8 @@ fn state_of(name: &str) -> Result<pb::InboxState, Problem> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundEvent)]
 struct EventBody {
     id: String,
     /// `replicate`, `github`, or a registered source's name.
@@ -310,6 +384,7 @@ struct EventBody {
     /// The sender's id of the delivery.
     delivery_id: String,
     event_type: String,
+    /// `received`, `dispatched`, `done`, `failed`, `dead_letter` or `malformed`.
     state: &'static str,
     attempts: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -334,7 +409,8 @@ impl From<pb::InboxEvent> for EventBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundAttempt)]
 struct AttemptBody {
     attempt: i32,
     /// `publish:<rule>`, `agent_run:<rule>`.
@@ -363,7 +439,8 @@ impl From<pb::Attempt> for AttemptBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundEventDetail)]
 struct EventDetailBody {
     #[serde(flatten)]
     event: EventBody,
@@ -372,28 +449,38 @@ struct EventDetailBody {
     attempts: Vec<AttemptBody>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundEvents)]
 struct EventsBody {
     data: Vec<EventBody>,
+    /// Pass as `cursor` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// `replicate`, `github`, or a registered source's name.
     #[serde(default)]
     source: Option<String>,
+    /// `received`, `dispatched`, `done`, `failed`, `dead_letter` or `malformed`.
     #[serde(default)]
     state: Option<String>,
     /// RFC 3339: events received at or after.
     #[serde(default)]
+    #[param(format = DateTime)]
     after: Option<String>,
     /// RFC 3339: events received before.
     #[serde(default)]
+    #[param(format = DateTime)]
     before: Option<String>,
+    /// 1 to 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// The last page's `next_cursor`.
     #[serde(default)]
     cursor: Option<String>,
 }
@@ -402,8 +489,20 @@ fn millis(t: Option<DateTime<Utc>>) -> i64 {
     t.map_or(0, |t| t.timestamp_millis())
 }
 
-/// `GET /v1/inbound/events?source=&state=&after=&before=&limit=&cursor=`: the inbound events
-/// routed to the tenant, newest first.
+/// The inbound events routed to the tenant, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/inbound/events",
+    tag = tag::INBOUND_WEBHOOKS,
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events.", body = EventsBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn list_events(
     caller: Caller,
@@ -440,8 +539,22 @@ async fn list_events(
     }))
 }
 
-/// `GET /v1/inbound/events/{id}`: one event with its payload and the attempts of the tenant's
-/// rules.
+/// One inbound event.
+///
+/// With its payload (JSON when it is JSON) and the attempts of the tenant's own rules.
+#[utoipa::path(
+    get,
+    path = "/v1/inbound/events/{id}",
+    tag = tag::INBOUND_WEBHOOKS,
+    params(("id" = String, Path, description = "The event's id, `evt_…`.")),
+    responses(
+        (status = 200, description = "The event.", body = EventDetailBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(event = %id))]
 async fn get_event(
     caller: Caller,
@@ -478,28 +591,55 @@ async fn get_event(
     }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RedriveInboundDeadLetters)]
 #[serde(deny_unknown_fields)]
 struct RedriveBody {
     /// One event; when absent, every dead letter matching the filters.
     #[serde(default)]
     id: Option<String>,
+    /// Only this source's dead letters.
     #[serde(default)]
     source: Option<String>,
+    /// Only events received at or after this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     after: Option<String>,
+    /// Only events received before this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     before: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RedrivenEvents)]
 struct RedrivenBody {
+    /// How many dead letters went back to the dispatcher.
     redriven: u32,
 }
 
-/// `POST /v1/inbound/dead-letters/redrive` (body optional: `id`, or `source`, `after`,
-/// `before`): 202; the dead letters go back to the dispatcher, each with a full run of the retry
-/// schedule, and actions that succeeded before are not run again.
+/// Sends inbound dead letters back to the dispatcher.
+///
+/// 202: one dead letter (`id`), or every one matching `source`, `after` and `before`, goes back
+/// to the dispatcher with a full run of the retry schedule; actions that succeeded before are
+/// not run again. An event also routed to another tenant is for an operator to redrive (403);
+/// one that is not a dead letter is 409. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/v1/inbound/dead-letters/redrive",
+    tag = tag::INBOUND_WEBHOOKS,
+    operation_id = "redrive_inbound_dead_letters",
+    request_body(content = Option<RedriveBody>),
+    responses(
+        (status = 202, description = "How many went back to the dispatcher.", body = RedrivenBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn redrive(
     caller: Caller,

@@ -8,7 +8,8 @@
 //! endpoints and readiness over its database, Redis and every gRPC peer. Every `/v1` request is
 //! limited per key and per client address ([`ratelimit`]), speech is counted against the key's
 //! monthly character quota, and usage is metered per key and day ([`usage`]). Keys can be
-//! exchanged for short-lived tokens ([`token`]).
+//! exchanged for short-lived tokens ([`token`]). The API's OpenAPI document, generated from the
+//! handlers, is served at `/openapi.json` and rendered at `/docs` ([`openapi`]).
 
 pub mod admin;
 pub mod audio;
@@ -18,6 +19,7 @@ pub mod inbound;
 pub mod keys;
 pub mod legacy_metrics;
 pub mod openai;
+pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod token;
@@ -396,6 +398,7 @@ impl Application {
                     .configure(voices::configure)
                     .configure(webhooks::configure)
                     .configure(inbound::configure)
+                    .configure(openapi::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

@@ -481,7 +481,65 @@ fn backend_refusal(error: &routes::StartError) -> Refusal {
     }
 }
 
-/// `POST /v1/audio/speech`.
+/// The body of `POST /v1/audio/speech`, as OpenAI defines it (for the API document; the route
+/// reads the JSON object itself, see [`SpeechRequest::parse`]).
+#[derive(utoipa::ToSchema)]
+#[schema(as = OpenAiSpeechRequest)]
+#[allow(dead_code, reason = "describes the body for the API document only")]
+pub struct SpeechRequestDoc {
+    /// `tts-1`, `tts-1-hd` or `gpt-4o-mini-tts` (all speak with the mapped Sonora voice).
+    model: String,
+    /// The text to speak: 1 to 4,096 characters.
+    input: String,
+    /// An OpenAI voice name (`alloy`, `ash`, `ballad`, `coral`, `echo`, `fable`, `onyx`, `nova`,
+    /// `sage`, `shimmer`, `verse`, `marin`, `cedar`), `{"id": …}`, or a Sonora voice id, mapped
+    /// by `OPENAI_VOICE_MAP`.
+    voice: serde_json::Value,
+    /// Accepted (at most 4,096 characters) and not applied.
+    instructions: Option<String>,
+    /// `mp3` (the default), `opus`, `aac`, `flac`, `wav` or `pcm` (raw 16-bit little-endian mono
+    /// at 24 kHz).
+    response_format: Option<String>,
+    /// 0.25 to 4; 1 when absent.
+    #[schema(minimum = 0.25, maximum = 4.0)]
+    speed: Option<f32>,
+    /// `audio` (the default: the file, streamed) or `sse` (`speech.audio.delta` events with
+    /// base64 audio, then `speech.audio.done` with `usage`).
+    stream_format: Option<String>,
+}
+
+/// Speech for a text, as OpenAI's speech API and its SDKs call it.
+///
+/// Every refusal is problem+json that also carries OpenAI's `error` object (`message`, `type`,
+/// `param`, `code`), so the SDKs show its message.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/speech",
+    tag = crate::openapi::tag::SPEECH,
+    request_body = SpeechRequestDoc,
+    responses(
+        (status = 200, description = "The audio, streamed (`Content-Type` names its format), or with `stream_format: sse` server-sent events.",
+            headers(
+                ("X-Sample-Rate" = u32, description = "The audio's sample rate in Hz (24,000)."),
+                ("X-Skipped-Characters" = u32, description = "Characters of a script the voice does not read, skipped rather than spelled out."),
+            ),
+            content(
+                (crate::openapi::AudioBytes = "audio/mpeg"),
+                (crate::openapi::AudioBytes = "audio/ogg"),
+                (crate::openapi::AudioBytes = "audio/aac"),
+                (crate::openapi::AudioBytes = "audio/flac"),
+                (crate::openapi::AudioBytes = "audio/wav"),
+                (crate::openapi::AudioBytes = "audio/L16"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 502, response = crate::openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(model, format, stream_format))]
 pub async fn audio_speech(
     caller: Result<Caller, Problem>,

@@ -48,23 +48,34 @@ pub(crate) fn backend_problem(backend: &str, status: &tonic::Status) -> Problem 
 }
 
 /// The body of `POST /v1/tts`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = TtsRequest)]
 #[serde(deny_unknown_fields)]
 struct TtsBody {
+    /// The text to speak: 1 to 4,096 characters, with at least one letter or digit.
     text: String,
-    /// The voice's id; `voice_id` is what the old clients send.
+    /// The voice: its UUID or its slug (`en_US-joe-medium`); `voice_id` is what the old clients
+    /// send. The installation's default voice when absent.
     #[serde(default, alias = "voice_id")]
     voice: Option<String>,
+    /// The speaker of a voice that has several.
     #[serde(default)]
     speaker: Option<u32>,
+    /// 0.25 to 4; 1 when absent.
     #[serde(default)]
+    #[schema(minimum = 0.25, maximum = 4.0)]
     speed: Option<f32>,
+    /// `wav` (the default), `pcm16`, `mp3`, `opus`, `flac` or `mulaw`.
     #[serde(default)]
     format: Option<String>,
+    /// 8000 to 48000 Hz; the voice's own rate when absent.
     #[serde(default)]
+    #[schema(minimum = 8000, maximum = 48000)]
     sample_rate: Option<u32>,
+    /// 0 to 2: how varied the voice sounds; the voice's own when absent.
     #[serde(default)]
     noise_scale: Option<f32>,
+    /// 0 to 2: how varied the length of its sounds is; the voice's own when absent.
     #[serde(default)]
     noise_w: Option<f32>,
 }
@@ -346,8 +357,40 @@ async fn speak(
         .streaming(body))
 }
 
-/// `POST /v1/tts`: speech for `text`, streamed as tts-inference makes it (sentence by sentence,
-/// each in parts).
+/// Speech for a text, streamed as it is made.
+///
+/// The audio comes as tts-inference makes it, sentence by sentence and each in parts; the text
+/// counts against the key's monthly character quota. A refusal before the first audio is a
+/// problem with its status; a failure after it aborts the transfer, so a broken download never
+/// looks like a complete file.
+#[utoipa::path(
+    post,
+    path = "/v1/tts",
+    tag = crate::openapi::tag::SPEECH,
+    request_body = TtsBody,
+    responses(
+        (status = 200, description = "The audio, streamed; `Content-Type` names its format.",
+            headers(
+                ("X-Sample-Rate" = u32, description = "The audio's sample rate in Hz."),
+                ("X-Skipped-Characters" = u32, description = "Characters of a script the voice does not read, skipped rather than spelled out."),
+            ),
+            content(
+                (crate::openapi::AudioBytes = "audio/wav"),
+                (crate::openapi::AudioBytes = "audio/L16"),
+                (crate::openapi::AudioBytes = "audio/mpeg"),
+                (crate::openapi::AudioBytes = "audio/ogg"),
+                (crate::openapi::AudioBytes = "audio/flac"),
+                (crate::openapi::AudioBytes = "audio/basic"),
+            )),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 502, response = crate::openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn tts(
     caller: Caller,

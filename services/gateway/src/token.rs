@@ -15,9 +15,11 @@ use ids::{KeyId, Tenant};
 use internal_rpc::Scopes;
 use serde::{Deserialize, Serialize};
 use settings::{ExposeSecret as _, SecretString};
+use utoipa::ToSchema;
 
 use crate::{
     auth::{Caller, presented_api_key},
+    openapi::{self, tag},
     routes::resource,
 };
 
@@ -138,25 +140,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/auth/token", "POST").route(web::post().to(exchange)));
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = TokenRequest)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     /// Seconds, 60 to 900; 900 when absent.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 900)]
     expires_in: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Token)]
 struct TokenResponse {
+    /// The JWT, to send as `Authorization: Bearer`.
     access_token: String,
+    /// `Bearer`.
     token_type: &'static str,
+    /// Seconds it is valid for (less than asked when the key expires sooner).
     expires_in: i64,
     expires_at: DateTime<Utc>,
+    /// The key's scopes, which the token carries.
     scopes: Vec<&'static str>,
 }
 
-/// `POST /v1/auth/token`: a token for the calling key (an API key, not another token), with an
-/// optional JSON body `{"expires_in": seconds}`.
+/// A short-lived token for the calling key.
+///
+/// A JWT with the key's tenant and scopes, valid `expires_in` seconds (60 to 900, 900 when the
+/// body is left out), accepted as `Authorization: Bearer` while its key is; revoking the key ends
+/// it. Made from an API key only, not from another token (403).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    tag = tag::KEYS,
+    operation_id = "create_token",
+    request_body(content = Option<TokenBody>),
+    responses(
+        (status = 200, description = "The token.", body = TokenResponse),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn exchange(
     req: HttpRequest,
     caller: Caller,

@@ -26,8 +26,15 @@ use ids::KeyId;
 use internal_rpc::Scope;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::{auth::Caller, keys::KeyRecord, ratelimit::Limiter, routes::resource};
+use crate::{
+    auth::Caller,
+    keys::KeyRecord,
+    openapi::{self, tag},
+    ratelimit::Limiter,
+    routes::resource,
+};
 
 /// What one request (or several) used.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -178,21 +185,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/usage", "GET").route(web::get().to(usage)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
     /// First day, `YYYY-MM-DD` (UTC); the first of this month when absent.
     #[serde(default)]
+    #[param(format = Date)]
     from: Option<String>,
-    /// Last day, inclusive; today when absent.
+    /// Last day, inclusive; today when absent. At most 366 days after `from`.
     #[serde(default)]
+    #[param(format = Date)]
     to: Option<String>,
     /// Only this key of the tenant.
     #[serde(default)]
     key_id: Option<String>,
 }
 
-#[derive(QueryableByName, Serialize)]
+#[derive(QueryableByName, Serialize, ToSchema)]
+#[schema(as = UsageDay)]
 struct DayRow {
     #[diesel(sql_type = Date)]
     day: NaiveDate,
@@ -208,7 +219,8 @@ struct DayRow {
     jobs: i64,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, ToSchema)]
+#[schema(as = UsageTotals)]
 struct Totals {
     requests: i64,
     characters: i64,
@@ -219,21 +231,29 @@ struct Totals {
     webhooks_delivered: Option<u64>,
 }
 
-#[derive(Serialize)]
+/// Webhooks delivered to the tenant's partner endpoints on one UTC day.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UsageDeliveries)]
 struct Deliveries {
+    /// `YYYY-MM-DD`.
     day: String,
     delivered: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Quota {
     plan: String,
+    /// Characters the plan allows a key per calendar month (UTC).
     monthly_characters: u64,
+    /// Characters the key has had spoken this month.
     used_characters: u64,
+    /// When the quota starts over: the first instant of next month, UTC.
+    #[schema(format = DateTime)]
     resets_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Usage)]
 struct UsageBody {
     tenant: String,
     from: NaiveDate,
@@ -260,8 +280,22 @@ fn day(field: &str, text: Option<&str>, default: NaiveDate) -> Result<NaiveDate,
     }
 }
 
-/// `GET /v1/usage?from=&to=&key_id=`: the tenant's usage per day and key (usage scope). Counts
-/// reach PostgreSQL within `USAGE_FLUSH_INTERVAL`.
+/// The tenant's usage per day and key.
+///
+/// Requests, characters, seconds of audio and jobs, with their totals and the calling key's
+/// monthly character quota. Counts arrive within `USAGE_FLUSH_INTERVAL` (5 s by default).
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = tag::USAGE,
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The usage.", body = UsageBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 async fn usage(
     caller: Caller,
     query: web::Query<UsageQuery>,

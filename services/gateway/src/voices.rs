@@ -31,9 +31,15 @@ use http_problem::Problem;
 use internal_rpc::PeerChannel;
 use serde::{Deserialize, Serialize};
 use sonora_proto::tts::v1::{ListVoicesRequest, tts_inference_client::TtsInferenceClient};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{Peers, auth::Caller, routes::resource};
+use crate::{
+    Peers,
+    auth::Caller,
+    openapi::{self, tag},
+    routes::resource,
+};
 
 /// The namespace of voice UUIDs (UUIDv5 of the slug).
 const NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_9a3e_2b7d_4c18_9e60_7a4d_c3b2_1f08);
@@ -50,7 +56,8 @@ pub fn voice_uuid(slug: &str) -> Uuid {
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One speaker of a voice that has several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Speaker {
     pub id: u32,
     pub name: String,
@@ -288,7 +295,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/voices", "GET").route(web::get().to(list_voices)));
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Voice)]
 struct VoiceBody {
     /// The stable UUID (what the old clients send as `voice_id`).
     id: String,
@@ -300,20 +308,38 @@ struct VoiceBody {
     language: String,
     sample_rate: i32,
     quality: String,
+    #[schema(value_type = Vec<Speaker>)]
     speakers: serde_json::Value,
+    /// Whether the operator lets clients use it (a disabled voice is 404 to speech).
     enabled: bool,
     /// Whether tts-inference has the voice loaded now.
     available: bool,
+    /// Whether it is the voice speech uses when none is named.
     default: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Voices)]
 struct VoicesBody {
     voices: Vec<VoiceBody>,
 }
 
-/// `GET /v1/voices`: the catalogue, reconciled with tts-inference. Disabled voices are listed
-/// (with `enabled: false`) so clients holding their id learn why it is refused.
+/// The voice catalogue.
+///
+/// Reconciled with tts-inference on each call: new voices appear, removed ones stay listed as
+/// unavailable. Disabled voices are listed (with `enabled: false`) so clients holding their id
+/// learn why it is refused. 503 when tts-inference cannot answer, since which voices are
+/// available is not known then.
+#[utoipa::path(
+    get,
+    path = "/v1/voices",
+    tag = tag::VOICES,
+    responses(
+        (status = 200, description = "The catalogue.", body = VoicesBody),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn list_voices(_caller: Caller, peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
     let rows = peers.catalogue.sync(&mut peers.tts.clone()).await?;

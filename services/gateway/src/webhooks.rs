@@ -25,7 +25,13 @@ use sonora_proto::{
     ingest::v1::{ListSourcesRequest, webhook_ingest_client::WebhookIngestClient},
 };
 
-use crate::{auth::Caller, routes::resource};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    auth::Caller,
+    openapi::{self, tag},
+    routes::resource,
+};
 
 /// delivery-worker's API.
 pub type Client = DeliveryServiceClient<PeerChannel>;
@@ -365,8 +371,10 @@ fn signing(name: Option<&str>) -> Result<pb::SigningScheme, Problem> {
 
 // --- Bodies out -------------------------------------------------------------------------------
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Endpoint)]
 struct EndpointBody {
+    /// `ep_…`.
     id: String,
     url: String,
     description: String,
@@ -380,6 +388,7 @@ struct EndpointBody {
     /// Null: no limit.
     rate_limit_per_second: Option<u32>,
     metadata: HashMap<String, String>,
+    /// `hmac-sha256` or `ed25519`.
     signing: &'static str,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
@@ -413,11 +422,13 @@ impl From<pb::Endpoint> for EndpointBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Delivery)]
 struct DeliveryBody {
     id: String,
     message_id: String,
     endpoint_id: String,
+    /// `pending`, `delivered`, `failed` or `dead_letter`.
     status: &'static str,
     attempt_count: u32,
     max_attempts: u32,
@@ -458,7 +469,8 @@ impl From<pb::Delivery> for DeliveryBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeliveryAttempt)]
 struct AttemptBody {
     id: String,
     delivery_id: String,
@@ -469,6 +481,7 @@ struct AttemptBody {
     /// success, failure or timeout.
     outcome: String,
     response_status: Option<u32>,
+    /// The first 20 KiB of the partner's answer.
     response_body: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -495,9 +508,10 @@ impl From<pb::Attempt> for AttemptBody {
 }
 
 /// A page of a list; `next_cursor` is absent on the last.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Page<T> {
     data: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
@@ -511,7 +525,8 @@ impl<T> Page<T> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EndpointSecret)]
 struct SecretBody {
     endpoint_id: String,
     /// `whsec_…` (HMAC) to verify with, or `whpk_…`, the public key of an Ed25519 endpoint.
@@ -520,26 +535,54 @@ struct SecretBody {
 
 // --- Handlers ---------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateEndpoint)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// http or https (https in production), at most 2,048 bytes, without a user or password.
     url: String,
+    /// At most 1,024 bytes, no control characters.
     #[serde(default)]
     description: Option<String>,
+    /// Types of `GET /v1/event-types`, types forwarded from inbound sources (`github.…`, or
+    /// `<name>.…` of one of the tenant's sources), or `["*"]` (the default) for every type; at
+    /// most 64.
     #[serde(default)]
     event_types: Option<Vec<String>>,
+    /// At most 64; every channel when absent or empty.
     #[serde(default)]
     channels: Option<Vec<String>>,
+    /// At most 10,000; no limit when absent or 0.
     #[serde(default)]
+    #[schema(maximum = 10000)]
     rate_limit_per_second: Option<u32>,
     #[serde(default)]
     metadata: Option<HashMap<String, String>>,
+    /// `hmac-sha256` (the default) or `ed25519`.
     #[serde(default)]
     signing: Option<String>,
 }
 
-/// `POST /v1/webhook-endpoints`: 201 with the endpoint; its secret is read at
-/// `GET /v1/webhook-endpoints/{id}/secret`.
+/// A partner's webhook endpoint.
+///
+/// 201 with the endpoint and its `Location`, never its secret, which is read at
+/// `GET /v1/webhook-endpoints/{id}/secret`. At most 1,000 endpoints per tenant (409 beyond).
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints",
+    tag = tag::PARTNER_WEBHOOKS,
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The endpoint.", body = EndpointBody,
+            headers(("Location" = String, description = "The endpoint: `/v1/webhook-endpoints/{id}`."))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn create_endpoint(
     caller: Caller,
@@ -593,16 +636,33 @@ async fn create_endpoint(
         .json(EndpointBody::from(endpoint)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
+    /// 1 to 500.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The last page's `next_cursor`.
     #[serde(default)]
     cursor: Option<String>,
 }
 
-/// `GET /v1/webhook-endpoints?limit=&cursor=`: the tenant's endpoints, oldest first.
+/// The tenant's webhook endpoints, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of endpoints.", body = Page<EndpointBody>),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all)]
 async fn list_endpoints(
     caller: Caller,
@@ -650,7 +710,20 @@ async fn fetch_endpoint(
         .into_inner())
 }
 
-/// `GET /v1/webhook-endpoints/{id}`.
+/// One webhook endpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    responses(
+        (status = 200, description = "The endpoint.", body = EndpointBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn get_endpoint(
     caller: Caller,
@@ -662,13 +735,17 @@ async fn get_endpoint(
     Ok(HttpResponse::Ok().json(EndpointBody::from(endpoint)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UpdateEndpoint)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
+    /// As on creation.
     #[serde(default)]
     url: Option<String>,
+    /// As on creation.
     #[serde(default)]
     description: Option<String>,
+    /// As on creation; replaces the whole list.
     #[serde(default)]
     event_types: Option<Vec<String>>,
     /// An empty list: every channel.
@@ -685,7 +762,23 @@ struct UpdateBody {
     metadata: Option<HashMap<String, String>>,
 }
 
-/// `PATCH /v1/webhook-endpoints/{id}`: changes the fields given.
+/// Changes the fields given of a webhook endpoint.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The endpoint as it now is.", body = EndpointBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn update_endpoint(
     caller: Caller,
@@ -740,7 +833,22 @@ async fn update_endpoint(
     Ok(HttpResponse::Ok().json(EndpointBody::from(endpoint)))
 }
 
-/// `DELETE /v1/webhook-endpoints/{id}`: 204; its pending deliveries are dropped.
+/// Deletes a webhook endpoint.
+///
+/// Its pending deliveries are dropped.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn delete_endpoint(
     caller: Caller,
@@ -773,8 +881,23 @@ fn secret_response(endpoint_id: String, secret: pb::EndpointSecret) -> HttpRespo
         })
 }
 
-/// `GET /v1/webhook-endpoints/{id}/secret`: the key the partner verifies with. The only route,
-/// with the rotation, that shows it.
+/// The key a partner verifies an endpoint's deliveries with.
+///
+/// The `whsec_` secret (the `whpk_` public key of an Ed25519 endpoint). The only route, with the
+/// rotation, that shows it.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}/secret",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    responses(
+        (status = 200, description = "The key.", body = SecretBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn get_secret(
     caller: Caller,
@@ -799,16 +922,35 @@ async fn get_secret(
     Ok(secret_response(id, secret))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RotateEndpointSecret)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// How long the old secret keeps signing beside the new one; default 24 h, at most 7 days.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     old_secret_ttl_seconds: Option<u32>,
 }
 
-/// `POST /v1/webhook-endpoints/{id}/secret/rotate` (body optional): a new secret signs from now
-/// on; the old one signs beside it for `old_secret_ttl_seconds`.
+/// Rotates a webhook endpoint's secret.
+///
+/// A new secret signs from now on; the old one signs beside it for `old_secret_ttl_seconds`.
+/// Answers the new key. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/secret/rotate",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    request_body(content = Option<RotateBody>),
+    responses(
+        (status = 200, description = "The new key.", body = SecretBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn rotate_secret(
     caller: Caller,
@@ -846,20 +988,40 @@ async fn rotate_secret(
     Ok(secret_response(id, secret))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
+    /// `pending`, `delivered`, `failed` or `dead_letter`.
     #[serde(default)]
     status: Option<String>,
+    /// Only the deliveries of this message.
     #[serde(default)]
     message_id: Option<String>,
+    /// 1 to 500.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The last page's `next_cursor`.
     #[serde(default)]
     cursor: Option<String>,
 }
 
-/// `GET /v1/webhook-endpoints/{id}/deliveries?status=&message_id=&limit=&cursor=`.
+/// A webhook endpoint's deliveries.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}/deliveries",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`."), DeliveriesQuery),
+    responses(
+        (status = 200, description = "A page of deliveries.", body = Page<DeliveryBody>),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn list_deliveries(
     caller: Caller,
@@ -908,21 +1070,43 @@ async fn list_deliveries(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AttemptsQuery {
+    /// Only the attempts of this delivery.
     #[serde(default)]
     delivery_id: Option<String>,
+    /// Only the attempts of this message.
     #[serde(default)]
     message_id: Option<String>,
+    /// 1 to 500.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The last page's `next_cursor`.
     #[serde(default)]
     cursor: Option<String>,
 }
 
-/// `GET /v1/webhook-endpoints/{id}/attempts?delivery_id=&message_id=&limit=&cursor=`: every HTTP
-/// attempt made to the endpoint, with the partner's answer.
+/// Every HTTP attempt made to a webhook endpoint.
+///
+/// With the request headers (without signatures), the partner's status and the first 20 KiB of
+/// its answer.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}/attempts",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`."), AttemptsQuery),
+    responses(
+        (status = 200, description = "A page of attempts.", body = Page<AttemptBody>),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn list_attempts(
     caller: Caller,
@@ -956,8 +1140,23 @@ async fn list_attempts(
     )))
 }
 
-/// `POST /v1/deliveries/{id}/retry`: 202; the delivery is due now, with a full run of the retry
-/// schedule from there (a delivered one is sent again).
+/// Retries a delivery now.
+///
+/// 202: the delivery is due now, with a full run of the retry schedule from there (a delivered
+/// one is sent again).
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "The delivery, due now.", body = DeliveryBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(delivery = %id))]
 async fn retry_delivery(
     caller: Caller,
@@ -985,24 +1184,47 @@ async fn retry_delivery(
     Ok(HttpResponse::Accepted().json(DeliveryBody::from(delivery)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RedriveEndpoint)]
 #[serde(deny_unknown_fields)]
 struct RedriveBody {
     /// Only dead letters created at or after this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     since: Option<String>,
     /// Only dead letters created before this time.
     #[serde(default)]
+    #[schema(format = DateTime)]
     until: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RedrivenDeliveries)]
 struct RedrivenBody {
+    /// How many dead letters went back in the queue.
     redriven: u32,
 }
 
-/// `POST /v1/webhook-endpoints/{id}/redrive` (body optional: `since`, `until`): 202; the
-/// endpoint's dead letters go back in the queue.
+/// Sends a webhook endpoint's dead letters again.
+///
+/// 202: the endpoint's dead letters go back in the queue, optionally only those made between
+/// `since` and `until`. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/redrive",
+    tag = tag::PARTNER_WEBHOOKS,
+    operation_id = "redrive_endpoint",
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    request_body(content = Option<RedriveBody>),
+    responses(
+        (status = 202, description = "How many went back in the queue.", body = RedrivenBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn redrive(
     caller: Caller,
@@ -1040,7 +1262,8 @@ async fn redrive(
     Ok(HttpResponse::Accepted().json(RedrivenBody { redriven }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = SendTest)]
 #[serde(deny_unknown_fields)]
 struct TestBody {
     /// A type of the catalogue the endpoint subscribes to; the first such type when absent.
@@ -1048,7 +1271,8 @@ struct TestBody {
     event_type: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = TestSent)]
 struct TestSentBody {
     message_id: String,
     event_id: String,
@@ -1066,11 +1290,29 @@ fn example(event_type: &str) -> Option<String> {
     serde_json::to_string(document.get("example")?).ok()
 }
 
-/// `POST /v1/webhook-endpoints/{id}/test` (body optional: `event_type`): 202 with the message;
-/// the catalogue's example of a type the endpoint subscribes to is published as a new event
-/// (fresh id) on the endpoint's channels and delivered, signed, through the real queue. Like
-/// any event it reaches every enabled endpoint of the tenant subscribed to that type and
-/// channel, not this one alone.
+/// Sends a test event to a webhook endpoint.
+///
+/// 202 with the message: the catalogue's example of a type the endpoint subscribes to
+/// (`event_type`, else the first) is published as a new event (fresh id) on the endpoint's
+/// channels and delivered, signed, through the real queue. Like any event it reaches every
+/// enabled endpoint of the tenant subscribed to that type and channel, not this one alone. A
+/// disabled endpoint is 409. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/test",
+    tag = tag::PARTNER_WEBHOOKS,
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`.")),
+    request_body(content = Option<TestBody>),
+    responses(
+        (status = 202, description = "The message published.", body = TestSentBody),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
 async fn send_test(
     caller: Caller,

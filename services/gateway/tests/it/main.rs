@@ -8,6 +8,7 @@ mod inbound;
 mod keys;
 mod limits;
 mod openai;
+mod openapi;
 mod webhooks;
 
 use std::time::Duration;

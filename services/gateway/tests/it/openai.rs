@@ -470,7 +470,7 @@ async fn a_backend_failure_midway_aborts_the_event_stream() {
         .await;
     let base = stack.http_url(Service::Gateway);
     let key = stack.api_key("acme", &[Scope::Tts]).await;
-    let mut response = test_support::http_client()
+    let sent = test_support::http_client()
         .post(format!("{base}/v1/audio/speech"))
         .header("authorization", format!("Bearer {key}"))
         .json(&json!({
@@ -481,8 +481,12 @@ async fn a_backend_failure_midway_aborts_the_event_stream() {
             "input": "Hi. This second sentence is far too long for the tiny phoneme budget this test sets.",
         }))
         .send()
-        .await
-        .unwrap();
+        .await;
+    // When the failure comes before the head has left the server (a busy machine), the
+    // connection breaks at once: a broken transfer too, never a clean answer.
+    let Ok(mut response) = sent else {
+        return;
+    };
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut received = Vec::new();
