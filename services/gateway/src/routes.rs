@@ -122,6 +122,9 @@ struct TtsBody {
     noise_scale: Option<f32>,
     #[serde(default)]
     noise_w: Option<f32>,
+    /// Word timings: the answer becomes NDJSON ([`Framing::Timed`]) instead of raw audio.
+    #[serde(default)]
+    timestamps: bool,
 }
 
 /// The body of `POST /v1/audio/speech`, in the shape OpenAI-style clients send.
@@ -236,12 +239,85 @@ pub fn body_of<M: Send + 'static>(
     futures::stream::once(async move { Ok(web::Bytes::from(first)) }).chain(rest)
 }
 
+/// How a synthesis is framed for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The encoded audio itself, in the format's media type.
+    Audio,
+    /// `application/x-ndjson`: one JSON object a line, `{"audio": base64, "words": [...]}` for
+    /// each message of the stream, then `{"done": true, "audio_seconds": ...}`. JSON lines rather
+    /// than multipart or a JSON array: each line stands alone, so a client can play a part and
+    /// show its words as soon as the line arrives, and a stream that breaks off midway is seen
+    /// (no `done` line) rather than parsed as a shorter whole.
+    Timed,
+}
+
+#[derive(Serialize)]
+struct WordBody<'a> {
+    word: &'a str,
+    start: f64,
+    end: f64,
+}
+
+#[derive(Serialize)]
+struct TimedLine<'a> {
+    audio: String,
+    words: Vec<WordBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct DoneLine {
+    done: bool,
+    audio_seconds: f64,
+}
+
+/// The NDJSON lines of one message of a timed stream ([`Framing::Timed`]).
+fn timed_lines(m: &sonora_proto::tts::v1::SynthesizeResponse) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    if !m.audio.is_empty() || !m.words.is_empty() {
+        let line = TimedLine {
+            audio: base64::engine::general_purpose::STANDARD.encode(&m.audio),
+            words: m
+                .words
+                .iter()
+                .map(|w| WordBody {
+                    word: &w.word,
+                    start: w.start,
+                    end: w.end,
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut out, &line).expect("a line serialises");
+        out.push(b'\n');
+    }
+    if m.done {
+        let done = DoneLine {
+            done: true,
+            audio_seconds: m.audio_seconds,
+        };
+        serde_json::to_writer(&mut out, &done).expect("a line serialises");
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Starts synthesis and streams the audio as it is made; errors before the first audio are
 /// problem+json, errors after it end the stream early (the status line is already sent).
 async fn speak(
     peers: &Peers,
     caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
+) -> Result<HttpResponse, Problem> {
+    speak_as(peers, caller, request, Framing::Audio).await
+}
+
+/// [`speak`], framed as `framing` says.
+async fn speak_as(
+    peers: &Peers,
+    caller: &Caller,
+    request: sonora_proto::tts::v1::SynthesizeRequest,
+    framing: Framing,
 ) -> Result<HttpResponse, Problem> {
     let key = caller.require(Scope::Tts)?;
     let principal = key.principal();
@@ -306,10 +382,13 @@ async fn speak(
             ..Counts::default()
         },
     );
-    let content_type = first.content_type.clone();
     let sample_rate = first.sample_rate;
+    let (content_type, first) = match framing {
+        Framing::Audio => (first.content_type.clone(), first.audio),
+        Framing::Timed => ("application/x-ndjson".to_owned(), timed_lines(&first)),
+    };
     let body = body_of(
-        first.audio,
+        first,
         stream,
         move |m: sonora_proto::tts::v1::SynthesizeResponse| {
             if m.done {
@@ -321,7 +400,10 @@ async fn speak(
                     },
                 );
             }
-            m.audio
+            match framing {
+                Framing::Audio => m.audio,
+                Framing::Timed => timed_lines(&m),
+            }
         },
         "synthesis",
     );
@@ -334,7 +416,7 @@ async fn speak(
 }
 
 /// `POST /v1/tts`: speech for `text`, streamed as tts-inference makes it (sentence by sentence,
-/// each in parts).
+/// each in parts); with `"timestamps": true`, NDJSON with each part's words ([`Framing::Timed`]).
 #[tracing::instrument(skip_all)]
 async fn tts(
     caller: Caller,
@@ -352,8 +434,14 @@ async fn tts(
         noise_w: body.noise_w,
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
+        timestamps: body.timestamps,
     };
-    speak(&peers, &caller, request).await
+    let framing = if body.timestamps {
+        Framing::Timed
+    } else {
+        Framing::Audio
+    };
+    speak_as(&peers, &caller, request, framing).await
 }
 
 /// `POST /v1/audio/speech`: the same, for clients written against OpenAI's speech endpoint.

@@ -110,6 +110,7 @@ impl TtsService {
             noise_w: noise("noise_w", r.noise_w)?,
             format,
             sample_rate,
+            timestamps: r.timestamps,
             received,
         })
     }

@@ -20,7 +20,7 @@ use std::{
 
 use audio_codec::{AudioFormat, Encoder};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
-use sonora_proto::tts::v1::SynthesizeResponse;
+use sonora_proto::tts::v1::{SynthesizeResponse, WordTiming};
 use tokio::sync::mpsc;
 use tonic::Status;
 use voice::{Scales, Voice};
@@ -237,6 +237,8 @@ pub struct Request {
     pub noise_w: Option<f32>,
     pub format: AudioFormat,
     pub sample_rate: Option<u32>,
+    /// Whether each message carries the words its audio completes.
+    pub timestamps: bool,
     pub received: Instant,
 }
 
@@ -281,26 +283,40 @@ pub fn run(
         request.format.content_type().to_owned(),
         encoder.output_rate(),
     );
-    let message =
-        |audio: Vec<u8>, sentence_index: u32, audio_seconds: Option<f64>| SynthesizeResponse {
-            audio,
-            sentence_index,
-            content_type: content_type.clone(),
-            sample_rate,
-            done: audio_seconds.is_some(),
-            audio_seconds: audio_seconds.unwrap_or_default(),
-        };
-    let mut parts =
-        match voice.synthesize_pieces(request.pieces, request.speaker, scales, request.limits) {
-            Ok(parts) => parts,
-            Err(error) => {
-                send(Err(status_of(error)));
-                return;
-            }
-        };
+    let message = |audio: Vec<u8>,
+                   sentence_index: u32,
+                   audio_seconds: Option<f64>,
+                   words: Vec<WordTiming>| SynthesizeResponse {
+        audio,
+        sentence_index,
+        content_type: content_type.clone(),
+        sample_rate,
+        done: audio_seconds.is_some(),
+        audio_seconds: audio_seconds.unwrap_or_default(),
+        words,
+    };
+    let mut parts = match voice.synthesize_pieces_timed(
+        request.pieces,
+        request.speaker,
+        scales,
+        request.limits,
+        request.timestamps,
+    ) {
+        Ok(parts) => parts,
+        Err(error) => {
+            send(Err(status_of(error)));
+            return;
+        }
+    };
     let mut audio_seconds = 0.0;
     let mut index = 0u32;
     let mut first_sent = false;
+    // Word times are from the start of their piece; the piece starts where the audio before it
+    // ends (pieces follow each other with no gap: each one's own silence is in its audio). The
+    // encoder resamples but keeps the duration, so times in seconds hold at any output rate.
+    let (mut piece, mut piece_start) = (usize::MAX, 0.0);
+    // Words whose audio is made but whose message is not sent yet (the codec held it back).
+    let mut words: Vec<WordTiming> = Vec::new();
     loop {
         // Checked before each part is computed, so a departed client costs no more work.
         if tx.is_closed() {
@@ -326,6 +342,14 @@ pub fn run(
             last = part.last,
             "audio synthesized"
         );
+        if part.piece != piece {
+            (piece, piece_start) = (part.piece, audio_seconds);
+        }
+        words.extend(part.words.iter().map(|w| WordTiming {
+            word: w.word.clone(),
+            start: piece_start + w.start,
+            end: piece_start + w.end,
+        }));
         audio_seconds += part.samples.len() as f64 / f64::from(voice.sample_rate());
         let bytes = match encoder.push(&part.samples) {
             Ok(bytes) => bytes,
@@ -345,7 +369,7 @@ pub fn run(
                 .first_audio
                 .observe(request.received.elapsed().as_secs_f64());
         }
-        if !send(Ok(message(bytes, index, None))) {
+        if !send(Ok(message(bytes, index, None, std::mem::take(&mut words)))) {
             metrics.cancelled.inc();
             return;
         }
@@ -366,7 +390,7 @@ pub fn run(
                     .first_audio
                     .observe(request.received.elapsed().as_secs_f64());
             }
-            send(Ok(message(tail, index, Some(audio_seconds))));
+            send(Ok(message(tail, index, Some(audio_seconds), words)));
         }
         Err(error) => {
             tracing::error!(%error, "encoding failed");

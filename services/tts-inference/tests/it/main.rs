@@ -3,6 +3,7 @@
 mod hostile;
 mod intelligibility;
 mod synthesis;
+mod timestamps;
 mod trace;
 
 use std::time::Duration;
