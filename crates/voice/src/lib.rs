@@ -46,6 +46,7 @@ pub mod model;
 pub mod phonemes;
 pub mod script;
 mod spline;
+pub mod ssml;
 mod synth;
 pub mod text;
 pub mod weights;
