@@ -57,7 +57,7 @@ pub use config::VoiceConfig;
 pub use model::{Encoded, Latent, Plan, Scales, Vits};
 pub use phonemes::{Phonemized, Phonemizer, WordPhonemes, phoneme_id_starts, phoneme_ids};
 
-pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Voice, Word};
+pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Step, Voice, Word};
 pub use weights::Weights;
 
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is

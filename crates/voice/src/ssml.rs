@@ -50,7 +50,11 @@ pub enum Segment {
     /// Plain text, to go through the text front end, spoken at `rate` times the request's speed.
     Text { text: String, rate: f32 },
     /// IPA phonemes for the model as they are; `word` is the element's content (for timings).
-    Phonemes { ipa: String, word: String, rate: f32 },
+    Phonemes {
+        ipa: String,
+        word: String,
+        rate: f32,
+    },
     /// Silence.
     Break { seconds: f64 },
 }
@@ -270,7 +274,13 @@ impl Parser<'_> {
             attrs.push((key, value));
         }
         let allowed: &[&str] = match name.as_str() {
-            "speak" => &["version", "xmlns", "xml:lang", "xmlns:xsi", "xsi:schemaLocation"],
+            "speak" => &[
+                "version",
+                "xmlns",
+                "xml:lang",
+                "xmlns:xsi",
+                "xsi:schemaLocation",
+            ],
             "p" | "s" => &[],
             "break" => &["time", "strength"],
             "say-as" => &["interpret-as", "format", "detail"],
@@ -290,7 +300,12 @@ impl Parser<'_> {
         if let Some((key, _)) = attrs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             return Err(err(self, format!("attribute {key} is not supported here")));
         }
-        let get = |key: &str| attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let get = |key: &str| {
+            attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         if !self.seen_root {
             if name != "speak" {
                 return Err(err(self, "the root element must be <speak>".into()));
@@ -453,11 +468,9 @@ impl Parser<'_> {
             }
             Some((Open::Sub { .. }, _)) => Ok(()),
             Some((Open::Break, _)) if text.trim().is_empty() => Ok(()),
-            Some((Open::Break, _)) => Err(self.error(
-                at,
-                Some("break".into()),
-                "<break> must be empty".into(),
-            )),
+            Some((Open::Break, _)) => {
+                Err(self.error(at, Some("break".into()), "<break> must be empty".into()))
+            }
             Some(_) => {
                 self.push_text(text, rate);
                 Ok(())
@@ -469,7 +482,10 @@ impl Parser<'_> {
     /// between them, else starts one.
     fn push_text(&mut self, text: &str, rate: f32) {
         if !self.boundary
-            && let Some(Segment::Text { text: last, rate: r }) = self.segments.last_mut()
+            && let Some(Segment::Text {
+                text: last,
+                rate: r,
+            }) = self.segments.last_mut()
             && *r == rate
         {
             last.push_str(text);
@@ -618,7 +634,7 @@ fn say_as(kind: &str, text: &str) -> Option<String> {
             let mut groups = Vec::new();
             let mut plus = false;
             for (i, group) in text
-                .split(|c: char| matches!(c, '-' | ' ' | '(' | ')' | '.'))
+                .split(['-', ' ', '(', ')', '.'])
                 .filter(|g| !g.is_empty())
                 .enumerate()
             {
@@ -666,7 +682,10 @@ mod tests {
 
     #[test]
     fn speak_p_and_s_make_text_with_boundaries() {
-        assert_eq!(segments("<speak>Hello world.</speak>"), [text("Hello world.", 1.0)]);
+        assert_eq!(
+            segments("<speak>Hello world.</speak>"),
+            [text("Hello world.", 1.0)]
+        );
         assert_eq!(
             segments(
                 "<?xml version=\"1.0\"?><speak version=\"1.1\" xml:lang=\"en-US\">\
@@ -702,7 +721,9 @@ mod tests {
             ("x-strong", 1.2),
         ] {
             assert_eq!(
-                segments(&format!("<speak><break strength=\"{strength}\"></break></speak>")),
+                segments(&format!(
+                    "<speak><break strength=\"{strength}\"></break></speak>"
+                )),
                 [Segment::Break { seconds }]
             );
         }
@@ -729,10 +750,7 @@ mod tests {
         assert_eq!(said("ordinal", "3"), [text("3rd", 1.0)]);
         assert_eq!(said("ordinal", "11th"), [text("11th", 1.0)]);
         assert_eq!(said("digits", "123"), [text("1 2 3", 1.0)]);
-        assert_eq!(
-            said("date", "2024-03-05"),
-            [text("March 5th, 2024", 1.0)]
-        );
+        assert_eq!(said("date", "2024-03-05"), [text("March 5th, 2024", 1.0)]);
         assert_eq!(
             said("telephone", "+1 (555) 123-4567"),
             [text("plus 1, 5 5 5, 1 2 3, 4 5 6 7", 1.0)]
@@ -801,17 +819,54 @@ mod tests {
 
     #[test]
     fn every_error_says_where_and_what() {
-        let cases: &[(&str, (usize, usize), Option<&str>, &str)] = &[
+        /// The SSML, its error's line and column, element, and a part of its rule.
+        type Case<'a> = (&'a str, (usize, usize), Option<&'a str>, &'a str);
+        let cases: &[Case] = &[
             ("<speak>Hello", (1, 13), Some("speak"), "never closed"),
             ("<speak><p>Hi</speak>", (1, 13), Some("p"), "closes <p>"),
             ("<speak>Hi</speak></p>", (1, 18), None, "closes nothing"),
-            ("<speak><foo/></speak>", (1, 8), Some("foo"), "<foo> is not supported"),
-            ("<speak>\n  <audio src=\"x\"/></speak>", (2, 3), Some("audio"), "not supported"),
-            ("<speak><break time=\"1h\"/></speak>", (1, 8), Some("break"), "time \"1h\""),
-            ("<speak><break time=\"60s\"/></speak>", (1, 8), Some("break"), "at most 10s"),
-            ("<speak><break strength=\"loud\"/></speak>", (1, 8), Some("break"), "strength"),
-            ("<speak><break>x</break></speak>", (1, 15), Some("break"), "must be empty"),
-            ("<speak><break foo=\"1\"/></speak>", (1, 8), Some("break"), "attribute foo"),
+            (
+                "<speak><foo/></speak>",
+                (1, 8),
+                Some("foo"),
+                "<foo> is not supported",
+            ),
+            (
+                "<speak>\n  <audio src=\"x\"/></speak>",
+                (2, 3),
+                Some("audio"),
+                "not supported",
+            ),
+            (
+                "<speak><break time=\"1h\"/></speak>",
+                (1, 8),
+                Some("break"),
+                "time \"1h\"",
+            ),
+            (
+                "<speak><break time=\"60s\"/></speak>",
+                (1, 8),
+                Some("break"),
+                "at most 10s",
+            ),
+            (
+                "<speak><break strength=\"loud\"/></speak>",
+                (1, 8),
+                Some("break"),
+                "strength",
+            ),
+            (
+                "<speak><break>x</break></speak>",
+                (1, 15),
+                Some("break"),
+                "must be empty",
+            ),
+            (
+                "<speak><break foo=\"1\"/></speak>",
+                (1, 8),
+                Some("break"),
+                "attribute foo",
+            ),
             (
                 "<speak><say-as interpret-as=\"spell\">a</say-as></speak>",
                 (1, 8),
@@ -830,16 +885,36 @@ mod tests {
                 Some("say-as"),
                 "cannot be read as cardinal",
             ),
-            ("<speak><sub>WHO</sub></speak>", (1, 8), Some("sub"), "alias is required"),
-            ("<speak><prosody rate=\"1000%\">a</prosody></speak>", (1, 8), Some("prosody"), "rate"),
-            ("<speak><prosody pitch=\"high\">a</prosody></speak>", (1, 8), Some("prosody"), "pitch"),
+            (
+                "<speak><sub>WHO</sub></speak>",
+                (1, 8),
+                Some("sub"),
+                "alias is required",
+            ),
+            (
+                "<speak><prosody rate=\"1000%\">a</prosody></speak>",
+                (1, 8),
+                Some("prosody"),
+                "rate",
+            ),
+            (
+                "<speak><prosody pitch=\"high\">a</prosody></speak>",
+                (1, 8),
+                Some("prosody"),
+                "pitch",
+            ),
             (
                 "<speak><phoneme alphabet=\"x-sampa\" ph=\"a\">a</phoneme></speak>",
                 (1, 8),
                 Some("phoneme"),
                 "only ipa",
             ),
-            ("<speak><phoneme>a</phoneme></speak>", (1, 8), Some("phoneme"), "ph is required"),
+            (
+                "<speak><phoneme>a</phoneme></speak>",
+                (1, 8),
+                Some("phoneme"),
+                "ph is required",
+            ),
             (
                 "<speak><sub alias=\"x\"><break/></sub></speak>",
                 (1, 23),
@@ -853,13 +928,28 @@ mod tests {
                 None,
                 "DOCTYPE",
             ),
-            ("<p>Hi</p>", (1, 1), Some("p"), "root element must be <speak>"),
+            (
+                "<p>Hi</p>",
+                (1, 1),
+                Some("p"),
+                "root element must be <speak>",
+            ),
             ("Hi <speak/>", (1, 1), None, "inside <speak>"),
             ("<speak/><speak/>", (1, 9), Some("speak"), "only once"),
             ("<speak/>tail", (1, 9), None, "inside <speak>"),
             ("", (1, 1), None, "root element"),
-            ("<speak attr=\"x\">a</speak>", (1, 1), Some("speak"), "attribute attr"),
-            ("<speak><s attr='1'>a</s></speak>", (1, 8), Some("s"), "attribute attr"),
+            (
+                "<speak attr=\"x\">a</speak>",
+                (1, 1),
+                Some("speak"),
+                "attribute attr",
+            ),
+            (
+                "<speak><s attr='1'>a</s></speak>",
+                (1, 8),
+                Some("s"),
+                "attribute attr",
+            ),
         ];
         for &(ssml, (line, column), element, rule) in cases {
             let e = error(ssml);

@@ -303,6 +303,170 @@ impl Iterator for Parts<'_> {
     }
 }
 
+/// One step of [`Voice::synthesize_steps`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Pieces of text made by [`Voice::prepare`] (or [`text::prepare`]), spoken at `rate` times
+    /// the request's speed.
+    Text { pieces: Vec<String>, rate: f32 },
+    /// IPA phonemes given to the model as they are, standing for `word` (for word timings).
+    Phonemes {
+        ipa: String,
+        word: String,
+        rate: f32,
+    },
+    /// Silence.
+    Silence { seconds: f64 },
+}
+
+/// The iterator behind [`Voice::synthesize_steps`].
+struct StepParts<'a> {
+    voice: &'a Voice,
+    speaker: Option<u32>,
+    scales: Scales,
+    limits: Limits,
+    words: bool,
+    steps: VecDeque<Step>,
+    current: Option<Parts<'a>>,
+    /// The piece index the current step's first piece takes.
+    base: usize,
+    /// The piece index the next step's first piece takes.
+    next_base: usize,
+    /// Seconds of audio of the parts given so far.
+    audio_seconds: f64,
+    failed: bool,
+}
+
+impl StepParts<'_> {
+    /// The scales of a step at `rate`: the speed (1 / length scale) times the rate, kept within
+    /// the speed's range.
+    fn scales_at(&self, rate: f32) -> Scales {
+        let (lo, hi) = crate::ssml::SPEED_RANGE;
+        let speed = (rate / self.scales.length_scale).clamp(lo, hi);
+        Scales {
+            length_scale: 1.0 / speed,
+            ..self.scales
+        }
+    }
+
+    /// The limits of a step: the audio it may make is what the steps before it left.
+    fn limits_left(&self) -> Limits {
+        Limits {
+            max_audio_seconds: (self.limits.max_audio_seconds - self.audio_seconds).max(0.0),
+            ..self.limits
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Part>, Error> {
+        let voice = self.voice;
+        loop {
+            if let Some(parts) = &mut self.current {
+                match parts.next() {
+                    Some(Ok(mut part)) => {
+                        part.piece += self.base;
+                        self.next_base = self.next_base.max(part.piece + 1);
+                        self.audio_seconds +=
+                            part.samples.len() as f64 / f64::from(voice.sample_rate());
+                        return Ok(Some(part));
+                    }
+                    // The step was given what was left; the limit to name is the whole one.
+                    Some(Err(Error::TooMuchAudio { .. })) => {
+                        return Err(Error::TooMuchAudio {
+                            limit: self.limits.max_audio_seconds,
+                        });
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        self.current = None;
+                        self.base = self.next_base;
+                    }
+                }
+            }
+            let Some(step) = self.steps.pop_front() else {
+                return Ok(None);
+            };
+            match step {
+                Step::Silence { seconds } => {
+                    if self.audio_seconds + seconds > self.limits.max_audio_seconds {
+                        return Err(Error::TooMuchAudio {
+                            limit: self.limits.max_audio_seconds,
+                        });
+                    }
+                    let samples = (seconds * f64::from(voice.sample_rate())).round() as usize;
+                    if samples == 0 {
+                        continue;
+                    }
+                    let piece = self.base;
+                    self.base += 1;
+                    self.next_base = self.base;
+                    self.audio_seconds += samples as f64 / f64::from(voice.sample_rate());
+                    return Ok(Some(Part {
+                        piece,
+                        sentence: Arc::from(""),
+                        phonemes: Arc::from(""),
+                        samples: vec![0.0; samples],
+                        last: true,
+                        words: Vec::new(),
+                    }));
+                }
+                Step::Text { pieces, rate } => {
+                    let pieces = Pieces {
+                        waiting: pieces.into(),
+                        ready: VecDeque::new(),
+                        first: self.base == 0,
+                        words: self.words,
+                    };
+                    let (scales, limits) = (self.scales_at(rate), self.limits_left());
+                    self.current = Some(voice.parts_of(pieces, self.speaker, scales, limits)?);
+                }
+                Step::Phonemes { ipa, word, rate } => {
+                    let chars = ipa.chars().count();
+                    let words = if self.words && !word.is_empty() && chars > 0 {
+                        vec![crate::WordPhonemes {
+                            word: word.clone(),
+                            chars: 0..chars,
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    let pieces = Pieces {
+                        waiting: VecDeque::new(),
+                        ready: [(
+                            word,
+                            Phonemized {
+                                phonemes: ipa,
+                                words,
+                            },
+                        )]
+                        .into(),
+                        first: false,
+                        words: self.words,
+                    };
+                    let (scales, limits) = (self.scales_at(rate), self.limits_left());
+                    self.current = Some(voice.parts_of(pieces, self.speaker, scales, limits)?);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for StepParts<'_> {
+    type Item = Result<Part, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(part) => part.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// The audio of one sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -454,17 +618,27 @@ impl Voice {
         limits: Limits,
         words: bool,
     ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
-        if let Some(id) = speaker
-            && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
-        {
-            return Err(Error::Format(format!("the voice has no speaker {id}")));
-        }
-        let mut pieces = Pieces {
+        let pieces = Pieces {
             waiting: pieces.into(),
             ready: VecDeque::new(),
             first: true,
             words,
         };
+        self.parts_of(pieces, speaker, scales, limits)
+    }
+
+    fn parts_of(
+        &self,
+        mut pieces: Pieces,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+    ) -> Result<Parts<'_>, Error> {
+        if let Some(id) = speaker
+            && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
+        {
+            return Err(Error::Format(format!("the voice has no speaker {id}")));
+        }
         pieces.phonemize_next(&self.phonemizer)?;
         Ok(Parts {
             voice: self,
@@ -475,6 +649,40 @@ impl Voice {
             pieces,
             next_piece: 0,
             current: None,
+            failed: false,
+        })
+    }
+
+    /// Synthesises [`Step`]s in order (an SSML text, see [`crate::ssml`]): text steps as
+    /// [`Voice::synthesize_pieces_timed`] at their rate, phonemes as they are given (espeak-ng is
+    /// not run; the voice skips characters its phoneme set lacks), and silences as zero samples
+    /// in one [`Part`] with no phonemes. Piece indexes run on across steps. `limits` bound the
+    /// whole: a silence that would take the audio over its seconds ends the iterator with
+    /// [`Error::TooMuchAudio`] before it is made, as speech does.
+    pub fn synthesize_steps(
+        &self,
+        steps: Vec<Step>,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+        words: bool,
+    ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
+        if let Some(id) = speaker
+            && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
+        {
+            return Err(Error::Format(format!("the voice has no speaker {id}")));
+        }
+        Ok(StepParts {
+            voice: self,
+            speaker,
+            scales,
+            limits,
+            words,
+            steps: steps.into(),
+            current: None,
+            base: 0,
+            next_base: 0,
+            audio_seconds: 0.0,
             failed: false,
         })
     }

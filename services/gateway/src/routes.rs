@@ -125,6 +125,20 @@ struct TtsBody {
     /// Word timings: the answer becomes NDJSON ([`Framing::Timed`]) instead of raw audio.
     #[serde(default)]
     timestamps: bool,
+    /// `text` or `ssml`; without it, text that starts with `<speak` is SSML.
+    #[serde(default)]
+    text_type: Option<String>,
+}
+
+fn text_type(name: Option<&str>) -> Result<i32, Problem> {
+    use sonora_proto::tts::v1::TextType as T;
+    let kind = match name {
+        None => T::Unspecified,
+        Some("text") => T::Plain,
+        Some("ssml") => T::Ssml,
+        Some(_) => return Err(Problem::invalid_request("text_type must be text or ssml")),
+    };
+    Ok(kind.into())
 }
 
 /// The body of `POST /v1/audio/speech`, in the shape OpenAI-style clients send.
@@ -435,6 +449,7 @@ async fn tts(
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
         timestamps: body.timestamps,
+        text_type: text_type(body.text_type.as_deref())?,
     };
     let framing = if body.timestamps {
         Framing::Timed

@@ -225,8 +225,9 @@ impl Voices {
 /// One request, validated.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// The text after the front end (`voice::text::prepare`): never empty.
-    pub pieces: Vec<String>,
+    /// The text after the front end (`voice::text::prepare`), as steps (one for plain text;
+    /// text, phonemes and silences for SSML): never without speech.
+    pub steps: Vec<voice::Step>,
     /// Characters of the text skipped (scripts the voice's language does not read).
     pub skipped: usize,
     pub limits: voice::Limits,
@@ -295,8 +296,8 @@ pub fn run(
         audio_seconds: audio_seconds.unwrap_or_default(),
         words,
     };
-    let mut parts = match voice.synthesize_pieces_timed(
-        request.pieces,
+    let mut parts = match voice.synthesize_steps(
+        request.steps,
         request.speaker,
         scales,
         request.limits,
@@ -309,6 +310,8 @@ pub fn run(
         }
     };
     let mut audio_seconds = 0.0;
+    // Whether any part was speech (SSML breaks alone are silence, never a 200 of nothing).
+    let mut spoken = false;
     let mut index = 0u32;
     let mut first_sent = false;
     // Word times are from the start of their piece; the piece starts where the audio before it
@@ -342,6 +345,7 @@ pub fn run(
             last = part.last,
             "audio synthesized"
         );
+        spoken |= !part.phonemes.is_empty();
         if part.piece != piece {
             (piece, piece_start) = (part.piece, audio_seconds);
         }
@@ -374,7 +378,7 @@ pub fn run(
             return;
         }
     }
-    if audio_seconds == 0.0 {
+    if !spoken {
         // Every piece turned out to have nothing espeak-ng would say (symbols it does not read,
         // a word it dies on): no audio is a refusal, never an empty file.
         send(Err(Status::invalid_argument(

@@ -209,6 +209,15 @@ async fn headers_methods_cors_and_old_clients() {
             serde_json::json!({"text": "Hi.", "sample_rate": 0}),
             "sample_rate must be between 8000 and 48000",
         ),
+        (
+            serde_json::json!({"text": "Hi.", "text_type": "html"}),
+            "text_type must be text or ssml",
+        ),
+        (
+            serde_json::json!({"text": "<speak>Hi <b>there</b></speak>"}),
+            "text: SSML at line 1, column 11 (<b>): <b> is not supported (speak, p, s, break, \
+             say-as, sub, prosody, phoneme are)",
+        ),
     ] {
         let response = client
             .post(format!("{base}/v1/tts"))

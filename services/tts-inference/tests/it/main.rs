@@ -2,6 +2,7 @@
 
 mod hostile;
 mod intelligibility;
+mod ssml;
 mod synthesis;
 mod timestamps;
 mod trace;
