@@ -817,6 +817,79 @@ mod tests {
         assert!(!looks_like_ssml("<speaker> said hi"));
     }
 
+    /// Random sequences of SSML fragments never panic the parser, and what it accepts has no
+    /// markup left in its text.
+    #[test]
+    fn random_fragments_never_panic() {
+        const FRAGMENTS: &[&str] = &[
+            "<speak>",
+            "</speak>",
+            "<p>",
+            "</p>",
+            "<s>",
+            "</s>",
+            "<break/>",
+            "<break time=\"1s\"/>",
+            "<prosody rate=\"slow\">",
+            "</prosody>",
+            "<say-as interpret-as=\"digits\">",
+            "</say-as>",
+            "<sub alias=\"x\">",
+            "</sub>",
+            "<phoneme ph=\"a\">",
+            "</phoneme>",
+            "hello",
+            " ",
+            "12",
+            "&amp;",
+            "&#x41;",
+            "&bogus;",
+            "<",
+            ">",
+            "&",
+            "\"",
+            "<!--c-->",
+            "<![CDATA[x<y]]>",
+            "<?pi x?>",
+            "\u{e9}",
+            "\n",
+            "<unknown>",
+            "</",
+            "/>",
+            "=",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for _ in 0..5000 {
+            let n = (next() % 12) as usize;
+            let mut input = String::new();
+            if next() % 2 == 0 {
+                input.push_str("<speak>");
+            }
+            for _ in 0..n {
+                input.push_str(FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]);
+            }
+            if next() % 2 == 0 {
+                input.push_str("</speak>");
+            }
+            if let Ok(script) = parse(&input) {
+                accepted += 1;
+                for segment in script.segments {
+                    if let Segment::Text { text, .. } = segment {
+                        assert!(!text.contains("speak"), "{input:?} -> {text:?}");
+                    }
+                }
+            }
+        }
+        assert!(accepted > 50, "{accepted}");
+    }
+
     #[test]
     fn every_error_says_where_and_what() {
         /// The SSML, its error's line and column, element, and a part of its rule.
