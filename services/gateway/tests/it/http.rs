@@ -158,6 +158,31 @@ async fn headers_methods_cors_and_old_clients() {
         "{seconds}"
     );
 
+    // SSML, asked for by text_type, with timings: the alias's words, never the tags.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({
+            "text": "<speak>Hello <break time=\"300ms\"/><sub alias=\"World Health Organization\">WHO</sub></speak>",
+            "text_type": "ssml", "format": "pcm16", "timestamps": true
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let words: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|line| line["words"].as_array().cloned().unwrap_or_default())
+        .map(|w| w["word"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        words,
+        ["Hello", "World", "Health", "Organization"],
+        "{text}"
+    );
+
     // A body that is not a JSON object is refused, without naming any Rust type.
     let response = client
         .post(format!("{base}/v1/tts"))
