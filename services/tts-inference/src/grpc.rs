@@ -128,6 +128,7 @@ impl TtsService {
             noise_w: noise("noise_w", r.noise_w)?,
             format,
             sample_rate,
+            written: (r.timestamps && !ssml).then(|| voice::text::written_words(&r.text)),
             timestamps: r.timestamps,
             received,
         })

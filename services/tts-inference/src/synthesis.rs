@@ -240,6 +240,9 @@ pub struct Request {
     pub sample_rate: Option<u32>,
     /// Whether each message carries the words its audio completes.
     pub timestamps: bool,
+    /// For word timings of plain text: its words as written, which the spoken words are turned
+    /// back into (`3` rather than `three`); `None` for SSML, whose timings name the words spoken.
+    pub written: Option<Vec<voice::text::Written>>,
     pub received: Instant,
 }
 
@@ -320,6 +323,8 @@ pub fn run(
     let (mut piece, mut piece_start) = (usize::MAX, 0.0);
     // Words whose audio is made but whose message is not sent yet (the codec held it back).
     let mut words: Vec<WordTiming> = Vec::new();
+    let mut written = request.written.map(voice::text::WrittenWords::new);
+    let timing = |(word, start, end): (String, f64, f64)| WordTiming { word, start, end };
     loop {
         // Checked before each part is computed, so a departed client costs no more work.
         if tx.is_closed() {
@@ -349,11 +354,15 @@ pub fn run(
         if part.piece != piece {
             (piece, piece_start) = (part.piece, audio_seconds);
         }
-        words.extend(part.words.iter().map(|w| WordTiming {
-            word: w.word.clone(),
-            start: piece_start + w.start,
-            end: piece_start + w.end,
-        }));
+        for w in &part.words {
+            let (start, end) = (piece_start + w.start, piece_start + w.end);
+            match &mut written {
+                Some(written) => {
+                    words.extend(written.feed(&w.word, start, end).into_iter().map(timing))
+                }
+                None => words.push(timing((w.word.clone(), start, end))),
+            }
+        }
         audio_seconds += part.samples.len() as f64 / f64::from(voice.sample_rate());
         let bytes = match encoder.push(&part.samples) {
             Ok(bytes) => bytes,
@@ -386,6 +395,7 @@ pub fn run(
         )));
         return;
     }
+    words.extend(written.as_mut().and_then(|w| w.finish()).map(timing));
     match encoder.finish() {
         Ok(tail) => {
             if !first_sent && !tail.is_empty() {
