@@ -46,6 +46,7 @@ pub mod model;
 pub mod phonemes;
 pub mod script;
 mod spline;
+pub mod ssml;
 mod synth;
 pub mod text;
 pub mod weights;
@@ -54,9 +55,9 @@ use std::path::PathBuf;
 
 pub use config::VoiceConfig;
 pub use model::{Encoded, Latent, Plan, Scales, Vits};
-pub use phonemes::{Phonemizer, phoneme_ids};
+pub use phonemes::{Phonemized, Phonemizer, WordPhonemes, phoneme_id_starts, phoneme_ids};
 
-pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Voice};
+pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Step, Voice, Word};
 pub use weights::Weights;
 
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is

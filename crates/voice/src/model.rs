@@ -1098,6 +1098,12 @@ impl Plan {
     pub fn total_frames(&self) -> usize {
         self.frames.iter().sum::<usize>().max(1)
     }
+
+    /// Latent frames of each phoneme id, in order (their sum, when not zero, is
+    /// [`Plan::total_frames`]).
+    pub fn frames(&self) -> &[usize] {
+        &self.frames
+    }
 }
 
 /// The decoder's input for one sentence: the latent `z` (`[1, C, F]`) and the speaker

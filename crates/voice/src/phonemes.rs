@@ -150,30 +150,117 @@ impl Phonemizer {
 
     /// IPA phonemes of several sentences, with one espeak-ng process for all of them.
     pub fn phonemize_all<S: AsRef<str>>(&self, sentences: &[S]) -> Result<Vec<String>, Error> {
+        Ok(self
+            .phonemize_sentences(sentences, false)?
+            .into_iter()
+            .map(|p| p.phonemes)
+            .collect())
+    }
+
+    /// [`Phonemizer::phonemize_all`] with each sentence's words and the phonemes of each
+    /// ([`Phonemized::words`]). espeak-ng separates the words of its answer by spaces, but it
+    /// sometimes joins two (`in the` is `ɪnðə`) or reads one as several (`example.com`): when a
+    /// clause's word counts differ, its words are phonemised once more, one a line, in a second
+    /// process for the whole batch, and the clause's phonemes are shared among them in
+    /// proportion ([`align_words`]).
+    pub fn phonemize_with_words<S: AsRef<str>>(
+        &self,
+        sentences: &[S],
+    ) -> Result<Vec<Phonemized>, Error> {
+        self.phonemize_sentences(sentences, true)
+    }
+
+    fn phonemize_sentences<S: AsRef<str>>(
+        &self,
+        sentences: &[S],
+        with_words: bool,
+    ) -> Result<Vec<Phonemized>, Error> {
         let clauses: Vec<Vec<text::Clause>> = sentences
             .iter()
             .map(|s| text::split_clauses(s.as_ref()))
             .collect();
         let lines: Vec<&str> = clauses.iter().flatten().map(|c| c.text.as_str()).collect();
         if lines.is_empty() {
-            return Ok(vec![String::new(); sentences.len()]);
+            return Ok(vec![Phonemized::default(); sentences.len()]);
         }
-        let ipa = self.run_resilient(&lines)?;
-        let mut ipa = ipa.into_iter();
+        let mut ipa = self.run_resilient(&lines)?;
+        ipa.resize(lines.len(), String::new());
+        let words: Vec<Vec<&str>> = if with_words {
+            lines.iter().map(|line| text_words(line)).collect()
+        } else {
+            vec![Vec::new(); lines.len()]
+        };
+        // Clauses whose word counts differ get the phonemes of each word alone, as weights.
+        let mismatched: Vec<usize> = (0..lines.len())
+            .filter(|&i| {
+                !words[i].is_empty() && ipa[i].split_whitespace().count() != words[i].len()
+            })
+            .collect();
+        let alone_lines: Vec<&str> = mismatched
+            .iter()
+            .flat_map(|&i| words[i].iter().copied())
+            .collect();
+        let mut alone = if alone_lines.is_empty() {
+            Vec::new()
+        } else {
+            self.run_resilient(&alone_lines)?
+        }
+        .into_iter();
+        let mut weights: Vec<Option<Vec<usize>>> = vec![None; lines.len()];
+        for &i in &mismatched {
+            weights[i] = Some(
+                words[i]
+                    .iter()
+                    .map(|word| {
+                        let sounds = alone
+                            .next()
+                            .unwrap_or_default()
+                            .chars()
+                            .filter(|c| !c.is_whitespace())
+                            .count();
+                        if sounds > 0 {
+                            sounds
+                        } else {
+                            word.chars().filter(|c| c.is_alphanumeric()).count().max(1)
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        let mut line = 0;
         Ok(clauses
             .iter()
             .map(|sentence| {
-                let mut out = String::new();
+                let mut out = Phonemized::default();
+                let mut offset = 0;
                 for clause in sentence {
-                    out.push_str(&ipa.next().unwrap_or_default());
+                    let clause_ipa = &ipa[line];
+                    let ranges = match &weights[line] {
+                        Some(weights) => align_words(clause_ipa, weights),
+                        None => spoken_words(clause_ipa).into_iter().map(Some).collect(),
+                    };
+                    for (word, range) in words[line].iter().zip(ranges) {
+                        if let Some(range) = range {
+                            out.words.push(WordPhonemes {
+                                word: (*word).to_owned(),
+                                chars: offset + range.start..offset + range.end,
+                            });
+                        }
+                    }
+                    line += 1;
+                    out.phonemes.push_str(clause_ipa);
+                    offset += clause_ipa.chars().count();
                     if let Some(t) = clause.terminator {
-                        out.push(t);
+                        out.phonemes.push(t);
+                        offset += 1;
                         if matches!(t, ',' | ';' | ':') {
-                            out.push(' ');
+                            out.phonemes.push(' ');
+                            offset += 1;
                         }
                     }
                 }
-                out.trim_end().to_owned()
+                out.phonemes.truncate(out.phonemes.trim_end().len());
+                out
             })
             .collect())
     }
@@ -252,6 +339,148 @@ impl Phonemizer {
     }
 }
 
+/// A sentence's phonemes, and which of them belong to which word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phonemized {
+    /// The sentence's phonemes, as [`Phonemizer::phonemize_all`] gives them.
+    pub phonemes: String,
+    /// Its words in order, each with its phonemes; a word espeak-ng said nothing for is left out.
+    pub words: Vec<WordPhonemes>,
+}
+
+/// One word of a sentence and where its phonemes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WordPhonemes {
+    /// The word as the normalised text spells it, without the punctuation around it.
+    pub word: String,
+    /// Its phonemes: a range of characters (not bytes) of [`Phonemized::phonemes`], never
+    /// empty, never overlapping another word's.
+    pub chars: std::ops::Range<usize>,
+}
+
+/// The words of a clause: its tokens that have a letter or a digit, without the punctuation
+/// around them (punctuation is not a word).
+fn text_words(clause: &str) -> Vec<&str> {
+    clause
+        .split_whitespace()
+        .map(|token| token.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|word| !word.is_empty())
+        .collect()
+}
+
+/// The character ranges of the space-separated words of espeak-ng's answer for a clause.
+fn spoken_words(ipa: &str) -> Vec<std::ops::Range<usize>> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let mut end = 0;
+    for (i, c) in ipa.chars().enumerate() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                words.push(s..i);
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+        end = i + 1;
+    }
+    if let Some(s) = start {
+        words.push(s..end);
+    }
+    words
+}
+
+/// Shares a clause's phonemes `ipa` among words whose count differs from espeak-ng's, given each
+/// word's weight (its phonemes when spoken alone). A space in espeak-ng's answer is always
+/// between words, so its words' starts are anchors: with fewer of espeak-ng's words than words
+/// (it joined some), each of its word starts is matched to the nearest cut of the proportional
+/// share (the same share of the clause's sounds, characters other than spaces, as of the weights
+/// before it), in order; with more (it read a word as several), each cut is moved to the nearest
+/// of its word starts, in order. Between anchors, the sounds are shared in proportion to the
+/// weights of the words there, each keeping at least one sound while there are enough. `None` for
+/// a word left with none.
+fn align_words(ipa: &str, weights: &[usize]) -> Vec<Option<std::ops::Range<usize>>> {
+    let sounds: Vec<usize> = ipa
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| !c.is_whitespace())
+        .map(|(i, _)| i)
+        .collect();
+    let (n, k) = (sounds.len(), weights.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    // The sound index at which each of espeak-ng's words after the first starts.
+    let boundaries: Vec<usize> = spoken_words(ipa)
+        .iter()
+        .skip(1)
+        .map(|w| sounds.partition_point(|&s| s < w.start))
+        .collect();
+    let total = weights.iter().sum::<usize>().max(1) as f64;
+    // `proportional[i - 1]`: where cut `i` (between word `i - 1` and word `i`) falls by weight.
+    let mut acc = 0;
+    let proportional: Vec<f64> = weights[..k - 1]
+        .iter()
+        .map(|w| {
+            acc += w;
+            acc as f64 / total * n as f64
+        })
+        .collect();
+    let distance = |a: f64, b: usize| (a - b as f64).abs();
+    let inner = k - 1;
+    let mut anchors = vec![(0, 0)];
+    if boundaries.len() <= inner {
+        let mut next = 1;
+        for (j, &start) in boundaries.iter().enumerate() {
+            let last = inner - (boundaries.len() - 1 - j);
+            let cut = (next..=last)
+                .min_by(|&a, &b| {
+                    distance(proportional[a - 1], start)
+                        .total_cmp(&distance(proportional[b - 1], start))
+                })
+                .expect("at least as many cuts as starts");
+            anchors.push((cut, start));
+            next = cut + 1;
+        }
+    } else {
+        let mut next = 0;
+        for cut in 1..=inner {
+            let last = boundaries.len() - 1 - (inner - cut);
+            let best = (next..=last)
+                .min_by(|&a, &b| {
+                    distance(proportional[cut - 1], boundaries[a])
+                        .total_cmp(&distance(proportional[cut - 1], boundaries[b]))
+                })
+                .expect("more starts than cuts");
+            anchors.push((cut, boundaries[best]));
+            next = best + 1;
+        }
+    }
+    anchors.push((k, n));
+    let mut bounds = vec![0; k + 1];
+    for pair in anchors.windows(2) {
+        let ((ia, pa), (ib, pb)) = (pair[0], pair[1]);
+        bounds[ia] = pa;
+        bounds[ib] = pb;
+        let local = weights[ia..ib].iter().sum::<usize>().max(1) as f64;
+        let mut acc = 0;
+        for i in ia + 1..ib {
+            acc += weights[i - 1];
+            let cut = (pa as f64 + acc as f64 / local * pb.saturating_sub(pa) as f64).round();
+            let cut = cut as usize;
+            let (lo, hi) = (bounds[i - 1] + 1, pb.saturating_sub(ib - i));
+            bounds[i] = if lo <= hi {
+                cut.clamp(lo, hi)
+            } else {
+                cut.clamp(bounds[i - 1], pb.max(bounds[i - 1]))
+            };
+        }
+    }
+    bounds
+        .windows(2)
+        .map(|b| (b[1] > b[0]).then(|| sounds[b[0]]..sounds[b[1] - 1] + 1))
+        .collect()
+}
+
 /// How one espeak-ng run failed.
 #[derive(Debug)]
 enum Failure {
@@ -322,6 +551,25 @@ pub fn phoneme_ids(config: &VoiceConfig, phonemes: &str) -> Vec<i64> {
     ids
 }
 
+/// Where each character of `phonemes` starts in [`phoneme_ids`]'s sequence: one index a
+/// character (its first id, or where it would be when the voice does not know it), and one more
+/// for the final `$`. A character's ids, with the pad after each, end where the next begins.
+pub fn phoneme_id_starts(config: &VoiceConfig, phonemes: &str) -> Vec<usize> {
+    let len = |c: char| config.ids_of(c).map_or(0, <[i64]>::len);
+    let mut at = len('^') + len('_');
+    let mut starts = Vec::with_capacity(phonemes.len() + 1);
+    for c in phonemes.chars() {
+        starts.push(at);
+        for d in std::iter::once(c).nfd() {
+            if let Some(p) = config.ids_of(d) {
+                at += p.len() + len('_');
+            }
+        }
+    }
+    starts.push(at);
+    starts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +594,9 @@ mod tests {
         );
         // Unknown phonemes are skipped.
         assert_eq!(phoneme_ids(&config, "ax"), vec![1, 0, 5, 0, 2]);
+        // Each character's first id, and the final `$`.
+        assert_eq!(phoneme_id_starts(&config, "a ã"), vec![2, 4, 6, 10]);
+        assert_eq!(phoneme_id_starts(&config, "ax"), vec![2, 4, 4]);
     }
 
     fn ready_pid(p: &Phonemizer) -> Option<u32> {
@@ -433,6 +684,87 @@ mod tests {
                 panic!("{why} on {lines:?}");
             }
         }
+    }
+
+    #[test]
+    fn words_are_espeaks_when_the_counts_agree() {
+        assert_eq!(
+            text_words("Hello, world -- it's 5 o'clock!"),
+            ["Hello", "world", "it's", "5", "o'clock"]
+        );
+        assert_eq!(spoken_words("həlˈoʊ  wˈɜːld"), [0..6, 8..14]);
+        let p = Phonemizer::new("en-us").unwrap();
+        let out = p
+            .phonemize_with_words(&["Hello there, my friend."])
+            .unwrap();
+        let ipa: Vec<char> = out[0].phonemes.chars().collect();
+        let said: Vec<(String, String)> = out[0]
+            .words
+            .iter()
+            .map(|w| (w.word.clone(), ipa[w.chars.clone()].iter().collect()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("Hello".into(), "həlˈoʊ".into()),
+                ("there".into(), "ðˈɛɹ".into()),
+                ("my".into(), "maɪ".into()),
+                ("friend".into(), "fɹˈɛnd".into()),
+            ]
+        );
+        assert_eq!(
+            out[0].phonemes,
+            p.phonemize("Hello there, my friend.").unwrap()
+        );
+    }
+
+    #[test]
+    fn joined_and_split_words_are_shared_in_proportion() {
+        // espeak-ng says "in the" as one word: the cut falls between them.
+        let ranges = align_words("wˈɔːk ɪnðə pˈɑːɹk", &[5, 2, 2, 5]);
+        let ipa: Vec<char> = "wˈɔːk ɪnðə pˈɑːɹk".chars().collect();
+        let said: Vec<String> = ranges
+            .iter()
+            .map(|r| ipa[r.clone().unwrap()].iter().collect())
+            .collect();
+        assert_eq!(said, ["wˈɔːk", "ɪn", "ðə", "pˈɑːɹk"]);
+        // espeak-ng reads one word as three: the cuts go to its word starts.
+        let ipa: Vec<char> = "ɡˌoʊ tʊ ɛɡzˈæmpəl dˈɑːt kˈɑːm nˈaʊ".chars().collect();
+        let said: Vec<String> = align_words(&ipa.iter().collect::<String>(), &[3, 2, 15, 3])
+            .iter()
+            .map(|r| ipa[r.clone().unwrap()].iter().collect())
+            .collect();
+        assert_eq!(said, ["ɡˌoʊ", "tʊ", "ɛɡzˈæmpəl dˈɑːt kˈɑːm", "nˈaʊ"]);
+        // More words than sounds: one gets none; never an empty or reversed range.
+        let ranges = align_words("ab", &[1, 1, 1]);
+        assert_eq!(ranges, [Some(0..1), None, Some(1..2)]);
+        let p = Phonemizer::new("en-us").unwrap();
+        let out = p
+            .phonemize_with_words(&["Go for a walk in the park at example.com now."])
+            .unwrap();
+        let words: Vec<&str> = out[0].words.iter().map(|w| w.word.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "Go",
+                "for",
+                "a",
+                "walk",
+                "in",
+                "the",
+                "park",
+                "at",
+                "example.com",
+                "now"
+            ]
+        );
+        for pair in out[0].words.windows(2) {
+            assert!(pair[0].chars.end <= pair[1].chars.start, "{out:?}");
+        }
+        let ipa: Vec<char> = out[0].phonemes.chars().collect();
+        let example = &out[0].words[8];
+        let said: String = ipa[example.chars.clone()].iter().collect();
+        assert!(said.contains("kˈɑːm"), "{said}");
     }
 
     #[test]

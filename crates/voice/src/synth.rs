@@ -5,9 +5,9 @@ use std::{collections::VecDeque, path::Path, sync::Arc};
 use candle_core::Device;
 
 use crate::{
-    Error, Phonemizer, Scales, Vits, VoiceConfig, Weights,
+    Error, Phonemized, Phonemizer, Scales, Vits, VoiceConfig, Weights,
     model::{self, Latent},
-    phoneme_ids, text,
+    phoneme_id_starts, phoneme_ids, text,
 };
 
 /// Characters of text phonemised per espeak-ng batch after the first piece (espeak-ng takes
@@ -46,8 +46,10 @@ impl Default for Limits {
 /// The pieces of one request: those still to phonemise and those phonemised but not spoken.
 struct Pieces {
     waiting: VecDeque<String>,
-    ready: VecDeque<(String, String)>,
+    ready: VecDeque<(String, Phonemized)>,
     first: bool,
+    /// Whether the words of each piece are wanted ([`Phonemizer::phonemize_with_words`]).
+    words: bool,
 }
 
 impl Pieces {
@@ -68,18 +70,29 @@ impl Pieces {
         if batch.is_empty() {
             return Ok(());
         }
-        let phonemes = phonemizer.phonemize_all(&batch)?;
+        let phonemes = if self.words {
+            phonemizer.phonemize_with_words(&batch)?
+        } else {
+            phonemizer
+                .phonemize_all(&batch)?
+                .into_iter()
+                .map(|phonemes| Phonemized {
+                    phonemes,
+                    words: Vec::new(),
+                })
+                .collect()
+        };
         self.ready.extend(
             batch
                 .into_iter()
                 .zip(phonemes)
-                .filter(|(_, p)| !p.trim().is_empty()),
+                .filter(|(_, p)| !p.phonemes.trim().is_empty()),
         );
         Ok(())
     }
 
     /// The next piece and its phonemes, phonemising another batch when none is ready.
-    fn next(&mut self, phonemizer: &Phonemizer) -> Option<Result<(String, String), Error>> {
+    fn next(&mut self, phonemizer: &Phonemizer) -> Option<Result<(String, Phonemized), Error>> {
         while self.ready.is_empty() && !self.waiting.is_empty() {
             if let Err(e) = self.phonemize_next(phonemizer) {
                 self.waiting.clear();
@@ -117,6 +130,60 @@ pub struct Part {
     pub samples: Vec<f32>,
     /// Whether this is the piece's last part.
     pub last: bool,
+    /// The words whose audio ends in this part (all the piece's remaining words in its last
+    /// part), in order; empty unless asked for ([`Voice::synthesize_pieces_timed`]).
+    pub words: Vec<Word>,
+}
+
+/// A spoken word and when it is heard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word as the normalised text spells it, without the punctuation around it.
+    pub word: String,
+    /// Seconds from the start of its piece's audio to the first frame of its phonemes.
+    pub start: f64,
+    /// Seconds from the start of its piece's audio to the end of its last phoneme.
+    pub end: f64,
+}
+
+/// A word's phonemes as latent frames of its piece: `start .. end`.
+#[derive(Debug, Clone)]
+struct WordFrames {
+    word: String,
+    start: usize,
+    end: usize,
+}
+
+/// The frames of each word of a piece, from the frames of each phoneme id (see
+/// [`phoneme_id_starts`]): a word starts with its first phoneme's first id and ends after the
+/// pad that follows its last; the spaces and punctuation between words belong to no word.
+fn word_frames(
+    config: &VoiceConfig,
+    phonemized: &Phonemized,
+    id_frames: &[usize],
+) -> VecDeque<WordFrames> {
+    let starts = phoneme_id_starts(config, &phonemized.phonemes);
+    // `at[i]`: the frames before id `i`.
+    let mut at = Vec::with_capacity(id_frames.len() + 1);
+    let mut total = 0;
+    at.push(0);
+    for &n in id_frames {
+        total += n;
+        at.push(total);
+    }
+    let frame_of = |id: usize| at[id.min(at.len() - 1)];
+    phonemized
+        .words
+        .iter()
+        .filter_map(|w| {
+            let (first, end) = (*starts.get(w.chars.start)?, *starts.get(w.chars.end)?);
+            Some(WordFrames {
+                word: w.word.clone(),
+                start: frame_of(first),
+                end: frame_of(end),
+            })
+        })
+        .collect()
 }
 
 /// The iterator behind [`Voice::synthesize_parts`].
@@ -140,6 +207,7 @@ struct CurrentPiece {
     phonemes: Arc<str>,
     latent: Latent,
     windows: VecDeque<(usize, usize)>,
+    words: VecDeque<WordFrames>,
 }
 
 impl Parts<'_> {
@@ -149,8 +217,9 @@ impl Parts<'_> {
             let Some(next) = self.pieces.next(&voice.phonemizer) else {
                 return Ok(None);
             };
-            let (sentence, phonemes) = next?;
-            let ids = phoneme_ids(&voice.config, &phonemes);
+            let (sentence, phonemized) = next?;
+            let phonemes = phonemized.phonemes.as_str();
+            let ids = phoneme_ids(&voice.config, phonemes);
             // Piper's ids are `^ _ (p _)* $`: two a phoneme and three more.
             let count = ids.len().saturating_sub(3) / 2;
             if count > self.limits.max_phonemes_per_piece {
@@ -168,6 +237,7 @@ impl Parts<'_> {
                 });
             }
             self.audio_seconds += seconds;
+            let words = word_frames(&voice.config, &phonemized, plan.frames());
             let latent = voice.model.latent_of(plan, self.scales)?;
             let first = if self.next_piece == 0 {
                 FIRST_WINDOW_FRAMES
@@ -181,6 +251,7 @@ impl Parts<'_> {
                 phonemes: phonemes.into(),
                 latent,
                 windows: windows.into(),
+                words,
             });
             self.next_piece += 1;
         }
@@ -190,17 +261,196 @@ impl Parts<'_> {
             .pop_front()
             .expect("a latent has at least one frame");
         let samples = voice.model.decode_frames(&current.latent, start, end)?;
+        let last = current.windows.is_empty();
+        let seconds_per_frame =
+            voice.model.samples_per_frame() as f64 / f64::from(voice.sample_rate());
+        let mut words = Vec::new();
+        while let Some(word) = current.words.front()
+            && (last || word.end <= end)
+        {
+            let word = current.words.pop_front().expect("a word is waiting");
+            words.push(Word {
+                word: word.word,
+                start: word.start as f64 * seconds_per_frame,
+                end: word.end as f64 * seconds_per_frame,
+            });
+        }
         Ok(Some(Part {
             piece: current.piece,
             sentence: Arc::clone(&current.sentence),
             phonemes: Arc::clone(&current.phonemes),
             samples,
-            last: current.windows.is_empty(),
+            last,
+            words,
         }))
     }
 }
 
 impl Iterator for Parts<'_> {
+    type Item = Result<Part, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(part) => part.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// One step of [`Voice::synthesize_steps`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Pieces of text made by [`Voice::prepare`] (or [`text::prepare`]), spoken at `rate` times
+    /// the request's speed.
+    Text { pieces: Vec<String>, rate: f32 },
+    /// IPA phonemes given to the model as they are, standing for `word` (for word timings).
+    Phonemes {
+        ipa: String,
+        word: String,
+        rate: f32,
+    },
+    /// Silence.
+    Silence { seconds: f64 },
+}
+
+/// The iterator behind [`Voice::synthesize_steps`].
+struct StepParts<'a> {
+    voice: &'a Voice,
+    speaker: Option<u32>,
+    scales: Scales,
+    limits: Limits,
+    words: bool,
+    steps: VecDeque<Step>,
+    current: Option<Parts<'a>>,
+    /// The piece index the current step's first piece takes.
+    base: usize,
+    /// The piece index the next step's first piece takes.
+    next_base: usize,
+    /// Seconds of audio of the parts given so far.
+    audio_seconds: f64,
+    failed: bool,
+}
+
+impl StepParts<'_> {
+    /// The scales of a step at `rate`: the speed (1 / length scale) times the rate, kept within
+    /// the speed's range.
+    fn scales_at(&self, rate: f32) -> Scales {
+        let (lo, hi) = crate::ssml::SPEED_RANGE;
+        let speed = (rate / self.scales.length_scale).clamp(lo, hi);
+        Scales {
+            length_scale: 1.0 / speed,
+            ..self.scales
+        }
+    }
+
+    /// The limits of a step: the audio it may make is what the steps before it left.
+    fn limits_left(&self) -> Limits {
+        Limits {
+            max_audio_seconds: (self.limits.max_audio_seconds - self.audio_seconds).max(0.0),
+            ..self.limits
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Part>, Error> {
+        let voice = self.voice;
+        loop {
+            if let Some(parts) = &mut self.current {
+                match parts.next() {
+                    Some(Ok(mut part)) => {
+                        part.piece += self.base;
+                        self.next_base = self.next_base.max(part.piece + 1);
+                        self.audio_seconds +=
+                            part.samples.len() as f64 / f64::from(voice.sample_rate());
+                        return Ok(Some(part));
+                    }
+                    // The step was given what was left; the limit to name is the whole one.
+                    Some(Err(Error::TooMuchAudio { .. })) => {
+                        return Err(Error::TooMuchAudio {
+                            limit: self.limits.max_audio_seconds,
+                        });
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        self.current = None;
+                        self.base = self.next_base;
+                    }
+                }
+            }
+            let Some(step) = self.steps.pop_front() else {
+                return Ok(None);
+            };
+            match step {
+                Step::Silence { seconds } => {
+                    if self.audio_seconds + seconds > self.limits.max_audio_seconds {
+                        return Err(Error::TooMuchAudio {
+                            limit: self.limits.max_audio_seconds,
+                        });
+                    }
+                    let samples = (seconds * f64::from(voice.sample_rate())).round() as usize;
+                    if samples == 0 {
+                        continue;
+                    }
+                    let piece = self.base;
+                    self.base += 1;
+                    self.next_base = self.base;
+                    self.audio_seconds += samples as f64 / f64::from(voice.sample_rate());
+                    return Ok(Some(Part {
+                        piece,
+                        sentence: Arc::from(""),
+                        phonemes: Arc::from(""),
+                        samples: vec![0.0; samples],
+                        last: true,
+                        words: Vec::new(),
+                    }));
+                }
+                Step::Text { pieces, rate } => {
+                    let pieces = Pieces {
+                        waiting: pieces.into(),
+                        ready: VecDeque::new(),
+                        first: self.base == 0,
+                        words: self.words,
+                    };
+                    let (scales, limits) = (self.scales_at(rate), self.limits_left());
+                    self.current = Some(voice.parts_of(pieces, self.speaker, scales, limits)?);
+                }
+                Step::Phonemes { ipa, word, rate } => {
+                    let chars = ipa.chars().count();
+                    let words = if self.words && !word.is_empty() && chars > 0 {
+                        vec![crate::WordPhonemes {
+                            word: word.clone(),
+                            chars: 0..chars,
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    let pieces = Pieces {
+                        waiting: VecDeque::new(),
+                        ready: [(
+                            word,
+                            Phonemized {
+                                phonemes: ipa,
+                                words,
+                            },
+                        )]
+                        .into(),
+                        first: false,
+                        words: self.words,
+                    };
+                    let (scales, limits) = (self.scales_at(rate), self.limits_left());
+                    self.current = Some(voice.parts_of(pieces, self.speaker, scales, limits)?);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for StepParts<'_> {
     type Item = Result<Part, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -353,16 +603,42 @@ impl Voice {
         scales: Scales,
         limits: Limits,
     ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
+        self.synthesize_pieces_timed(pieces, speaker, scales, limits, false)
+    }
+
+    /// [`Voice::synthesize_pieces`], and when `words` is set each [`Part`] also carries the
+    /// [`Word`]s whose audio it completes, timed by the duration predictor's frames (so they
+    /// follow `length_scale`). Finding the words can cost one more espeak-ng run per batch (see
+    /// [`Phonemizer::phonemize_with_words`]), so it is only done when asked.
+    pub fn synthesize_pieces_timed(
+        &self,
+        pieces: Vec<String>,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+        words: bool,
+    ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
+        let pieces = Pieces {
+            waiting: pieces.into(),
+            ready: VecDeque::new(),
+            first: true,
+            words,
+        };
+        self.parts_of(pieces, speaker, scales, limits)
+    }
+
+    fn parts_of(
+        &self,
+        mut pieces: Pieces,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+    ) -> Result<Parts<'_>, Error> {
         if let Some(id) = speaker
             && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
         {
             return Err(Error::Format(format!("the voice has no speaker {id}")));
         }
-        let mut pieces = Pieces {
-            waiting: pieces.into(),
-            ready: VecDeque::new(),
-            first: true,
-        };
         pieces.phonemize_next(&self.phonemizer)?;
         Ok(Parts {
             voice: self,
@@ -373,6 +649,40 @@ impl Voice {
             pieces,
             next_piece: 0,
             current: None,
+            failed: false,
+        })
+    }
+
+    /// Synthesises [`Step`]s in order (an SSML text, see [`crate::ssml`]): text steps as
+    /// [`Voice::synthesize_pieces_timed`] at their rate, phonemes as they are given (espeak-ng is
+    /// not run; the voice skips characters its phoneme set lacks), and silences as zero samples
+    /// in one [`Part`] with no phonemes. Piece indexes run on across steps. `limits` bound the
+    /// whole: a silence that would take the audio over its seconds ends the iterator with
+    /// [`Error::TooMuchAudio`] before it is made, as speech does.
+    pub fn synthesize_steps(
+        &self,
+        steps: Vec<Step>,
+        speaker: Option<u32>,
+        scales: Scales,
+        limits: Limits,
+        words: bool,
+    ) -> Result<impl Iterator<Item = Result<Part, Error>> + '_, Error> {
+        if let Some(id) = speaker
+            && id as usize >= self.config.num_speakers.max(self.model.num_speakers())
+        {
+            return Err(Error::Format(format!("the voice has no speaker {id}")));
+        }
+        Ok(StepParts {
+            voice: self,
+            speaker,
+            scales,
+            limits,
+            words,
+            steps: steps.into(),
+            current: None,
+            base: 0,
+            next_base: 0,
+            audio_seconds: 0.0,
             failed: false,
         })
     }
@@ -415,6 +725,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_word_spans_its_phonemes_ids_and_pads() {
+        let config = VoiceConfig::from_json(
+            r#"{"audio": {"sample_rate": 16000},
+                "phoneme_id_map": {"_": [0], "^": [1], "$": [2], "a": [5], "b": [6], " ": [3]}}"#,
+        )
+        .unwrap();
+        let phonemized = Phonemized {
+            phonemes: "ab a".into(),
+            words: vec![
+                crate::WordPhonemes {
+                    word: "ab".into(),
+                    chars: 0..2,
+                },
+                crate::WordPhonemes {
+                    word: "a".into(),
+                    chars: 3..4,
+                },
+            ],
+        };
+        // Ids: ^ _ a _ b _ ␠ _ a _ $
+        let frames = [0, 1, 2, 1, 3, 1, 2, 0, 4, 1, 0];
+        let words: Vec<(String, usize, usize)> = word_frames(&config, &phonemized, &frames)
+            .into_iter()
+            .map(|w| (w.word, w.start, w.end))
+            .collect();
+        assert_eq!(words, [("ab".into(), 1, 8), ("a".into(), 10, 15)]);
+    }
+
+    #[test]
     fn the_first_piece_is_phonemised_alone_and_the_rest_in_bounded_batches() {
         let phonemizer = Phonemizer::new("en-us").unwrap();
         let text: String = (1..=40)
@@ -425,6 +764,7 @@ mod tests {
             waiting: all.clone().into(),
             ready: VecDeque::new(),
             first: true,
+            words: false,
         };
         pieces.phonemize_next(&phonemizer).unwrap();
         assert_eq!(pieces.ready.len(), 1, "the first piece goes alone");
@@ -433,7 +773,7 @@ mod tests {
         while let Some(piece) = pieces.next(&phonemizer) {
             if pieces.ready.is_empty() && !pieces.waiting.is_empty() {
                 // The next call phonemises a batch: record its size once it is made.
-                spoken.push(piece.unwrap());
+                spoken.push(piece.map(|(s, p)| (s, p.phonemes)).unwrap());
                 let before = pieces.waiting.len();
                 pieces.phonemize_next(&phonemizer).unwrap();
                 let batch = before - pieces.waiting.len();
@@ -445,7 +785,7 @@ mod tests {
                 batches.push(batch);
                 continue;
             }
-            spoken.push(piece.unwrap());
+            spoken.push(piece.map(|(s, p)| (s, p.phonemes)).unwrap());
         }
         assert!(batches.len() > 2, "{batches:?}");
         // Same pieces, same order, same phonemes as one batch of everything.

@@ -289,6 +289,116 @@ fn normalize_punctuation(text: &str) -> String {
     s
 }
 
+/// A word of a text as its writer wrote it, and the words the front end speaks for it (`3` is
+/// `three`, `$5` is `five dollars`, `Dr.` is `Doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The token without the punctuation around it (currency signs and `%` are kept).
+    pub word: String,
+    /// Its spoken words, as word timings name them, in order; never empty.
+    pub spoken: Vec<String>,
+}
+
+/// The written words of `text`, in order, with what [`normalize`] makes of each: see
+/// [`WrittenWords`].
+pub fn written_words(text: &str) -> Vec<Written> {
+    let text = normalize_punctuation(&sanitize(text));
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    tokens
+        .iter()
+        .enumerate()
+        .filter_map(|(i, token)| {
+            let spoken: Vec<String> = normalize_token(token, tokens.get(i + 1).copied())
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_owned())
+                .filter(|w| !w.is_empty())
+                .collect();
+            let word = token
+                .trim_matches(|c: char| !c.is_alphanumeric() && !matches!(c, '$' | '€' | '£' | '%'))
+                .to_owned();
+            (!spoken.is_empty() && !word.is_empty()).then_some(Written { word, spoken })
+        })
+        .collect()
+}
+
+/// Turns timed spoken words back into the words of the text as written: fed each spoken word
+/// with its times, in order, it gives a written word once all of its spoken words have come,
+/// timed from the first one's start to the last one's end. A spoken word that matches no written
+/// word ahead (the text front end left something out, such as letters of another script) is
+/// given as it is, and so is a written word whose spoken words stop matching (with the times
+/// of those that came).
+#[derive(Debug, Clone)]
+pub struct WrittenWords {
+    ahead: std::collections::VecDeque<Written>,
+    /// Spoken words of the front written word already matched, and the first one's start.
+    matched: usize,
+    start: f64,
+    end: f64,
+}
+
+/// How far ahead a spoken word is looked for among the written words.
+const WRITTEN_LOOKAHEAD: usize = 8;
+
+impl WrittenWords {
+    /// For the written words of a text ([`written_words`]).
+    pub fn new(words: Vec<Written>) -> Self {
+        Self {
+            ahead: words.into(),
+            matched: 0,
+            start: 0.0,
+            end: 0.0,
+        }
+    }
+
+    /// The written words that the spoken `word` (from `start` to `end` seconds) completes.
+    pub fn feed(&mut self, word: &str, start: f64, end: f64) -> Vec<(String, f64, f64)> {
+        let mut out = Vec::new();
+        if self.matched > 0 {
+            let front = self.ahead.front().expect("a word is being matched");
+            if front.spoken.get(self.matched).is_some_and(|w| w == word) {
+                self.matched += 1;
+                self.end = end;
+                if self.matched == front.spoken.len() {
+                    out.extend(self.complete());
+                }
+                return out;
+            }
+            // The rest of this word never came: it is given with the times of what did.
+            out.extend(self.complete());
+        }
+        let found = self
+            .ahead
+            .iter()
+            .take(WRITTEN_LOOKAHEAD)
+            .position(|w| w.spoken[0] == word);
+        match found {
+            Some(skip) => {
+                self.ahead.drain(..skip);
+                (self.matched, self.start, self.end) = (1, start, end);
+                if self.ahead[0].spoken.len() == 1 {
+                    out.extend(self.complete());
+                }
+            }
+            None => out.push((word.to_owned(), start, end)),
+        }
+        out
+    }
+
+    /// The written word being matched, if any, with the times of its spoken words so far.
+    pub fn finish(&mut self) -> Option<(String, f64, f64)> {
+        self.complete()
+    }
+
+    fn complete(&mut self) -> Option<(String, f64, f64)> {
+        if self.matched == 0 {
+            return None;
+        }
+        self.matched = 0;
+        let front = self.ahead.pop_front()?;
+        Some((front.word, self.start, self.end))
+    }
+}
+
 /// Abbreviations whose full stop is not a sentence end, and what they stand for.
 const ABBREVIATIONS: &[(&str, &str)] = &[
     ("Mr.", "Mister"),
@@ -886,6 +996,64 @@ pub(crate) mod random_text {
 mod tests {
     use super::*;
     use crate::script::{script_of, scripts_of_language};
+
+    #[test]
+    fn written_words_come_back_from_the_spoken_ones() {
+        let written = written_words("Dr. Smith paid $5 for 3 (three) books, at 1,234 Main St.");
+        let pairs: Vec<(&str, usize)> = written
+            .iter()
+            .map(|w| (w.word.as_str(), w.spoken.len()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("Dr", 1),
+                ("Smith", 1),
+                ("paid", 1),
+                ("$5", 2),
+                ("for", 1),
+                ("3", 1),
+                ("three", 1),
+                ("books", 1),
+                ("at", 1),
+                ("1,234", 5),
+                ("Main", 1),
+                ("St", 1),
+            ]
+        );
+        let mut words = WrittenWords::new(written);
+        let spoken = normalize("Dr. Smith paid $5 for 3 (three) books, at 1,234 Main St.");
+        let mut out = Vec::new();
+        for (i, w) in spoken.split_whitespace().enumerate() {
+            let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+            if w.is_empty() {
+                continue;
+            }
+            out.extend(words.feed(w, i as f64, i as f64 + 0.5));
+        }
+        out.extend(words.finish());
+        let names: Vec<&str> = out.iter().map(|(w, _, _)| w.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Dr", "Smith", "paid", "$5", "for", "3", "three", "books", "at", "1,234", "Main",
+                "St"
+            ]
+        );
+        // "$5" is "five dollars": from the start of "five" to the end of "dollars".
+        assert_eq!(out[3], ("$5".into(), 3.0, 4.5));
+        // A spoken word the writer never wrote is given as it is; a word cut short keeps the
+        // times of what came.
+        let mut words = WrittenWords::new(written_words("go $5 now"));
+        assert_eq!(words.feed("extra", 0.0, 1.0), [("extra".into(), 0.0, 1.0)]);
+        assert_eq!(words.feed("go", 1.0, 2.0), [("go".into(), 1.0, 2.0)]);
+        assert_eq!(words.feed("five", 2.0, 3.0), []);
+        assert_eq!(
+            words.feed("now", 3.0, 4.0),
+            [("$5".into(), 2.0, 3.0), ("now".into(), 3.0, 4.0)]
+        );
+        assert_eq!(words.finish(), None);
+    }
 
     #[test]
     fn digits_of_every_script_are_read_as_numbers() {

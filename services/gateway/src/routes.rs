@@ -78,6 +78,26 @@ struct TtsBody {
     /// 0 to 2: how varied the length of its sounds is; the voice's own when absent.
     #[serde(default)]
     noise_w: Option<f32>,
+    /// Word timings: the answer becomes `application/x-ndjson`, one line per part
+    /// (`{"audio": base64, "words": [{"word", "start", "end"}]}`), then
+    /// `{"done": true, "audio_seconds"}`.
+    #[serde(default)]
+    timestamps: bool,
+    /// `text` or `ssml` (the documented subset); without it, text that starts with `<speak` is
+    /// SSML.
+    #[serde(default)]
+    text_type: Option<String>,
+}
+
+fn text_type(name: Option<&str>) -> Result<i32, Problem> {
+    use sonora_proto::tts::v1::TextType as T;
+    let kind = match name {
+        None => T::Unspecified,
+        Some("text") => T::Plain,
+        Some("ssml") => T::Ssml,
+        Some(_) => return Err(Problem::invalid_request("text_type must be text or ssml")),
+    };
+    Ok(kind.into())
 }
 
 fn audio_format(name: Option<&str>) -> Result<i32, Problem> {
@@ -178,6 +198,69 @@ pub fn body_of<M: Send + 'static>(
     futures::stream::once(async move { Ok(web::Bytes::from(first)) }).chain(rest)
 }
 
+/// How a synthesis is framed for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The encoded audio itself, in the format's media type.
+    Audio,
+    /// `application/x-ndjson`: one JSON object a line, `{"audio": base64, "words": [...]}` for
+    /// each message of the stream, then `{"done": true, "audio_seconds": ...}`. JSON lines rather
+    /// than multipart or a JSON array: each line stands alone, so a client can play a part and
+    /// show its words as soon as the line arrives, and a stream that breaks off midway is seen
+    /// (no `done` line) rather than parsed as a shorter whole.
+    Timed,
+}
+
+#[derive(serde::Serialize)]
+struct WordBody<'a> {
+    word: &'a str,
+    start: f64,
+    end: f64,
+}
+
+#[derive(serde::Serialize)]
+struct TimedLine<'a> {
+    audio: String,
+    words: Vec<WordBody<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct DoneLine {
+    done: bool,
+    audio_seconds: f64,
+}
+
+/// The NDJSON lines of one message of a timed stream ([`Framing::Timed`]).
+fn timed_lines(m: &sonora_proto::tts::v1::SynthesizeResponse) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    if !m.audio.is_empty() || !m.words.is_empty() {
+        let line = TimedLine {
+            audio: base64::engine::general_purpose::STANDARD.encode(&m.audio),
+            words: m
+                .words
+                .iter()
+                .map(|w| WordBody {
+                    word: &w.word,
+                    start: w.start,
+                    end: w.end,
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut out, &line).expect("a line serialises");
+        out.push(b'\n');
+    }
+    if m.done {
+        let done = DoneLine {
+            done: true,
+            audio_seconds: m.audio_seconds,
+        };
+        serde_json::to_writer(&mut out, &done).expect("a line serialises");
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Synthesis that has made its first audio: what a response needs to start.
 pub(crate) struct Started {
     pub first: Vec<u8>,
@@ -186,6 +269,10 @@ pub(crate) struct Started {
     pub sample_rate: u32,
     /// Characters of a script the voice does not read, skipped rather than spelled out.
     pub skipped: String,
+    /// The first message's word timings (when asked for), and whether it was the last.
+    pub first_words: Vec<sonora_proto::tts::v1::WordTiming>,
+    pub first_done: bool,
+    pub first_audio_seconds: f64,
     /// Meters the rest of the stream; see [`Metering::audio`].
     pub metering: Metering,
 }
@@ -215,11 +302,22 @@ impl Metering {
     /// The bytes of each further message, metering the stream when its final message passes
     /// (for [`body_of`]).
     pub fn audio(self) -> impl FnMut(sonora_proto::tts::v1::SynthesizeResponse) -> Vec<u8> {
+        self.framed(Framing::Audio)
+    }
+
+    /// The same, framed as `framing` says.
+    fn framed(
+        self,
+        framing: Framing,
+    ) -> impl FnMut(sonora_proto::tts::v1::SynthesizeResponse) -> Vec<u8> {
         move |m| {
             if m.done {
                 self.ended(m.audio_seconds);
             }
-            m.audio
+            match framing {
+                Framing::Audio => m.audio,
+                Framing::Timed => timed_lines(&m),
+            }
         }
     }
 }
@@ -316,6 +414,9 @@ pub(crate) async fn start_synthesis(
         content_type: first.content_type,
         sample_rate: first.sample_rate,
         first: first.audio,
+        first_words: first.words,
+        first_done: first.done,
+        first_audio_seconds: first.audio_seconds,
         stream,
         skipped,
         metering,
@@ -328,6 +429,7 @@ async fn speak(
     peers: &Peers,
     caller: &Caller,
     request: sonora_proto::tts::v1::SynthesizeRequest,
+    framing: Framing,
 ) -> Result<HttpResponse, Problem> {
     let key = caller.require(Scope::Tts)?;
     if request.text.trim().is_empty() {
@@ -343,14 +445,27 @@ async fn speak(
     let started = start_synthesis(peers, key, request)
         .await
         .map_err(|error| error.problem())?;
+    let (content_type, first) = match framing {
+        Framing::Audio => (started.content_type, started.first),
+        Framing::Timed => (
+            "application/x-ndjson".to_owned(),
+            timed_lines(&sonora_proto::tts::v1::SynthesizeResponse {
+                audio: started.first,
+                words: started.first_words,
+                done: started.first_done,
+                audio_seconds: started.first_audio_seconds,
+                ..Default::default()
+            }),
+        ),
+    };
     let body = body_of(
-        started.first,
+        first,
         started.stream,
-        started.metering.audio(),
+        started.metering.framed(framing),
         "synthesis",
     );
     Ok(HttpResponse::Ok()
-        .content_type(started.content_type)
+        .content_type(content_type)
         .insert_header(("x-sample-rate", started.sample_rate.to_string()))
         .insert_header(("x-skipped-characters", started.skipped))
         .insert_header(("cache-control", "no-store"))
@@ -381,6 +496,8 @@ async fn speak(
                 (crate::openapi::AudioBytes = "audio/ogg"),
                 (crate::openapi::AudioBytes = "audio/flac"),
                 (crate::openapi::AudioBytes = "audio/basic"),
+                (crate::openapi::AudioBytes = "audio/aac"),
+                (String = "application/x-ndjson"),
             )),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 403, response = crate::openapi::Forbidden),
@@ -408,6 +525,13 @@ async fn tts(
         noise_w: body.noise_w,
         format: audio_format(body.format.as_deref())?,
         sample_rate: body.sample_rate.unwrap_or(0),
+        timestamps: body.timestamps,
+        text_type: text_type(body.text_type.as_deref())?,
     };
-    speak(&peers, &caller, request).await
+    let framing = if body.timestamps {
+        Framing::Timed
+    } else {
+        Framing::Audio
+    };
+    speak(&peers, &caller, request, framing).await
 }

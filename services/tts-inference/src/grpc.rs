@@ -10,7 +10,7 @@ use sonora_proto::tts::v1::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
-use voice::text::TextError;
+use voice::{Step, text::TextError};
 
 use crate::{
     catalogue::{self, CatalogueError, VoiceInfo},
@@ -89,7 +89,25 @@ impl TtsService {
         } else {
             info.language.as_str()
         };
-        let prepared = voice::text::prepare(&r.text, language).map_err(text_status)?;
+        let ssml = match pb::TextType::try_from(r.text_type)
+            .map_err(|_| Status::invalid_argument("text_type: unknown"))?
+        {
+            pb::TextType::Unspecified => voice::ssml::looks_like_ssml(&r.text),
+            pb::TextType::Plain => false,
+            pb::TextType::Ssml => true,
+        };
+        let (steps, skipped) = if ssml {
+            let script = voice::ssml::parse(&r.text)
+                .map_err(|e| Status::invalid_argument(format!("text: {e}")))?;
+            steps_of(script, language, self.limits)?
+        } else {
+            let prepared = voice::text::prepare(&r.text, language).map_err(text_status)?;
+            let steps = vec![Step::Text {
+                pieces: prepared.pieces,
+                rate: 1.0,
+            }];
+            (steps, prepared.skipped)
+        };
         let format = format(r.format)?;
         let sample_rate = (r.sample_rate != 0).then_some(r.sample_rate);
         if let Some(rate) = sample_rate
@@ -101,8 +119,8 @@ impl TtsService {
             )));
         }
         Ok(synthesis::Request {
-            pieces: prepared.pieces,
-            skipped: prepared.skipped,
+            steps,
+            skipped,
             limits: self.limits,
             voice,
             speaker: r.speaker,
@@ -111,9 +129,58 @@ impl TtsService {
             noise_w: noise("noise_w", r.noise_w)?,
             format,
             sample_rate,
+            written: (r.timestamps && !ssml).then(|| voice::text::written_words(&r.text)),
+            timestamps: r.timestamps,
             received,
         })
     }
+}
+
+/// The steps of an SSML script: each text run through the front end (a run with nothing to
+/// speak is dropped), phonemes and breaks as they are. Refused when nothing is left to speak, or
+/// when the breaks alone make more audio than a request may.
+fn steps_of(
+    script: voice::ssml::Script,
+    language: &str,
+    limits: voice::Limits,
+) -> Result<(Vec<Step>, usize), Status> {
+    use voice::ssml::Segment;
+    let (mut steps, mut skipped, mut speech, mut silence) = (Vec::new(), 0, false, 0.0);
+    for segment in script.segments {
+        match segment {
+            Segment::Text { text, rate } => match voice::text::prepare(&text, language) {
+                Ok(prepared) => {
+                    skipped += prepared.skipped;
+                    speech = true;
+                    steps.push(Step::Text {
+                        pieces: prepared.pieces,
+                        rate,
+                    });
+                }
+                Err(TextError::NothingToSpeak) => {}
+                Err(error) => return Err(text_status(error)),
+            },
+            Segment::Phonemes { ipa, word, rate } => {
+                speech = true;
+                steps.push(Step::Phonemes { ipa, word, rate });
+            }
+            Segment::Break { seconds } => {
+                silence += seconds;
+                steps.push(Step::Silence { seconds });
+            }
+        }
+    }
+    if !speech {
+        return Err(text_status(TextError::NothingToSpeak));
+    }
+    if silence > limits.max_audio_seconds {
+        return Err(Status::invalid_argument(format!(
+            "text: its breaks make more than {} s of audio, the limit of one request \
+             (TTS_MAX_AUDIO_SECONDS)",
+            limits.max_audio_seconds
+        )));
+    }
+    Ok((steps, skipped))
 }
 
 /// A text the voice cannot speak: `INVALID_ARGUMENT`; one mostly in another script also carries

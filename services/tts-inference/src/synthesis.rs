@@ -20,7 +20,7 @@ use std::{
 
 use audio_codec::{AudioFormat, Encoder};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
-use sonora_proto::tts::v1::SynthesizeResponse;
+use sonora_proto::tts::v1::{SynthesizeResponse, WordTiming};
 use tokio::sync::mpsc;
 use tonic::Status;
 use voice::{Scales, Voice};
@@ -225,8 +225,9 @@ impl Voices {
 /// One request, validated.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// The text after the front end (`voice::text::prepare`): never empty.
-    pub pieces: Vec<String>,
+    /// The text after the front end (`voice::text::prepare`), as steps (one for plain text;
+    /// text, phonemes and silences for SSML): never without speech.
+    pub steps: Vec<voice::Step>,
     /// Characters of the text skipped (scripts the voice's language does not read).
     pub skipped: usize,
     pub limits: voice::Limits,
@@ -237,6 +238,11 @@ pub struct Request {
     pub noise_w: Option<f32>,
     pub format: AudioFormat,
     pub sample_rate: Option<u32>,
+    /// Whether each message carries the words its audio completes.
+    pub timestamps: bool,
+    /// For word timings of plain text: its words as written, which the spoken words are turned
+    /// back into (`3` rather than `three`); `None` for SSML, whose timings name the words spoken.
+    pub written: Option<Vec<voice::text::Written>>,
     pub received: Instant,
 }
 
@@ -281,26 +287,44 @@ pub fn run(
         request.format.content_type().to_owned(),
         encoder.output_rate(),
     );
-    let message =
-        |audio: Vec<u8>, sentence_index: u32, audio_seconds: Option<f64>| SynthesizeResponse {
-            audio,
-            sentence_index,
-            content_type: content_type.clone(),
-            sample_rate,
-            done: audio_seconds.is_some(),
-            audio_seconds: audio_seconds.unwrap_or_default(),
-        };
-    let mut parts =
-        match voice.synthesize_pieces(request.pieces, request.speaker, scales, request.limits) {
-            Ok(parts) => parts,
-            Err(error) => {
-                send(Err(status_of(error)));
-                return;
-            }
-        };
+    let message = |audio: Vec<u8>,
+                   sentence_index: u32,
+                   audio_seconds: Option<f64>,
+                   words: Vec<WordTiming>| SynthesizeResponse {
+        audio,
+        sentence_index,
+        content_type: content_type.clone(),
+        sample_rate,
+        done: audio_seconds.is_some(),
+        audio_seconds: audio_seconds.unwrap_or_default(),
+        words,
+    };
+    let mut parts = match voice.synthesize_steps(
+        request.steps,
+        request.speaker,
+        scales,
+        request.limits,
+        request.timestamps,
+    ) {
+        Ok(parts) => parts,
+        Err(error) => {
+            send(Err(status_of(error)));
+            return;
+        }
+    };
     let mut audio_seconds = 0.0;
+    // Whether any part was speech (SSML breaks alone are silence, never a 200 of nothing).
+    let mut spoken = false;
     let mut index = 0u32;
     let mut first_sent = false;
+    // Word times are from the start of their piece; the piece starts where the audio before it
+    // ends (pieces follow each other with no gap: each one's own silence is in its audio). The
+    // encoder resamples but keeps the duration, so times in seconds hold at any output rate.
+    let (mut piece, mut piece_start) = (usize::MAX, 0.0);
+    // Words whose audio is made but whose message is not sent yet (the codec held it back).
+    let mut words: Vec<WordTiming> = Vec::new();
+    let mut written = request.written.map(voice::text::WrittenWords::new);
+    let timing = |(word, start, end): (String, f64, f64)| WordTiming { word, start, end };
     loop {
         // Checked before each part is computed, so a departed client costs no more work.
         if tx.is_closed() {
@@ -326,6 +350,19 @@ pub fn run(
             last = part.last,
             "audio synthesized"
         );
+        spoken |= !part.phonemes.is_empty();
+        if part.piece != piece {
+            (piece, piece_start) = (part.piece, audio_seconds);
+        }
+        for w in &part.words {
+            let (start, end) = (piece_start + w.start, piece_start + w.end);
+            match &mut written {
+                Some(written) => {
+                    words.extend(written.feed(&w.word, start, end).into_iter().map(timing))
+                }
+                None => words.push(timing((w.word.clone(), start, end))),
+            }
+        }
         audio_seconds += part.samples.len() as f64 / f64::from(voice.sample_rate());
         let bytes = match encoder.push(&part.samples) {
             Ok(bytes) => bytes,
@@ -345,12 +382,12 @@ pub fn run(
                 .first_audio
                 .observe(request.received.elapsed().as_secs_f64());
         }
-        if !send(Ok(message(bytes, index, None))) {
+        if !send(Ok(message(bytes, index, None, std::mem::take(&mut words)))) {
             metrics.cancelled.inc();
             return;
         }
     }
-    if audio_seconds == 0.0 {
+    if !spoken {
         // Every piece turned out to have nothing espeak-ng would say (symbols it does not read,
         // a word it dies on): no audio is a refusal, never an empty file.
         send(Err(Status::invalid_argument(
@@ -358,6 +395,7 @@ pub fn run(
         )));
         return;
     }
+    words.extend(written.as_mut().and_then(|w| w.finish()).map(timing));
     match encoder.finish() {
         Ok(tail) => {
             if !first_sent && !tail.is_empty() {
@@ -366,7 +404,7 @@ pub fn run(
                     .first_audio
                     .observe(request.received.elapsed().as_secs_f64());
             }
-            send(Ok(message(tail, index, Some(audio_seconds))));
+            send(Ok(message(tail, index, Some(audio_seconds), words)));
         }
         Err(error) => {
             tracing::error!(%error, "encoding failed");

@@ -113,6 +113,76 @@ async fn headers_methods_cors_and_old_clients() {
     assert_eq!(response.status(), 200);
     assert!(response.bytes().await.unwrap().len() > 1000);
 
+    // Word timings: NDJSON, each part's audio (base64) with the words it completes, then a
+    // done line with the seconds of audio.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"text": "Hello there. How are you?", "format": "pcm16", "timestamps": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let rate: f64 = response.headers()["x-sample-rate"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (done, parts) = lines.split_last().unwrap();
+    assert_eq!(done["done"], true, "{text}");
+    let mut audio = Vec::new();
+    let mut words = Vec::new();
+    for part in parts {
+        use base64::Engine as _;
+        audio.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(part["audio"].as_str().unwrap())
+                .unwrap(),
+        );
+        for w in part["words"].as_array().unwrap() {
+            let heard_so_far = (audio.len() / 2) as f64 / rate;
+            assert!(w["end"].as_f64().unwrap() <= heard_so_far + 1e-6, "{w}");
+            words.push(w["word"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(words, ["Hello", "there", "How", "are", "you"]);
+    let seconds = done["audio_seconds"].as_f64().unwrap();
+    assert!(
+        ((audio.len() / 2) as f64 / rate - seconds).abs() < 1e-3,
+        "{seconds}"
+    );
+
+    // SSML, asked for by text_type, with timings: the alias's words, never the tags.
+    let response = client
+        .post(format!("{base}/v1/tts"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({
+            "text": "<speak>Hello <break time=\"300ms\"/><sub alias=\"World Health Organization\">WHO</sub></speak>",
+            "text_type": "ssml", "format": "pcm16", "timestamps": true
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let words: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|line| line["words"].as_array().cloned().unwrap_or_default())
+        .map(|w| w["word"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        words,
+        ["Hello", "World", "Health", "Organization"],
+        "{text}"
+    );
+
     // A body that is not a JSON object is refused, without naming any Rust type.
     let response = client
         .post(format!("{base}/v1/tts"))
@@ -163,6 +233,15 @@ async fn headers_methods_cors_and_old_clients() {
         (
             serde_json::json!({"text": "Hi.", "sample_rate": 0}),
             "sample_rate must be between 8000 and 48000",
+        ),
+        (
+            serde_json::json!({"text": "Hi.", "text_type": "html"}),
+            "text_type must be text or ssml",
+        ),
+        (
+            serde_json::json!({"text": "<speak>Hi <b>there</b></speak>"}),
+            "text: SSML at line 1, column 11 (<b>): <b> is not supported (speak, p, s, break, \
+             say-as, sub, prosody, phoneme are)",
         ),
     ] {
         let response = client

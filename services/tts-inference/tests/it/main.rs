@@ -2,7 +2,9 @@
 
 mod hostile;
 mod intelligibility;
+mod ssml;
 mod synthesis;
+mod timestamps;
 mod trace;
 
 use std::time::Duration;
