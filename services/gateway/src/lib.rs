@@ -294,8 +294,11 @@ impl Application {
             .degraded_without("webhook-ingest", ingest.readiness_check())
             .build();
         let metrics = Metrics::new();
-        let limiter =
-            ratelimit::Limiter::new(settings.limits.clone(), redis.clone(), metrics.registry());
+        let limiter = ratelimit::Limiter::new(
+            settings.limits.clone(),
+            settings.redis.url.expose(),
+            metrics.registry(),
+        )?;
         let legacy = legacy_metrics::LegacyMetrics::new(metrics.registry());
         tokio::spawn(
             legacy

@@ -292,7 +292,7 @@ impl Script {
     /// EVALSHA, loading the script when Redis does not have it (after a restart or a flush).
     async fn run(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
         keys: &[String],
         args: &[String],
     ) -> redis::RedisResult<Vec<i64>> {
@@ -372,7 +372,13 @@ pub struct Limiter {
 
 struct Inner {
     settings: LimitSettings,
-    redis: deadpool_redis::Pool,
+    /// One multiplexed connection shared by every request of the replica (not a pool's: a pool
+    /// checks each connection with a PING on every checkout, a second round trip per request),
+    /// which also pipelines concurrent requests' scripts. Dropped on an error; the next request
+    /// connects again.
+    client: redis::Client,
+    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
     gcra: Script,
     quota: Script,
     started: Instant,
@@ -390,9 +396,10 @@ struct Inner {
 impl Limiter {
     pub fn new(
         settings: LimitSettings,
-        redis: deadpool_redis::Pool,
+        redis_url: &str,
         registry: &prometheus::Registry,
-    ) -> Self {
+    ) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(redis_url)?;
         let exceeded = IntCounterVec::new(
             Opts::new(
                 "api_key_rate_limit_exceeded_total",
@@ -412,10 +419,12 @@ impl Limiter {
         registry
             .register(Box::new(fallback.clone()))
             .expect("metric names are unique");
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 settings,
-                redis,
+                client,
+                connection: Mutex::default(),
+                connecting: tokio::sync::Mutex::default(),
                 gcra: Script::new(GCRA),
                 quota: Script::new(QUOTA),
                 started: Instant::now(),
@@ -426,7 +435,7 @@ impl Limiter {
                 exceeded,
                 fallback,
             }),
-        }
+        })
     }
 
     pub fn settings(&self) -> &LimitSettings {
@@ -437,11 +446,38 @@ impl Limiter {
         u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The shared connection, opened if there is none.
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let current = self.inner.connection.lock().expect("not poisoned").clone();
+        if let Some(connection) = current {
+            return Ok(connection);
+        }
+        let _one_at_a_time = self.inner.connecting.lock().await;
+        let current = self.inner.connection.lock().expect("not poisoned").clone();
+        if let Some(connection) = current {
+            return Ok(connection);
+        }
+        let connection = self
+            .inner
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.inner.connection.lock().expect("not poisoned") = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the shared connection after an error or a timeout.
+    fn drop_connection(&self) {
+        *self.inner.connection.lock().expect("not poisoned") = None;
+    }
+
     fn redis_away(&self) -> bool {
         self.now_ms() < self.inner.away_until.load(Ordering::Relaxed)
     }
 
     fn mark_away(&self, error: &str) {
+        self.drop_connection();
         let now = self.now_ms();
         self.inner.away_until.store(
             now + u64::try_from(AWAY_FOR.as_millis()).unwrap_or(1000),
@@ -545,9 +581,7 @@ impl Limiter {
     }
 
     async fn check_redis(&self, limits: &[(String, Rate)]) -> Result<Decision, String> {
-        let mut conn = redis_pool::get(&self.inner.redis)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = self.connection().await?;
         let keys: Vec<String> = limits.iter().map(|(k, _)| k.clone()).collect();
         let args: Vec<String> = limits
             .iter()
@@ -661,9 +695,7 @@ impl Limiter {
         quota: u64,
         pool: &database::Pool,
     ) -> Result<Result<(), QuotaRefusal>, String> {
-        let mut conn = redis_pool::get(&self.inner.redis)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = self.connection().await?;
         let keys = [counter.to_owned()];
         let args = [characters.to_string(), quota.to_string()];
         for _ in 0..2 {
@@ -714,9 +746,7 @@ impl Limiter {
         let month = Utc::now().format("%Y-%m").to_string();
         let counter = format!("rl:quota:{}:{month}", key.id);
         let refunded = async {
-            let mut conn = redis_pool::get(&self.inner.redis)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn = self.connection().await?;
             redis::cmd("DECRBY")
                 .arg(&counter)
                 .arg(characters)
@@ -894,13 +924,12 @@ mod tests {
         let settings =
             LimitSettings::load(&Sources::from_pairs([("TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap())
                 .unwrap();
-        let redis = redis_pool::connect(&redis_pool::RedisConfig {
-            url: "redis://127.0.0.1:1".into(),
-            pool_size: 1,
-            timeout: Duration::from_millis(10),
-        })
+        let limiter = Limiter::new(
+            settings,
+            "redis://127.0.0.1:1",
+            &prometheus::Registry::new(),
+        )
         .unwrap();
-        let limiter = Limiter::new(settings, redis, &prometheus::Registry::new());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // An untrusted peer's header is its own invention.
         assert_eq!(
