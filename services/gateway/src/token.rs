@@ -196,17 +196,7 @@ async fn exchange(
         )
         .detail("A token is made from an API key, not from another token."));
     }
-    let body: TokenBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenBody::default()
-    } else {
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| Problem::invalid_request("The body must be a JSON object."))?;
-        if !value.is_object() {
-            return Err(Problem::invalid_request("The body must be a JSON object."));
-        }
-        serde_json::from_value(value)
-            .map_err(|e| Problem::invalid_request(http_problem::serde_message(&e)))?
-    };
+    let body: TokenBody = crate::webhooks::optional_body(&body)?;
     let ttl = body.expires_in.unwrap_or(MAX_TTL_SECONDS);
     if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&ttl) {
         return Err(Problem::invalid_request(format!(
