@@ -1430,4 +1430,74 @@ mod tests {
             ]
         );
     }
+
+    /// Properties over arbitrary Unicode: the front end never panics, and what it hands
+    /// espeak-ng is never empty and carries no control, invisible or non-ASCII digit character,
+    /// in pieces no longer than the limit. `PROPTEST_CASES` runs more.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Text mixing the classes that broke the voice: controls and NUL, zero-width and bidi
+        /// controls, digits of other scripts, CJK, combining marks, repeated punctuation, markup.
+        fn hostile() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                "[a-zA-Z ,.!?']{0,20}",
+                any::<char>().prop_map(String::from),
+                prop::sample::select(vec![
+                    "\u{0}",
+                    "\u{200b}",
+                    "\u{200d}",
+                    "\u{202e}",
+                    "\u{feff}",
+                    "\u{301}",
+                    "\u{669}",
+                    "\u{96f}",
+                    "\u{e51}",
+                    "日",
+                    "a.",
+                    "s'",
+                    "<speak>",
+                    "&amp;",
+                    "\u{1F600}",
+                    "...",
+                    "!!!!!!",
+                    "\u{e000}",
+                ])
+                .prop_map(str::to_owned),
+            ];
+            prop::collection::vec(piece, 0..40).prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_front_end_hands_espeak_only_clean_bounded_pieces(text in hostile()) {
+                let clean = sanitize(&text);
+                prop_assert!(clean.chars().all(|c| !c.is_control() && !is_invisible(c)), "{clean:?}");
+                // Digits of other scripts are read as the digits they are.
+                prop_assert!(!clean.contains(['\u{669}', '\u{96f}', '\u{e51}']), "{clean:?}");
+                match prepare(&text, "en_US") {
+                    Ok(prepared) => {
+                        prop_assert!(!prepared.pieces.is_empty());
+                        for piece in &prepared.pieces {
+                            prop_assert!(!piece.trim().is_empty(), "{:?}", prepared.pieces);
+                            prop_assert!(piece.chars().count() <= MAX_PIECE_CHARS, "{piece:?}");
+                            prop_assert!(piece.chars().all(|c| !c.is_control() && !is_invisible(c)), "{piece:?}");
+                            prop_assert!(piece.chars().any(char::is_alphanumeric), "{piece:?}");
+                        }
+                    }
+                    Err(TextError::NothingToSpeak | TextError::UnsupportedScript { .. }) => {}
+                }
+            }
+
+            #[test]
+            fn ssml_parsing_never_panics(text in hostile(), wrap in any::<bool>()) {
+                let input = if wrap { format!("<speak>{text}</speak>") } else { text };
+                let _ = crate::ssml::parse(&input);
+            }
+        }
+    }
 }

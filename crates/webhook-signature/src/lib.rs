@@ -344,4 +344,62 @@ mod tests {
         assert!(SigningKey::parse("whsk_AAAA").is_err());
         assert!(VerifyingKey::parse("whpk_AAAA").is_err());
     }
+
+    /// Properties over arbitrary input: the parsers never panic, nothing but a genuine signature
+    /// verifies, and any change to what was signed fails. `PROPTEST_CASES` runs more.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_headers_never_verify(
+                id in "\\PC{0,40}",
+                timestamp in prop_oneof!["\\PC{0,24}", Just(TS.to_string()), any::<i64>().prop_map(|t| t.to_string())],
+                signature in prop_oneof!["\\PC{0,200}", "v1,[A-Za-z0-9+/=]{0,60}", "v1a,[A-Za-z0-9+/=]{0,100}"],
+                body in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let keys = [VerifyingKey::parse(SECRET).unwrap()];
+                let headers = SignedHeaders { id: &id, timestamp: &timestamp, signature: &signature };
+                prop_assert!(verify(&keys, headers, &body, TS, 300).is_err());
+            }
+
+            #[test]
+            fn genuine_signatures_verify_and_any_change_fails(
+                ed25519 in any::<bool>(),
+                id in "[!-~]{1,60}",
+                body in prop::collection::vec(any::<u8>(), 0..512),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let secret = if ed25519 { SigningKey::generate_ed25519() } else { SigningKey::generate_hmac() };
+                let key = SigningKey::parse(&secret).unwrap();
+                let keys = [VerifyingKey::parse(&key.verification_key()).unwrap()];
+                let header = signature_header(&[key], &id, TS, &body);
+                let ts = TS.to_string();
+                let genuine = SignedHeaders { id: &id, timestamp: &ts, signature: &header };
+                prop_assert!(verify(&keys, genuine, &body, TS, 300).is_ok());
+                if !body.is_empty() {
+                    let mut changed = body.clone();
+                    changed[flip.index(body.len())] ^= 1 << bit;
+                    prop_assert!(verify(&keys, genuine, &changed, TS, 300).is_err());
+                }
+                let later = (TS + 1).to_string();
+                let moved = SignedHeaders { timestamp: &later, ..genuine };
+                prop_assert!(verify(&keys, moved, &body, TS, 300).is_err());
+                let other_id = format!("{id}x");
+                let renamed = SignedHeaders { id: &other_id, ..genuine };
+                prop_assert!(verify(&keys, renamed, &body, TS, 300).is_err());
+            }
+
+            #[test]
+            fn key_parsing_never_panics(text in prop_oneof!["\\PC{0,80}", "whsec_[A-Za-z0-9+/=]{0,60}", "whpk_[A-Za-z0-9+/=]{0,60}", "whsk_[A-Za-z0-9+/=]{0,90}"]) {
+                let _ = SigningKey::parse(&text);
+                let _ = VerifyingKey::parse(&text);
+            }
+        }
+    }
 }

@@ -49,7 +49,9 @@ pub fn verify_signature(key: &hmac::Key, header: &str, body: &[u8]) -> bool {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() != 64 {
+    // Hex digits only: `u8::from_str_radix` also takes a sign (`+f`), which would let one
+    // signature be written several ways.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())
@@ -267,5 +269,50 @@ mod tests {
         assert!(payload_text("application/x-www-form-urlencoded", b"other=1").is_err());
         assert!(payload_text("application/json", b"[1]").is_err());
         assert!(payload_text("application/json", b"\xff").is_err());
+    }
+
+    /// Properties over arbitrary input: `X-Hub-Signature-256` never panics, and only the genuine
+    /// signature (in either case of hex) verifies. `PROPTEST_CASES` runs more.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn genuine(key: &hmac::Key, body: &[u8]) -> String {
+            let tag = hmac::sign(key, body);
+            let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256={hex}")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_headers_never_verify(
+                header in prop_oneof!["\\PC{0,100}", "sha256=[0-9a-fA-F+-]{60,68}", "sha256=\\PC{64}"],
+                body in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let key = hmac::Key::new(hmac::HMAC_SHA256, b"It's a Secret to Everybody");
+                prop_assert!(!verify_signature(&key, &header, &body) || header.eq_ignore_ascii_case(&genuine(&key, &body)));
+            }
+
+            #[test]
+            fn only_the_genuine_signature_verifies(
+                body in prop::collection::vec(any::<u8>(), 0..256),
+                at in 7usize..71,
+                with in prop_oneof![Just('+'), Just('-'), Just(' '), Just('x'), any::<char>(), "[0-9a-f]".prop_map(|s| s.chars().next().unwrap())],
+            ) {
+                let key = hmac::Key::new(hmac::HMAC_SHA256, b"It's a Secret to Everybody");
+                let header = genuine(&key, &body);
+                prop_assert!(verify_signature(&key, &header, &body));
+                prop_assert!(verify_signature(&key, &header.to_ascii_uppercase().replacen("SHA256", "sha256", 1), &body));
+                let mut chars: Vec<char> = header.chars().collect();
+                chars[at] = with;
+                let changed: String = chars.into_iter().collect();
+                if !changed.eq_ignore_ascii_case(&header) {
+                    prop_assert!(!verify_signature(&key, &changed, &body), "{changed} verified");
+                }
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ mod keys;
 mod limits;
 mod openai;
 mod openapi;
+mod properties;
 mod webhooks;
 
 use std::time::Duration;
