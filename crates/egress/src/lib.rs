@@ -119,16 +119,6 @@ pub fn is_private_name(host: &str) -> bool {
 }
 
 impl AddressPolicy {
-    /// The policy of `environment`, opened to the networks listed (CIDRs, comma-separated) in
-    /// the setting named `setting`.
-    pub fn load(
-        src: &settings::Sources,
-        environment: Environment,
-        setting: &str,
-    ) -> Result<Self, settings::SettingError> {
-        Ok(Self::new(environment, src.or(setting, Vec::new())?))
-    }
-
     pub fn new(environment: Environment, allowed: Vec<IpNet>) -> Self {
         Self {
             environment,

@@ -212,11 +212,10 @@ impl WorkSettings {
                     .map(|h| h.trim().to_ascii_lowercase())
                     .collect(),
                 strict_downloads: environment == Environment::Production,
-                outbound: std::sync::Arc::new(egress::AddressPolicy::load(
-                    src,
+                outbound: std::sync::Arc::new(egress::AddressPolicy::new(
                     environment,
-                    "OUTBOUND_ALLOWED_NETWORKS",
-                )?),
+                    src.or("OUTBOUND_ALLOWED_NETWORKS", Vec::new())?,
+                )),
                 loudness_target: range(
                     "AUDIO_LOUDNESS_TARGET",
                     src.or("AUDIO_LOUDNESS_TARGET", -16.0)?,

@@ -311,11 +311,10 @@ impl Settings {
             cors,
             rules,
             codegen,
-            outbound: std::sync::Arc::new(egress::AddressPolicy::load(
-                src,
+            outbound: std::sync::Arc::new(egress::AddressPolicy::new(
                 common.environment,
-                "OUTBOUND_ALLOWED_NETWORKS",
-            )?),
+                src.or("OUTBOUND_ALLOWED_NETWORKS", Vec::new())?,
+            )),
             dispatch: dispatch::DispatchSettings::load(
                 src,
                 audio_generation.timeout.max(actions::LONGEST_HTTP_ACTION),
