@@ -131,7 +131,18 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("a runtime");
-    match runtime.block_on(run(args)) {
+    // Ctrl-C or SIGTERM ends the run early; returning drops the stack, whose processes, PostgreSQL
+    // and Redis are stopped by their `Drop`.
+    let outcome = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            outcome = run(args) => outcome,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
+        }
+    });
+    drop(runtime);
+    match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
@@ -160,7 +171,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     result
 }
 
+/// Speech at the highest concurrency the run reaches (every inference worker busy, a queue
+/// behind them), so the memory measured at the start is tts-inference's working set and not
+/// that of a process that has made one short sentence.
+async fn warm_up(stack: &Stack) {
+    let body = serde_json::json!({"text": "Warming up every worker of the voice before the run.", "format": "wav"});
+    let calls = (0..8).map(|i| {
+        stack
+            .client
+            .post(format!("{}/v1/tts", stack.gateway_url(1 + (i % 2))))
+            .header("x-api-key", &stack.api_key)
+            .json(&body)
+            .send()
+    });
+    for response in futures::future::join_all(calls).await {
+        if let Ok(r) = response {
+            let _ = r.bytes().await;
+        }
+    }
+}
+
 async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
+    eprintln!("chaos: warming up");
+    warm_up(stack).await;
     let traffic = Arc::new(Traffic::new(Arc::clone(stack)));
     let started = traffic.started;
     let until = started + args.duration;
@@ -242,7 +275,15 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
     faults::set_partners(stack, test_support::receiver::Behavior::status(200));
     faults::all_ready(stack, Duration::from_secs(120)).await?;
 
-    let ledger = std::mem::take(&mut *traffic.ledger.lock().expect("not poisoned"));
+    let mut ledger = std::mem::take(&mut *traffic.ledger.lock().expect("not poisoned"));
+    ledger.audio_restarts = windows
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|w| {
+            matches!(w.fault, faults::Fault::Kill(i, _) if i.service == services::Service::AudioGeneration)
+        })
+        .count();
     let limit = Duration::from_secs(if args.short { 180 } else { 420 });
     let (findings, settle) = verify::settle(stack, &ledger, limit).await;
     watching.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -276,6 +317,23 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
             )
         })
         .collect();
+    let explained: Vec<String> = ledger
+        .records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .filter_map(|r| {
+            let w = windows.iter().find(|w| w.covers(r))?;
+            Some(format!(
+                "{} to {} at {:.1}s: {} {} ← {}",
+                r.kind.name(),
+                r.target,
+                r.start.as_secs_f64(),
+                r.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
+                r.detail.chars().take(120).collect::<String>(),
+                w.fault.describe()
+            ))
+        })
+        .collect();
     let command = if args.short {
         "scripts/chaos --short".to_owned()
     } else {
@@ -291,6 +349,7 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
         findings: &findings,
         memory: &memory,
         unexplained,
+        explained,
         crashed: crashed.lock().expect("not poisoned").clone(),
         log_dir: stack.log_dir.display().to_string(),
     };

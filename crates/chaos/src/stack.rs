@@ -190,7 +190,6 @@ impl Stack {
                 ("LOG_FORMAT", "text".into()),
                 ("RUST_LOG", "info".into()),
                 ("SHUTDOWN_GRACE_PERIOD", "5s".into()),
-                ("DATABASE_CONNECT_TIMEOUT", "2s".into()),
                 ("INTERNAL_AUTH_TRUSTED_KEYS", keys.trusted().to_owned()),
             ];
             if let Some(http) = p.http {
@@ -226,7 +225,6 @@ impl Stack {
                         TEST_WEBHOOK_ENCRYPTION_KEY.to_owned(),
                     ),
                     ("WORKER_POLL_INTERVAL", "200ms".into()),
-                    ("WORKER_LEASE", "6s".into()),
                     ("WEBHOOK_CONNECT_TIMEOUT", "1s".into()),
                     ("WEBHOOK_REQUEST_TIMEOUT", "3s".into()),
                     (

@@ -137,6 +137,8 @@ pub struct Ledger {
     /// Webhooks sent a second time on purpose after being accepted.
     pub duplicates_sent: usize,
     pub rotations: usize,
+    /// Times audio-generation was killed and started again.
+    pub audio_restarts: usize,
 }
 
 pub struct Traffic {
@@ -146,6 +148,9 @@ pub struct Traffic {
     client: reqwest::Client,
     issue_counter: std::sync::atomic::AtomicU64,
 }
+
+/// The hook id the run's GitHub webhooks carry.
+const GITHUB_HOOK_ID: &str = "4242";
 
 const TEXTS: [&str; 4] = [
     "The quick brown fox jumps over the lazy dog.",
@@ -453,6 +458,12 @@ impl Traffic {
         if !accepted {
             return;
         }
+        // webhook-ingest keys a GitHub delivery by hook and delivery id.
+        let stored_id = if kind == Kind::Generic {
+            delivery_id.clone()
+        } else {
+            format!("{GITHUB_HOOK_ID}:{delivery_id}")
+        };
         self.ledger
             .lock()
             .expect("not poisoned")
@@ -460,7 +471,7 @@ impl Traffic {
             .push(AcceptedWebhook {
                 kind,
                 source,
-                delivery_id: delivery_id.clone(),
+                delivery_id: stored_id,
                 event_type,
                 issue,
             });
@@ -523,7 +534,7 @@ impl Traffic {
                 .post(format!("{base}/api/v1/webhooks/github"))
                 .header("content-type", "application/json")
                 .header("x-github-event", event)
-                .header("x-github-hook-id", "4242")
+                .header("x-github-hook-id", GITHUB_HOOK_ID)
                 .header("x-github-delivery", delivery_id)
                 .header("x-hub-signature-256", format!("sha256={hex}"))
         };

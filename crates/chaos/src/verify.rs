@@ -56,10 +56,22 @@ pub async fn settle(stack: &Stack, ledger: &Ledger, limit: Duration) -> (Finding
         if findings.pending() == 0 || started.elapsed() > limit {
             return (findings, started.elapsed());
         }
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in &findings.lost {
+            let kind = if line.starts_with("job") {
+                "jobs"
+            } else if line.contains("webhook") {
+                "inbound webhooks"
+            } else if line.contains("agent") {
+                "agent runs"
+            } else {
+                "partner events"
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
         eprintln!(
-            "chaos: settling ({:.0}s): {} not yet at their end, e.g. {}",
+            "chaos: settling ({:.0}s): not yet at their end: {kinds:?}, e.g. {}",
             started.elapsed().as_secs_f64(),
-            findings.lost.len(),
             findings.lost[0]
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -159,18 +171,30 @@ pub async fn check(stack: &Stack, ledger: &Ledger) -> Findings {
     } else {
         f.lost.push("the job list could not be read".into());
     }
-    // One stored file per succeeded job (object_store's temporary `name#n` files of a write a
-    // kill cut short aside).
+    // One stored file per succeeded job: the probe objects of the readiness check (under
+    // `.sonora-probe/`) and object_store's temporary `name#n` files are not audio.
     let files: Vec<_> = stack
         .stored_files()
         .into_iter()
         .filter(|p| {
-            !p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with('.') || n.contains('#')
+            !p.components().any(|c| {
+                let c = c.as_os_str().to_string_lossy();
+                c.starts_with('.') || c.contains('#')
             })
         })
         .collect();
+    let probes = stack
+        .stored_files()
+        .into_iter()
+        .filter(|p| p.starts_with(".sonora-probe"))
+        .count();
+    // One probe object per audio-generation process at most (a kill between a probe's write
+    // and its delete); more means probes leave orphans behind.
+    if probes > 1 + ledger.audio_restarts {
+        f.broken.push(format!(
+            "{probes} readiness probe objects left in the audio storage"
+        ));
+    }
     f.files = files.len();
 
     // Inbound webhooks: each accepted one stored once and done.
@@ -320,6 +344,8 @@ pub struct Report<'a> {
     pub findings: &'a Findings,
     pub memory: &'a [Memory],
     pub unexplained: Vec<String>,
+    /// Each failure a fault explains, with the fault.
+    pub explained: Vec<String>,
     pub crashed: Vec<String>,
     pub log_dir: String,
 }
@@ -442,6 +468,7 @@ impl Report<'_> {
             ("Duplicated", &f.duplicated),
             ("Broken", &f.broken),
             ("Unexplained failures", &self.unexplained),
+            ("Failures explained by a fault", &self.explained),
             ("Crashed", &self.crashed),
         ] {
             if !list.is_empty() {
