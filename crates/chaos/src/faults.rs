@@ -50,10 +50,9 @@ impl Fault {
             Self::PartnersFail(d) => {
                 format!("partners answer 503, then time out, {}s", d.as_secs())
             }
-            Self::NetworkCut(d) => format!(
-                "network cut gateway→tts, ingest→audio {}s",
-                d.as_secs()
-            ),
+            Self::NetworkCut(d) => {
+                format!("network cut gateway→tts, ingest→audio {}s", d.as_secs())
+            }
         }
     }
 
@@ -68,10 +67,7 @@ impl Fault {
                     // The gateway reaches the first replica of each for endpoints and sources.
                     Service::DeliveryWorker => {
                         instance.replica == 1
-                            && matches!(
-                                record.kind,
-                                Kind::EndpointChange | Kind::EndpointRotation
-                            )
+                            && matches!(record.kind, Kind::EndpointChange | Kind::EndpointRotation)
                     }
                 };
                 direct
@@ -117,7 +113,9 @@ pub struct Lane {
 /// The schedule: lane A (processes and infrastructure) and lane B (the outside world), spread
 /// over the traffic's duration; `short` is the quick run of `scripts/test`.
 pub fn schedule(short: bool, duration: Duration) -> (Lane, Lane) {
-    let kill = |service, replica, secs| Fault::Kill(Instance { service, replica }, Duration::from_secs(secs));
+    let kill = |service, replica, secs| {
+        Fault::Kill(Instance { service, replica }, Duration::from_secs(secs))
+    };
     if short {
         (
             Lane {
@@ -215,7 +213,10 @@ async fn inject(stack: &Stack, fault: Fault) -> anyhow::Result<()> {
         }
         Fault::PostgresRestart => {
             let took = tokio::task::block_in_place(|| stack.pg.restart())?;
-            eprintln!("chaos:         PostgreSQL was away {:.1}s", took.as_secs_f64());
+            eprintln!(
+                "chaos:         PostgreSQL was away {:.1}s",
+                took.as_secs_f64()
+            );
         }
         Fault::RedisStop(d) => {
             stack.redis.lock().await.down();

@@ -98,7 +98,12 @@ impl Postgres {
         let out = pg_command(&bin, "initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-U", "sonora", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                "sonora",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["-E", "UTF8", "--no-sync"])
             .output()

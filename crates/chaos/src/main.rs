@@ -79,18 +79,17 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut short = false;
     let mut seed = None;
     while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--bin-dir" => bin_dir = Some(PathBuf::from(value()?)),
             "--voices-dir" => voices_dir = Some(PathBuf::from(value()?)),
             "--run-dir" => run_dir = Some(PathBuf::from(value()?)),
             "--duration" => duration = Some(parse_duration(&value()?)?),
             "--seed" => {
-                seed = Some(
-                    value()?
-                        .parse()
-                        .context("--seed: must be a whole number")?,
-                );
+                seed = Some(value()?.parse().context("--seed: must be a whole number")?);
             }
             "--short" => short = true,
             "-h" | "--help" => {
@@ -184,10 +183,8 @@ async fn warm_up(stack: &Stack) {
             .json(&body)
             .send()
     });
-    for response in futures::future::join_all(calls).await {
-        if let Ok(r) = response {
-            let _ = r.bytes().await;
-        }
+    for response in futures::future::join_all(calls).await.into_iter().flatten() {
+        let _ = response.bytes().await;
     }
 }
 
@@ -270,7 +267,10 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
     a.await?;
     b.await?;
     let traffic_took = started.elapsed();
-    eprintln!("chaos: traffic done after {:.0}s; settling", traffic_took.as_secs_f64());
+    eprintln!(
+        "chaos: traffic done after {:.0}s; settling",
+        traffic_took.as_secs_f64()
+    );
     faults::restore_simulator(stack);
     faults::set_partners(stack, test_support::receiver::Behavior::status(200));
     faults::all_ready(stack, Duration::from_secs(120)).await?;
@@ -312,7 +312,8 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
                 r.kind.name(),
                 r.target,
                 r.start.as_secs_f64(),
-                r.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
+                r.status
+                    .map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
                 r.detail
             )
         })
@@ -328,10 +329,25 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
                 r.kind.name(),
                 r.target,
                 r.start.as_secs_f64(),
-                r.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
+                r.status
+                    .map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
                 r.detail.chars().take(120).collect::<String>(),
                 w.fault.describe()
             ))
+        })
+        .collect();
+    let timed_out: Vec<String> = ledger
+        .records
+        .iter()
+        .filter(|r| r.outcome == Outcome::TimedOut)
+        .map(|r| {
+            format!(
+                "{} to {} at {:.1}s: {}",
+                r.kind.name(),
+                r.target,
+                r.start.as_secs_f64(),
+                r.detail.chars().take(120).collect::<String>()
+            )
         })
         .collect();
     let command = if args.short {
@@ -350,6 +366,7 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
         memory: &memory,
         unexplained,
         explained,
+        timed_out,
         crashed: crashed.lock().expect("not poisoned").clone(),
         log_dir: stack.log_dir.display().to_string(),
     };

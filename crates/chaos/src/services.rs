@@ -136,10 +136,10 @@ impl Processes {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        self.running.lock().expect("not poisoned").insert(
-            instance,
-            Running { child: Some(child) },
-        );
+        self.running
+            .lock()
+            .expect("not poisoned")
+            .insert(instance, Running { child: Some(child) });
         Ok(())
     }
 

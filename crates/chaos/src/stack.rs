@@ -83,7 +83,9 @@ impl Drop for Stack {
 }
 
 fn pairs(list: &[(&str, String)]) -> Vec<(String, String)> {
-    list.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 impl Stack {
@@ -105,17 +107,16 @@ impl Stack {
 
         // The outside world, in this process.
         let simulator_signals = Signals::new();
-        let simulator_settings =
-            replicate_simulator::Settings::load(&test_support::sources([
-                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                ("SIMULATOR_GENERATION_DELAY", "1s".to_owned()),
-                ("SIMULATOR_WEBHOOK_RETRY_DELAY", "1s".to_owned()),
-                ("SIMULATOR_WEBHOOK_ATTEMPTS", "4".to_owned()),
-                ("SIMULATOR_MAX_PREDICTIONS", "100000".to_owned()),
-                ("SIMULATOR_CREATE_RATE_LIMIT", "0".to_owned()),
-                ("LOG_FORMAT", "text".to_owned()),
-            ]))
-            .context("simulator settings")?;
+        let simulator_settings = replicate_simulator::Settings::load(&test_support::sources([
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("SIMULATOR_GENERATION_DELAY", "1s".to_owned()),
+            ("SIMULATOR_WEBHOOK_RETRY_DELAY", "1s".to_owned()),
+            ("SIMULATOR_WEBHOOK_ATTEMPTS", "4".to_owned()),
+            ("SIMULATOR_MAX_PREDICTIONS", "100000".to_owned()),
+            ("SIMULATOR_CREATE_RATE_LIMIT", "0".to_owned()),
+            ("LOG_FORMAT", "text".to_owned()),
+        ]))
+        .context("simulator settings")?;
         let simulator =
             replicate_simulator::Application::build(simulator_settings, simulator_signals.clone())?;
         let simulator_url = simulator.base_url().to_owned();
@@ -153,8 +154,8 @@ impl Stack {
                     service,
                     replica: 1
                 }]
-                .grpc
-                .expect("a gRPC service")
+                    .grpc
+                    .expect("a gRPC service")
             )
         };
         let tts_link = TcpProxy::start(
@@ -173,8 +174,8 @@ impl Stack {
             service: Service::WebhookIngest,
             replica: 1,
         }]
-        .http
-        .expect("public port");
+            .http
+            .expect("public port");
         let keys = internal_keys();
         let routing_rules = serde_json::json!([
             {"name": "github-to-partners", "source": "github", "tenant": "chaos", "actions": ["publish"]},
@@ -359,8 +360,8 @@ impl Stack {
             service: Service::Gateway,
             replica,
         }]
-        .http
-        .expect("public port");
+            .http
+            .expect("public port");
         format!("http://127.0.0.1:{port}")
     }
 
@@ -369,8 +370,8 @@ impl Stack {
             service: Service::WebhookIngest,
             replica,
         }]
-        .http
-        .expect("public port");
+            .http
+            .expect("public port");
         format!("http://127.0.0.1:{port}")
     }
 
@@ -486,8 +487,8 @@ impl Stack {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -506,8 +507,15 @@ fn make_api_key(
     log_dir: &Path,
 ) -> anyhow::Result<String> {
     let out = std::process::Command::new(bin_dir.join("gateway"))
-        .args(["keys", "create", "--tenant", "chaos", "--prefix", "cw_test_"])
-        .args(["--scopes", "tts audio webhooks usage admin", "--plan", "enterprise"])
+        .args([
+            "keys", "create", "--tenant", "chaos", "--prefix", "cw_test_",
+        ])
+        .args([
+            "--scopes",
+            "tts audio webhooks usage admin",
+            "--plan",
+            "enterprise",
+        ])
         .args(["--name-prefix", "Chaos run key"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -98,6 +98,9 @@ pub enum Outcome {
     Refused,
     /// 5xx, a broken stream, or no answer at all.
     Failed,
+    /// The client's own 30 s deadline passed while the server was still working or streaming:
+    /// slow, not a failure the server reported. Counted and listed, not explained by a fault.
+    TimedOut,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +194,15 @@ impl Traffic {
         detail: impl Into<String>,
     ) {
         let end = self.now();
+        let detail = detail.into();
+        let outcome = if outcome == Outcome::Failed
+            && matches!(status, None | Some(200..=299))
+            && detail.contains("operation timed out")
+        {
+            Outcome::TimedOut
+        } else {
+            outcome
+        };
         self.ledger
             .lock()
             .expect("not poisoned")
@@ -202,7 +214,7 @@ impl Traffic {
                 end,
                 status,
                 outcome,
-                detail: detail.into(),
+                detail,
             });
     }
 
@@ -289,7 +301,14 @@ impl Traffic {
         let response = match response {
             Ok(r) => r,
             Err(error) => {
-                return self.record(kind, target, start, None, Outcome::Failed, error_text(&error));
+                return self.record(
+                    kind,
+                    target,
+                    start,
+                    None,
+                    Outcome::Failed,
+                    error_text(&error),
+                );
             }
         };
         let status = response.status().as_u16();
@@ -376,7 +395,14 @@ impl Traffic {
             Err(error) => {
                 // Sent, perhaps received: the job may exist without the client knowing it.
                 self.ledger.lock().expect("not poisoned").ambiguous_jobs += 1;
-                return self.record(kind, target, start, None, Outcome::Failed, error_text(&error));
+                return self.record(
+                    kind,
+                    target,
+                    start,
+                    None,
+                    Outcome::Failed,
+                    error_text(&error),
+                );
             }
         };
         let outcome = Self::classify(status);
@@ -520,11 +546,7 @@ impl Traffic {
                 &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.stack.github_secret.as_bytes()),
                 body.as_bytes(),
             );
-            let hex: String = tag
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
             let event = if kind == Kind::GitHub {
                 "push"
             } else {
@@ -548,7 +570,14 @@ impl Traffic {
                 Some(outcome)
             }
             Err(error) => {
-                self.record(kind, target, start, None, Outcome::Failed, error_text(&error));
+                self.record(
+                    kind,
+                    target,
+                    start,
+                    None,
+                    Outcome::Failed,
+                    error_text(&error),
+                );
                 Some(Outcome::Failed)
             }
         }
@@ -639,7 +668,14 @@ impl Traffic {
                     .flatten()
             }
             Err(error) => {
-                self.record(kind, target, start, None, Outcome::Failed, error_text(&error));
+                self.record(
+                    kind,
+                    target,
+                    start,
+                    None,
+                    Outcome::Failed,
+                    error_text(&error),
+                );
                 None
             }
         }

@@ -200,7 +200,12 @@ pub async fn check(stack: &Stack, ledger: &Ledger) -> Findings {
     // Inbound webhooks: each accepted one stored once and done.
     let mut inbound: HashMap<String, Vec<String>> = HashMap::new();
     for source in ["github", crate::stack::SOURCE] {
-        match list_all(stack, &format!("/v1/inbound/events?source={source}&limit=100")).await {
+        match list_all(
+            stack,
+            &format!("/v1/inbound/events?source={source}&limit=100"),
+        )
+        .await
+        {
             Some(events) => {
                 for e in events {
                     if let Some(id) = e["delivery_id"].as_str() {
@@ -211,7 +216,9 @@ pub async fn check(stack: &Stack, ledger: &Ledger) -> Findings {
                     }
                 }
             }
-            None => f.lost.push(format!("the inbound events of {source} could not be read")),
+            None => f
+                .lost
+                .push(format!("the inbound events of {source} could not be read")),
         }
     }
     for w in &ledger.webhooks {
@@ -225,8 +232,10 @@ pub async fn check(stack: &Stack, ledger: &Ledger) -> Findings {
                 if state == "done" {
                     expected.push((w.delivery_id.clone(), w.event_type));
                 } else if matches!(state.as_str(), "failed" | "dead_letter" | "malformed") {
-                    f.broken
-                        .push(format!("{} webhook {} ended {state}", w.source, w.delivery_id));
+                    f.broken.push(format!(
+                        "{} webhook {} ended {state}",
+                        w.source, w.delivery_id
+                    ));
                 } else {
                     f.lost.push(format!(
                         "{} webhook {} still {state}",
@@ -246,19 +255,26 @@ pub async fn check(stack: &Stack, ledger: &Ledger) -> Findings {
     // Agent runs: one per accepted labelled issue.
     let runs = stack.codegen.requests();
     f.agent_runs = runs.iter().filter(|r| r.status == 200).count();
-    for w in ledger.webhooks.iter().filter(|w| w.kind == Kind::GitHubAgent) {
+    for w in ledger
+        .webhooks
+        .iter()
+        .filter(|w| w.kind == Kind::GitHubAgent)
+    {
         let Some(n) = w.issue else { continue };
         let needle = format!("acme/chaos#{n}:");
         let started = runs
             .iter()
-            .filter(|r| r.status == 200 && r.body["prompt"].as_str().is_some_and(|p| p.contains(&needle)))
+            .filter(|r| {
+                r.status == 200
+                    && r.body["prompt"]
+                        .as_str()
+                        .is_some_and(|p| p.contains(&needle))
+            })
             .count();
         match started {
             1 => {}
             0 => f.lost.push(format!("no agent run for issue #{n}")),
-            k => f
-                .duplicated
-                .push(format!("{k} agent runs for issue #{n}")),
+            k => f.duplicated.push(format!("{k} agent runs for issue #{n}")),
         }
     }
 
@@ -346,6 +362,8 @@ pub struct Report<'a> {
     pub unexplained: Vec<String>,
     /// Each failure a fault explains, with the fault.
     pub explained: Vec<String>,
+    /// Requests whose client deadline passed.
+    pub timed_out: Vec<String>,
     pub crashed: Vec<String>,
     pub log_dir: String,
 }
@@ -388,7 +406,7 @@ impl Report<'_> {
                 )
             );
         }
-        let mut by_kind: BTreeMap<Kind, [usize; 3]> = BTreeMap::new();
+        let mut by_kind: BTreeMap<Kind, [usize; 4]> = BTreeMap::new();
         let mut explained = 0;
         for r in &self.ledger.records {
             let slot = by_kind.entry(r.kind).or_default();
@@ -396,25 +414,30 @@ impl Report<'_> {
                 Outcome::Accepted => slot[0] += 1,
                 Outcome::Refused => slot[1] += 1,
                 Outcome::Failed => slot[2] += 1,
+                Outcome::TimedOut => slot[3] += 1,
             }
             if r.outcome == Outcome::Failed {
                 explained += 1;
             }
         }
         explained -= self.unexplained.len().min(explained);
-        let _ = writeln!(s, "\n| requests | accepted | refused (4xx) | failed (5xx, no answer) |");
-        let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-        let mut totals = [0; 3];
-        for (kind, [a, r, x]) in &by_kind {
-            let _ = writeln!(s, "| {} | {a} | {r} | {x} |", kind.name());
+        let _ = writeln!(
+            s,
+            "\n| requests | accepted | refused (4xx) | failed (5xx, broken, no answer) | client timed out (30 s) |"
+        );
+        let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+        let mut totals = [0; 4];
+        for (kind, [a, r, x, t]) in &by_kind {
+            let _ = writeln!(s, "| {} | {a} | {r} | {x} | {t} |", kind.name());
             totals[0] += a;
             totals[1] += r;
             totals[2] += x;
+            totals[3] += t;
         }
         let _ = writeln!(
             s,
-            "| **all** | **{}** | **{}** | **{}** |",
-            totals[0], totals[1], totals[2]
+            "| **all** | **{}** | **{}** | **{}** | **{}** |",
+            totals[0], totals[1], totals[2], totals[3]
         );
         let jobs: Vec<String> = f.jobs.iter().map(|(k, v)| format!("{v} {k}")).collect();
         let inbound: Vec<String> = f.inbound.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -439,7 +462,11 @@ impl Report<'_> {
             "| partner events delivered (of expected, 2 endpoints) | {} of {} |",
             f.events_delivered, f.events_expected
         );
-        let _ = writeln!(s, "| partner requests (attempts) | {} |", f.partner_requests);
+        let _ = writeln!(
+            s,
+            "| partner requests (attempts) | {} |",
+            f.partner_requests
+        );
         let _ = writeln!(
             s,
             "| duplicates absorbed (webhooks resent by senders; partner redeliveries under one webhook-id) | {}; {} |",
@@ -447,11 +474,18 @@ impl Report<'_> {
         );
         let _ = writeln!(s, "| secret rotations | {} |", self.ledger.rotations);
         let _ = writeln!(s, "| failures explained by a fault window | {explained} |");
-        let _ = writeln!(s, "| **unexplained failures** | **{}** |", self.unexplained.len());
+        let _ = writeln!(
+            s,
+            "| **unexplained failures** | **{}** |",
+            self.unexplained.len()
+        );
         let _ = writeln!(s, "| **lost** | **{}** |", f.lost.len());
         let _ = writeln!(s, "| **duplicated** | **{}** |", f.duplicated.len());
         let _ = writeln!(s, "| **other broken promises** | **{}** |", f.broken.len());
-        let _ = writeln!(s, "\n| service | RSS at start (MiB) | RSS after settling (MiB) |");
+        let _ = writeln!(
+            s,
+            "\n| service | RSS at start (MiB) | RSS after settling (MiB) |"
+        );
         let _ = writeln!(s, "| --- | ---: | ---: |");
         for m in self.memory {
             let _ = writeln!(
@@ -468,6 +502,10 @@ impl Report<'_> {
             ("Duplicated", &f.duplicated),
             ("Broken", &f.broken),
             ("Unexplained failures", &self.unexplained),
+            (
+                "Client timeouts (slow answers, not failures)",
+                &self.timed_out,
+            ),
             ("Failures explained by a fault", &self.explained),
             ("Crashed", &self.crashed),
         ] {
@@ -485,7 +523,11 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "Result: {}",
-            if self.failed() { "FAILED" } else { "passed (lost = 0)" }
+            if self.failed() {
+                "FAILED"
+            } else {
+                "passed (lost = 0)"
+            }
         );
         s
     }

@@ -89,13 +89,19 @@ impl KnobsHandle {
 
     /// The knobs as they are now.
     pub fn get(&self) -> Knobs {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the knobs from now on; webhooks and downloads already under way keep the knobs
     /// they started with. `webhook_attempts` stays within 1 to 10, as its setting.
     pub fn update(&self, change: impl FnOnce(&mut Knobs)) {
-        let mut knobs = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut knobs = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut knobs);
         knobs.webhook_attempts = knobs.webhook_attempts.clamp(1, 10);
     }
@@ -104,7 +110,11 @@ impl KnobsHandle {
 impl Rate {
     /// A share from 0 to 1 (clamped), for changing a knob at run time.
     pub fn of(share: f64) -> Self {
-        Rate(if share.is_nan() { 0.0 } else { share.clamp(0.0, 1.0) })
+        Rate(if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        })
     }
 }
 

@@ -140,11 +140,7 @@ impl Simulator {
             page_size: settings.page_size,
             knobs: knobs.clone(),
             limit: CreationLimit::new(settings.knobs.create_rate_limit),
-            sender: WebhookSender::new(
-                &settings.webhook_secret,
-                knobs,
-                metrics.clone(),
-            )?,
+            sender: WebhookSender::new(&settings.webhook_secret, knobs, metrics.clone())?,
             metrics,
             synthesis: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),

@@ -320,7 +320,10 @@ async fn a_probe_cut_short_leaves_nothing_after_the_next(fx: Fixture) {
     }
     // Exactly what a probe stopped after its write leaves.
     fx.store
-        .put_bytes(fx.store.probe_key(), Bytes::from_static(b"left by a probe cut short"))
+        .put_bytes(
+            fx.store.probe_key(),
+            Bytes::from_static(b"left by a probe cut short"),
+        )
         .await
         .expect("written");
     assert!(fx.store.probe_key().starts_with(".sonora-probe/"));
