@@ -344,9 +344,17 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Back near the start: at most twice, plus 64 MiB for caches and pools that fill once.
+    /// Back near the start: at most twice, plus 64 MiB for caches and pools that fill once; and
+    /// for tts-inference 64 MiB more for each of its inference workers (four on two cores), each
+    /// of which holds about 50 MB while it synthesises (docs/deployment.md, `TTS_WORKERS`) and
+    /// whose allocator arenas stay after a backlog.
     pub fn ok(&self) -> bool {
-        self.end_kib <= self.start_kib * 2 + 64 * 1024
+        let workers = if self.instance.service == crate::services::Service::TtsInference {
+            4 * 64 * 1024
+        } else {
+            0
+        };
+        self.end_kib <= self.start_kib * 2 + 64 * 1024 + workers
     }
 }
 
