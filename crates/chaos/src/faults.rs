@@ -284,3 +284,99 @@ pub async fn all_ready(stack: &Stack, limit: Duration) -> anyhow::Result<Duratio
     }
     Ok(started.elapsed())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::{Outcome, Record};
+
+    fn record(kind: Kind, target: Instance, start: u64, end: u64) -> Record {
+        Record {
+            kind,
+            target,
+            start: Duration::from_secs(start),
+            end: Duration::from_secs(end),
+            status: Some(502),
+            outcome: Outcome::Failed,
+            detail: String::new(),
+        }
+    }
+
+    const GATEWAY_1: Instance = Instance {
+        service: Service::Gateway,
+        replica: 1,
+    };
+    const GATEWAY_2: Instance = Instance {
+        service: Service::Gateway,
+        replica: 2,
+    };
+
+    #[test]
+    fn a_window_explains_only_what_its_fault_can_cause_while_it_lasts() {
+        let tts_killed = FaultWindow {
+            fault: Fault::Kill(
+                Instance {
+                    service: Service::TtsInference,
+                    replica: 1,
+                },
+                Duration::from_secs(3),
+            ),
+            start: Duration::from_secs(10),
+            lifted: Duration::from_secs(13),
+            recovery: Some(Duration::from_secs(2)),
+            error: None,
+        };
+        // Speech during the fault, or ending in it, or within the grace after recovery.
+        assert!(tts_killed.covers(&record(Kind::Tts, GATEWAY_1, 11, 12)));
+        assert!(tts_killed.covers(&record(Kind::OpenAi, GATEWAY_2, 5, 10)));
+        assert!(tts_killed.covers(&record(Kind::TtsStream, GATEWAY_2, 19, 20)));
+        // Not after the grace, not before the fault, not another kind of request.
+        assert!(!tts_killed.covers(&record(Kind::Tts, GATEWAY_1, 21, 22)));
+        assert!(!tts_killed.covers(&record(Kind::Tts, GATEWAY_1, 5, 9)));
+        assert!(!tts_killed.covers(&record(Kind::SoundEffect, GATEWAY_1, 11, 12)));
+
+        let gateway_killed = FaultWindow {
+            fault: Fault::Kill(GATEWAY_1, Duration::from_secs(3)),
+            ..tts_killed.clone()
+        };
+        assert!(gateway_killed.covers(&record(Kind::Music, GATEWAY_1, 11, 11)));
+        assert!(
+            !gateway_killed.covers(&record(Kind::Music, GATEWAY_2, 11, 11)),
+            "the other replica was up"
+        );
+
+        let partners = FaultWindow {
+            fault: Fault::PartnersFail(Duration::from_secs(10)),
+            ..tts_killed
+        };
+        assert!(
+            !partners.covers(&record(Kind::GitHub, GATEWAY_1, 11, 11)),
+            "partners failing is invisible to clients"
+        );
+    }
+
+    #[test]
+    fn the_short_schedule_has_every_kind_of_fault_once() {
+        let (a, b) = schedule(true, Duration::from_secs(90));
+        let killed: Vec<Service> = a
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Kill(i, _) => Some(i.service),
+                _ => None,
+            })
+            .collect();
+        for service in Service::ALL {
+            assert_eq!(
+                killed.iter().filter(|s| **s == service).count(),
+                1,
+                "{service:?}"
+            );
+        }
+        assert!(a.faults.contains(&Fault::PostgresRestart));
+        assert!(a.faults.iter().any(|f| matches!(f, Fault::RedisStop(_))));
+        assert_eq!(b.faults.len(), 3);
+        let (long_a, _) = schedule(false, Duration::from_secs(600));
+        assert!(long_a.faults.len() > a.faults.len());
+    }
+}

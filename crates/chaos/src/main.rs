@@ -375,3 +375,28 @@ async fn drive(args: &Args, stack: &Arc<Stack>) -> anyhow::Result<bool> {
     std::fs::write(args.run_dir.join("report.md"), &text)?;
     Ok(!report.failed())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_seconds_or_minutes_within_bounds() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("120").unwrap(), Duration::from_secs(120));
+        for bad in ["", "10h", "abc", "5s", "61m", "-3m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_choices() {
+        let mut a = traffic::Rng::new(42);
+        let mut b = traffic::Rng::new(42);
+        let mut c = traffic::Rng::new(43);
+        let xs: Vec<u64> = (0..8).map(|_| a.below(1000)).collect();
+        assert_eq!(xs, (0..8).map(|_| b.below(1000)).collect::<Vec<_>>());
+        assert_ne!(xs, (0..8).map(|_| c.below(1000)).collect::<Vec<_>>());
+    }
+}
