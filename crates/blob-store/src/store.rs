@@ -60,6 +60,11 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     /// Where the objects live, for messages (never a secret).
     location: Arc<str>,
+    /// The one key this store's readiness probes write, read and delete. One key per store, not
+    /// one per probe: a probe cut short between its write and its delete (the readiness check's
+    /// time limit, a killed process) leaves at most this object, which the next probe overwrites
+    /// and deletes, instead of a new orphan each time (the chaos run found them piling up).
+    probe_key: Arc<str>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -86,6 +91,7 @@ impl BlobStore {
         Ok(Self {
             inner,
             location: location.into(),
+            probe_key: format!("{PROBE_PREFIX}/{}", uuid::Uuid::new_v4().simple()).into(),
         })
     }
 
@@ -208,19 +214,24 @@ impl BlobStore {
         }
     }
 
+    /// The key of this store's readiness probe object (under `.sonora-probe/`).
+    pub fn probe_key(&self) -> &str {
+        &self.probe_key
+    }
+
     async fn probe(&self) -> Result<(), String> {
-        let key = format!("{PROBE_PREFIX}/{}", uuid::Uuid::new_v4().simple());
+        let key = &*self.probe_key;
         let body = Bytes::from_static(b"sonora audio storage probe");
         let location = &self.location;
         let failed = |doing: &str, e: StoreError| match e {
             StoreError::Backend { cause, .. } => format!("cannot {doing} {location}: {cause}"),
             other => format!("cannot {doing} {location}: {other}"),
         };
-        self.put_bytes(&key, body.clone())
+        self.put_bytes(key, body.clone())
             .await
             .map_err(|e| failed("write to", e))?;
-        let read = self.read_all(&key).await;
-        let deleted = self.delete(&key).await;
+        let read = self.read_all(key).await;
+        let deleted = self.delete(key).await;
         match read {
             Ok(bytes) if bytes == body => {}
             Ok(_) => {

@@ -39,6 +39,10 @@ pub struct Received {
     pub body: String,
     /// Whether the signature verified with the keys registered for the path.
     pub verified: bool,
+    /// The status it answered (401 when the signature did not verify).
+    pub status: u16,
+    /// How long it waited before answering; a sender with a shorter timeout never saw the answer.
+    pub delay: Duration,
 }
 
 #[derive(Default)]
@@ -102,6 +106,7 @@ async fn receive(
             verified,
         )
     };
+    let status = if verified { behavior.status } else { 401 };
     state.lock().expect("not poisoned").received.push(Received {
         path,
         id,
@@ -109,11 +114,12 @@ async fn receive(
         signature,
         body: String::from_utf8_lossy(&body).into_owned(),
         verified,
+        status,
+        delay: behavior.delay,
     });
     if !behavior.delay.is_zero() {
         tokio::time::sleep(behavior.delay).await;
     }
-    let status = if verified { behavior.status } else { 401 };
     let mut response =
         HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("a valid status"));
     if let Some(seconds) = behavior.retry_after {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     prediction::{InputError, ModelRef, PredictionId, parse_cancel_after},
-    settings::{DownloadFailure, Knobs},
+    settings::{DownloadFailure, KnobsHandle},
     simulator::{NewPrediction, Refusal, Simulator},
     store::{Cursor, Filter},
 };
@@ -324,9 +324,10 @@ async fn secret(_: Authorized, sim: Sim) -> HttpResponse {
 #[tracing::instrument(skip_all, fields(file = %name))]
 async fn download(
     sim: Sim,
-    knobs: web::Data<Knobs>,
+    knobs: web::Data<KnobsHandle>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let knobs = knobs.get();
     let (id, ext) = name.split_once('.').ok_or(ApiError::NotFound)?;
     let id = prediction_id(id)?;
     if !knobs.download_delay.is_zero() {

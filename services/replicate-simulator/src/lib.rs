@@ -32,7 +32,8 @@
 //! (128 MiB; the oldest files are removed early, with `data_removed`). At most one synthesis
 //! per core runs at a time, off the async executor.
 //!
-//! Knobs (all settings, see [`settings::Knobs`]): `SIMULATOR_GENERATION_DELAY` (2s),
+//! Knobs (first set by settings, see [`settings::Knobs`]; an in-process user such as the chaos run
+//! changes them while it runs through [`Application::knobs`]): `SIMULATOR_GENERATION_DELAY` (2s),
 //! `SIMULATOR_FAILURE_RATE` (0; 1 fails every prediction), `SIMULATOR_LOST_WEBHOOK_RATE` (0; 1
 //! never sends), `SIMULATOR_DUPLICATE_WEBHOOKS` (false), `SIMULATOR_WRONG_WEBHOOK_SECRET`
 //! (false), `SIMULATOR_WEBHOOK_ATTEMPTS` (4), `SIMULATOR_WEBHOOK_RETRY_DELAY` (1s, doubling),
@@ -91,6 +92,7 @@ pub struct Application {
     http: HttpServerTask,
     base_url: String,
     webhook_secret: String,
+    knobs: settings::KnobsHandle,
 }
 
 impl Application {
@@ -109,9 +111,11 @@ impl Application {
         );
         let readiness = Readiness::builder().build();
         let metrics = Metrics::new();
+        let knobs = settings::KnobsHandle::new(settings.knobs.clone());
         let simulator = Simulator::new(
             &settings,
             base_url.clone(),
+            knobs.clone(),
             SimulatorMetrics::register(metrics.registry()),
             signals.shutdown.clone(),
         )?;
@@ -119,14 +123,14 @@ impl Application {
         let app_readiness = readiness.clone();
         let simulator = web::Data::new(simulator);
         let token = web::Data::new(ApiToken(settings.api_token.clone()));
-        let knobs = web::Data::new(settings.knobs.clone());
+        let app_knobs = web::Data::new(knobs.clone());
         let http = lifecycle::http::serve(
             listener,
             move || {
                 ops_app(app_readiness.clone(), metrics.clone())
                     .app_data(simulator.clone())
                     .app_data(token.clone())
-                    .app_data(knobs.clone())
+                    .app_data(app_knobs.clone())
                     .configure(api::routes)
                     .default_service(web::to(api::not_found))
             },
@@ -138,6 +142,7 @@ impl Application {
             http,
             base_url,
             webhook_secret,
+            knobs,
         })
     }
 
@@ -153,6 +158,11 @@ impl Application {
     /// The `whsec_` secret its webhooks are signed with.
     pub fn webhook_secret(&self) -> &str {
         &self.webhook_secret
+    }
+
+    /// The knobs, to change while it runs (the settings only give their first values).
+    pub fn knobs(&self) -> settings::KnobsHandle {
+        self.knobs.clone()
     }
 
     pub async fn stopped(self) -> anyhow::Result<()> {

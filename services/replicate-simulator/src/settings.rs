@@ -1,7 +1,11 @@
 //! The simulator's settings: where it listens, whom it lets in, how it signs, and the knobs that
 //! make it misbehave on purpose.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use secrecy::SecretString;
 use settings::{CommonSettings, FromSetting, SettingError, Sources};
@@ -70,6 +74,48 @@ pub struct Knobs {
     /// Prediction creations allowed per minute before 429 (`SIMULATOR_CREATE_RATE_LIMIT`,
     /// Replicate's 600; 0 turns the limit off).
     pub create_rate_limit: u32,
+}
+
+/// The knobs of a running simulator, shared by its API and its prediction tasks, which read them
+/// afresh at each decision: a test (the chaos run) can make the simulator misbehave for a while
+/// and then behave again, without a restart that would forget every prediction.
+#[derive(Debug, Clone)]
+pub struct KnobsHandle(Arc<RwLock<Knobs>>);
+
+impl KnobsHandle {
+    pub fn new(knobs: Knobs) -> Self {
+        Self(Arc::new(RwLock::new(knobs)))
+    }
+
+    /// The knobs as they are now.
+    pub fn get(&self) -> Knobs {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the knobs from now on; webhooks and downloads already under way keep the knobs
+    /// they started with. `webhook_attempts` stays within 1 to 10, as its setting.
+    pub fn update(&self, change: impl FnOnce(&mut Knobs)) {
+        let mut knobs = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut knobs);
+        knobs.webhook_attempts = knobs.webhook_attempts.clamp(1, 10);
+    }
+}
+
+impl Rate {
+    /// A share from 0 to 1 (clamped), for changing a knob at run time.
+    pub fn of(share: f64) -> Self {
+        Rate(if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        })
+    }
 }
 
 impl Settings {

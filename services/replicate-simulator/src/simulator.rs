@@ -18,7 +18,7 @@ use crate::{
     prediction::{
         self, AudioRequest, EventFilter, InputError, ModelRef, Prediction, PredictionId, Status,
     },
-    settings::{Knobs, Settings, WebhookSecret},
+    settings::{KnobsHandle, Settings, WebhookSecret},
     store::{Store, StoredFile},
     synth,
     webhook::WebhookSender,
@@ -108,7 +108,7 @@ pub struct Simulator {
     pub secret: WebhookSecret,
     pub page_size: usize,
     pub metrics: SimulatorMetrics,
-    knobs: Knobs,
+    knobs: KnobsHandle,
     limit: CreationLimit,
     sender: WebhookSender,
     /// One synthesis per core at a time, so that a burst of predictions queues instead of
@@ -129,6 +129,7 @@ impl Simulator {
     pub fn new(
         settings: &Settings,
         base_url: String,
+        knobs: KnobsHandle,
         metrics: SimulatorMetrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, reqwest::Error> {
@@ -137,13 +138,9 @@ impl Simulator {
             base_url,
             secret: settings.webhook_secret.clone(),
             page_size: settings.page_size,
-            knobs: settings.knobs.clone(),
+            knobs: knobs.clone(),
             limit: CreationLimit::new(settings.knobs.create_rate_limit),
-            sender: WebhookSender::new(
-                &settings.webhook_secret,
-                settings.knobs.clone(),
-                metrics.clone(),
-            )?,
+            sender: WebhookSender::new(&settings.webhook_secret, knobs, metrics.clone())?,
             metrics,
             synthesis: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
@@ -254,7 +251,7 @@ impl Simulator {
     #[tracing::instrument(name = "prediction", skip(self), fields(prediction_id = %id))]
     async fn run(self: Arc<Self>, id: PredictionId) {
         // A quarter of the delay in `starting` (queued for a GPU), the rest in `processing`.
-        let delay = self.knobs.generation_delay;
+        let delay = self.knobs.get().generation_delay;
         if !self.pause(delay / 4).await {
             return;
         }
@@ -273,7 +270,7 @@ impl Simulator {
         if !self.pause(delay - delay / 4).await {
             return;
         }
-        let finished = if self.knobs.failure_rate.happens(draw()) {
+        let finished = if self.knobs.get().failure_rate.happens(draw()) {
             self.store.update_running(&id, |p| {
                 finish(p, Status::Failed);
                 p.error =
@@ -354,7 +351,7 @@ impl Simulator {
         let id = prediction.id.clone();
         self.runtime.spawn(
             async move {
-                if this.pause(this.knobs.file_retention).await {
+                if this.pause(this.knobs.get().file_retention).await {
                     this.store.remove_data(&id);
                     tracing::info!(
                         prediction_id = %id,

@@ -10,7 +10,7 @@ use webhook_signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningKe
 
 use crate::{
     metrics::SimulatorMetrics,
-    settings::{Knobs, WebhookSecret},
+    settings::{KnobsHandle, WebhookSecret},
 };
 
 /// How long one attempt may take: Replicate asks for an answer "within a few seconds".
@@ -30,14 +30,14 @@ pub struct WebhookSender {
     key: SigningKey,
     /// Signs when `SIMULATOR_WRONG_WEBHOOK_SECRET` is on: a secret nobody was told.
     wrong_key: SigningKey,
-    knobs: Knobs,
+    knobs: KnobsHandle,
     metrics: SimulatorMetrics,
 }
 
 impl WebhookSender {
     pub fn new(
         secret: &WebhookSecret,
-        knobs: Knobs,
+        knobs: KnobsHandle,
         metrics: SimulatorMetrics,
     ) -> Result<Self, reqwest::Error> {
         // The workspace builds reqwest with rustls and no default crypto provider: ring is ours.
@@ -67,12 +67,13 @@ impl WebhookSender {
         shutdown: &CancellationToken,
     ) {
         let webhook_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        if self.knobs.lost_webhook_rate.happens(draw) {
+        let knobs = self.knobs.get();
+        if knobs.lost_webhook_rate.happens(draw) {
             tracing::info!(%webhook_id, "lost the webhook on purpose (SIMULATOR_LOST_WEBHOOK_RATE)");
             self.metrics.webhook("lost");
             return;
         }
-        let copies = if self.knobs.duplicate_webhooks { 2 } else { 1 };
+        let copies = if knobs.duplicate_webhooks { 2 } else { 1 };
         for _ in 0..copies {
             self.deliver_once(url, &webhook_id, &body, shutdown).await;
         }
@@ -85,8 +86,9 @@ impl WebhookSender {
         body: &[u8],
         shutdown: &CancellationToken,
     ) {
-        let mut delay = self.knobs.webhook_retry_delay;
-        for attempt in 1..=self.knobs.webhook_attempts {
+        let knobs = self.knobs.get();
+        let mut delay = knobs.webhook_retry_delay;
+        for attempt in 1..=knobs.webhook_attempts {
             match self.attempt(url, webhook_id, body).await {
                 Ok(()) => {
                     tracing::info!(%webhook_id, attempt, "webhook delivered");
@@ -101,7 +103,7 @@ impl WebhookSender {
                     tracing::warn!(%webhook_id, attempt, %error, "webhook attempt failed");
                 }
             }
-            if attempt == self.knobs.webhook_attempts {
+            if attempt == knobs.webhook_attempts {
                 break;
             }
             tokio::select! {
@@ -121,7 +123,7 @@ impl WebhookSender {
         body: &[u8],
     ) -> Result<(), SendError> {
         let timestamp = chrono::Utc::now().timestamp();
-        let key = if self.knobs.wrong_webhook_secret {
+        let key = if self.knobs.get().wrong_webhook_secret {
             &self.wrong_key
         } else {
             &self.key

@@ -11,6 +11,8 @@ pub struct Sim {
     pub base: String,
     pub secret: String,
     pub client: reqwest::Client,
+    /// The running simulator's knobs, to change while it runs.
+    pub knobs: replicate_simulator::settings::KnobsHandle,
     signals: Signals,
 }
 
@@ -35,6 +37,7 @@ impl Sim {
             base: app.base_url().to_owned(),
             secret: app.webhook_secret().to_owned(),
             client: http_client(),
+            knobs: app.knobs(),
             signals,
         };
         tokio::spawn(app.stopped());

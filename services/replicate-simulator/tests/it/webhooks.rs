@@ -234,6 +234,64 @@ async fn duplicate_lost_and_missigned_webhooks() {
     assert!(got[0].signature.starts_with("v1,"));
 }
 
+/// The chaos run turns misbehaviour on and off while predictions are under way; the simulator
+/// reads its knobs afresh at each webhook and download, so a change takes effect at once and
+/// nothing it already knows is forgotten.
+#[tokio::test]
+async fn knobs_changed_while_running_take_effect_at_once() {
+    let sim = Sim::start(&[]);
+    let receiver = receiver_for(&sim, "/runtime").await;
+    let create = || {
+        sim.create(with_webhook(
+            effect(1.0, json!({})),
+            &receiver.url("/runtime"),
+            None,
+        ))
+    };
+
+    sim.knobs.update(|k| {
+        k.lost_webhook_rate = replicate_simulator::settings::Rate::of(1.0);
+    });
+    let lost = create().await;
+    assert_eq!(sim.finished(&lost).await["status"], "succeeded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received_on("/runtime").is_empty());
+
+    sim.knobs.update(|k| {
+        k.lost_webhook_rate = replicate_simulator::settings::Rate::NEVER;
+        k.duplicate_webhooks = true;
+        k.download_failures = 1;
+    });
+    let twice = create().await;
+    let got = wait_for(&receiver, "/runtime", 2).await;
+    assert_eq!(got.len(), 2, "the lost one stays lost");
+    assert_eq!(got[0].id, got[1].id, "a duplicate keeps its webhook-id");
+    assert!(got.iter().all(|w| w.verified));
+    let url = sim.finished(&twice).await["output"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sim.client.get(&url).send().await.unwrap().status(), 500);
+    assert_eq!(sim.client.get(&url).send().await.unwrap().status(), 200);
+
+    sim.knobs.update(|k| {
+        k.duplicate_webhooks = false;
+        k.download_failures = 0;
+        k.webhook_attempts = 0;
+    });
+    assert_eq!(sim.knobs.get().webhook_attempts, 1, "kept within 1 to 10");
+    let once = create().await;
+    sim.finished(&once).await;
+    let got = wait_for(&receiver, "/runtime", 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received_on("/runtime").len(), 3, "{got:?}");
+    let url = sim.finished(&once).await["output"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sim.client.get(&url).send().await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn metrics_count_predictions_webhooks_and_downloads() {
     let sim = Sim::start(&[("SIMULATOR_WEBHOOK_ATTEMPTS", "2")]);
