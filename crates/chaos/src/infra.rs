@@ -156,6 +156,21 @@ impl Postgres {
         )
     }
 
+    /// Everything in the database, as SQL (`pg_dump` over the cluster's own socket).
+    pub fn dump(&self) -> anyhow::Result<String> {
+        let out = pg_command(&self.bin, "pg_dump")
+            .arg("-h")
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string(), "-U", "sonora", "postgres"])
+            .stdin(Stdio::null())
+            .output()
+            .context("pg_dump")?;
+        if !out.status.success() {
+            bail!("pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Stops the server (fast: sessions are cut, as in a real restart) and starts it again;
     /// returns how long it was away.
     pub fn restart(&self) -> anyhow::Result<Duration> {

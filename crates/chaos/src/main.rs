@@ -20,6 +20,7 @@
 
 mod faults;
 mod infra;
+mod secrets;
 mod services;
 mod stack;
 mod traffic;
@@ -166,8 +167,37 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await?,
     );
     let result = drive(&args, &stack).await;
+    // The partner endpoints' secrets as they are now, while the gateway still answers.
+    let mut named = secrets::recorded(&args.run_dir)?;
+    for endpoint in stack.endpoints.iter().chain(stack.churn.as_ref()) {
+        if let Ok((200, secret)) = stack
+            .api(
+                reqwest::Method::GET,
+                &format!("/v1/webhook-endpoints/{}/secret", endpoint.id),
+                None,
+            )
+            .await
+            && let Some(key) = secret["key"].as_str()
+        {
+            named.push((format!("endpoint {} secret", endpoint.id), key.to_owned()));
+        }
+    }
     stack.processes.stop_all(Duration::from_secs(8));
-    result
+    let leaks = secrets::search(&named, &stack.log_dir, &stack.pg.dump()?)?;
+    println!(
+        "secrets: {} known secrets and every secret-shaped string searched for in {} and the database: {}",
+        named.len(),
+        stack.log_dir.display(),
+        if leaks.is_empty() {
+            "none found".to_owned()
+        } else {
+            format!("{} FOUND", leaks.len())
+        }
+    );
+    for leak in &leaks {
+        println!("  LEAK {leak}");
+    }
+    Ok(result? && leaks.is_empty())
 }
 
 /// Speech at the highest concurrency the run reaches (every inference worker busy, a queue

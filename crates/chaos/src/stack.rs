@@ -37,6 +37,11 @@ pub const STEADY_TYPES: [&str; 6] = [
 ];
 /// The paths of the steady partner endpoints on the receiver.
 pub const STEADY_PATHS: [&str; 2] = ["/partner-a", "/partner-b"];
+/// Every Sonora crate at debug, the libraries under them at info.
+const RUST_LOG: &str = "info,gateway=debug,tts_inference=debug,audio_generation=debug,\
+    webhook_ingest=debug,delivery_worker=debug,lifecycle=debug,internal_rpc=debug,outbox=debug,\
+    database=debug,redis_pool=debug,blob_store=debug,egress=debug,settings=debug,telemetry=debug";
+
 /// The paths the churned endpoint moves between.
 pub const CHURN_PATHS: [&str; 2] = ["/churn-1", "/churn-2"];
 
@@ -189,7 +194,8 @@ impl Stack {
             let mut e: Vec<(&str, String)> = vec![
                 ("ENVIRONMENT", "development".into()),
                 ("LOG_FORMAT", "text".into()),
-                ("RUST_LOG", "info".into()),
+                // Sonora's own crates at debug, so the secrets check reads every level they log.
+                ("RUST_LOG", RUST_LOG.into()),
                 ("SHUTDOWN_GRACE_PERIOD", "5s".into()),
                 ("INTERNAL_AUTH_TRUSTED_KEYS", keys.trusted().to_owned()),
             ];
