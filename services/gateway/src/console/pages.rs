@@ -714,7 +714,7 @@ pub(crate) async fn keys(req: HttpRequest) -> HttpResponse {
                     table #keys {
                         thead { tr { th scope="col" { "Name" } th scope="col" { "Key" } th scope="col" { "Scopes" } th scope="col" { "Plan" } th scope="col" { "Created" } th scope="col" { "State" } th scope="col" { "Requests by day (30 days)" } th scope="col" { span.sr-only { "Actions" } } } }
                         tbody {
-                            @for k in rows(page, "data") {
+                            @for k in rows(page, "keys") {
                                 @let key_id = text(&k["id"]);
                                 @let revoked = !k["revoked_at"].is_null();
                                 tr data-key=(key_id) {

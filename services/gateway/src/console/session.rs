@@ -24,15 +24,16 @@ pub const COOKIE: &str = "sonora_console";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The form field classic forms send it in.
 pub const CSRF_FIELD: &str = "csrf";
-/// Sign-in attempts one client address may make per [`SIGN_IN_WINDOW`].
-pub const SIGN_IN_ATTEMPTS: u64 = 10;
+/// The window of `CONSOLE_SIGN_IN_LIMIT`.
 pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
 
-/// `CONSOLE_ENABLED` and `CONSOLE_SESSION_TTL`.
+/// `CONSOLE_ENABLED`, `CONSOLE_SESSION_TTL` and `CONSOLE_SIGN_IN_LIMIT`.
 #[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     pub enabled: bool,
     pub session_ttl: Duration,
+    /// Sign-in attempts one client address may make per [`SIGN_IN_WINDOW`].
+    pub sign_in_limit: u64,
 }
 
 impl ConsoleSettings {
@@ -44,9 +45,17 @@ impl ConsoleSettings {
                 "must be between 1s and 24h",
             ));
         }
+        let sign_in_limit = src.or("CONSOLE_SIGN_IN_LIMIT", 10_u64)?;
+        if !(1..=1_000_000).contains(&sign_in_limit) {
+            return Err(SettingError::new(
+                "CONSOLE_SIGN_IN_LIMIT",
+                "must be between 1 and 1000000 attempts a minute",
+            ));
+        }
         Ok(Self {
             enabled: src.or("CONSOLE_ENABLED", true)?,
             session_ttl,
+            sign_in_limit,
         })
     }
 }
@@ -168,7 +177,8 @@ impl Sessions {
             .map_err(unavailable)
     }
 
-    /// Counts a sign-in attempt from `ip`; false once it made [`SIGN_IN_ATTEMPTS`] in the window.
+    /// Counts a sign-in attempt from `ip`; false once it made `CONSOLE_SIGN_IN_LIMIT` in the
+    /// window.
     pub async fn admit_sign_in(&self, ip: IpAddr) -> Result<bool, Problem> {
         let key = format!("console:sign-in:{ip}");
         let mut conn = redis_pool::get(&self.redis).await.map_err(unavailable)?;
@@ -186,7 +196,7 @@ impl Sessions {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(count <= SIGN_IN_ATTEMPTS)
+        Ok(count <= self.settings.sign_in_limit)
     }
 
     /// The `Set-Cookie` value that starts a session.
