@@ -153,6 +153,9 @@ pub(crate) fn page_response(status: StatusCode, markup: Markup) -> HttpResponse 
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        // The console's own requests carry their origin (Origin is "null" under no-referrer);
+        // nothing is sent to other sites.
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(markup.into_string())
 }

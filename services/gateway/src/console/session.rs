@@ -236,25 +236,26 @@ pub fn csrf_refused() -> Problem {
     )
 }
 
-/// Whether a sign-in form was posted from this site: browsers send `Sec-Fetch-Site` and
-/// `Origin` on every POST, so a form on another site that would sign the victim into the
+/// Whether a sign-in form was posted from this site: browsers send `Sec-Fetch-Site` (and older
+/// ones `Origin`) on every POST, so a form on another site that would sign the victim into the
 /// attacker's tenant (login CSRF) is refused. Clients that send neither (curl) are let through;
 /// they have the key anyway.
 pub fn same_site_post(req: &HttpRequest) -> bool {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header("sec-fetch-site")
-        && site != "same-origin"
-        && site != "none"
-    {
-        return false;
+    if let Some(site) = header("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
     }
-    if let Some(origin) = header("origin") {
-        let host = header("host").unwrap_or_default();
-        let origin_host = origin
-            .split_once("://")
-            .map_or(origin, |(_, rest)| rest)
-            .trim_end_matches('/');
-        return !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
+    match header("origin") {
+        None => true,
+        // Sent for a page whose referrer policy is no-referrer, or from a sandbox: not ours.
+        Some("null") => false,
+        Some(origin) => {
+            let host = header("host").unwrap_or_default();
+            let origin_host = origin
+                .split_once("://")
+                .map_or(origin, |(_, rest)| rest)
+                .trim_end_matches('/');
+            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+        }
     }
-    true
 }

@@ -618,6 +618,15 @@ async fn the_console_in_a_browser() {
         &browser, &gateway, &base, &mut shots,
     )))
     .await;
+    if outcome.is_err() {
+        // What the browser showed when the test failed.
+        shots.take(&browser, "failure").await;
+        eprintln!(
+            "the page at the failure ({}):\n{}",
+            browser.current_url().await.map(|u| u.to_string()).unwrap_or_default(),
+            browser.source().await.unwrap_or_default()
+        );
+    }
     let _ = browser.close().await;
     drop(driver);
     if let Err(panic) = outcome {
