@@ -220,7 +220,10 @@ struct SourcesBody {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all)]
-pub(crate) async fn list_sources(caller: Caller, client: web::Data<Client>) -> Result<HttpResponse, Problem> {
+pub(crate) async fn list_sources(
+    caller: Caller,
+    client: web::Data<Client>,
+) -> Result<HttpResponse, Problem> {
     let principal = principal(&caller)?;
     let sources = client
         .get_ref()

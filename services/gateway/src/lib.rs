@@ -386,8 +386,7 @@ impl Application {
                 } else {
                     app
                 };
-                app
-                    .app_data(web::Data::new(peers.clone()))
+                app.app_data(web::Data::new(peers.clone()))
                     .app_data(authenticator.clone())
                     .app_data(redis_data.clone())
                     .app_data(audio_client.clone())

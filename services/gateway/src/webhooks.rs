@@ -1383,6 +1383,40 @@ async fn send_test(
     }))
 }
 
+impl PageQuery {
+    /// The first page of at most `limit` (the console's lists).
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+}
+
+impl DeliveriesQuery {
+    /// The first page of at most `limit`, every status.
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            status: None,
+            message_id: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+}
+
+impl AttemptsQuery {
+    /// The first page of at most `limit`, every delivery.
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            delivery_id: None,
+            message_id: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1457,39 +1491,5 @@ mod tests {
         assert_eq!(forwarded_source("acme.order"), Some("acme"));
         assert_eq!(forwarded_source("nodots"), None);
         assert_eq!(forwarded_source("Bad.Type"), None);
-    }
-}
-
-impl PageQuery {
-    /// The first page of at most `limit` (the console's lists).
-    pub(crate) fn first(limit: u32) -> Self {
-        Self {
-            limit: Some(limit),
-            cursor: None,
-        }
-    }
-}
-
-impl DeliveriesQuery {
-    /// The first page of at most `limit`, every status.
-    pub(crate) fn first(limit: u32) -> Self {
-        Self {
-            status: None,
-            message_id: None,
-            limit: Some(limit),
-            cursor: None,
-        }
-    }
-}
-
-impl AttemptsQuery {
-    /// The first page of at most `limit`, every delivery.
-    pub(crate) fn first(limit: u32) -> Self {
-        Self {
-            delivery_id: None,
-            message_id: None,
-            limit: Some(limit),
-            cursor: None,
-        }
     }
 }

@@ -41,7 +41,10 @@ static HASHED: LazyLock<Vec<String>> = LazyLock::new(|| {
             for b in &digest.as_ref()[..6] {
                 let _ = write!(hash, "{b:02x}");
             }
-            let (stem, ext) = asset.name.rsplit_once('.').expect("a name with an extension");
+            let (stem, ext) = asset
+                .name
+                .rsplit_once('.')
+                .expect("a name with an extension");
             format!("{stem}.{hash}.{ext}")
         })
         .collect()

@@ -163,10 +163,22 @@ pub(crate) fn page_response(status: StatusCode, markup: Markup) -> HttpResponse 
 /// The navigation: (path, label, scope needed).
 const NAV: &[(&str, &str, Option<Scope>)] = &[
     ("/console", "Overview", None),
-    ("/console/endpoints", "Partner endpoints", Some(Scope::Webhooks)),
-    ("/console/playground", "Voices & playground", Some(Scope::Tts)),
+    (
+        "/console/endpoints",
+        "Partner endpoints",
+        Some(Scope::Webhooks),
+    ),
+    (
+        "/console/playground",
+        "Voices & playground",
+        Some(Scope::Tts),
+    ),
     ("/console/audio", "Audio jobs", Some(Scope::Audio)),
-    ("/console/inbound", "Inbound webhooks", Some(Scope::Webhooks)),
+    (
+        "/console/inbound",
+        "Inbound webhooks",
+        Some(Scope::Webhooks),
+    ),
     ("/console/keys", "API keys & usage", Some(Scope::Admin)),
 ];
 

@@ -60,7 +60,11 @@ fn when(value: &Value) -> String {
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or_else(
             || "—".to_owned(),
-            |t| t.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S").to_string(),
+            |t| {
+                t.with_timezone(&Utc)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            },
         )
 }
 
@@ -70,8 +74,11 @@ fn rows(value: &Value, field: &str) -> Vec<Value> {
 
 fn badge(status: &str) -> Markup {
     let class = match status {
-        "up" | "delivered" | "enabled" | "done" | "succeeded" | "success" | "active" => "ok",
-        "pending" | "queued" | "submitted" | "received" | "dispatched" | "processing" => "wait",
+        "up" | "ready" | "delivered" | "enabled" | "done" | "succeeded" | "success" | "active" => {
+            "ok"
+        }
+        "pending" | "queued" | "submitted" | "received" | "dispatched" | "processing"
+        | "degraded" => "wait",
         _ => "bad",
     };
     html! { span class={ "badge " (class) } { (status) } }
@@ -234,10 +241,7 @@ async fn deliveries_overview(req: &HttpRequest, visitor: &Visitor) -> Markup {
         .rev()
         .map(|minute| {
             let (ok, bad) = per_minute.get(&minute).copied().unwrap_or_default();
-            (
-                format!("{minute} min ago"),
-                vec![(ok, "ok"), (bad, "bad")],
-            )
+            (format!("{minute} min ago"), vec![(ok, "ok"), (bad, "bad")])
         })
         .collect();
     let inbound_count = |state: &'static str| async move {
@@ -315,7 +319,7 @@ pub(crate) async fn endpoints(req: HttpRequest) -> HttpResponse {
                                     tr {
                                         td { a href={ "/console/endpoints/" (text(&e["id"])) } { (text(&e["url"])) } }
                                         td.description { (text(&e["description"])) }
-                                        td { (e["event_types"].as_array().map(|t| t.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                                        td { (e["event_types"].as_array().map(|t| t.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default().replace('*', "every type")) }
                                         td { (badge(if e["enabled"] == true { "enabled" } else { "disabled" })) }
                                         td { (when(&e["created_at"])) }
                                     }
@@ -347,7 +351,13 @@ pub(crate) async fn endpoints(req: HttpRequest) -> HttpResponse {
             }
         }
     };
-    layout(&visitor, "/console/endpoints", "Partner endpoints", &[], body)
+    layout(
+        &visitor,
+        "/console/endpoints",
+        "Partner endpoints",
+        &[],
+        body,
+    )
 }
 
 pub(crate) async fn endpoint(req: HttpRequest, id: web::Path<String>) -> HttpResponse {
@@ -422,7 +432,7 @@ pub(crate) async fn endpoint(req: HttpRequest, id: web::Path<String>) -> HttpRes
                 div { dt { "Description" } dd #endpoint-description { (text(&endpoint["description"])) } }
                 div { dt { "State" } dd #endpoint-state { (badge(if enabled { "enabled" } else { "disabled" })) @if let Some(reason) = endpoint["disabled_reason"].as_str() { " " (reason) } } }
                 div { dt { "Signing" } dd { (text(&endpoint["signing"])) } }
-                div { dt { "Event types" } dd { (text(&endpoint["event_types"])) } }
+                div { dt { "Event types" } dd { @if event_types.is_empty() { "every type" } @else { (event_types) } } }
             }
             div.actions {
                 @if enabled {
@@ -436,7 +446,7 @@ pub(crate) async fn endpoint(req: HttpRequest, id: web::Path<String>) -> HttpRes
         }
         section aria-labelledby="secret" {
             h2 #secret { "Signing secret" }
-            p { "Partners verify each webhook with it. Revealing it is logged; rotating keeps the old one valid for 24 hours." }
+            p { "Partners verify each webhook with it. After a rotation the old secret keeps signing beside the new one for 24 hours." }
             div.actions {
                 button type="button" data-api={ (api_path) "/secret" } data-method="GET" data-show="key" data-into="secret-value" #reveal-secret { "Reveal" }
                 button type="button" data-api={ (api_path) "/secret/rotate" } data-method="POST" data-show="key" data-into="secret-value" #rotate-secret { "Rotate" }
@@ -562,7 +572,7 @@ pub(crate) async fn playground(req: HttpRequest) -> HttpResponse {
     };
     let voices = catalogue
         .as_ref()
-        .map(|c| rows(c, "data"))
+        .map(|c| rows(c, "voices"))
         .unwrap_or_default();
     let body = html! {
         section aria-labelledby="speak" {
@@ -820,12 +830,20 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
     let filter = filter.into_inner();
     let status = filter.status.filter(|s| !s.is_empty());
     let job_type = filter.job_type.filter(|s| !s.is_empty());
-    let listed = match data::<sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient<internal_rpc::PeerChannel>>(&req) {
+    let listed = match data::<
+        sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient<
+            internal_rpc::PeerChannel,
+        >,
+    >(&req)
+    {
         Ok(client) => {
             let mut text = String::from("limit=100");
             for (name, value) in [("status", &status), ("type", &job_type)] {
                 if let Some(value) = value {
-                    text.push_str(&format!("&{name}={}", url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>()));
+                    text.push_str(&format!(
+                        "&{name}={}",
+                        url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>()
+                    ));
                 }
             }
             match query::<audio::ListQuery>(&text) {

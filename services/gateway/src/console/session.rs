@@ -105,7 +105,8 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 
 fn unavailable<E: std::fmt::Display>(error: E) -> Problem {
     tracing::warn!(%error, "console sessions cannot reach Redis");
-    Problem::unavailable("Console sessions cannot be checked right now; retry shortly.").retry_after(2)
+    Problem::unavailable("Console sessions cannot be checked right now; retry shortly.")
+        .retry_after(2)
 }
 
 impl Sessions {
