@@ -288,6 +288,28 @@ async fn sign_in_page(query: web::Query<SignInQuery>) -> HttpResponse {
     page_response(StatusCode::OK, sign_in_markup(message))
 }
 
+/// The largest form the console takes (a key is at most 256 characters).
+const MAX_FORM_BYTES: usize = 4096;
+
+/// A form's body, at most [`MAX_FORM_BYTES`] (413 beyond).
+async fn read_form(mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
+    use futures::StreamExt as _;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Problem::invalid_request("the form could not be read"))?;
+        if body.len() + chunk.len() > MAX_FORM_BYTES {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload Too Large",
+            )
+            .detail(format!("A console form is at most {MAX_FORM_BYTES} bytes.")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A field of a form body (`application/x-www-form-urlencoded`); read leniently, so a malformed
 /// body is simply a missing field.
 fn form_field(body: &[u8], name: &str) -> String {
@@ -319,8 +341,12 @@ async fn sign_in(
     req: HttpRequest,
     sessions: web::Data<Sessions>,
     authenticator: web::Data<Authenticator>,
-    form: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
+    let form = match read_form(payload).await {
+        Ok(form) => form,
+        Err(problem) => return problem.to_response(),
+    };
     if !session::same_site_post(&req) {
         return page_response(
             StatusCode::FORBIDDEN,
@@ -388,8 +414,12 @@ async fn sign_in(
 async fn sign_out(
     req: HttpRequest,
     sessions: web::Data<Sessions>,
-    form: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
+    let form = match read_form(payload).await {
+        Ok(form) => form,
+        Err(problem) => return problem.to_response(),
+    };
     let csrf = form_field(&form, session::CSRF_FIELD);
     let Some(id) = session::session_cookie(&req) else {
         return redirect("/console/sign-in");

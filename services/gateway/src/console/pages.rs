@@ -931,6 +931,7 @@ pub(crate) async fn inbound(req: HttpRequest) -> HttpResponse {
             h2 #sources { "Sources" }
             p { "A source receives Standard Webhooks at its path; its secret is shown once when it is made or rotated. Routing rules are set by the operator (" code { "ROUTING_RULES" } " of webhook-ingest)." }
             @match &sources {
+                Ok(list) if rows(list, "data").is_empty() => p #no-sources { "No sources yet." }
                 Ok(list) => {
                     table {
                         thead { tr { th scope="col" { "Name" } th scope="col" { "Path" } th scope="col" { "Created" } th scope="col" { "Rotated" } th scope="col" { span.sr-only { "Actions" } } } }

@@ -141,6 +141,33 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_pages_keep_a_strict_csp() {
     assert!(!response.headers().contains_key("set-cookie"));
     assert!(response.text().await.unwrap().contains("not valid"));
 
+    // A form far larger than any key: 413 as a problem, nothing read past the limit.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={}", "k".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    // A token is for programs: the console takes keys.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[(
+            "key",
+            "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl",
+        )]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(!response.headers().contains_key("set-cookie"));
+
     let session = sign_in(base, &gateway.key).await;
     let flags = &session.set_cookie;
     assert!(flags.starts_with("sonora_console="), "{flags}");
@@ -325,18 +352,21 @@ async fn sessions_end_at_their_ttl() {
         .with_delivery()
         .with_ingest()
         .with_gateway()
-        .setting(Service::Gateway, "CONSOLE_SESSION_TTL", "3s")
+        .setting(Service::Gateway, "CONSOLE_SESSION_TTL", "6s")
         .start()
         .await;
     let base = stack.http_url(Service::Gateway);
     let key = stack.api_key("acme", &Scope::ALL).await;
+    let signed_in = std::time::Instant::now();
     let session = sign_in(&base, &key).await;
     assert!(
-        session.set_cookie.contains("Max-Age=3;"),
+        session.set_cookie.contains("Max-Age=6;"),
         "{}",
         session.set_cookie
     );
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (status, _) = page(&base, "/console/inbound", &session.cookie).await;
+    assert_eq!(status, 200, "the session lasts until its TTL");
+    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(signed_in.elapsed())).await;
     let (status, _) = page(&base, "/console", &session.cookie).await;
     assert_eq!(status, 303, "the session has ended");
     let (status, problem) = v1(
