@@ -1091,6 +1091,40 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     );
     shots.take(browser, "endpoint-retried").await;
 
+    // An inbound source: its secret is shown once.
+    browser
+        .goto(&format!("{base}/console/inbound"))
+        .await
+        .unwrap();
+    wait_for(browser, "#no-sources").await;
+    browser
+        .find(Locator::Id("source-name"))
+        .await
+        .unwrap()
+        .send_keys("partner-crm")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#create-source button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let source_secret = wait_for(browser, "#source-secret code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(source_secret.starts_with("whsec_"), "{source_secret}");
+    shots.take(browser, "inbound-source-created").await;
+    browser.refresh().await.unwrap();
+    assert!(
+        text_of(browser, "main")
+            .await
+            .contains("/api/v1/webhooks/partner-crm")
+    );
+
     // The other pages.
     for (path, name) in [
         ("/console", "overview-after"),
