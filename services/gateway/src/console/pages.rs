@@ -756,7 +756,7 @@ pub(crate) async fn keys(req: HttpRequest) -> HttpResponse {
         }
         section aria-labelledby="new-key" {
             h2 #new-key { "Create a key" }
-            form data-api="/v1/admin/api-keys" data-method="POST" data-show="key" data-into="created-key" #create-key {
+            form data-api="/v1/admin/api-keys" data-method="POST" data-show="key" data-into="created-key" data-done="Key created: copy it now, it is not shown again." #create-key {
                 label for="key-name" { "Name" }
                 input #key-name name="name" type="text" required maxlength="100";
                 fieldset {
@@ -954,7 +954,7 @@ pub(crate) async fn inbound(req: HttpRequest) -> HttpResponse {
                 }
                 Err(problem) => (failed(problem))
             }
-            form data-api="/v1/inbound/sources" data-method="POST" data-show="secret" data-into="source-secret" #create-source {
+            form data-api="/v1/inbound/sources" data-method="POST" data-show="secret" data-into="source-secret" data-done="Source created: copy its secret now, it is not shown again." #create-source {
                 label for="source-name" { "New source name" }
                 input #source-name name="name" type="text" required maxlength="64" pattern="[a-z0-9][a-z0-9-]*";
                 div.actions { button type="submit" { "Create source" } }
