@@ -6,6 +6,7 @@ mod audio;
 mod console;
 mod http;
 mod inbound;
+mod isolation;
 mod keys;
 mod limits;
 mod openai;
