@@ -20,7 +20,8 @@ VOICE_ID=en_US-joe-medium
 
 APT_PACKAGES=(postgresql redis-server espeak-ng ffmpeg pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev
-  libavfilter-dev libavdevice-dev python3 python3-pip python3-venv ca-certificates curl)
+  libavfilter-dev libavdevice-dev python3 python3-pip python3-venv ca-certificates curl
+  chromium chromium-driver)
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

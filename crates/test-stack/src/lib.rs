@@ -298,6 +298,8 @@ impl Stack {
             // Every test's clients share 127.0.0.1 (and Redis's `rl:ip:127.0.0.1`) with the tests
             // running beside it; the per-IP limit is tested by setting it.
             ("RATE_LIMIT_PER_IP", "100000/s,burst=100000".to_owned()),
+            // Every test signs in to the console from 127.0.0.1, against one Redis.
+            ("CONSOLE_SIGN_IN_LIMIT", "100000".to_owned()),
             ("USAGE_FLUSH_INTERVAL", "200ms".to_owned()),
             (
                 "AUDIO_STORAGE_PATH",

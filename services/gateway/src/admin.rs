@@ -193,7 +193,7 @@ struct KeysBody {
     ),
     security(("api_key" = []), ("bearer" = [])),
 )]
-async fn list(
+pub(crate) async fn list(
     caller: Caller,
     authenticator: web::Data<Authenticator>,
 ) -> Result<HttpResponse, Problem> {

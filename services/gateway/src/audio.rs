@@ -365,7 +365,7 @@ async fn cancel_job(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     /// `sound_effect` or `background_music`.
     #[serde(default, rename = "type")]
     job_type: Option<String>,
@@ -412,7 +412,7 @@ struct ListBody {
     ),
     security(("api_key" = []), ("bearer" = [])),
 )]
-async fn list_jobs(
+pub(crate) async fn list_jobs(
     caller: Caller,
     client: web::Data<Client>,
     query: web::Query<ListQuery>,

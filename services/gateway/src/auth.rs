@@ -67,6 +67,8 @@ pub enum Refusal {
     Unknown,
     Revoked,
     Expired,
+    /// A console session that ended, or a request of it without its CSRF token.
+    Session,
     /// The key store cannot be reached.
     Unavailable,
 }
@@ -83,6 +85,9 @@ impl From<Refusal> for Problem {
             Refusal::Unknown => unauthorized("The API key is not valid."),
             Refusal::Revoked => unauthorized("The API key has been revoked."),
             Refusal::Expired => unauthorized("The API key has expired."),
+            Refusal::Session => unauthorized(
+                "The console session has ended or the request lacks its CSRF token; sign in again.",
+            ),
             Refusal::Unavailable => {
                 Problem::unavailable("Keys cannot be checked right now; retry shortly.")
                     .retry_after(2)
@@ -146,6 +151,23 @@ impl Authenticator {
         let record = self
             .lookup(hash.clone(), || keys::find_by_hash(&self.pool, &hash))
             .await?;
+        usable(record)
+    }
+
+    /// The record of a console session's key, if it may be used now and is still the tenant's.
+    pub async fn authenticate_session(
+        &self,
+        session: &crate::console::session::Session,
+    ) -> Result<KeyRecord, Refusal> {
+        let key_id = session.key_id;
+        let record = self
+            .lookup(format!("id:{key_id}"), || {
+                keys::find_by_id(&self.pool, key_id)
+            })
+            .await?;
+        if record.tenant != session.tenant {
+            return Err(Refusal::Session);
+        }
         usable(record)
     }
 
@@ -325,7 +347,10 @@ pub struct Authenticated(Result<KeyRecord, Refusal>);
 impl Authenticated {
     pub async fn of(authenticator: &Authenticator, req: &HttpRequest) -> Self {
         let outcome = match presented(req).filter(|k| !k.is_empty()) {
-            None => Err(Refusal::Missing),
+            None => match crate::console::session_caller(authenticator, req).await {
+                Some(outcome) => outcome,
+                None => Err(Refusal::Missing),
+            },
             Some(credential) => authenticator.authenticate(&credential).await,
         };
         Self(outcome)

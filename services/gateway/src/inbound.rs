@@ -220,7 +220,10 @@ struct SourcesBody {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all)]
-async fn list_sources(caller: Caller, client: web::Data<Client>) -> Result<HttpResponse, Problem> {
+pub(crate) async fn list_sources(
+    caller: Caller,
+    client: web::Data<Client>,
+) -> Result<HttpResponse, Problem> {
     let principal = principal(&caller)?;
     let sources = client
         .get_ref()
@@ -461,7 +464,7 @@ struct EventsBody {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// `replicate`, `github`, or a registered source's name.
     #[serde(default)]
     source: Option<String>,
@@ -504,7 +507,7 @@ fn millis(t: Option<DateTime<Utc>>) -> i64 {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all)]
-async fn list_events(
+pub(crate) async fn list_events(
     caller: Caller,
     client: web::Data<Client>,
     query: web::Query<EventsQuery>,
@@ -680,4 +683,26 @@ async fn redrive(
         .redriven;
     tracing::info!(redriven, "inbound dead letters redriven");
     Ok(HttpResponse::Accepted().json(RedrivenBody { redriven }))
+}
+
+impl EventsQuery {
+    /// The newest `limit` events (the console's inbox).
+    pub(crate) fn recent(limit: u32) -> Self {
+        Self {
+            source: None,
+            state: None,
+            after: None,
+            before: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+
+    /// The newest 100 events in `state`.
+    pub(crate) fn state(state: &str) -> Self {
+        Self {
+            state: Some(state.to_owned()),
+            ..Self::recent(100)
+        }
+    }
 }

@@ -9,12 +9,14 @@
 //! limited per key and per client address ([`ratelimit`]), speech is counted against the key's
 //! monthly character quota, and usage is metered per key and day ([`usage`]). Keys can be
 //! exchanged for short-lived tokens ([`token`]). The API's OpenAPI document, generated from the
-//! handlers, is served at `/openapi.json` and rendered at `/docs` ([`openapi`]).
+//! handlers, is served at `/openapi.json` and rendered at `/docs` ([`openapi`]). The console, a
+//! browser interface over the same handlers, is served at `/console` ([`console`]).
 
 pub mod admin;
 pub mod audio;
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod inbound;
 pub mod keys;
 pub mod legacy_metrics;
@@ -79,6 +81,8 @@ pub struct Settings {
     /// `OPENAI_VOICE_MAP`: the Sonora voice and speaker of each OpenAI voice name on
     /// `/v1/audio/speech`; every name not given speaks with the default voice.
     pub openai_voices: openai::VoiceMap,
+    /// `CONSOLE_ENABLED`, `CONSOLE_SESSION_TTL`: the browser console at `/console`.
+    pub console: console::ConsoleSettings,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -169,6 +173,7 @@ impl Settings {
             usage_flush_interval,
             api_keys: ApiKeySettings::load(src, common.environment)?,
             openai_voices: src.or("OPENAI_VOICE_MAP", openai::VoiceMap::default())?,
+            console: console::ConsoleSettings::load(src)?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
@@ -343,6 +348,12 @@ impl Application {
         let authenticator = web::Data::new(authenticator);
         let redis_data = web::Data::new(redis.clone());
         let cors_policy = web::Data::new(settings.cors.clone());
+        let console_enabled = settings.console.enabled;
+        let sessions = web::Data::new(console::Sessions::new(
+            redis.clone(),
+            settings.console.clone(),
+            settings.common.environment == settings::Environment::Production,
+        ));
         let openai_voices = web::Data::new(settings.openai_voices.clone());
         let hsts = web::Data::new(lifecycle::http::Hsts(
             settings.common.environment == settings::Environment::Production,
@@ -368,8 +379,14 @@ impl Application {
         let http = lifecycle::http::serve(
             bind(settings.http_addr)?,
             move || {
-                public_app(app_readiness.clone(), metrics.clone())
-                    .app_data(web::Data::new(peers.clone()))
+                let app = public_app(app_readiness.clone(), metrics.clone());
+                // Without the sessions store no session is honoured, on /v1 or anywhere.
+                let app = if console_enabled {
+                    app.app_data(sessions.clone())
+                } else {
+                    app
+                };
+                app.app_data(web::Data::new(peers.clone()))
                     .app_data(authenticator.clone())
                     .app_data(redis_data.clone())
                     .app_data(audio_client.clone())
@@ -402,6 +419,11 @@ impl Application {
                     .configure(webhooks::configure)
                     .configure(inbound::configure)
                     .configure(openapi::configure)
+                    .configure(|cfg| {
+                        if console_enabled {
+                            console::configure(cfg);
+                        }
+                    })
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

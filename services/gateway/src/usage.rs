@@ -188,7 +188,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct UsageQuery {
+pub(crate) struct UsageQuery {
     /// First day, `YYYY-MM-DD` (UTC); the first of this month when absent.
     #[serde(default)]
     #[param(format = Date)]
@@ -296,7 +296,7 @@ fn day(field: &str, text: Option<&str>, default: NaiveDate) -> Result<NaiveDate,
     ),
     security(("api_key" = []), ("bearer" = [])),
 )]
-async fn usage(
+pub(crate) async fn usage(
     caller: Caller,
     query: web::Query<UsageQuery>,
     pool: web::Data<Pool>,
@@ -397,4 +397,15 @@ async fn usage(
                 .to_string(),
         },
     }))
+}
+
+impl UsageQuery {
+    /// From `from` to today, every key (the console's charts).
+    pub(crate) fn from_day(from: NaiveDate) -> Self {
+        Self {
+            from: Some(from.format("%Y-%m-%d").to_string()),
+            to: None,
+            key_id: None,
+        }
+    }
 }

@@ -341,7 +341,10 @@ struct VoicesBody {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all)]
-async fn list_voices(_caller: Caller, peers: web::Data<Peers>) -> Result<HttpResponse, Problem> {
+pub(crate) async fn list_voices(
+    _caller: Caller,
+    peers: web::Data<Peers>,
+) -> Result<HttpResponse, Problem> {
     let rows = peers.catalogue.sync(&mut peers.tts.clone()).await?;
     Ok(HttpResponse::Ok().json(VoicesBody {
         voices: rows

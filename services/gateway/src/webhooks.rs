@@ -639,7 +639,7 @@ async fn create_endpoint(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     /// 1 to 500.
     #[serde(default)]
     #[param(minimum = 1, maximum = 500)]
@@ -664,7 +664,7 @@ struct PageQuery {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all)]
-async fn list_endpoints(
+pub(crate) async fn list_endpoints(
     caller: Caller,
     client: web::Data<Client>,
     query: web::Query<PageQuery>,
@@ -725,7 +725,7 @@ async fn fetch_endpoint(
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
-async fn get_endpoint(
+pub(crate) async fn get_endpoint(
     caller: Caller,
     client: web::Data<Client>,
     id: web::Path<String>,
@@ -991,7 +991,7 @@ async fn rotate_secret(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct DeliveriesQuery {
+pub(crate) struct DeliveriesQuery {
     /// `pending`, `delivered`, `failed` or `dead_letter`.
     #[serde(default)]
     status: Option<String>,
@@ -1023,7 +1023,7 @@ struct DeliveriesQuery {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
-async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     caller: Caller,
     client: web::Data<Client>,
     id: web::Path<String>,
@@ -1073,7 +1073,7 @@ async fn list_deliveries(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AttemptsQuery {
+pub(crate) struct AttemptsQuery {
     /// Only the attempts of this delivery.
     #[serde(default)]
     delivery_id: Option<String>,
@@ -1108,7 +1108,7 @@ struct AttemptsQuery {
     security(("api_key" = []), ("bearer" = [])),
 )]
 #[tracing::instrument(skip_all, fields(endpoint = %id))]
-async fn list_attempts(
+pub(crate) async fn list_attempts(
     caller: Caller,
     client: web::Data<Client>,
     id: web::Path<String>,
@@ -1381,6 +1381,40 @@ async fn send_test(
         event_type,
         deliveries: published.deliveries,
     }))
+}
+
+impl PageQuery {
+    /// The first page of at most `limit` (the console's lists).
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+}
+
+impl DeliveriesQuery {
+    /// The first page of at most `limit`, every status.
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            status: None,
+            message_id: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+}
+
+impl AttemptsQuery {
+    /// The first page of at most `limit`, every delivery.
+    pub(crate) fn first(limit: u32) -> Self {
+        Self {
+            delivery_id: None,
+            message_id: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! test stack, against the real PostgreSQL and Redis.
 
 mod audio;
+mod console;
 mod http;
 mod inbound;
 mod isolation;

@@ -1,0 +1,1198 @@
+//! The console at `/console`: sign-in and its cookie, CSRF on every change, session expiry,
+//! tenant isolation and escaping over plain HTTP; then the whole of it in a real browser
+//! (Debian's Chromium driven over WebDriver by chromedriver) against the real stack.
+
+use std::{path::PathBuf, time::Duration};
+
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use internal_rpc::Scope;
+use serde_json::{Value, json};
+use test_stack::{Service, Stack};
+use test_support::{
+    TestDatabase,
+    receiver::{Behavior, Receiver},
+};
+
+use crate::{Gateway, plain};
+
+/// A client that shows redirects instead of following them and keeps no cookies.
+fn client() -> reqwest::Client {
+    // Installs the workspace's crypto provider, which reqwest needs before any client is built.
+    drop(test_support::http_client());
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A form body, as a browser sends it.
+fn form_body(fields: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
+/// A signed-in console session: its cookie pair (`sonora_console=…`) and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+    set_cookie: String,
+}
+
+async fn sign_in(base: &str, key: &str) -> Session {
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", key)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(response.headers()["location"], "/console");
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let (status, page) = page(base, "/console", &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    let csrf = page
+        .split(r#"<meta name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries its CSRF token")
+        .to_owned();
+    Session {
+        cookie,
+        csrf,
+        set_cookie,
+    }
+}
+
+/// GETs a console page with a cookie: status and body.
+async fn page(base: &str, path: &str, cookie: &str) -> (u16, String) {
+    let response = client()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// A `/v1` call made as the console's scripts make it: the cookie, and `csrf` when given.
+async fn v1(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    session: &Session,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client()
+        .request(method, format!("{base}{path}"))
+        .header("cookie", &session.cookie);
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_http_only_cookie_and_pages_keep_a_strict_csp() {
+    let gateway = plain().await;
+    let base = &gateway.base;
+
+    // Not signed in: every page sends to the sign-in page, which is served with its own CSP.
+    let (status, _) = page(base, "/console/endpoints", "").await;
+    assert_eq!(status, 303);
+    let response = client()
+        .get(format!("{base}/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+
+    // A wrong key: 401, no cookie.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", "cw_live_not-a-key-at-all-0000000000")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(!response.headers().contains_key("set-cookie"));
+    assert!(response.text().await.unwrap().contains("not valid"));
+
+    // A form far larger than any key: 413 as a problem, nothing read past the limit.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={}", "k".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    // A token is for programs: the console takes keys.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[(
+            "key",
+            "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl",
+        )]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(!response.headers().contains_key("set-cookie"));
+
+    let session = sign_in(base, &gateway.key).await;
+    let flags = &session.set_cookie;
+    assert!(flags.starts_with("sonora_console="), "{flags}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
+        assert!(flags.contains(flag), "{flag} in {flags}");
+    }
+    assert!(
+        !flags.contains("Secure"),
+        "development serves plain HTTP: {flags}"
+    );
+    assert!(
+        !flags.contains(&gateway.key),
+        "the key is never in the cookie"
+    );
+
+    for path in [
+        "/console",
+        "/console/endpoints",
+        "/console/playground",
+        "/console/keys",
+        "/console/audio",
+        "/console/inbound",
+    ] {
+        let response = client()
+            .get(format!("{base}{path}"))
+            .header("cookie", &session.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        assert_eq!(
+            response.headers()["content-security-policy"],
+            gateway::console::CSP
+        );
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("<script>") && !body.contains(" style="),
+            "{path}: nothing inline"
+        );
+        assert!(
+            body.contains("Tenant <strong id=\"tenant\">acme</strong>"),
+            "{path}"
+        );
+    }
+
+    // The assets are served under hashed names for a year, and nothing else under the folder.
+    let css = gateway::console::assets::url("console.css");
+    let response = client().get(format!("{base}{css}")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let (status, _) = page(base, "/console/assets/console.css", "").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn changes_need_the_session_csrf_token() {
+    let gateway = plain().await;
+    let base = &gateway.base;
+    let session = sign_in(base, &gateway.key).await;
+    let receiver = Receiver::start().await;
+    let body = json!({ "url": receiver.url("/csrf") });
+    let post = reqwest::Method::POST;
+
+    // The cookie alone is no credential on /v1, and a wrong token is refused.
+    let (status, problem) = v1(
+        base,
+        post.clone(),
+        "/v1/webhook-endpoints",
+        &session,
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 401, "{problem}");
+    let (status, problem) = v1(
+        base,
+        post.clone(),
+        "/v1/webhook-endpoints",
+        &session,
+        Some("forged"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 401, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("CSRF"),
+        "{problem}"
+    );
+    let (status, listed) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{listed}");
+    let (status, listed) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        0,
+        "nothing was made"
+    );
+
+    let (status, made) = v1(
+        base,
+        post,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+
+    // Sign-out is a change too: without the token it is refused and the session lasts.
+    let response = client()
+        .post(format!("{base}/console/sign-out"))
+        .header("cookie", &session.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("csrf", "forged")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(page(base, "/console", &session.cookie).await.0, 200);
+    let response = client()
+        .post(format!("{base}/console/sign-out"))
+        .header("cookie", &session.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("csrf", session.csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let cleared = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(page(base, "/console", &session.cookie).await.0, 303);
+    let (status, _) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "a signed-out session opens nothing");
+
+    // Sign-in posted from another site (login CSRF) is refused before the key is looked at.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", gateway.key.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(!response.headers().contains_key("set-cookie"));
+}
+
+#[tokio::test]
+async fn sessions_end_at_their_ttl() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_gateway()
+        .setting(Service::Gateway, "CONSOLE_SESSION_TTL", "6s")
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
+    let key = stack.api_key("acme", &Scope::ALL).await;
+    // The sign-in alone (a loaded machine may take seconds to render a page): the session is
+    // stored in Redis for the TTL, under the SHA-256 of its id.
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", key.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    // The session was stored before the answer came.
+    let signed_in = std::time::Instant::now();
+    assert_eq!(response.status(), 303);
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(set_cookie.contains("Max-Age=6;"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let id = cookie.trim_start_matches("sonora_console=");
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let redis = deadpool_redis::redis::Client::open(test_support::redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = deadpool_redis::redis::cmd("PTTL")
+        .arg(format!("console:session:{hex}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 6_000,
+        "the session's TTL in Redis: {ttl} ms"
+    );
+    let session = Session {
+        cookie,
+        csrf: "any".to_owned(),
+        set_cookie,
+    };
+    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(signed_in.elapsed())).await;
+    let (status, _) = page(&base, "/console", &session.cookie).await;
+    assert_eq!(status, 303, "the session has ended");
+    let (status, problem) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("session has ended"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn revoking_the_key_ends_its_sessions() {
+    let gateway = plain().await;
+    let base = &gateway.base;
+    let key = gateway.stack.api_key("acme", &[Scope::Webhooks]).await;
+    let session = sign_in(base, &key).await;
+    let (status, _) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let verified: Value = test_support::http_client()
+        .get(format!("{base}/v1/auth/verify"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = verified["id"].as_str().unwrap();
+    let revoked = test_support::http_client()
+        .delete(format!("{base}/v1/admin/api-keys/{id}"))
+        .header("x-api-key", &gateway.key)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{revoked:?}");
+    let (status, problem) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("revoked"),
+        "{problem}"
+    );
+    assert_eq!(page(base, "/console", &session.cookie).await.0, 303);
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_limited_per_address() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_gateway()
+        .setting(Service::Gateway, "CONSOLE_SIGN_IN_LIMIT", "3")
+        .start()
+        .await;
+    let gateway = Gateway {
+        key: stack.api_key("acme", &Scope::ALL).await,
+        base: stack.http_url(Service::Gateway),
+        ops: stack.ops_url(Service::Gateway),
+        stack,
+    };
+    let mut last = 0;
+    // Other tests sign in from 127.0.0.1 too, so the count may only be higher.
+    for _ in 0..=3 {
+        last = client()
+            .post(format!("{}/console/sign-in", gateway.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(&[("key", "cw_live_guessing-a-key-000000000000")]))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    // Even the right key waits for the window.
+    let response = client()
+        .post(format!("{}/console/sign-in", gateway.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", gateway.key.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_and_what_it_shows_is_escaped() {
+    let gateway = plain().await;
+    let base = &gateway.base;
+    let receiver = Receiver::start().await;
+    let acme = sign_in(base, &gateway.key).await;
+    let hostile = "<script>alert(1)</script><img src=x onerror=alert(2)> \"quoted\" & more";
+    let (status, made) = v1(
+        base,
+        reqwest::Method::POST,
+        "/v1/webhook-endpoints",
+        &acme,
+        Some(&acme.csrf),
+        Some(json!({ "url": format!("{}?q=%22%3E%3Csvg%20onload=alert(3)%3E", receiver.url("/xss")), "description": hostile })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().unwrap();
+    for path in [
+        "/console/endpoints".to_owned(),
+        format!("/console/endpoints/{id}"),
+    ] {
+        let (status, body) = page(base, &path, &acme.cookie).await;
+        assert_eq!(status, 200);
+        assert!(
+            !body.contains("<script>alert") && !body.contains("<img src=x"),
+            "{path}: {body}"
+        );
+        assert!(!body.contains("<svg onload"), "{path}");
+        assert!(
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt; &quot;quoted&quot; &amp; more"),
+            "{path}: {body}"
+        );
+    }
+
+    // Another tenant's admin sees none of it, on the pages or through its session on /v1.
+    let other_key = gateway.stack.api_key("globex", &Scope::ALL).await;
+    let globex = sign_in(base, &other_key).await;
+    let (_, list) = page(base, "/console/endpoints", &globex.cookie).await;
+    assert!(list.contains("No partner endpoints yet."), "{list}");
+    assert!(!list.contains(id) && !list.contains("/xss"), "{list}");
+    let (status, detail) = page(base, &format!("/console/endpoints/{id}"), &globex.cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        !detail.contains("/xss") && !detail.contains("quoted"),
+        "{detail}"
+    );
+    let (status, _) = v1(
+        base,
+        reqwest::Method::GET,
+        &format!("/v1/webhook-endpoints/{id}"),
+        &globex,
+        Some(&globex.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Acme's token does not open globex's session.
+    let (status, _) = v1(
+        base,
+        reqwest::Method::GET,
+        "/v1/webhook-endpoints",
+        &globex,
+        Some(&acme.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (_, keys) = page(base, "/console/keys", &globex.cookie).await;
+    assert_eq!(
+        keys.matches("<tr data-key=").count(),
+        1,
+        "globex's one key: {keys}"
+    );
+    let (_, keys) = page(base, "/console/keys", &acme.cookie).await;
+    assert_eq!(
+        keys.matches("<tr data-key=").count(),
+        1,
+        "acme's one key: {keys}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_without_admin_sees_no_keys_and_a_disabled_console_is_absent() {
+    let gateway = plain().await;
+    let base = &gateway.base;
+    let key = gateway.stack.api_key("acme", &[Scope::Tts]).await;
+    let session = sign_in(base, &key).await;
+    let (_, overview) = page(base, "/console", &session.cookie).await;
+    assert!(!overview.contains("/console/keys"), "no admin link");
+    assert!(overview.contains("/console/playground"));
+    let (status, keys) = page(base, "/console/keys", &session.cookie).await;
+    assert_eq!(status, 200);
+    assert!(keys.contains("does not have the admin scope"), "{keys}");
+    assert!(!keys.contains("test key"), "{keys}");
+
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_gateway()
+        .setting(Service::Gateway, "CONSOLE_ENABLED", "false")
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
+    let (status, _) = page(&base, "/console/sign-in", "").await;
+    assert_eq!(status, 404);
+    let response = client()
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", gateway.key.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+// --- The browser -------------------------------------------------------------------------------
+
+/// Where the screenshots go: `$CARGO_TARGET_DIR/console-screenshots`.
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
+    target.join("console-screenshots")
+}
+
+/// chromedriver on a free loopback port, stopped when dropped.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+    _profile: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A fresh directory, removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), uuid_like()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    fn uuid_like() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Starts chromedriver, or `None` when Chromium is not installed outside CI (in CI its absence
+/// fails the test: `scripts/test` installs it).
+async fn start_driver() -> Option<(Driver, PathBuf)> {
+    let driver = find_program(&["chromedriver"]);
+    let chromium = find_program(&["chromium", "chromium-browser"]);
+    let (Some(driver), Some(chromium)) = (driver, chromium) else {
+        let message = "Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver; scripts/test installs them)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("SKIPPED the console's browser test: {message}");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(&driver)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let driver = Driver {
+        child,
+        url: url.clone(),
+        _profile: tempfile_dir::Dir::new("sonora-console-chromium"),
+    };
+    test_support::eventually(
+        Duration::from_secs(20),
+        "chromedriver to listen",
+        || async {
+            let status = test_support::http_client()
+                .get(format!("{url}/status"))
+                .send()
+                .await
+                .ok()?;
+            status.status().is_success().then_some(())
+        },
+    )
+    .await;
+    Some((driver, chromium))
+}
+
+async fn open_browser(driver: &Driver, chromium: &std::path::Path) -> Browser {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
+                "--window-size=1280,1000",
+                format!("--user-data-dir={}", driver._profile.0.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+struct Shots {
+    dir: PathBuf,
+    count: usize,
+}
+
+impl Shots {
+    async fn take(&mut self, browser: &Browser, name: &str) {
+        self.count += 1;
+        // The whole page: the window is grown to the document's height first.
+        let height = browser
+            .execute(
+                "return Math.min(document.documentElement.scrollHeight, 6000)",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1000);
+        // The window's frame takes some of its height from the page.
+        let _ = browser
+            .set_window_size(1280, u32::try_from(height + 160).unwrap_or(1000).max(700))
+            .await;
+        let png = browser.screenshot().await.expect("a screenshot");
+        let path = self.dir.join(format!("{:02}-{name}.png", self.count));
+        std::fs::write(&path, png).unwrap();
+        let _ = browser.set_window_size(1280, 1000).await;
+    }
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn wait_for(browser: &Browser, css: &str) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {css}: {e}"))
+}
+
+/// Reloads the page until `css` matches something (deliveries arrive in the background).
+async fn reload_until(browser: &Browser, css: &str, what: &str) {
+    for _ in 0..60 {
+        browser.refresh().await.unwrap();
+        if browser.find(Locator::Css(css)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "{what}: {css} never appeared; page:\n{}",
+        browser.source().await.unwrap_or_default()
+    );
+}
+
+async fn browser_sign_in(browser: &Browser, base: &str, key: &str) {
+    browser
+        .goto(&format!("{base}/console/sign-in"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "#tenant").await;
+}
+
+#[tokio::test]
+async fn the_console_in_a_browser() {
+    let Some((driver, chromium)) = start_driver().await else {
+        return;
+    };
+    let gateway: Gateway = plain().await;
+    let base = gateway.base.clone();
+    let browser = open_browser(&driver, &chromium).await;
+    let dir = screenshot_dir();
+    // Only this run's pictures.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    eprintln!("console screenshots: {}", dir.display());
+    let mut shots = Shots { dir, count: 0 };
+    // The browser is closed whatever happens, so no Chromium outlives the test.
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run_in_browser(
+        &browser, &gateway, &base, &mut shots,
+    )))
+    .await;
+    if outcome.is_err() {
+        // What the browser showed when the test failed.
+        shots.take(&browser, "failure").await;
+        eprintln!(
+            "the page at the failure ({}):\n{}",
+            browser
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            browser.source().await.unwrap_or_default()
+        );
+    }
+    let _ = browser.close().await;
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots: &mut Shots) {
+    // Sign in.
+    browser
+        .goto(&format!("{base}/console/sign-in"))
+        .await
+        .unwrap();
+    shots.take(browser, "sign-in").await;
+    browser_sign_in(browser, base, &gateway.key).await;
+    assert_eq!(text_of(browser, "main h1").await, "Overview");
+    assert_eq!(text_of(browser, "#tenant").await, "acme");
+    shots.take(browser, "overview").await;
+
+    // Create a key: shown once.
+    browser.goto(&format!("{base}/console/keys")).await.unwrap();
+    browser
+        .find(Locator::Id("key-name"))
+        .await
+        .unwrap()
+        .send_keys("made in the browser")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#create-key button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let created = wait_for(browser, "#created-key code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(created.starts_with("cw_live_"), "{created}");
+    shots.take(browser, "keys-created").await;
+    let listed: Value = test_support::http_client()
+        .get(format!("{base}/v1/auth/verify"))
+        .header("x-api-key", &created)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["tenant"], "acme", "the new key works: {listed}");
+
+    // The playground speaks: the audio element gets audio with a duration.
+    browser
+        .goto(&format!("{base}/console/playground"))
+        .await
+        .unwrap();
+    let voice = browser
+        .execute("return document.getElementById('pg-voice').value", vec![])
+        .await
+        .unwrap();
+    assert_eq!(voice, "en_US-joe-medium", "the default voice is chosen");
+    assert!(
+        text_of(browser, "#voices")
+            .await
+            .contains("en_US-joe-medium"),
+        "the catalogue lists the voice"
+    );
+    browser
+        .find(Locator::Id("pg-speak"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut duration = 0.0;
+    for _ in 0..120 {
+        duration = browser
+            .execute("const a = document.getElementById('pg-audio'); return Number.isFinite(a.duration) ? a.duration : 0;", vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if duration > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = text_of(browser, "#pg-status").await;
+    assert!(
+        duration > 0.0,
+        "the audio element has a duration; status: {status}"
+    );
+    let ttfa = text_of(browser, "#pg-ttfa").await;
+    assert!(ttfa.ends_with(" ms"), "time to first audio: {ttfa}");
+    let words = browser
+        .find_all(Locator::Css("#pg-words span"))
+        .await
+        .unwrap();
+    assert!(words.len() >= 5, "word timings shown: {}", words.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    browser
+        .find(Locator::Id("pg-copy-curl"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let curl = text_of(browser, "#pg-curl").await;
+    assert!(
+        curl.contains("/v1/tts") && curl.contains("Hello from Sonora"),
+        "{curl}"
+    );
+    shots.take(browser, "playground").await;
+
+    // A partner endpoint at a loopback receiver.
+    let receiver = Receiver::start().await;
+    browser
+        .goto(&format!("{base}/console/endpoints"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("url"))
+        .await
+        .unwrap()
+        .send_keys(&receiver.url("/hook"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("description"))
+        .await
+        .unwrap()
+        .send_keys("Receiver <b>in the test</b>")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#create-endpoint button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "#endpoint-url").await;
+    assert_eq!(
+        text_of(browser, "#endpoint-url").await,
+        receiver.url("/hook")
+    );
+    assert_eq!(
+        text_of(browser, "#endpoint-description").await,
+        "Receiver <b>in the test</b>"
+    );
+    let endpoint_page = browser.current_url().await.unwrap().to_string();
+
+    // Reveal the secret and give it to the receiver, which refuses unsigned webhooks.
+    browser
+        .find(Locator::Id("reveal-secret"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let secret = wait_for(browser, "#secret-value code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    receiver.trust("/hook", &secret);
+
+    // A test event, its delivery and attempt.
+    browser
+        .find(Locator::Id("send-test"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "#flash:not([hidden])").await;
+    reload_until(
+        browser,
+        "li.delivery[data-status=delivered] details.attempt",
+        "the test event delivered",
+    )
+    .await;
+    let summary = text_of(
+        browser,
+        "li.delivery[data-status=delivered] details.attempt summary",
+    )
+    .await;
+    assert!(summary.contains("HTTP 200"), "{summary}");
+    browser
+        .find(Locator::Css(
+            "li.delivery[data-status=delivered] details.attempt summary",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let headers = text_of(browser, "li.delivery[data-status=delivered] table.headers").await;
+    assert!(headers.contains("webhook-id"), "{headers}");
+    assert!(receiver.received_on("/hook").iter().any(|r| r.verified));
+    shots.take(browser, "endpoint-delivered").await;
+
+    // The receiver fails: the failure shows, and is retried once it recovers.
+    receiver.set("/hook", Behavior::status(503));
+    browser
+        .find(Locator::Id("send-test"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    reload_until(
+        browser,
+        "li.delivery:not([data-status=delivered]) details.attempt",
+        "the failed attempt",
+    )
+    .await;
+    let failed = text_of(
+        browser,
+        "li.delivery:not([data-status=delivered]) details.attempt summary",
+    )
+    .await;
+    assert!(failed.contains("HTTP 503"), "{failed}");
+    shots.take(browser, "endpoint-failing").await;
+    receiver.set("/hook", Behavior::status(200));
+    browser
+        .find(Locator::Css(
+            "li.delivery:not([data-status=delivered]) button.retry",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    reload_until(
+        browser,
+        "#delivery-list:not(:has(li.delivery:not([data-status=delivered])))",
+        "every delivery delivered after the retry",
+    )
+    .await;
+    assert_eq!(
+        browser
+            .find_all(Locator::Css("li.delivery[data-status=delivered]"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    shots.take(browser, "endpoint-retried").await;
+
+    // An inbound source: its secret is shown once.
+    browser
+        .goto(&format!("{base}/console/inbound"))
+        .await
+        .unwrap();
+    wait_for(browser, "#no-sources").await;
+    browser
+        .find(Locator::Id("source-name"))
+        .await
+        .unwrap()
+        .send_keys("partner-crm")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#create-source button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let source_secret = wait_for(browser, "#source-secret code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(source_secret.starts_with("whsec_"), "{source_secret}");
+    shots.take(browser, "inbound-source-created").await;
+    browser.refresh().await.unwrap();
+    assert!(
+        text_of(browser, "main")
+            .await
+            .contains("/api/v1/webhooks/partner-crm")
+    );
+
+    // The other pages.
+    for (path, name) in [
+        ("/console", "overview-after"),
+        ("/console/endpoints", "endpoints"),
+        ("/console/audio", "audio-jobs"),
+        ("/console/inbound", "inbound"),
+        ("/console/keys", "keys"),
+    ] {
+        browser.goto(&format!("{base}{path}")).await.unwrap();
+        wait_for(browser, "main h1").await;
+        shots.take(browser, name).await;
+    }
+
+    // Sign out: the pages are closed again.
+    browser
+        .find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "#sign-in").await;
+    browser
+        .goto(&format!("{base}/console/endpoints"))
+        .await
+        .unwrap();
+    wait_for(browser, "#sign-in").await;
+
+    // Another tenant sees none of it.
+    let other = gateway.stack.api_key("globex", &Scope::ALL).await;
+    browser_sign_in(browser, base, &other).await;
+    assert_eq!(text_of(browser, "#tenant").await, "globex");
+    browser
+        .goto(&format!("{base}/console/endpoints"))
+        .await
+        .unwrap();
+    wait_for(browser, "#no-endpoints").await;
+    assert!(!browser.source().await.unwrap().contains("/hook"));
+    browser.goto(&endpoint_page).await.unwrap();
+    wait_for(browser, "main p.error").await;
+    assert!(!browser.source().await.unwrap().contains("/hook"));
+    shots.take(browser, "other-tenant").await;
+}
