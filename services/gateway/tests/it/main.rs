@@ -9,6 +9,8 @@ mod keys;
 mod limits;
 mod openai;
 mod openapi;
+mod realtime;
+mod telephony;
 mod webhooks;
 
 use std::time::Duration;
