@@ -89,8 +89,7 @@ impl RealtimeSettings {
             ));
         }
         let max_duration = src.or("REALTIME_MAX_DURATION", Duration::from_secs(3600))?;
-        if max_duration < Duration::from_secs(1) || max_duration > Duration::from_secs(24 * 3600)
-        {
+        if max_duration < Duration::from_secs(1) || max_duration > Duration::from_secs(24 * 3600) {
             return Err(SettingError::new(
                 "REALTIME_MAX_DURATION",
                 "must be between 1s and 24h",
@@ -307,8 +306,8 @@ fn parse_client_message(text: &str, max_chars: usize) -> Result<ClientMessage, F
     let (value, kind) = message_type(text)?;
     match kind.as_str() {
         "text" => {
-            let message: TextMessage = serde_json::from_value(value)
-                .map_err(|e| Failure::invalid(field_error(&e)))?;
+            let message: TextMessage =
+                serde_json::from_value(value).map_err(|e| Failure::invalid(field_error(&e)))?;
             let chars = message.text.chars().count();
             if chars > max_chars {
                 return Err(Failure::new(
@@ -522,7 +521,12 @@ impl Connection {
             Ok(options) => options,
             Err(failure) => return fail(session, &failure).await,
         };
-        options.voice = match self.peers.catalogue.resolve(&self.peers, &options.voice).await {
+        options.voice = match self
+            .peers
+            .catalogue
+            .resolve(&self.peers, &options.voice)
+            .await
+        {
             Ok(voice) => voice,
             Err(problem) => return fail(session, &Failure::from_problem(&problem)).await,
         };
@@ -773,7 +777,9 @@ fn first_message(message: Result<AggregatedMessage, ProtocolError>) -> Result<St
             }
             serde_json::from_value(value).map_err(|e| Failure::invalid(field_error(&e)))
         }
-        Ok(_) => Err(Failure::invalid("the first message must be a start message")),
+        Ok(_) => Err(Failure::invalid(
+            "the first message must be a start message",
+        )),
     }
 }
 
@@ -796,13 +802,10 @@ impl Synthesizer {
         while let Some(phrase) = phrases.recv().await {
             let spoken = self.phrase(index, &phrase, totals.audio_seconds).await;
             self.pending.fetch_sub(1, Ordering::SeqCst);
-            match spoken? {
-                Some(seconds) => {
-                    totals.phrases += 1;
-                    totals.characters += phrase.chars().count() as u64;
-                    totals.audio_seconds += seconds;
-                }
-                None => {}
+            if let Some(seconds) = spoken? {
+                totals.phrases += 1;
+                totals.characters += phrase.chars().count() as u64;
+                totals.audio_seconds += seconds;
             }
             index += 1;
         }
@@ -835,8 +838,7 @@ impl Synthesizer {
             text_type: sonora_proto::tts::v1::TextType::Plain.into(),
             ..Default::default()
         };
-        let started = match crate::routes::start_synthesis(&self.peers, &self.key, request).await
-        {
+        let started = match crate::routes::start_synthesis(&self.peers, &self.key, request).await {
             Ok(started) => started,
             Err(error) => {
                 let problem = error.problem();
@@ -882,11 +884,7 @@ impl Synthesizer {
             };
             if !audio.is_empty() {
                 match self.options.framing {
-                    AudioFraming::Binary => self
-                        .session
-                        .binary(audio)
-                        .await
-                        .map_err(|_| gone())?,
+                    AudioFraming::Binary => self.session.binary(audio).await.map_err(|_| gone())?,
                     AudioFraming::Base64 => {
                         self.send(json!({
                             "type": "audio",
@@ -931,7 +929,11 @@ impl Synthesizer {
 }
 
 fn gone() -> Failure {
-    Failure::new("client_gone", "the client closed the connection", CloseCode::Normal)
+    Failure::new(
+        "client_gone",
+        "the client closed the connection",
+        CloseCode::Normal,
+    )
 }
 
 #[cfg(test)]
@@ -959,7 +961,11 @@ mod tests {
         assert!(error(r#"{"type":"text"}"#).1.contains("text"));
         assert!(error(r#"{"type":"text","text":"a","x":1}"#).1.contains('x'));
         assert_eq!(
-            error(&format!(r#"{{"type":"text","text":"{}"}}"#, "a".repeat(101))).0,
+            error(&format!(
+                r#"{{"type":"text","text":"{}"}}"#,
+                "a".repeat(101)
+            ))
+            .0,
             "message_too_large"
         );
         assert!(error(r#"{"type":"dance"}"#).1.contains("dance"));
@@ -974,11 +980,24 @@ mod tests {
         let start = |json: serde_json::Value| -> Start { serde_json::from_value(json).unwrap() };
         let o = options(&start(json!({"type": "start", "format": "mulaw"}))).unwrap();
         assert_eq!(o.sample_rate, 8000);
-        assert!(options(&start(json!({"type": "start", "format": "mulaw", "sample_rate": 16000}))).is_err());
+        assert!(
+            options(&start(
+                json!({"type": "start", "format": "mulaw", "sample_rate": 16000})
+            ))
+            .is_err()
+        );
         assert!(options(&start(json!({"type": "start", "format": "mp3"}))).is_err());
         assert!(options(&start(json!({"type": "start", "speed": 9.0}))).is_err());
-        assert!(options(&start(json!({"type": "start", "chunk_length_schedule": [10]}))).is_err());
-        let o = options(&start(json!({"type": "start", "sample_rate": 16000, "audio": "base64"}))).unwrap();
+        assert!(
+            options(&start(
+                json!({"type": "start", "chunk_length_schedule": [10]})
+            ))
+            .is_err()
+        );
+        let o = options(&start(
+            json!({"type": "start", "sample_rate": 16000, "audio": "base64"}),
+        ))
+        .unwrap();
         assert_eq!((o.sample_rate, o.framing), (16000, AudioFraming::Base64));
     }
 }

@@ -151,11 +151,18 @@ impl TelephonySettings {
             (None, None) => None,
         };
         for (i, entry) in listed.into_iter().chain(single).enumerate() {
-            let name = if i == usize::MAX { "" } else { "TWILIO_NUMBERS" };
+            let name = if i == usize::MAX {
+                ""
+            } else {
+                "TWILIO_NUMBERS"
+            };
             if !e164(&entry.number) {
                 return Err(SettingError::new(
                     name,
-                    format!("{:?} is not an E.164 number such as +15551230000", entry.number),
+                    format!(
+                        "{:?} is not an E.164 number such as +15551230000",
+                        entry.number
+                    ),
                 ));
             }
             if Tenant::parse(&entry.tenant).is_err() {
@@ -259,9 +266,8 @@ impl Telephony {
     /// The auth token, or 404 when telephony is not configured.
     fn token(&self) -> Result<&SecretString, Problem> {
         self.settings.auth_token.as_ref().ok_or_else(|| {
-            Problem::not_found().detail(
-                "Telephony is not configured on this installation (TWILIO_AUTH_TOKEN).",
-            )
+            Problem::not_found()
+                .detail("Telephony is not configured on this installation (TWILIO_AUTH_TOKEN).")
         })
     }
 
@@ -344,21 +350,8 @@ fn twiml_response(xml: String) -> HttpResponse {
         .body(xml)
 }
 
-/// Twilio's voice webhook: a signed form, answered with TwiML.
-#[utoipa::path(
-    post,
-    path = "/v1/telephony/twilio/voice",
-    tag = crate::openapi::tag::SPEECH,
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
-        description = "Twilio's voice webhook parameters (`CallSid`, `AccountSid`, `From`, `To`, ...), signed in `X-Twilio-Signature`."),
-    responses(
-        (status = 200, description = "TwiML: `<Connect><Stream>` to the media WebSocket with the call's parameters, or `<Reject/>` for a number that is not configured.", content_type = "text/xml", body = String),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-    ),
-    security(()),
-)]
+/// Twilio's voice webhook: a signed form, answered with TwiML. Not in the OpenAPI document: it
+/// is Twilio's to call, signed rather than keyed.
 #[tracing::instrument(skip_all)]
 async fn voice(
     req: HttpRequest,
@@ -436,10 +429,7 @@ mod tests {
     #[test]
     fn numbers_and_urls_are_checked_at_start() {
         let load = |pairs: &[(&str, &str)]| {
-            TelephonySettings::load(
-                &test_sources(pairs),
-                settings::Environment::Development,
-            )
+            TelephonySettings::load(&test_sources(pairs), settings::Environment::Development)
         };
         let ok = load(&[
             ("TWILIO_AUTH_TOKEN", "0123456789abcdef0123"),
@@ -464,6 +454,11 @@ mod tests {
     }
 
     fn test_sources(pairs: &[(&str, &str)]) -> Sources {
-        Sources::from_pairs(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap()
+        Sources::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .unwrap()
     }
 }

@@ -125,10 +125,11 @@ fn boundary(text: &str) -> Option<usize> {
                 }
                 return Some(j);
             }
-            ',' | ':' | '—' | '–' if next.is_some_and(char::is_whitespace) => {
-                if text[..i].trim().chars().count() >= MIN_CLAUSE_CHARS {
-                    return Some(after);
-                }
+            ',' | ':' | '—' | '–'
+                if next.is_some_and(char::is_whitespace)
+                    && text[..i].trim().chars().count() >= MIN_CLAUSE_CHARS =>
+            {
+                return Some(after);
             }
             _ => {}
         }

@@ -105,7 +105,7 @@ fn utterance_id() -> String {
 
 /// What the application asks of a call.
 enum Command {
-    Say(Utterance),
+    Say(Box<Utterance>),
     Clear(oneshot::Sender<usize>),
 }
 
@@ -208,7 +208,10 @@ pub(crate) async fn media(
     telephony: web::Data<Telephony>,
 ) -> Result<HttpResponse, actix_web::Error> {
     telephony.token()?;
-    let url = telephony.settings.media_url().ok_or_else(Problem::internal)?;
+    let url = telephony
+        .settings
+        .media_url()
+        .ok_or_else(Problem::internal)?;
     telephony.verify(&req, &url, &[])?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
@@ -358,7 +361,12 @@ async fn run_call(
         done_tx,
         spoken: 0,
     };
-    if let Some(greeting) = started.number.greeting.clone().filter(|g| !g.trim().is_empty()) {
+    if let Some(greeting) = started
+        .number
+        .greeting
+        .clone()
+        .filter(|g| !g.trim().is_empty())
+    {
         call.queue.push_back(Utterance {
             id: utterance_id(),
             text: greeting,
@@ -463,7 +471,7 @@ impl Call {
                         if self.queue.len() >= MAX_QUEUED {
                             utterance.end(Outcome::Cleared);
                         } else {
-                            self.queue.push_back(utterance);
+                            self.queue.push_back(*utterance);
                         }
                     }
                     Some(Command::Clear(reply)) => {
@@ -524,9 +532,7 @@ impl Call {
 
     /// The current utterance's audio has all been sent (or it failed).
     async fn finished(&mut self, id: &str, result: Result<f64, String>) {
-        let Some((mut utterance, _)) = self
-            .speaking
-            .take_if(|(utterance, _)| utterance.id == id)
+        let Some((mut utterance, _)) = self.speaking.take_if(|(utterance, _)| utterance.id == id)
         else {
             return;
         };
@@ -610,6 +616,9 @@ impl Call {
     }
 }
 
+/// Meters a keyed synthesis stream as its messages pass ([`crate::routes::Metering::audio`]).
+type Meter = Box<dyn FnMut(SynthesizeResponse) -> Vec<u8>>;
+
 /// Synthesises one utterance and sends it as media frames.
 struct Speaker {
     session: Session,
@@ -622,48 +631,49 @@ impl Speaker {
     /// The utterance's seconds of audio once all of it is sent.
     async fn speak(mut self, mut request: SynthesizeRequest) -> Result<f64, String> {
         let mut pending: Vec<u8> = Vec::with_capacity(4 * FRAME_BYTES);
-        let (first, mut stream, mut meter): (
-            SynthesizeResponse,
-            tonic::Streaming<SynthesizeResponse>,
-            Option<Box<dyn FnMut(SynthesizeResponse) -> Vec<u8>>>,
-        ) = match self.key.take() {
-            Some(key) => {
-                let started = crate::routes::start_synthesis(&self.peers, &key, request)
-                    .await
-                    .map_err(|e| e.problem().detail.unwrap_or_default())?;
-                let first = SynthesizeResponse {
-                    audio: started.first,
-                    done: started.first_done,
-                    audio_seconds: started.first_audio_seconds,
-                    ..Default::default()
-                };
-                (first, started.stream, Some(Box::new(started.metering.audio())))
-            }
-            None => {
-                // The number's greeting: the operator's words, spoken for the tenant but charged
-                // to no key.
-                request.voice = self
-                    .peers
-                    .catalogue
-                    .resolve(&self.peers, &request.voice)
-                    .await
-                    .map_err(|p| p.detail.unwrap_or_default())?;
-                let mut stream = self
-                    .peers
-                    .tts
-                    .clone()
-                    .synthesize(request)
-                    .await
-                    .map_err(|s| s.message().to_owned())?
-                    .into_inner();
-                let first = stream
-                    .message()
-                    .await
-                    .map_err(|s| s.message().to_owned())?
-                    .ok_or("no audio")?;
-                (first, stream, None)
-            }
-        };
+        let (first, mut stream, mut meter): (SynthesizeResponse, _, Option<Meter>) =
+            match self.key.take() {
+                Some(key) => {
+                    let started = crate::routes::start_synthesis(&self.peers, &key, request)
+                        .await
+                        .map_err(|e| e.problem().detail.unwrap_or_default())?;
+                    let first = SynthesizeResponse {
+                        audio: started.first,
+                        done: started.first_done,
+                        audio_seconds: started.first_audio_seconds,
+                        ..Default::default()
+                    };
+                    (
+                        first,
+                        started.stream,
+                        Some(Box::new(started.metering.audio())),
+                    )
+                }
+                None => {
+                    // The number's greeting: the operator's words, spoken for the tenant but charged
+                    // to no key.
+                    request.voice = self
+                        .peers
+                        .catalogue
+                        .resolve(&self.peers, &request.voice)
+                        .await
+                        .map_err(|p| p.detail.unwrap_or_default())?;
+                    let mut stream = self
+                        .peers
+                        .tts
+                        .clone()
+                        .synthesize(request)
+                        .await
+                        .map_err(|s| s.message().to_owned())?
+                        .into_inner();
+                    let first = stream
+                        .message()
+                        .await
+                        .map_err(|s| s.message().to_owned())?
+                        .ok_or("no audio")?;
+                    (first, stream, None)
+                }
+            };
         let mut message = first;
         let mut first_message = true;
         loop {
@@ -818,7 +828,7 @@ pub(crate) async fn say(
         interrupted: false,
         audio_seconds: 0.0,
     };
-    send_command(&handle, &call_sid, Command::Say(utterance))?;
+    send_command(&handle, &call_sid, Command::Say(Box::new(utterance)))?;
     let status = match wait {
         None => None,
         Some(wait) => match tokio::time::timeout(wait, rx).await {
@@ -843,16 +853,17 @@ pub(crate) async fn say(
 }
 
 fn send_command(handle: &CallHandle, call_sid: &str, command: Command) -> Result<(), Problem> {
-    handle.commands.try_send(command).map_err(|error| match error {
-        mpsc::error::TrySendError::Full(_) => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
-            "Too Many Requests",
-        )
-        .detail("The call has too many commands waiting; retry shortly.")
-        .retry_after(1),
-        mpsc::error::TrySendError::Closed(_) => call_not_found(call_sid),
-    })
+    handle
+        .commands
+        .try_send(command)
+        .map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "busy", "Too Many Requests")
+                    .detail("The call has too many commands waiting; retry shortly.")
+                    .retry_after(1)
+            }
+            mpsc::error::TrySendError::Closed(_) => call_not_found(call_sid),
+        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -66,7 +66,9 @@ async fn run(
                 Err(_) => return,
             },
         };
-        let Some((event_id, event)) = next else { return };
+        let Some((event_id, event)) = next else {
+            return;
+        };
         publish(&client, &event_id, &event).await;
     }
 }

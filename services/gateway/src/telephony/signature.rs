@@ -56,7 +56,12 @@ mod tests {
         assert_eq!(signature, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
         assert!(verify(b"12345", url, &params, &signature));
         assert!(!verify(b"12346", url, &params, &signature));
-        assert!(!verify(b"12345", "https://mycompany.com/myapp.php", &params, &signature));
+        assert!(!verify(
+            b"12345",
+            "https://mycompany.com/myapp.php",
+            &params,
+            &signature
+        ));
         assert!(!verify(b"12345", url, &params[1..], &signature));
         assert!(!verify(b"12345", url, &params, "not base64!"));
     }

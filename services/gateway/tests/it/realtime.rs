@@ -190,10 +190,15 @@ async fn read_all(mut stream: futures::stream::SplitStream<Ws>) -> Heard {
                 let value: Value = serde_json::from_str(&text).unwrap();
                 match value["type"].as_str().unwrap() {
                     "phrase" => {
-                        heard.phrases.push(value["text"].as_str().unwrap().to_owned());
-                        heard.sample_rate = u32::try_from(value["sample_rate"].as_u64().unwrap()).unwrap();
+                        heard
+                            .phrases
+                            .push(value["text"].as_str().unwrap().to_owned());
+                        heard.sample_rate =
+                            u32::try_from(value["sample_rate"].as_u64().unwrap()).unwrap();
                     }
-                    "words" => heard.words.extend(value["words"].as_array().unwrap().clone()),
+                    "words" => heard
+                        .words
+                        .extend(value["words"].as_array().unwrap().clone()),
                     "done" => heard.done = Some(value),
                     "error" => panic!("the session failed: {value}"),
                     _ => {}
@@ -252,9 +257,11 @@ async fn text_streamed_in_fragments_is_heard_like_the_whole_text() {
     let sending = Instant::now();
     for piece in chars.chunks(3) {
         let piece: String = piece.iter().collect();
-        sink.send(Message::text(json!({"type": "text", "text": piece}).to_string()))
-            .await
-            .unwrap();
+        sink.send(Message::text(
+            json!({"type": "text", "text": piece}).to_string(),
+        ))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let last_sent = Instant::now();
@@ -371,7 +378,12 @@ async fn careless_and_hostile_clients_are_refused_with_a_code_and_a_close_status
     }
 
     let cases: Vec<(&str, Message, &str, CloseCode)> = vec![
-        ("not JSON", Message::text("hello"), "invalid_message", CloseCode::Invalid),
+        (
+            "not JSON",
+            Message::text("hello"),
+            "invalid_message",
+            CloseCode::Invalid,
+        ),
         (
             "text first",
             Message::text(json!({"type": "text", "text": "hi"}).to_string()),
@@ -406,12 +418,20 @@ async fn careless_and_hostile_clients_are_refused_with_a_code_and_a_close_status
     for (what, first, code, close) in cases {
         let mut ws = open(&base, &keyed).await;
         ws.send(first).await.unwrap();
-        assert_eq!(refusal(&mut ws).await, (code.to_owned(), Some(close)), "{what}");
+        assert_eq!(
+            refusal(&mut ws).await,
+            (code.to_owned(), Some(close)),
+            "{what}"
+        );
     }
 
     // An unknown voice: tts-inference decides (as for /v1/tts), at the first phrase.
     let mut ws = open(&base, &keyed).await;
-    send(&mut ws, json!({"type": "start", "voice": "xx_XX-nobody-low"})).await;
+    send(
+        &mut ws,
+        json!({"type": "start", "voice": "xx_XX-nobody-low"}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "ready");
     send(&mut ws, json!({"type": "text", "text": "Hello there."})).await;
     send(&mut ws, json!({"type": "flush"})).await;

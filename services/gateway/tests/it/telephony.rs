@@ -336,7 +336,10 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     assert!(content_type.starts_with("text/xml"), "{content_type}");
     assert!(twiml.contains("<Response><Connect><Stream "), "{twiml}");
     let (stream_url, parameters) = stream_of(&twiml);
-    assert_eq!(stream_url, "wss://voice.sonora.test/v1/telephony/twilio/media");
+    assert_eq!(
+        stream_url,
+        "wss://voice.sonora.test/v1/telephony/twilio/media"
+    );
     assert!(!stream_url.contains('?'));
     let parameter = |name: &str| {
         parameters
@@ -357,7 +360,8 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     assert!(twiml.contains("<Reject"), "{twiml}");
 
     // The media WebSocket refuses an unsigned upgrade.
-    let unsigned = tokio_tungstenite::connect_async(ws_url(&base, "/v1/telephony/twilio/media")).await;
+    let unsigned =
+        tokio_tungstenite::connect_async(ws_url(&base, "/v1/telephony/twilio/media")).await;
     match unsigned {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 403);
@@ -389,17 +393,38 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
             _ => None,
         })
         .collect();
-    assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == 160), "{sizes:?}");
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&s| s == 160),
+        "{sizes:?}"
+    );
 
     // Another tenant cannot speak on the call or clear it; it does not exist for them.
     let say_url = format!("{base}/v1/calls/{call_sid}/say");
     let (status, _, _) = call(Method::POST, &say_url, &globex, Some(json!({"text": "hi"}))).await;
     assert_eq!(status, 404);
-    let (status, _, _) = call(Method::POST, &format!("{base}/v1/calls/{call_sid}/clear"), &globex, None).await;
+    let (status, _, _) = call(
+        Method::POST,
+        &format!("{base}/v1/calls/{call_sid}/clear"),
+        &globex,
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _, body) = call(Method::POST, &say_url, &acme, Some(json!({"text": "hi", "ssml": "<speak>hi</speak>"}))).await;
+    let (status, _, body) = call(
+        Method::POST,
+        &say_url,
+        &acme,
+        Some(json!({"text": "hi", "ssml": "<speak>hi</speak>"})),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
-    let (status, _, _) = call(Method::POST, &format!("{base}/v1/calls/CAnope/say"), &acme, Some(json!({"text": "hi"}))).await;
+    let (status, _, _) = call(
+        Method::POST,
+        &format!("{base}/v1/calls/CAnope/say"),
+        &acme,
+        Some(json!({"text": "hi"})),
+    )
+    .await;
     assert_eq!(status, 404);
 
     // A say, waited for until it has played.
@@ -424,7 +449,10 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
         })
         .unwrap();
     println!("say to first μ-law frame: {:?}", first_frame - asked);
-    assert!(asked.elapsed() >= Duration::from_secs(3), "it waited for the audio to play");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "it waited for the audio to play"
+    );
     assert!(wer_of(&twilio.utterance_audio(1), said).await <= 0.10);
 
     // The caller presses a key.
@@ -443,7 +471,9 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     let frames_before = twilio.got().len();
     let waiting = {
         let (url, key) = (format!("{say_url}?wait=true"), acme.clone());
-        tokio::spawn(async move { call(Method::POST, &url, &key, Some(json!({"text": long}))).await })
+        tokio::spawn(
+            async move { call(Method::POST, &url, &key, Some(json!({"text": long}))).await },
+        )
     };
     eventually(Duration::from_secs(30), "the long say's audio", || async {
         twilio.got()[frames_before..]
@@ -452,14 +482,27 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
             .then_some(())
     })
     .await;
-    let (status, _, cleared) = call(Method::POST, &format!("{base}/v1/calls/{call_sid}/clear"), &acme, None).await;
+    let (status, _, cleared) = call(
+        Method::POST,
+        &format!("{base}/v1/calls/{call_sid}/clear"),
+        &acme,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{cleared}");
     assert_eq!(cleared["cleared"], 1, "{cleared}");
     let (status, _, answer) = waiting.await.unwrap();
-    assert_eq!((status, answer["status"].as_str()), (200, Some("interrupted")), "{answer}");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("interrupted")),
+        "{answer}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = twilio.got();
-    let clear_at = got.iter().position(|g| matches!(g, Got::Clear)).expect("a clear");
+    let clear_at = got
+        .iter()
+        .position(|g| matches!(g, Got::Clear))
+        .expect("a clear");
     let after: Vec<&Got> = got[clear_at + 1..].iter().collect();
     assert!(
         after.iter().all(|g| !matches!(g, Got::Media(..))),
@@ -480,7 +523,13 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
         .await
         .unwrap();
     eventually(Duration::from_secs(10), "the call to end", || async {
-        let (status, _, _) = call(Method::POST, &say_url, &acme, Some(json!({"text": "still there?"}))).await;
+        let (status, _, _) = call(
+            Method::POST,
+            &say_url,
+            &acme,
+            Some(json!({"text": "still there?"})),
+        )
+        .await;
         (status == 404).then_some(())
     })
     .await;
@@ -496,12 +545,21 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     })
     .await;
     assert!(events.iter().all(|r| r.verified), "every event is signed");
-    let bodies: Vec<Value> = events.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect();
-    let types: Vec<&str> = bodies.iter().map(|b| b["event_type"].as_str().unwrap()).collect();
+    let bodies: Vec<Value> = events
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let types: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["event_type"].as_str().unwrap())
+        .collect();
     println!("events: {types:?}");
     assert_eq!(types.first(), Some(&"call.started"));
     assert_eq!(types.last(), Some(&"call.completed"));
-    let dtmf = bodies.iter().find(|b| b["event_type"] == "call.dtmf").expect("call.dtmf");
+    let dtmf = bodies
+        .iter()
+        .find(|b| b["event_type"] == "call.dtmf")
+        .expect("call.dtmf");
     assert_eq!(dtmf["digit"], "5");
     let played: Vec<&str> = bodies
         .iter()
@@ -533,10 +591,20 @@ fn assert_matches_catalogue(payload: &Value) {
         .map(|v| v.as_str().unwrap())
         .collect();
     required.sort_unstable();
-    let mut keys: Vec<&str> = payload.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = payload
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, required, "{event_type}");
-    let mut example: Vec<&str> = document["example"].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut example: Vec<&str> = document["example"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     example.sort_unstable();
     assert_eq!(example, required, "{event_type} example");
 }
