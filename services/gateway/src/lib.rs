@@ -374,6 +374,7 @@ impl Application {
             peers.clone(),
             webhooks::Client::new(delivery.channel()),
             redis.clone(),
+            settings.redis.url.expose().to_owned(),
             signals.shutdown.clone(),
         ));
         let ops = serve_ops(

@@ -250,17 +250,20 @@ impl Telephony {
         peers: Peers,
         delivery: crate::webhooks::Client,
         redis: deadpool_redis::Pool,
+        redis_url: String,
         shutdown: CancellationToken,
     ) -> Self {
         let events = events::Events::spawn(delivery, shutdown.clone());
-        let calls = calls::Registry::new(redis, shutdown.clone());
-        Self {
+        let calls = calls::Registry::new(redis);
+        let telephony = Self {
             settings,
             peers,
             calls,
             events,
             shutdown,
-        }
+        };
+        tokio::spawn(calls::follow_forwarded(telephony.clone(), redis_url));
+        telephony
     }
 
     /// The auth token, or 404 when telephony is not configured.

@@ -124,7 +124,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(redis: deadpool_redis::Pool, _shutdown: CancellationToken) -> Self {
+    pub fn new(redis: deadpool_redis::Pool) -> Self {
         Self {
             local: Arc::default(),
             redis,
@@ -812,44 +812,297 @@ pub(crate) async fn say(
     } else {
         None
     };
-    let handle = telephony
-        .calls
-        .local(&call_sid, &key.tenant)
-        .ok_or_else(|| call_not_found(&call_sid))?;
+    let request = Forwarded {
+        request: uuid::Uuid::new_v4().simple().to_string(),
+        call_sid: call_sid.into_inner(),
+        tenant: key.tenant.to_string(),
+        key_id: Some(key.id.to_string()),
+        action: Action::Say {
+            text,
+            ssml: text_type == TextType::Ssml,
+            voice: body.voice.filter(|v| !v.trim().is_empty()),
+            wait_ms: wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+        },
+    };
+    let answer = match telephony.calls.local(&request.call_sid, &key.tenant) {
+        Some(handle) => run_say(&handle, &request, key).await,
+        None => forward(&telephony, &request).await,
+    };
+    answer.map(Answer::into_response)
+}
+
+/// What a command answered: its status and JSON body (a problem's when it failed), the same
+/// whether it ran here or on the replica holding the call.
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    status: u16,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    fn into_response(self) -> HttpResponse {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut response = HttpResponse::build(status);
+        if self.status >= 400 {
+            response.content_type("application/problem+json");
+        }
+        response.json(self.body)
+    }
+
+    fn problem(problem: &Problem) -> Self {
+        Self {
+            status: problem.status,
+            body: serde_json::to_value(problem).unwrap_or_default(),
+        }
+    }
+}
+
+/// A `say` or `clear` as one replica hands it to the replica holding the call.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    request: String,
+    call_sid: String,
+    tenant: String,
+    key_id: Option<String>,
+    action: Action,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Action {
+    Say {
+        text: String,
+        ssml: bool,
+        voice: Option<String>,
+        wait_ms: Option<u64>,
+    },
+    Clear,
+}
+
+/// Queues a say on a call held here and waits as it asks.
+async fn run_say(
+    handle: &CallHandle,
+    request: &Forwarded,
+    key: KeyRecord,
+) -> Result<Answer, Problem> {
+    let Action::Say {
+        text,
+        ssml,
+        voice,
+        wait_ms,
+    } = &request.action
+    else {
+        return Err(Problem::internal());
+    };
     let (tx, rx) = oneshot::channel();
     let id = utterance_id();
     let utterance = Utterance {
         id: id.clone(),
-        text,
-        text_type,
-        voice: body.voice.filter(|v| !v.trim().is_empty()),
+        text: text.clone(),
+        text_type: if *ssml {
+            TextType::Ssml
+        } else {
+            TextType::Plain
+        },
+        voice: voice.clone(),
         key: Some(key),
         waiters: vec![tx],
         interrupted: false,
         audio_seconds: 0.0,
     };
-    send_command(&handle, &call_sid, Command::Say(Box::new(utterance)))?;
-    let status = match wait {
+    send_command(handle, &request.call_sid, Command::Say(Box::new(utterance)))?;
+    let outcome = match wait_ms {
         None => None,
-        Some(wait) => match tokio::time::timeout(wait, rx).await {
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(*ms), rx).await {
             Ok(Ok(outcome)) => Some(outcome),
             Ok(Err(_)) => Some(Outcome::CallEnded),
             Err(_) => None,
         },
     };
-    Ok(match status {
-        Some(outcome) => HttpResponse::Ok().json(SayAnswer {
-            utterance_id: id,
-            status: serde_json::to_value(outcome)
+    let (status, text) = match outcome {
+        Some(outcome) => (
+            200,
+            serde_json::to_value(outcome)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-        }),
-        None => HttpResponse::Accepted().json(SayAnswer {
+        ),
+        None => (202, "queued".to_owned()),
+    };
+    Ok(Answer {
+        status,
+        body: serde_json::to_value(SayAnswer {
             utterance_id: id,
-            status: "queued".to_owned(),
-        }),
+            status: text,
+        })
+        .unwrap_or_default(),
     })
+}
+
+async fn run_clear(handle: &CallHandle, call_sid: &str) -> Result<Answer, Problem> {
+    let (tx, rx) = oneshot::channel();
+    send_command(handle, call_sid, Command::Clear(tx))?;
+    let cleared = tokio::time::timeout(FORWARD_SLACK, rx)
+        .await
+        .map_err(|_| Problem::unavailable("The call did not answer in time.").retry_after(1))?
+        .map_err(|_| call_not_found(call_sid))?;
+    Ok(Answer {
+        status: 200,
+        body: serde_json::to_value(ClearAnswer { cleared }).unwrap_or_default(),
+    })
+}
+
+/// Hands `request` to the replica holding its call (found in Redis) and waits for its answer.
+async fn forward(telephony: &Telephony, request: &Forwarded) -> Result<Answer, Problem> {
+    use deadpool_redis::redis;
+    let unavailable = |error: String| {
+        tracing::warn!(%error, "cannot reach the replica holding a call");
+        Problem::unavailable("The call's replica cannot be reached right now; retry shortly.")
+            .retry_after(1)
+    };
+    let mut conn = redis_pool::get(&telephony.calls.redis)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(format!("gateway:call:{}", request.call_sid))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let Some((replica, tenant)) = holder.as_deref().and_then(|h| h.split_once(' ')) else {
+        return Err(call_not_found(&request.call_sid));
+    };
+    if tenant != request.tenant || replica == telephony.calls.replica {
+        return Err(call_not_found(&request.call_sid));
+    }
+    let message = serde_json::to_string(request).map_err(|_| Problem::internal())?;
+    let listeners: i64 = redis::cmd("PUBLISH")
+        .arg(format!("gateway:replica:{replica}"))
+        .arg(message)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    if listeners == 0 {
+        // The holder is gone (its key outlives a crash until it expires).
+        return Err(call_not_found(&request.call_sid));
+    }
+    let wait = match &request.action {
+        Action::Say {
+            wait_ms: Some(ms), ..
+        } => Duration::from_millis(*ms),
+        _ => Duration::ZERO,
+    } + FORWARD_SLACK;
+    let deadline = tokio::time::Instant::now() + wait;
+    let reply = format!("gateway:reply:{}", request.request);
+    while tokio::time::Instant::now() < deadline {
+        // A short block at a time: the pool's connections are multiplexed and time out a
+        // command after 500 ms (Redis takes fractional timeouts since 6.0).
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(&reply)
+            .arg(0.25)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if let Some((_, answer)) = popped {
+            return serde_json::from_str(&answer).map_err(|_| Problem::internal());
+        }
+    }
+    Err(Problem::unavailable("The call's replica did not answer in time.").retry_after(1))
+}
+
+/// Runs the commands other replicas forward to this one, until shutdown; resubscribes when the
+/// connection is lost.
+pub(crate) async fn follow_forwarded(telephony: Telephony, redis_url: String) {
+    let channel = format!("gateway:replica:{}", telephony.calls.replica);
+    let shutdown = telephony.shutdown.clone();
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let subscribed = async {
+            let client = deadpool_redis::redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, deadpool_redis::redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        let mut messages = pubsub.into_on_message();
+        loop {
+            use futures::StreamExt as _;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = messages.next() => match message {
+                    Some(message) => {
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        let Ok(request) = serde_json::from_str::<Forwarded>(&payload) else {
+                            tracing::warn!("a forwarded call command could not be read");
+                            continue;
+                        };
+                        tokio::spawn(answer_forwarded(telephony.clone(), request));
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::warn!("lost the forwarded call commands' subscription; resubscribing");
+    }
+}
+
+async fn answer_forwarded(telephony: Telephony, request: Forwarded) {
+    let answer = async {
+        let tenant = Tenant::parse(&request.tenant).map_err(|_| Problem::internal())?;
+        let handle = telephony
+            .calls
+            .local(&request.call_sid, &tenant)
+            .ok_or_else(|| call_not_found(&request.call_sid))?;
+        match &request.action {
+            Action::Clear => run_clear(&handle, &request.call_sid).await,
+            Action::Say { .. } => {
+                let key_id = request
+                    .key_id
+                    .as_deref()
+                    .and_then(|id| ids::KeyId::parse(id).ok())
+                    .ok_or_else(Problem::internal)?;
+                let key = crate::keys::find_by_id(&telephony.peers.pool, key_id)
+                    .await
+                    .map_err(|_| Problem::unavailable("Keys cannot be checked right now."))?
+                    .filter(|k| k.tenant == tenant)
+                    .ok_or_else(|| call_not_found(&request.call_sid))?;
+                run_say(&handle, &request, key).await
+            }
+        }
+    }
+    .await
+    .unwrap_or_else(|problem| Answer::problem(&problem));
+    let replied = async {
+        let mut conn = redis_pool::get(&telephony.calls.redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = format!("gateway:reply:{}", request.request);
+        deadpool_redis::redis::pipe()
+            .cmd("RPUSH")
+            .arg(&reply)
+            .arg(serde_json::to_string(&answer).unwrap_or_default())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&reply)
+            .arg(60)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(error) = replied.await {
+        tracing::warn!(%error, "cannot answer a forwarded call command");
+    }
 }
 
 fn send_command(handle: &CallHandle, call_sid: &str, command: Command) -> Result<(), Problem> {
@@ -895,15 +1148,16 @@ pub(crate) async fn clear(
     call_sid: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let key = caller.require(Scope::Tts)?;
-    let handle = telephony
-        .calls
-        .local(&call_sid, &key.tenant)
-        .ok_or_else(|| call_not_found(&call_sid))?;
-    let (tx, rx) = oneshot::channel();
-    send_command(&handle, &call_sid, Command::Clear(tx))?;
-    let cleared = tokio::time::timeout(FORWARD_SLACK, rx)
-        .await
-        .map_err(|_| Problem::unavailable("The call did not answer in time.").retry_after(1))?
-        .map_err(|_| call_not_found(&call_sid))?;
-    Ok(HttpResponse::Ok().json(ClearAnswer { cleared }))
+    let request = Forwarded {
+        request: uuid::Uuid::new_v4().simple().to_string(),
+        call_sid: call_sid.into_inner(),
+        tenant: key.tenant.to_string(),
+        key_id: None,
+        action: Action::Clear,
+    };
+    let answer = match telephony.calls.local(&request.call_sid, &key.tenant) {
+        Some(handle) => run_clear(&handle, &request.call_sid).await,
+        None => forward(&telephony, &request).await,
+    };
+    answer.map(Answer::into_response)
 }

@@ -273,16 +273,26 @@ async fn wer_of(audio: &[u8], reference: &str) -> f64 {
 async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     let db = TestDatabase::create().await.unwrap();
     let numbers = json!([{"number": NUMBER, "tenant": "acme", "greeting": GREETING}]).to_string();
-    let stack = Stack::new(&db)
-        .with_tts()
-        .with_delivery()
-        .with_gateway()
-        .setting(Service::Gateway, "TWILIO_AUTH_TOKEN", TOKEN)
-        .setting(Service::Gateway, "TWILIO_ACCOUNT_SID", ACCOUNT)
-        .setting(Service::Gateway, "PUBLIC_BASE_URL", PUBLIC)
-        .setting(Service::Gateway, "TWILIO_NUMBERS", numbers)
-        .start()
-        .await;
+    let telephony = vec![
+        ("TWILIO_AUTH_TOKEN".to_owned(), TOKEN.to_owned()),
+        ("TWILIO_ACCOUNT_SID".to_owned(), ACCOUNT.to_owned()),
+        ("PUBLIC_BASE_URL".to_owned(), PUBLIC.to_owned()),
+        ("TWILIO_NUMBERS".to_owned(), numbers),
+    ];
+    let mut builder = Stack::new(&db).with_tts().with_delivery().with_gateway();
+    for (name, value) in &telephony {
+        builder = builder.setting(Service::Gateway, name, value.clone());
+    }
+    let stack = builder.start().await;
+    // A second replica of the gateway, on the same database and Redis: a say sent to it must
+    // reach the call the first one holds.
+    let signals = lifecycle::Signals::new();
+    let other = gateway::Application::build(
+        gateway::Settings::load(&stack.sources(Service::Gateway, Some(&telephony))).unwrap(),
+        signals.clone(),
+    )
+    .unwrap();
+    let other_base = format!("http://127.0.0.1:{}", other.port());
     let base = stack.http_url(Service::Gateway);
     let acme = stack.api_key("acme", &Scope::ALL).await;
     let globex = stack.api_key("globex", &Scope::ALL).await;
@@ -455,6 +465,33 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
     );
     assert!(wer_of(&twilio.utterance_audio(1), said).await <= 0.10);
 
+    // Through the other replica: forwarded to the one holding the call, and waited for there.
+    let other_say = format!("{other_base}/v1/calls/{call_sid}/say");
+    let (status, _, _) = call(
+        Method::POST,
+        &other_say,
+        &globex,
+        Some(json!({"text": "hi"})),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "another tenant's call does not exist on any replica"
+    );
+    let (status, _, answer) = call(
+        Method::POST,
+        &format!("{other_say}?wait=true"),
+        &acme,
+        Some(json!({"text": "One moment please."})),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("played")),
+        "{answer}"
+    );
+    assert!(wer_of(&twilio.utterance_audio(2), "One moment please.").await <= 0.10);
+
     // The caller presses a key.
     twilio
         .commands
@@ -513,7 +550,7 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
         panic!("the mark precedes the clear: {:?}", &got[clear_at - 1]);
     };
     assert_eq!(twilio.echoed().last(), Some(pending));
-    let interrupted_seconds = twilio.utterance_audio(2).len() as f64 / 8000.0;
+    let interrupted_seconds = twilio.utterance_audio(3).len() as f64 / 8000.0;
     println!("{interrupted_seconds:.2} s of the long say went out before the clear");
 
     // Twilio stops the stream; the call is gone.
@@ -566,14 +603,16 @@ async fn a_twilio_call_hears_its_greeting_and_says_and_can_be_interrupted() {
         .filter(|b| b["event_type"] == "call.utterance.played")
         .map(|b| b["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(played, ["played", "played", "interrupted"]);
+    assert_eq!(played, ["played", "played", "played", "interrupted"]);
     let completed = bodies.last().unwrap();
     assert_eq!(completed["call_sid"], call_sid);
     assert_eq!(completed["reason"], "stop");
-    assert_eq!(completed["utterances"], 3);
+    assert_eq!(completed["utterances"], 4);
     for body in &bodies {
         assert_matches_catalogue(body);
     }
+    signals.shutdown.cancel();
+    other.stopped().await.unwrap();
 }
 
 /// Each event carries exactly the catalogue's fields.
