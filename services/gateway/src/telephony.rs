@@ -150,12 +150,11 @@ impl TelephonySettings {
             }
             (None, None) => None,
         };
-        for (i, entry) in listed.into_iter().chain(single).enumerate() {
-            let name = if i == usize::MAX {
-                ""
-            } else {
-                "TWILIO_NUMBERS"
-            };
+        let entries = listed
+            .into_iter()
+            .map(|entry| ("TWILIO_NUMBERS", entry))
+            .chain(single.map(|entry| ("TWILIO_PHONE_NUMBER", entry)));
+        for (name, entry) in entries {
             if !e164(&entry.number) {
                 return Err(SettingError::new(
                     name,
