@@ -107,6 +107,10 @@ pub fn allowed_output(url: &str, finish: &FinishSettings) -> Result<(), String> 
     if parsed.scheme() != "https" {
         return Err("Replicate's output is not an https URL".to_owned());
     }
+    // An address literal is checked here; a name is checked as it resolves (egress::guard).
+    if let Err(refused) = finish.outbound.check_host(&parsed) {
+        return Err(format!("Replicate's output is refused: {refused}"));
+    }
     let allowed = finish
         .allowed_hosts
         .iter()
@@ -135,6 +139,14 @@ mod tests {
             download_attempts: 1,
             allowed_hosts: vec!["replicate.delivery".into(), "*.replicate.delivery".into()],
             strict_downloads: strict,
+            outbound: std::sync::Arc::new(egress::AddressPolicy::new(
+                if strict {
+                    settings::Environment::Production
+                } else {
+                    settings::Environment::Development
+                },
+                Vec::new(),
+            )),
             loudness_target: -16.0,
             fade_out: Duration::from_millis(50),
             format: audio_codec::AudioFormat::Mp3,

@@ -66,6 +66,9 @@ pub struct FinishSettings {
     pub fade_out: Duration,
     /// `AUDIO_FORMAT`: `mp3` or `wav`.
     pub format: audio_codec::AudioFormat,
+    /// Where outbound requests (outputs, Replicate's API) may connect: in production public
+    /// addresses only, plus `OUTBOUND_ALLOWED_NETWORKS`.
+    pub outbound: std::sync::Arc<egress::AddressPolicy>,
 }
 
 fn range<T: PartialOrd + Copy>(
@@ -209,6 +212,11 @@ impl WorkSettings {
                     .map(|h| h.trim().to_ascii_lowercase())
                     .collect(),
                 strict_downloads: environment == Environment::Production,
+                outbound: std::sync::Arc::new(egress::AddressPolicy::load(
+                    src,
+                    environment,
+                    "OUTBOUND_ALLOWED_NETWORKS",
+                )?),
                 loudness_target: range(
                     "AUDIO_LOUDNESS_TARGET",
                     src.or("AUDIO_LOUDNESS_TARGET", -16.0)?,

@@ -93,10 +93,12 @@ pub struct Finisher {
 }
 
 /// The HTTP client for outputs: no redirects (Replicate serves files directly, and a redirect
-/// could lead off the allow-list), the whole download bounded by `AUDIO_DOWNLOAD_TIMEOUT`.
+/// could lead off the allow-list), the whole download bounded by `AUDIO_DOWNLOAD_TIMEOUT`, and
+/// every host name checked as it resolves (no private address in production, whatever the name).
 pub fn download_client(finish: &FinishSettings) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = egress::guard(reqwest::Client::builder(), &finish.outbound);
+    builder
         .timeout(finish.download_timeout)
         .connect_timeout(finish.download_timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())

@@ -198,6 +198,7 @@ impl Application {
             &settings.replicate.api_url,
             settings.replicate.api_token.clone(),
             settings.replicate.timeout,
+            &settings.work.finish.outbound,
         );
         let submit_metrics = submitter::SubmitMetrics::register(metrics.registry());
         // One LISTEN connection wakes the submitter when a job is queued.

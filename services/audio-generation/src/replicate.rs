@@ -139,9 +139,15 @@ pub struct Replicate {
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl Replicate {
-    pub fn new(api_url: &Url, token: Option<SecretString>, timeout: Duration) -> Self {
+    /// A client of `api_url`, connecting only where `outbound` allows.
+    pub fn new(
+        api_url: &Url,
+        token: Option<SecretString>,
+        timeout: Duration,
+        outbound: &std::sync::Arc<egress::AddressPolicy>,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = egress::guard(reqwest::Client::builder(), outbound)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())

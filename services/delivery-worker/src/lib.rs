@@ -7,7 +7,8 @@
 //!   and per-endpoint limits, and records what became of them.
 //! - [`rules`]: what an attempt means (retry on a schedule, dead-letter, disable a failing
 //!   endpoint) and which operational events it raises, as pure functions.
-//! - [`sender`] and [`policy`]: the HTTP side, and where it may connect (SSRF protection).
+//! - [`sender`] and [`policy`] (the shared `egress` crate): the HTTP side, and where it may
+//!   connect (SSRF protection).
 //! - [`grpc`]: the `DeliveryService` API.
 //!
 //! One binary runs both roles; `WORKER_ENABLED=false` runs the API only.
@@ -16,7 +17,7 @@ pub mod clock;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
-pub mod policy;
+pub use egress as policy;
 pub mod retry;
 pub mod rules;
 pub mod sender;

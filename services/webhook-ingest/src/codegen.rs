@@ -52,9 +52,14 @@ pub struct Codegen {
 }
 
 impl Codegen {
-    pub fn new(settings: &CodegenSettings, redis: Pool) -> Result<Self, reqwest::Error> {
+    /// A client of the configured API, connecting only where `outbound` allows.
+    pub fn new(
+        settings: &CodegenSettings,
+        redis: Pool,
+        outbound: &std::sync::Arc<egress::AddressPolicy>,
+    ) -> Result<Self, reqwest::Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = egress::guard(reqwest::Client::builder(), outbound)
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

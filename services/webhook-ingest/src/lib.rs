@@ -111,6 +111,9 @@ pub struct Settings {
     /// The code-generation API agent runs are started on (`CODEGEN_API_URL`, `CODEGEN_ORG_ID`,
     /// `CODEGEN_TOKEN`), when configured.
     pub codegen: Option<codegen::CodegenSettings>,
+    /// Where outbound requests (the code-generation API, Replicate's signing secret) may
+    /// connect: in production public addresses only, plus `OUTBOUND_ALLOWED_NETWORKS`.
+    pub outbound: std::sync::Arc<egress::AddressPolicy>,
 }
 
 /// The route a source's webhooks arrive on, under which the monitor counts failures on too many
@@ -308,6 +311,11 @@ impl Settings {
             cors,
             rules,
             codegen,
+            outbound: std::sync::Arc::new(egress::AddressPolicy::load(
+                src,
+                common.environment,
+                "OUTBOUND_ALLOWED_NETWORKS",
+            )?),
             dispatch: dispatch::DispatchSettings::load(
                 src,
                 audio_generation.timeout.max(actions::LONGEST_HTTP_ACTION),
@@ -428,7 +436,13 @@ impl Application {
         let fetcher = settings
             .replicate_api_token
             .clone()
-            .map(|token| replicate_secret::Fetcher::new(&settings.replicate_api_url, token))
+            .map(|token| {
+                replicate_secret::Fetcher::new(
+                    &settings.replicate_api_url,
+                    token,
+                    &settings.outbound,
+                )
+            })
             .transpose()?;
         let replicate_secret = replicate_secret::ReplicateSecret::new(
             settings.replicate_webhook_secret.clone(),
@@ -458,7 +472,7 @@ impl Application {
                 codegen: settings
                     .codegen
                     .as_ref()
-                    .map(|c| codegen::Codegen::new(c, redis.clone()))
+                    .map(|c| codegen::Codegen::new(c, redis.clone(), &settings.outbound))
                     .transpose()?,
             },
             monitor.clone(),

@@ -23,11 +23,16 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher of `{api_url}/v1/webhooks/default/secret` with `token`.
-    pub fn new(api_url: &Url, token: SecretString) -> Result<Self, reqwest::Error> {
+    /// A fetcher of `{api_url}/v1/webhooks/default/secret` with `token`, connecting only where
+    /// `outbound` allows.
+    pub fn new(
+        api_url: &Url,
+        token: SecretString,
+        outbound: &std::sync::Arc<egress::AddressPolicy>,
+    ) -> Result<Self, reqwest::Error> {
         // ring is the TLS crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = egress::guard(reqwest::Client::builder(), outbound)
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

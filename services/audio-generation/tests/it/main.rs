@@ -1,6 +1,7 @@
 //! Integration tests of `audio-generation`: the real service on port 0 with its real gRPC peer
 //! (`delivery-worker`) against the real PostgreSQL.
 
+mod egress;
 mod end_to_end;
 mod jobs;
 mod submission;

@@ -5,6 +5,7 @@
 mod audio;
 mod http;
 mod inbound;
+mod isolation;
 mod keys;
 mod limits;
 mod openai;

@@ -1,17 +1,23 @@
-//! Which addresses webhooks may be sent to (server-side request forgery protection).
+//! Where Sonora's outbound HTTP requests may go: server-side request forgery protection, shared
+//! by every service that fetches a URL. delivery-worker sends partner webhooks to URLs tenants
+//! give (allow-list `WEBHOOK_ALLOWED_NETWORKS`); audio-generation downloads Replicate's outputs,
+//! whose URLs arrive in webhooks, and calls Replicate's API; webhook-ingest calls the
+//! code-generation API and fetches Replicate's signing secret (allow-list
+//! `OUTBOUND_ALLOWED_NETWORKS` for the last two services).
 //!
-//! In production only public unicast addresses are allowed, plus the networks an operator lists
-//! in `WEBHOOK_ALLOWED_NETWORKS`; loopback, private, link-local (cloud metadata at
-//! 169.254.169.254), carrier-grade NAT, multicast, documentation and other special ranges are
-//! refused. Host names that are private by definition (`localhost`, single labels, `.internal`,
-//! `.local`, `.home.arpa`) are refused as written, whatever they resolve to here and now.
+//! In production only public unicast addresses are allowed, plus the networks an operator lists;
+//! loopback, private, link-local (cloud metadata at 169.254.169.254), carrier-grade NAT,
+//! multicast, documentation and other special ranges are refused. Host names that are private by
+//! definition (`localhost`, single labels, `.internal`, `.local`, `.home.arpa`) are refused as
+//! written, whatever they resolve to here and now.
 //!
 //! The checks run at three moments: on the URL as written, whenever it is saved and before every
-//! attempt ([`AddressPolicy::check_url`]); when an endpoint is saved, on every address its host
-//! name resolves to, so a URL that would only ever fail is refused to the client at once
-//! ([`AddressPolicy::check_destination`]); and on every address a name resolves to at delivery
-//! time ([`PolicyResolver`]), so a name that later resolves to a private address is still
-//! refused. Development allows every address and name, so a local receiver works.
+//! request ([`AddressPolicy::check_url`]); when a partner endpoint is saved, on every address its
+//! host name resolves to, so a URL that would only ever fail is refused to the client at once
+//! ([`AddressPolicy::check_destination`]); and on every address a name resolves to when a
+//! connection is made ([`PolicyResolver`], installed by [`guard`]), so a name that later resolves
+//! to a private address (DNS rebinding) is still refused. Development allows every address and
+//! name, so local receivers and fakes work.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -61,7 +67,7 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// Where webhooks may go.
+/// Where outbound requests may go.
 #[derive(Debug, Clone)]
 pub struct AddressPolicy {
     environment: Environment,
@@ -78,7 +84,7 @@ pub enum UrlRefused {
     Scheme,
     #[error("the URL must not carry a user name or password")]
     Credentials,
-    #[error("the address {0} is not public and not in WEBHOOK_ALLOWED_NETWORKS")]
+    #[error("the address {0} is not public and not in the allowed networks")]
     Address(IpAddr),
     #[error(
         "the host name is private by definition (localhost, a single label, or a name under \
@@ -87,8 +93,8 @@ pub enum UrlRefused {
     PrivateName,
     // The addresses are not named: they would tell a client how this network resolves names.
     #[error(
-        "the host name resolves to an address that is not public and not in \
-         WEBHOOK_ALLOWED_NETWORKS"
+        "the host name resolves to an address that is not public and not in the allowed \
+         networks"
     )]
     ResolvesPrivate,
     #[error("the host name does not resolve")]
@@ -113,6 +119,16 @@ pub fn is_private_name(host: &str) -> bool {
 }
 
 impl AddressPolicy {
+    /// The policy of `environment`, opened to the networks listed (CIDRs, comma-separated) in
+    /// the setting named `setting`.
+    pub fn load(
+        src: &settings::Sources,
+        environment: Environment,
+        setting: &str,
+    ) -> Result<Self, settings::SettingError> {
+        Ok(Self::new(environment, src.or(setting, Vec::new())?))
+    }
+
     pub fn new(environment: Environment, allowed: Vec<IpNet>) -> Self {
         Self {
             environment,
@@ -140,23 +156,28 @@ impl AddressPolicy {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlRefused::Credentials);
         }
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(name)) => {
-                if self.environment != Environment::Development && is_private_name(name) {
-                    return Err(UrlRefused::PrivateName);
-                }
-                None
-            }
-            None => return Err(UrlRefused::Invalid("it has no host".to_owned())),
-        };
-        if let Some(ip) = ip
-            && !self.allows(ip)
-        {
-            return Err(UrlRefused::Address(ip));
-        }
+        self.check_host(&url)?;
         Ok(url)
+    }
+
+    /// Checks a URL's host only (an IP literal against the policy; in production, names private
+    /// by definition), for URLs whose scheme the caller decides.
+    pub fn check_host(&self, url: &Url) -> Result<(), UrlRefused> {
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) if !self.allows(IpAddr::V4(ip)) => {
+                Err(UrlRefused::Address(IpAddr::V4(ip)))
+            }
+            Some(url::Host::Ipv6(ip)) if !self.allows(IpAddr::V6(ip)) => {
+                Err(UrlRefused::Address(IpAddr::V6(ip)))
+            }
+            Some(url::Host::Domain(name))
+                if self.environment != Environment::Development && is_private_name(name) =>
+            {
+                Err(UrlRefused::PrivateName)
+            }
+            None => Err(UrlRefused::Invalid("it has no host".to_owned())),
+            _ => Ok(()),
+        }
     }
 
     /// Checks where a URL that passed [`Self::check_url`] leads, when it is saved: in production
@@ -196,6 +217,22 @@ impl AddressPolicy {
             Err(UrlRefused::ResolvesPrivate)
         }
     }
+}
+
+/// `builder` with the policy's resolver when it restricts anything (not in development), so every
+/// host name the client connects to is checked as it resolves. An IP literal is not resolved:
+/// callers check each URL with [`AddressPolicy::check_url`] (or [`AddressPolicy::check_host`])
+/// before sending it.
+pub fn guard(
+    builder: reqwest::ClientBuilder,
+    policy: &Arc<AddressPolicy>,
+) -> reqwest::ClientBuilder {
+    if policy.environment == Environment::Development {
+        return builder;
+    }
+    builder.dns_resolver(Arc::new(PolicyResolver {
+        policy: Arc::clone(policy),
+    }))
 }
 
 /// A DNS resolver for the HTTP client that drops every address the policy refuses, so a host
