@@ -303,10 +303,8 @@ fn forbidden(detail: &str) -> Problem {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource(VOICE_PATH, "POST").route(web::post().to(voice)))
         .service(resource(MEDIA_PATH, "GET").route(web::get().to(calls::media)))
-        .service(resource("/v1/calls/{call_sid}/say", "POST").route(web::post().to(calls::say)))
-        .service(
-            resource("/v1/calls/{call_sid}/clear", "POST").route(web::post().to(calls::clear)),
-        );
+        .service(resource("/v1/calls/{id}/say", "POST").route(web::post().to(calls::say)))
+        .service(resource("/v1/calls/{id}/clear", "POST").route(web::post().to(calls::clear)));
 }
 
 /// Escapes text for an XML attribute or element.

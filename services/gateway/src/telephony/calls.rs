@@ -760,9 +760,9 @@ pub(crate) struct SayAnswer {
 /// (200), or 202 when `timeout_ms` ran out first. A call of another tenant is 404.
 #[utoipa::path(
     post,
-    path = "/v1/calls/{call_sid}/say",
+    path = "/v1/calls/{id}/say",
     tag = crate::openapi::tag::SPEECH,
-    params(("call_sid" = String, Path, description = "Twilio's `CallSid`."), SayQuery),
+    params(("id" = String, Path, description = "The call: Twilio's `CallSid`."), SayQuery),
     request_body = SayBody,
     responses(
         (status = 200, description = "The utterance ended (with `wait=true`).", body = SayAnswer),
@@ -1131,9 +1131,9 @@ pub(crate) struct ClearAnswer {
 /// queued utterances are dropped; their `say?wait=true` calls return `interrupted` or `cleared`.
 #[utoipa::path(
     post,
-    path = "/v1/calls/{call_sid}/clear",
+    path = "/v1/calls/{id}/clear",
     tag = crate::openapi::tag::SPEECH,
-    params(("call_sid" = String, Path, description = "Twilio's `CallSid`.")),
+    params(("id" = String, Path, description = "The call: Twilio's `CallSid`.")),
     responses(
         (status = 200, description = "Cleared.", body = ClearAnswer),
         (status = 403, response = crate::openapi::Forbidden),
