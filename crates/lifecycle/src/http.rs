@@ -159,12 +159,23 @@ impl futures::Stream for DeadlineStream {
     }
 }
 
-/// Gives every request body the deadline of the app's [`BodyDeadline`], if it has one.
+/// Gives every request body the deadline of the app's [`BodyDeadline`], if it has one. A
+/// WebSocket upgrade is exempt: its "body" is the connection itself, which lasts as long as the
+/// session and is bounded by the route's own idle and duration limits.
 pub async fn body_deadline(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(deadline) = req.app_data::<web::Data<BodyDeadline>>().map(|d| d.0) {
+    let websocket = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if let Some(deadline) = req
+        .app_data::<web::Data<BodyDeadline>>()
+        .map(|d| d.0)
+        .filter(|_| !websocket)
+    {
         let inner = actix_web::HttpMessage::take_payload(&mut req);
         let stream = DeadlineStream {
             inner,

@@ -85,6 +85,22 @@ pub mod events {
             "audio.job.failed",
             include_str!("../../../proto/events/audio.job.failed.json"),
         ),
+        (
+            "call.started",
+            include_str!("../../../proto/events/call.started.json"),
+        ),
+        (
+            "call.dtmf",
+            include_str!("../../../proto/events/call.dtmf.json"),
+        ),
+        (
+            "call.utterance.played",
+            include_str!("../../../proto/events/call.utterance.played.json"),
+        ),
+        (
+            "call.completed",
+            include_str!("../../../proto/events/call.completed.json"),
+        ),
     ];
 }
 

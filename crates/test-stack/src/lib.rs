@@ -277,7 +277,7 @@ impl Stack {
 
     /// The settings of `service` on this stack: the shared database and Redis, the peers started
     /// so far, the test keys, then the test's own overrides.
-    fn sources(
+    pub fn sources(
         &self,
         service: Service,
         overrides: Option<&Vec<(String, String)>>,

@@ -322,6 +322,13 @@ value as unset and stops at start-up naming the setting (NOTES warns). */ -}}
       # Required in production, where the gateway stops at start-up naming it;
       # a development gateway without it uses its development pepper.
       optional: true
+- name: TWILIO_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sonora.secretName" $root }}
+      key: {{ $root.Values.secrets.twilioAuthTokenKey }}
+      # Without it telephony is off.
+      optional: true
 {{- end }}
 {{- if and (eq $name "audio-generation") (not (hasKey $env "AUDIO_STORAGE_S3_SECRET_ACCESS_KEY_FILE")) }}
 - name: AUDIO_STORAGE_S3_SECRET_ACCESS_KEY

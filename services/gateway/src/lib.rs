@@ -23,7 +23,9 @@ pub mod legacy_metrics;
 pub mod openai;
 pub mod openapi;
 pub mod ratelimit;
+pub mod realtime;
 pub mod routes;
+pub mod telephony;
 pub mod token;
 pub mod usage;
 pub mod voices;
@@ -83,6 +85,10 @@ pub struct Settings {
     pub openai_voices: openai::VoiceMap,
     /// `CONSOLE_ENABLED`, `CONSOLE_SESSION_TTL`: the browser console at `/console`.
     pub console: console::ConsoleSettings,
+    /// `REALTIME_*`: the limits of `/v1/tts/realtime`.
+    pub realtime: realtime::RealtimeSettings,
+    /// `TWILIO_*` and `PUBLIC_BASE_URL`: phone calls over Twilio Media Streams.
+    pub telephony: telephony::TelephonySettings,
 }
 
 /// What a browser's preflight may ask the API for.
@@ -174,6 +180,8 @@ impl Settings {
             api_keys: ApiKeySettings::load(src, common.environment)?,
             openai_voices: src.or("OPENAI_VOICE_MAP", openai::VoiceMap::default())?,
             console: console::ConsoleSettings::load(src)?,
+            realtime: realtime::RealtimeSettings::load(src)?,
+            telephony: telephony::TelephonySettings::load(src, common.environment)?,
             common,
             internal_auth: InternalAuthSettings::load(src, NAME)?,
             http_addr: src.or("HTTP_ADDR", ([0, 0, 0, 0], 8080).into())?,
@@ -368,6 +376,18 @@ impl Application {
         let endpoint_rules = web::Data::new(webhooks::EndpointRules {
             production: settings.common.environment == settings::Environment::Production,
         });
+        let realtime_data = web::Data::new(realtime::Realtime::new(
+            settings.realtime.clone(),
+            signals.shutdown.clone(),
+        ));
+        let telephony_data = web::Data::new(telephony::Telephony::new(
+            settings.telephony.clone(),
+            peers.clone(),
+            webhooks::Client::new(delivery.channel()),
+            redis.clone(),
+            settings.redis.url.expose().to_owned(),
+            signals.shutdown.clone(),
+        ));
         let ops = serve_ops(
             settings.ops_addr,
             readiness.clone(),
@@ -401,6 +421,8 @@ impl Application {
                     .app_data(limiter.clone())
                     .app_data(meter.clone())
                     .app_data(pool.clone())
+                    .app_data(realtime_data.clone())
+                    .app_data(telephony_data.clone())
                     .wrap(actix_web::middleware::from_fn(ratelimit::middleware))
                     .wrap(actix_web::middleware::from_fn(lifecycle::cors::middleware))
                     .app_data(
@@ -424,6 +446,8 @@ impl Application {
                             console::configure(cfg);
                         }
                     })
+                    .configure(realtime::configure)
+                    .configure(telephony::configure)
                     .default_service(web::to(http_problem::not_found))
             },
             readiness,

@@ -103,6 +103,8 @@ pub mod tag {
         crate::inbound::list_events,
         crate::inbound::get_event,
         crate::inbound::redrive,
+        crate::telephony::calls::say,
+        crate::telephony::calls::clear,
     ),
     components(responses(
         BadRequest,

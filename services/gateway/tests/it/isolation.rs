@@ -185,6 +185,15 @@ fn routes() -> Vec<Route> {
             INBOUND,
             Some(|_| json!({})),
         ),
+        // No live call here: any call is 404 for the second tenant, like a call that does not
+        // exist (tests/it/telephony.rs checks it on a live call).
+        route(
+            M::POST,
+            "/v1/calls/{call}/say",
+            &[Scope::Tts],
+            Some(|_| json!({"text": "Hello."})),
+        ),
+        route(M::POST, "/v1/calls/{call}/clear", &[Scope::Tts], None),
     ]
 }
 

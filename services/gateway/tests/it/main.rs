@@ -12,6 +12,8 @@ mod limits;
 mod openai;
 mod openapi;
 mod properties;
+mod realtime;
+mod telephony;
 mod webhooks;
 
 use std::time::Duration;
