@@ -23,7 +23,7 @@ use crate::webhooks::{call, refused};
 const TOKEN: &str = "cg-test-token-0123456789";
 
 /// Posts `body` to webhook-ingest's `path` as a Standard Webhooks sender with `secret`.
-async fn post_signed(base: &str, path: &str, id: &str, body: &str, secret: &str) -> u16 {
+pub(crate) async fn post_signed(base: &str, path: &str, id: &str, body: &str, secret: &str) -> u16 {
     let now = chrono::Utc::now().timestamp();
     let key = SigningKey::parse(secret).unwrap();
     http_client()

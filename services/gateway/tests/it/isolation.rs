@@ -11,9 +11,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use test_stack::{Service, Stack};
 use test_support::{TestDatabase, eventually, http_client, receiver::Receiver};
-use webhook_signature::{SigningKey, signature_header};
 
-use crate::webhooks::call;
+use crate::{inbound::post_signed, webhooks::call, without_plan_limits};
 
 /// A route: method, path (with `{id}`/`{name}` standing for a resource of the first tenant),
 /// the scopes it needs, and the body a valid request sends.
@@ -268,29 +267,19 @@ fn assert_problem(what: &str, (status, content_type, body): &(u16, String, Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
     let db = TestDatabase::create().await.unwrap();
-    let stack = Stack::new(&db)
-        .with_tts()
-        .with_delivery()
-        .with_ingest()
-        .with_audio()
-        .with_gateway()
-        .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_SCHEDULE", "50ms")
-        .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_JITTER", "0")
-        // Hundreds of calls in a few seconds: the limits are not what is tested here.
-        .setting(Service::Gateway, "RATE_LIMIT_PER_IP", "10000/s,burst=10000")
-        .setting(Service::Gateway, "RATE_LIMIT_FREE", "10000/s,burst=10000")
-        .setting(
-            Service::Gateway,
-            "RATE_LIMIT_STANDARD",
-            "10000/s,burst=10000",
-        )
-        .setting(
-            Service::Gateway,
-            "RATE_LIMIT_ENTERPRISE",
-            "10000/s,burst=10000",
-        )
-        .start()
-        .await;
+    // Hundreds of calls in a few seconds: the limits are not what is tested here.
+    let stack = without_plan_limits(
+        Stack::new(&db)
+            .with_tts()
+            .with_delivery()
+            .with_ingest()
+            .with_audio()
+            .with_gateway()
+            .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_SCHEDULE", "50ms")
+            .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_JITTER", "0"),
+    )
+    .start()
+    .await;
     test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
     let base = stack.http_url(Service::Gateway);
     let ingest = stack.http_url(Service::WebhookIngest);
@@ -378,26 +367,11 @@ async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
     let body = r#"{"type":"order.created","id":1}"#;
-    let now = Utc::now().timestamp();
-    let signed = http_client()
-        .post(format!("{ingest}/api/v1/webhooks/{source}"))
-        .header("content-type", "application/json")
-        .header("webhook-id", "msg_matrix_1")
-        .header("webhook-timestamp", now.to_string())
-        .header(
-            "webhook-signature",
-            signature_header(
-                &[SigningKey::parse(&secret).unwrap()],
-                "msg_matrix_1",
-                now,
-                body.as_bytes(),
-            ),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed.status(), 200);
+    let path = format!("/api/v1/webhooks/{source}");
+    assert_eq!(
+        post_signed(&ingest, &path, "msg_matrix_1", body, &secret).await,
+        200
+    );
     let event = eventually(Duration::from_secs(20), "an inbound event", || {
         let (base, acme) = (base.clone(), acme.clone());
         async move {

@@ -76,6 +76,21 @@ async fn start(options: Options) -> (Gateway, Option<(TcpProxy, TcpProxy)>) {
     (gateway, proxies)
 }
 
+/// `builder` with every plan's per-key rate far above what a test sends, for tests that make
+/// hundreds of calls in seconds and test something else (the per-IP limit is already lifted by
+/// the test stack).
+fn without_plan_limits(builder: test_stack::StackBuilder) -> test_stack::StackBuilder {
+    [
+        "RATE_LIMIT_FREE",
+        "RATE_LIMIT_STANDARD",
+        "RATE_LIMIT_ENTERPRISE",
+    ]
+    .into_iter()
+    .fold(builder, |b, plan| {
+        b.setting(Service::Gateway, plan, "100000/s,burst=100000")
+    })
+}
+
 async fn plain() -> Gateway {
     start(Options {
         proxied: false,

@@ -19,6 +19,8 @@ use serde_json::{Map, Value, json};
 use test_stack::{Service, Simulator, Stack};
 use test_support::{TestDatabase, eventually, http_client};
 
+use crate::without_plan_limits;
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -172,33 +174,19 @@ fn block<T>(future: impl std::future::Future<Output = T>) -> T {
 async fn whatever_clients_send_is_refused_cleanly_or_served() {
     let db = TestDatabase::create().await.unwrap();
     let sim = Simulator::start(&[("SIMULATOR_GENERATION_DELAY", "100ms")]);
-    let stack = Stack::new(&db)
-        .with_tts()
-        .with_delivery()
-        .with_ingest()
-        .with_audio()
-        .with_gateway()
-        .replicate(&sim)
-        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
-        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
-        .setting(
-            Service::Gateway,
-            "RATE_LIMIT_PER_IP",
-            "100000/s,burst=100000",
-        )
-        .setting(Service::Gateway, "RATE_LIMIT_FREE", "100000/s,burst=100000")
-        .setting(
-            Service::Gateway,
-            "RATE_LIMIT_STANDARD",
-            "100000/s,burst=100000",
-        )
-        .setting(
-            Service::Gateway,
-            "RATE_LIMIT_ENTERPRISE",
-            "100000/s,burst=100000",
-        )
-        .start()
-        .await;
+    let stack = without_plan_limits(
+        Stack::new(&db)
+            .with_tts()
+            .with_delivery()
+            .with_ingest()
+            .with_audio()
+            .with_gateway()
+            .replicate(&sim)
+            .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
+            .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms"),
+    )
+    .start()
+    .await;
     let base = stack.http_url(Service::Gateway);
     let key = stack.api_key("acme", &Scope::ALL).await;
 
