@@ -162,16 +162,22 @@ fetch_listener_model() {
 MOTO_REQUIREMENT='moto[server]==5.2.5'
 SONORA_TOOLS=${SONORA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sonora-tools}
 
-install_moto() {
-  local venv="$SONORA_TOOLS/moto-venv"
-  if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$venv/.sonora-requirements" 2>/dev/null)" != "$MOTO_REQUIREMENT" ]; then
-    log "installing $MOTO_REQUIREMENT into $venv (once)"
+# A venv of its own under $SONORA_TOOLS with REQUIREMENT installed, made or remade only when the
+# requirement changed or EXECUTABLE (a path inside the venv) is missing.
+pinned_venv() {
+  local venv="$SONORA_TOOLS/$1" requirement=$2 executable=$3
+  if [ ! -x "$venv/$executable" ] || [ "$(cat "$venv/.sonora-requirements" 2>/dev/null)" != "$requirement" ]; then
+    log "installing $requirement into $venv (once)"
     mkdir -p "$SONORA_TOOLS"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT"
-    printf '%s\n' "$MOTO_REQUIREMENT" >"$venv/.sonora-requirements"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$requirement"
+    printf '%s\n' "$requirement" >"$venv/.sonora-requirements"
   fi
-  export TEST_MOTO_SERVER="$venv/bin/moto_server"
+}
+
+install_moto() {
+  pinned_venv moto-venv "$MOTO_REQUIREMENT" bin/moto_server
+  export TEST_MOTO_SERVER="$SONORA_TOOLS/moto-venv/bin/moto_server"
 }
 
 # OpenAI's Python SDK, which the gateway's `openai` tests drive against /v1/audio/speech: the
@@ -180,15 +186,8 @@ install_moto() {
 OPENAI_SDK_REQUIREMENT='openai==3.57.0'
 
 install_openai_sdk() {
-  local venv="$SONORA_TOOLS/openai-venv"
-  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.sonora-requirements" 2>/dev/null)" != "$OPENAI_SDK_REQUIREMENT" ]; then
-    log "installing $OPENAI_SDK_REQUIREMENT into $venv (once)"
-    mkdir -p "$SONORA_TOOLS"
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$OPENAI_SDK_REQUIREMENT"
-    printf '%s\n' "$OPENAI_SDK_REQUIREMENT" >"$venv/.sonora-requirements"
-  fi
-  export TEST_OPENAI_PYTHON="$venv/bin/python"
+  pinned_venv openai-venv "$OPENAI_SDK_REQUIREMENT" bin/python
+  export TEST_OPENAI_PYTHON="$SONORA_TOOLS/openai-venv/bin/python"
 }
 
 # Development-only secrets of the inbound webhooks, made once per machine and kept outside the
