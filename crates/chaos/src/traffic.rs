@@ -292,9 +292,7 @@ impl Traffic {
         };
         let start = self.now();
         let response = self
-            .client
-            .post(format!("{}{path}", self.stack.gateway_url(replica)))
-            .header("x-api-key", &self.stack.api_key)
+            .gateway_request(replica, Method::POST, path)
             .json(&body)
             .send()
             .await;
@@ -368,9 +366,7 @@ impl Traffic {
         };
         let start = self.now();
         let response = self
-            .client
-            .post(format!("{}{path}", self.stack.gateway_url(replica)))
-            .header("x-api-key", &self.stack.api_key)
+            .gateway_request(replica, Method::POST, path)
             .json(&body)
             .send()
             .await;
@@ -639,6 +635,13 @@ impl Traffic {
         }
     }
 
+    /// A request to a gateway replica with the run's API key.
+    fn gateway_request(&self, replica: u8, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.stack.gateway_url(replica)))
+            .header("x-api-key", &self.stack.api_key)
+    }
+
     /// A JSON call to a gateway replica, recorded; the body of a 2xx answer.
     async fn gateway_call(
         &self,
@@ -650,10 +653,7 @@ impl Traffic {
     ) -> Option<Value> {
         let target = Self::gateway(replica);
         let start = self.now();
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.stack.gateway_url(replica)))
-            .header("x-api-key", &self.stack.api_key);
+        let mut request = self.gateway_request(replica, method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
