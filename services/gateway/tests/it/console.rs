@@ -778,6 +778,22 @@ impl Shots {
     }
 }
 
+/// Clicks the element `locator` finds.
+async fn click(browser: &Browser, locator: Locator<'_>) {
+    browser.find(locator).await.unwrap().click().await.unwrap();
+}
+
+/// Types `text` into the element `locator` finds.
+async fn type_into(browser: &Browser, locator: Locator<'_>, text: &str) {
+    browser
+        .find(locator)
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn text_of(browser: &Browser, css: &str) -> String {
     browser
         .find(Locator::Css(css))
@@ -817,20 +833,8 @@ async fn browser_sign_in(browser: &Browser, base: &str, key: &str) {
         .goto(&format!("{base}/console/sign-in"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("key"))
-        .await
-        .unwrap()
-        .send_keys(key)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(browser, Locator::Id("key"), key).await;
+    click(browser, Locator::Id("sign-in")).await;
     wait_for(browser, "#tenant").await;
 }
 
@@ -887,20 +891,8 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
 
     // Create a key: shown once.
     browser.goto(&format!("{base}/console/keys")).await.unwrap();
-    browser
-        .find(Locator::Id("key-name"))
-        .await
-        .unwrap()
-        .send_keys("made in the browser")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#create-key button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(browser, Locator::Id("key-name"), "made in the browser").await;
+    click(browser, Locator::Css("#create-key button[type=submit]")).await;
     let created = wait_for(browser, "#created-key code")
         .await
         .text()
@@ -935,13 +927,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
             .contains("en_US-joe-medium"),
         "the catalogue lists the voice"
     );
-    browser
-        .find(Locator::Id("pg-speak"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("pg-speak")).await;
     let mut duration = 0.0;
     for _ in 0..120 {
         duration = browser
@@ -968,13 +954,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         .unwrap();
     assert!(words.len() >= 5, "word timings shown: {}", words.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    browser
-        .find(Locator::Id("pg-copy-curl"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("pg-copy-curl")).await;
     let curl = text_of(browser, "#pg-curl").await;
     assert!(
         curl.contains("/v1/tts") && curl.contains("Hello from Sonora"),
@@ -988,27 +968,18 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         .goto(&format!("{base}/console/endpoints"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("url"))
-        .await
-        .unwrap()
-        .send_keys(&receiver.url("/hook"))
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("description"))
-        .await
-        .unwrap()
-        .send_keys("Receiver <b>in the test</b>")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#create-endpoint button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(browser, Locator::Id("url"), &receiver.url("/hook")).await;
+    type_into(
+        browser,
+        Locator::Id("description"),
+        "Receiver <b>in the test</b>",
+    )
+    .await;
+    click(
+        browser,
+        Locator::Css("#create-endpoint button[type=submit]"),
+    )
+    .await;
     wait_for(browser, "#endpoint-url").await;
     assert_eq!(
         text_of(browser, "#endpoint-url").await,
@@ -1021,13 +992,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     let endpoint_page = browser.current_url().await.unwrap().to_string();
 
     // Reveal the secret and give it to the receiver, which refuses unsigned webhooks.
-    browser
-        .find(Locator::Id("reveal-secret"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("reveal-secret")).await;
     let secret = wait_for(browser, "#secret-value code")
         .await
         .text()
@@ -1037,13 +1002,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     receiver.trust("/hook", &secret);
 
     // A test event, its delivery and attempt.
-    browser
-        .find(Locator::Id("send-test"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("send-test")).await;
     wait_for(browser, "#flash:not([hidden])").await;
     reload_until(
         browser,
@@ -1057,15 +1016,11 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     )
     .await;
     assert!(summary.contains("HTTP 200"), "{summary}");
-    browser
-        .find(Locator::Css(
-            "li.delivery[data-status=delivered] details.attempt summary",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        browser,
+        Locator::Css("li.delivery[data-status=delivered] details.attempt summary"),
+    )
+    .await;
     let headers = text_of(browser, "li.delivery[data-status=delivered] table.headers").await;
     assert!(headers.contains("webhook-id"), "{headers}");
     assert!(receiver.received_on("/hook").iter().any(|r| r.verified));
@@ -1073,13 +1028,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
 
     // The receiver fails: the failure shows, and is retried once it recovers.
     receiver.set("/hook", Behavior::status(503));
-    browser
-        .find(Locator::Id("send-test"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("send-test")).await;
     reload_until(
         browser,
         "li.delivery:not([data-status=delivered]) details.attempt",
@@ -1094,15 +1043,11 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     assert!(failed.contains("HTTP 503"), "{failed}");
     shots.take(browser, "endpoint-failing").await;
     receiver.set("/hook", Behavior::status(200));
-    browser
-        .find(Locator::Css(
-            "li.delivery:not([data-status=delivered]) button.retry",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        browser,
+        Locator::Css("li.delivery:not([data-status=delivered]) button.retry"),
+    )
+    .await;
     reload_until(
         browser,
         "#delivery-list:not(:has(li.delivery:not([data-status=delivered])))",
@@ -1125,20 +1070,8 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         .await
         .unwrap();
     wait_for(browser, "#no-sources").await;
-    browser
-        .find(Locator::Id("source-name"))
-        .await
-        .unwrap()
-        .send_keys("partner-crm")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#create-source button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(browser, Locator::Id("source-name"), "partner-crm").await;
+    click(browser, Locator::Css("#create-source button[type=submit]")).await;
     let source_secret = wait_for(browser, "#source-secret code")
         .await
         .text()
@@ -1167,13 +1100,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     }
 
     // Sign out: the pages are closed again.
-    browser
-        .find(Locator::Id("sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Id("sign-out")).await;
     wait_for(browser, "#sign-in").await;
     browser
         .goto(&format!("{base}/console/endpoints"))
