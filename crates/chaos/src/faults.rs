@@ -70,10 +70,13 @@ impl Fault {
                             && matches!(record.kind, Kind::EndpointChange | Kind::EndpointRotation)
                     }
                 };
+                // Source rotations go to webhook-ingest's first replica, and so does an
+                // endpoint change: the gateway asks it whether the inbound sources the endpoint
+                // subscribes to exist.
                 direct
                     || (instance.service == Service::WebhookIngest
                         && instance.replica == 1
-                        && record.kind == Kind::SourceRotation)
+                        && matches!(record.kind, Kind::SourceRotation | Kind::EndpointChange))
             }
             Self::PostgresRestart | Self::RedisStop(_) => true,
             Self::NetworkCut(_) => record.kind.is_speech(),
