@@ -18,7 +18,7 @@
 pub mod relay;
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, Text, Timestamptz};
+use diesel::sql_types::{Array, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use ids::{EventId, Tenant};
@@ -101,6 +101,7 @@ impl Event {
 
 /// Writes `event` into the outbox inside the caller's transaction (`conn` must be in one, with
 /// its `search_path` on the owning schema) and wakes the relays when that transaction commits.
+/// The current span's trace goes with the event, so its deliveries join that trace.
 pub async fn enqueue(
     conn: &mut AsyncPgConnection,
     event: &Event,
@@ -108,8 +109,8 @@ pub async fn enqueue(
 ) -> Result<EventId, diesel::result::Error> {
     let id = EventId::new();
     diesel::sql_query(
-        "INSERT INTO outbox (id, tenant, aggregate, event_type, payload, channels, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO outbox (id, tenant, aggregate, event_type, payload, channels, created_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind::<Text, _>(id)
     .bind::<Text, _>(&event.tenant)
@@ -118,6 +119,7 @@ pub async fn enqueue(
     .bind::<Text, _>(&event.payload)
     .bind::<Array<Text>, _>(&event.channels)
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(telemetry::propagation::current_traceparent())
     .execute(conn)
     .await?;
     // Delivered at commit, and not at all on rollback.

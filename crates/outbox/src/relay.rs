@@ -155,6 +155,8 @@ struct PendingRow {
     payload: String,
     #[diesel(sql_type = Array<Text>)]
     channels: Vec<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
 }
 
 /// Events a relay holds the claim of, oldest first.
@@ -253,7 +255,7 @@ impl Relay {
                        ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      UPDATE outbox o SET claim_id = $3, lease_expires_at = $4, attempts = o.attempts + 1 \
                      FROM candidates c WHERE o.id = c.id \
-                     RETURNING o.id, o.seq, o.tenant, o.event_type, o.payload, o.channels",
+                     RETURNING o.id, o.seq, o.tenant, o.event_type, o.payload, o.channels, o.traceparent",
                 )
                 .bind::<Timestamptz, _>(now)
                 .bind::<BigInt, _>(limit)
@@ -279,6 +281,7 @@ impl Relay {
                     event_type: e.event_type.clone(),
                     payload_json: e.payload.clone(),
                     channels: e.channels.clone(),
+                    traceparent: e.traceparent.clone().unwrap_or_default(),
                 })
                 .collect(),
         };

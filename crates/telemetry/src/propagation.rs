@@ -3,10 +3,16 @@
 //! Inbound, the context found in a request becomes the parent of the request's span, so the
 //! server's spans join the caller's trace. Outbound, the current span's context is written into
 //! the request, so the callee's spans join ours.
+//!
+//! Work that another task, replica or service picks up later (a job, an inbox event, an outbox
+//! event, a delivery) keeps the `traceparent` of the span that asked for it
+//! ([`current_traceparent`]); the span doing the work takes it as its parent
+//! ([`adopt_traceparent`]), so one request is one trace however many queues it crosses.
 
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector},
+    trace::TraceContextExt as _,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -60,6 +66,35 @@ impl Injector for Metadata<'_> {
     }
 }
 
+/// A lone `traceparent`, as stored beside queued work.
+#[derive(Default)]
+struct Traceparent(Option<String>);
+
+impl Extractor for Traceparent {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0.as_deref()).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+impl Injector for Traceparent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// The W3C header (and gRPC metadata key) carrying the trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The longest `traceparent` kept with queued work (version `00` is 55 characters; later
+/// versions may append fields). Longer values are not kept, so a peer cannot grow a row.
+pub const MAX_TRACEPARENT_BYTES: usize = 256;
+
 fn extract(extractor: &dyn Extractor) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(extractor))
 }
@@ -67,6 +102,53 @@ fn extract(extractor: &dyn Extractor) -> Context {
 fn inject(injector: &mut dyn Injector) {
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, injector));
+}
+
+/// The current span's context as a W3C `traceparent`, to keep with work picked up later; `None`
+/// when there is no trace to continue (tracing off, or no valid span).
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = Traceparent::default();
+    inject(&mut carrier);
+    carrier
+        .0
+        .filter(|value| value.len() <= MAX_TRACEPARENT_BYTES)
+}
+
+/// The context a `traceparent` names, if it is a valid one of at most [`MAX_TRACEPARENT_BYTES`].
+fn parse_traceparent(value: &str) -> Option<Context> {
+    if value.len() > MAX_TRACEPARENT_BYTES {
+        return None;
+    }
+    let cx = extract(&Traceparent(Some(value.to_owned())));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// `value` if it is a valid `traceparent` worth keeping, else `None`: a peer's malformed trace
+/// context is dropped, never a reason to refuse the work it came with.
+pub fn valid_traceparent(value: &str) -> Option<String> {
+    parse_traceparent(value).map(|_| value.to_owned())
+}
+
+/// Makes the context in a kept `traceparent` the parent of `span`, which must not have been
+/// entered yet. Nothing, or something that is not a valid `traceparent`, leaves `span` a root.
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(parse_traceparent) {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Links `span` to the current span without making it the parent: for work that continues a
+/// kept trace (its parent) while running inside another request, such as a webhook's, so each
+/// trace leads to the other.
+pub fn link_current(span: &tracing::Span) {
+    let current = tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone();
+    if current.is_valid() {
+        span.add_link(current);
+    }
 }
 
 /// Makes the context carried by `headers` (if any) the parent of `span`.

@@ -23,6 +23,8 @@ pub struct ReceivedSpan {
     pub parent_span_id: Vec<u8>,
     /// String-valued attributes.
     pub attributes: Vec<(String, String)>,
+    /// The spans it links to, as (trace id, span id).
+    pub links: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Default)]
@@ -66,6 +68,11 @@ impl TraceService for Collector {
                             .attributes
                             .iter()
                             .filter_map(|kv| Some((kv.key.clone(), text(kv.value.as_ref())?)))
+                            .collect(),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|link| (link.trace_id.clone(), link.span_id.clone()))
                             .collect(),
                     });
                 }

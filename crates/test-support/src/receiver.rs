@@ -43,6 +43,8 @@ pub struct Received {
     pub status: u16,
     /// How long it waited before answering; a sender with a shorter timeout never saw the answer.
     pub delay: Duration,
+    /// The W3C `traceparent` header, if one came.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -116,6 +118,11 @@ async fn receive(
         verified,
         status,
         delay: behavior.delay,
+        traceparent: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     if !behavior.delay.is_zero() {
         tokio::time::sleep(behavior.delay).await;

@@ -124,6 +124,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             submitted_at: None,
+            traceparent: None,
         }
     }
 

@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::{io::AsyncWriteExt as _, sync::Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     completion,
@@ -135,6 +136,13 @@ impl Finisher {
     }
 
     async fn finish(&self, job: Job) {
+        // Finishing continues the trace of the webhook (or, reconciled, of the creating request).
+        let span = tracing::info_span!("job.finish", job_id = %job.id);
+        telemetry::propagation::adopt_traceparent(&span, job.traceparent.as_deref());
+        self.finish_traced(job).instrument(span).await;
+    }
+
+    async fn finish_traced(&self, job: Job) {
         let started = std::time::Instant::now();
         let outcome = self.try_finish(&job).await;
         let label = job.job_type.as_str();

@@ -176,6 +176,7 @@ impl AudioGeneration for AudioApi {
             )?,
             seed: r.seed,
             volume_level: Some(self.work.sound_effects_volume_level),
+            traceparent: telemetry::propagation::current_traceparent(),
         })
         .await
     }
@@ -211,6 +212,7 @@ impl AudioGeneration for AudioApi {
             duration_seconds,
             seed: None,
             volume_level: None,
+            traceparent: telemetry::propagation::current_traceparent(),
         })
         .await
     }
@@ -301,11 +303,14 @@ impl AudioGeneration for AudioApi {
     ) -> Result<Response<pb::JobExistsResponse>, Status> {
         self.ready()?;
         // A path segment that cannot be a job id names no job.
-        let exists = match JobId::parse(&request.get_ref().id) {
-            Ok(id) => jobs::exists(self.database.pool(), id).await?,
-            Err(_) => false,
+        let job = match JobId::parse(&request.get_ref().id) {
+            Ok(id) => jobs::get_any(self.database.pool(), id).await?,
+            Err(_) => None,
         };
-        Ok(Response::new(pb::JobExistsResponse { exists }))
+        Ok(Response::new(pb::JobExistsResponse {
+            exists: job.is_some(),
+            traceparent: job.and_then(|j| j.traceparent).unwrap_or_default(),
+        }))
     }
 
     async fn cancel_job(

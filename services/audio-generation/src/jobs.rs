@@ -137,6 +137,8 @@ struct Row {
     updated_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     submitted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
 }
 
 /// A finished job's stored audio: the bytes are in the audio store under `key`.
@@ -171,6 +173,8 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub submitted_at: Option<DateTime<Utc>>,
+    /// The trace the job's next step continues: the creating request's, then the webhook's.
+    pub traceparent: Option<String>,
 }
 
 impl TryFrom<Row> for Job {
@@ -213,6 +217,7 @@ impl TryFrom<Row> for Job {
             created_at: row.created_at,
             updated_at: row.updated_at,
             submitted_at: row.submitted_at,
+            traceparent: row.traceparent,
         })
     }
 }
@@ -230,18 +235,20 @@ pub struct NewJob {
     pub duration_seconds: f64,
     pub seed: Option<i64>,
     pub volume_level: Option<f64>,
+    /// The trace of the request that asks for the job.
+    pub traceparent: Option<String>,
 }
 
 const COLUMNS: &str = "id, tenant, job_type, status, prompt, duration_seconds, seed, volume_level, \
      error, prediction_id, attempts, cancel_requested, output_url, audio_key, audio_format, \
-     audio_size, audio_duration, audio_sha256, created_at, updated_at, submitted_at";
+     audio_size, audio_duration, audio_sha256, created_at, updated_at, submitted_at, traceparent";
 
 /// Records a queued job; the trigger on `jobs` wakes the submitters.
 pub async fn create(pool: &Pool, job: &NewJob, now: DateTime<Utc>) -> Result<Job, JobsError> {
     let mut conn = database::get(pool).await?;
     let row: Row = diesel::sql_query(format!(
-        "INSERT INTO jobs (id, tenant, job_type, status, prompt, duration_seconds, seed, volume_level, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
+        "INSERT INTO jobs (id, tenant, job_type, status, prompt, duration_seconds, seed, volume_level, created_at, updated_at, traceparent) \
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind::<Text, _>(JobId::new())
     .bind::<Text, _>(&job.tenant)
@@ -251,6 +258,7 @@ pub async fn create(pool: &Pool, job: &NewJob, now: DateTime<Utc>) -> Result<Job
     .bind::<Nullable<BigInt>, _>(job.seed)
     .bind::<Nullable<Double>, _>(job.volume_level)
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(&job.traceparent)
     .get_result(&mut conn)
     .await?;
     row.try_into()
@@ -308,22 +316,6 @@ pub async fn list(
     .load(&mut conn)
     .await?;
     jobs(rows)
-}
-
-/// Whether a job exists, whatever its tenant.
-pub async fn exists(pool: &Pool, id: JobId) -> Result<bool, JobsError> {
-    #[derive(QueryableByName)]
-    struct Found {
-        #[diesel(sql_type = Bool)]
-        found: bool,
-    }
-    let mut conn = database::get(pool).await?;
-    let found: Found =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1) AS found")
-            .bind::<Text, _>(id)
-            .get_result(&mut conn)
-            .await?;
-    Ok(found.found)
 }
 
 /// Which queue a worker takes jobs from.
@@ -495,7 +487,8 @@ pub async fn settle_failed(
 }
 
 /// Records Replicate's success: the job moves to `processing` with the output to fetch (the
-/// finisher takes it from there). False when the job had already moved on.
+/// finisher takes it from there, continuing the trace of the answer when it has one). False when
+/// the job had already moved on.
 pub async fn begin_processing(
     pool: &Pool,
     id: JobId,
@@ -507,13 +500,15 @@ pub async fn begin_processing(
     let updated = diesel::sql_query(
         "UPDATE jobs SET status = 'processing', prediction_id = COALESCE(prediction_id, $2), \
            output_url = $3, completed_at = $4, updated_at = $4, attempts = 0, \
-           next_attempt_at = NULL, lease_until = NULL, last_error = NULL \
+           next_attempt_at = NULL, lease_until = NULL, last_error = NULL, \
+           traceparent = COALESCE($5, traceparent) \
          WHERE id = $1 AND status IN ('queued', 'submitted')",
     )
     .bind::<Text, _>(id)
     .bind::<Text, _>(prediction_id)
     .bind::<Text, _>(output_url)
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(telemetry::propagation::current_traceparent())
     .execute(&mut conn)
     .await?;
     Ok(updated == 1)

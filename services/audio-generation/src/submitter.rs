@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     completion,
@@ -180,7 +181,10 @@ impl Submitter {
 
     /// One try at one job; every outcome is recorded on the job before it returns.
     async fn submit(&self, job: Job) {
-        if let Err(error) = self.try_submit(&job).await {
+        // The submission continues the trace of the request that created the job.
+        let span = tracing::info_span!("job.submit", job_id = %job.id);
+        telemetry::propagation::adopt_traceparent(&span, job.traceparent.as_deref());
+        if let Err(error) = self.try_submit(&job).instrument(span).await {
             // The lease expires and the job is tried again.
             tracing::warn!(job_id = %job.id, %error, "cannot record a submission's outcome");
         }

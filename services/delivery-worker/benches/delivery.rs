@@ -181,6 +181,7 @@ fn message(i: usize) -> NewMessage {
             r#"{{"type":"bench.event","data":{{"i":{i},"text":"a payload of a realistic size for a webhook"}}}}"#
         ),
         channels: Vec::new(),
+        traceparent: None,
     }
 }
 
@@ -206,6 +207,7 @@ async fn publish_over_grpc(
             event_type: m.event_type,
             payload_json: m.payload,
             channels: Vec::new(),
+            traceparent: String::new(),
         }
     };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(from));

@@ -357,6 +357,7 @@ fn new_message(caller: &Caller, r: pb::PublishRequest) -> Result<NewMessage, Sta
         event_type: r.event_type,
         payload: r.payload_json,
         channels,
+        traceparent: telemetry::propagation::valid_traceparent(&r.traceparent),
     })
 }
 

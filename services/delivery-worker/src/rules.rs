@@ -210,6 +210,7 @@ impl OperationalEvent {
             event_type: self.event_type.to_owned(),
             payload: self.payload.to_string(),
             channels: Vec::new(),
+            traceparent: telemetry::propagation::current_traceparent(),
         }
     }
 }
@@ -348,6 +349,7 @@ mod tests {
             url: "https://example.com/hook".into(),
             rate_limit_per_second: None,
             sealed_secrets: None,
+            traceparent: None,
         }
     }
 

@@ -78,11 +78,16 @@ impl Sender {
     ) -> AttemptResult {
         let timestamp = now.timestamp();
         let message_id = message_id.to_string();
-        let request_headers = serde_json::json!({
+        // The partner can join the trace: W3C trace context, as the current span's.
+        let traceparent = telemetry::propagation::current_traceparent();
+        let mut request_headers = serde_json::json!({
             "content-type": "application/json",
             HEADER_ID: &message_id,
             HEADER_TIMESTAMP: timestamp.to_string(),
         });
+        if let Some(traceparent) = &traceparent {
+            request_headers[telemetry::propagation::TRACEPARENT] = traceparent.as_str().into();
+        }
         let started = std::time::Instant::now();
         let failed = |error: String, timed_out: bool| AttemptResult {
             status: None,
@@ -102,16 +107,17 @@ impl Sender {
             return failed("the endpoint has no live signing secret".to_owned(), false);
         }
         let signature = signature_header(keys, &message_id, timestamp, payload.as_bytes());
-        let response = self
+        let mut request = self
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(HEADER_ID, &message_id)
             .header(HEADER_TIMESTAMP, timestamp.to_string())
-            .header(HEADER_SIGNATURE, signature)
-            .body(payload.to_owned())
-            .send()
-            .await;
+            .header(HEADER_SIGNATURE, signature);
+        if let Some(traceparent) = traceparent {
+            request = request.header(telemetry::propagation::TRACEPARENT, traceparent);
+        }
+        let response = request.body(payload.to_owned()).send().await;
         let mut response = match response {
             Ok(response) => response,
             Err(error) => return failed(describe(&error), error.is_timeout()),

@@ -24,6 +24,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use webhook_signature::SigningKey;
 
@@ -273,6 +274,16 @@ impl Worker {
         let gate = self.gates.gate(claimed.endpoint_id, per_endpoint);
         let _permit = gate.pass(claimed.rate_limit_per_second).await;
         let now = self.clock.now();
+        // The attempt continues the trace of the work that published the event.
+        let span = tracing::info_span!(
+            "webhook.deliver",
+            otel.kind = "client",
+            delivery_id = %claimed.id,
+            message_id = %claimed.message_id,
+            endpoint_id = %claimed.endpoint_id,
+            attempt = claimed.attempt_count + 1,
+        );
+        telemetry::propagation::adopt_traceparent(&span, claimed.traceparent.as_deref());
         let result = self
             .sender
             .send(
@@ -282,6 +293,7 @@ impl Worker {
                 keys,
                 now,
             )
+            .instrument(span)
             .await;
         decide(
             claimed,

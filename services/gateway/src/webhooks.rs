@@ -1367,6 +1367,7 @@ async fn send_test(
                 event_type: event_type.clone(),
                 payload_json,
                 channels: endpoint.channels,
+                traceparent: telemetry::propagation::current_traceparent().unwrap_or_default(),
                 ..Default::default()
             },
             &principal,

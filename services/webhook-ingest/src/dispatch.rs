@@ -28,6 +28,7 @@ use prometheus::IntCounterVec;
 use settings::{FromSetting, SettingError, Sources};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     actions::{Actions, Planned},
@@ -358,7 +359,16 @@ impl Dispatcher {
         futures::stream::iter(busy)
             .for_each_concurrent(self.settings.batch_size, |(event, planned)| async move {
                 let id = event.id;
-                if let Err(error) = self.dispatch(claim_id, event, planned).await {
+                // Dispatching continues the trace the event was received in.
+                let span = tracing::info_span!(
+                    "inbox.dispatch",
+                    event_id = %id,
+                    source = %event.source,
+                    attempt = event.attempts,
+                );
+                telemetry::propagation::adopt_traceparent(&span, event.traceparent.as_deref());
+                let dispatched = self.dispatch(claim_id, event, planned).instrument(span).await;
+                if let Err(error) = dispatched {
                     // The claim expires and the event is taken again.
                     tracing::warn!(event_id = %id, %error, "event not dispatched; it will be taken again");
                 }
@@ -368,7 +378,6 @@ impl Dispatcher {
     }
 
     /// Runs one claimed event's remaining actions, records each attempt and settles the event.
-    #[tracing::instrument(skip_all, fields(event_id = %event.id, source = %event.source, attempt = event.attempts))]
     async fn dispatch(
         &self,
         claim_id: uuid::Uuid,

@@ -71,6 +71,7 @@ pub async fn counts(pool: &Pool) -> Result<Vec<(String, i64)>, DatabaseError> {
 }
 
 /// Stores `event` unless its (source, delivery id) is already there; committed when this returns.
+/// The current span's trace is kept with it: dispatching it continues that trace.
 pub async fn store(
     pool: &Pool,
     event: &NewEvent<'_>,
@@ -80,9 +81,9 @@ pub async fn store(
     let mut conn = database::get(pool).await?;
     let inserted = diesel::sql_query(
         "INSERT INTO inbox (id, source, delivery_id, path, subject_type, subject_id, event_type, \
-           payload, state, last_error, received_at, tenants) \
+           payload, state, last_error, received_at, tenants, traceparent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-           CASE WHEN $12::text IS NULL THEN '{}'::text[] ELSE ARRAY[$12::text] END) \
+           CASE WHEN $12::text IS NULL THEN '{}'::text[] ELSE ARRAY[$12::text] END, $13) \
          ON CONFLICT (source, delivery_id) DO NOTHING",
     )
     .bind::<Text, _>(id)
@@ -97,6 +98,7 @@ pub async fn store(
     .bind::<Nullable<Text>, _>(event.error)
     .bind::<Timestamptz, _>(now)
     .bind::<Nullable<Text>, _>(event.tenant)
+    .bind::<Nullable<Text>, _>(telemetry::propagation::current_traceparent())
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;
@@ -129,6 +131,9 @@ pub struct ClaimedEvent {
     /// This attempt's number, counted against the retry schedule.
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    /// The trace dispatching continues: the receiving request's (for Replicate, the job's).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` events that have work left and are due: new ones, failed ones whose
@@ -154,7 +159,7 @@ pub async fn claim(
            attempts = i.attempts + 1 \
          FROM due WHERE i.id = due.id \
          RETURNING i.id, i.source, i.delivery_id, i.path, i.subject_type, i.subject_id, i.event_type, \
-           i.payload, i.attempts",
+           i.payload, i.attempts, i.traceparent",
     )
     .bind::<Timestamptz, _>(now)
     .bind::<BigInt, _>(limit)

@@ -7,10 +7,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use http_problem::Problem;
 use prometheus::IntCounterVec;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, VerifyingKey, verify};
 
 use internal_rpc::PeerChannel;
-use sonora_proto::audio::v1::{JobExistsRequest, audio_generation_client::AudioGenerationClient};
+use sonora_proto::audio::v1::{
+    JobExistsRequest, JobExistsResponse, audio_generation_client::AudioGenerationClient,
+};
 
 use crate::{
     inbox::{self, NewEvent, State, Stored},
@@ -43,14 +46,18 @@ pub struct ReplicateReceiver {
 /// How long to wait for audio-generation's answer before accepting the webhook anyway.
 const JOB_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether audio-generation knows the job: `Some(false)` only on its clear answer; `None` when
-/// it cannot answer, in which case the webhook is accepted and stored (a genuine webhook is
-/// never lost; the dispatcher settles a job that turns out not to exist).
-async fn job_exists(jobs: &AudioGenerationClient<PeerChannel>, id: &str) -> Option<bool> {
+/// What audio-generation says of the job: `Some` only on its clear answer, with the trace the
+/// job belongs to; `None` when it cannot answer, in which case the webhook is accepted and
+/// stored (a genuine webhook is never lost; the dispatcher settles a job that turns out not to
+/// exist).
+async fn job_exists(
+    jobs: &AudioGenerationClient<PeerChannel>,
+    id: &str,
+) -> Option<JobExistsResponse> {
     let mut jobs = jobs.clone();
     let asked = jobs.job_exists(JobExistsRequest { id: id.to_owned() });
     match tokio::time::timeout(JOB_LOOKUP_TIMEOUT, asked).await {
-        Ok(Ok(answer)) => Some(answer.into_inner().exists),
+        Ok(Ok(answer)) => Some(answer.into_inner()),
         Ok(Err(status)) => {
             tracing::warn!(code = ?status.code(), "audio-generation cannot say whether the job exists; the webhook is accepted");
             None
@@ -211,70 +218,83 @@ async fn handle(
         return Err(unauthorized());
     }
     // Only a verified sender learns whether a job exists.
-    if job_exists(&receiver.jobs, &content_id).await == Some(false) {
+    let job = job_exists(&receiver.jobs, &content_id).await;
+    if job.as_ref().is_some_and(|job| !job.exists) {
         count("refused");
         return Err(Problem::not_found().detail("No such job."));
     }
-    let text = String::from_utf8_lossy(&body);
-    let prediction = serde_json::from_slice::<Prediction>(&body);
-    let path = req.path();
-    let event = |state, event_type, error| NewEvent {
-        source: "replicate",
-        delivery_id: headers.id,
-        path,
-        subject_type: Some(content_type.as_str()),
-        subject_id: Some(&content_id),
-        event_type,
-        payload: &text,
-        state,
-        error,
-        tenant: None,
-    };
-    match prediction {
-        Ok(prediction) if !prediction.id.is_empty() => {
-            let stored = inbox::store(
-                &receiver.pool,
-                &event(State::Received, Some(prediction.status.as_str()), None),
-                now,
-            )
-            .await
-            .map_err(not_stored)?;
-            Ok(match stored {
-                Stored::New(id) => {
-                    receiver.wake.wake();
-                    count("accepted");
-                    tracing::info!(event_id = %id, prediction = %prediction.id, "Replicate webhook stored");
-                    HttpResponse::Ok()
-                        .json(serde_json::json!({ "status": "accepted", "event_id": id }))
-                }
-                Stored::Duplicate => {
-                    count("duplicate");
-                    HttpResponse::Ok().json(serde_json::json!({ "status": "duplicate" }))
-                }
-            })
-        }
-        other => {
-            let problem = match other {
-                Err(error) => format!(
-                    "The body is not a Replicate prediction: {}.",
-                    error
-                        .to_string()
-                        .split(" at line ")
-                        .next()
-                        .unwrap_or_default()
-                ),
-                Ok(_) => "The body is not a Replicate prediction: id is empty.".to_owned(),
-            };
-            // Kept for inspection, once per webhook-id.
-            inbox::store(
-                &receiver.pool,
-                &event(State::Malformed, None, Some(&problem)),
-                now,
-            )
-            .await
-            .map_err(not_stored)?;
-            count("malformed");
-            Err(unprocessable(problem))
+    // The webhook is stored in the job's trace (the request that created it), linked to this
+    // request's own, so dispatching it and finishing the job continue the job's story.
+    let in_job = tracing::info_span!("replicate.webhook.store", job_id = %content_id);
+    telemetry::propagation::adopt_traceparent(
+        &in_job,
+        job.as_ref().map(|job| job.traceparent.as_str()),
+    );
+    telemetry::propagation::link_current(&in_job);
+    async move {
+        let text = String::from_utf8_lossy(&body);
+        let prediction = serde_json::from_slice::<Prediction>(&body);
+        let path = req.path();
+        let event = |state, event_type, error| NewEvent {
+            source: "replicate",
+            delivery_id: headers.id,
+            path,
+            subject_type: Some(content_type.as_str()),
+            subject_id: Some(&content_id),
+            event_type,
+            payload: &text,
+            state,
+            error,
+            tenant: None,
+        };
+        match prediction {
+            Ok(prediction) if !prediction.id.is_empty() => {
+                let stored = inbox::store(
+                    &receiver.pool,
+                    &event(State::Received, Some(prediction.status.as_str()), None),
+                    now,
+                )
+                .await
+                .map_err(not_stored)?;
+                Ok(match stored {
+                    Stored::New(id) => {
+                        receiver.wake.wake();
+                        count("accepted");
+                        tracing::info!(event_id = %id, prediction = %prediction.id, "Replicate webhook stored");
+                        HttpResponse::Ok()
+                            .json(serde_json::json!({ "status": "accepted", "event_id": id }))
+                    }
+                    Stored::Duplicate => {
+                        count("duplicate");
+                        HttpResponse::Ok().json(serde_json::json!({ "status": "duplicate" }))
+                    }
+                })
+            }
+            other => {
+                let problem = match other {
+                    Err(error) => format!(
+                        "The body is not a Replicate prediction: {}.",
+                        error
+                            .to_string()
+                            .split(" at line ")
+                            .next()
+                            .unwrap_or_default()
+                    ),
+                    Ok(_) => "The body is not a Replicate prediction: id is empty.".to_owned(),
+                };
+                // Kept for inspection, once per webhook-id.
+                inbox::store(
+                    &receiver.pool,
+                    &event(State::Malformed, None, Some(&problem)),
+                    now,
+                )
+                .await
+                .map_err(not_stored)?;
+                count("malformed");
+                Err(unprocessable(problem))
+            }
         }
     }
+    .instrument(in_job)
+    .await
 }

@@ -22,6 +22,8 @@ pub struct NewMessage {
     pub event_type: String,
     pub payload: String,
     pub channels: Vec<String>,
+    /// The trace its deliveries continue (a valid W3C `traceparent`).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,15 +100,20 @@ pub(super) async fn publish_in(
     // array would not do, since unnest flattens it.
     let channels: Vec<String> = messages.iter().map(|m| m.channels.join(",")).collect();
     let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
+    // '' for none: unnest cannot tell a NULL element from a missing one.
+    let traceparents: Vec<&str> = messages
+        .iter()
+        .map(|m| m.traceparent.as_deref().unwrap_or_default())
+        .collect();
     let stored: Vec<StoredRow> = diesel::sql_query(
         "WITH input AS ( \
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-             WITH ORDINALITY AS i(id, tenant, event_id, event_type, channels, payload, n) \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::text[]) \
+             WITH ORDINALITY AS i(id, tenant, event_id, event_type, channels, payload, traceparent, n) \
          ), inserted AS ( \
-           INSERT INTO messages (id, tenant, event_id, event_type, channels, payload, created_at) \
+           INSERT INTO messages (id, tenant, event_id, event_type, channels, payload, created_at, traceparent) \
            SELECT id, tenant, event_id, event_type, \
                   CASE WHEN channels = '' THEN '{}'::text[] ELSE string_to_array(channels, ',') END, \
-                  payload, $7 \
+                  payload, $7, NULLIF(traceparent, '') \
            FROM input ORDER BY n \
            ON CONFLICT (tenant, event_id) DO NOTHING \
            RETURNING id, tenant, event_id, event_type, channels \
@@ -130,6 +137,7 @@ pub(super) async fn publish_in(
     .bind::<Array<Text>, _>(&payloads)
     .bind::<Timestamptz, _>(now)
     .bind::<Integer, _>(max_attempts)
+    .bind::<Array<Text>, _>(&traceparents)
     .load(conn)
     .await?;
     let mut new: HashMap<(String, String), (MessageId, u32)> = stored

@@ -53,6 +53,9 @@ pub struct Claimed {
     /// The endpoint's live secrets, sealed, newest first.
     #[diesel(sql_type = Nullable<Array<Bytea>>)]
     pub sealed_secrets: Option<Vec<Vec<u8>>>,
+    /// The trace the attempt continues: the publisher's.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// What became of one claimed delivery, decided by the worker.
@@ -145,7 +148,8 @@ impl Store {
              SELECT c.id, c.message_id, c.endpoint_id, c.attempt_count, c.max_attempts, c.schedule_offset, \
                     c.created_at AS enqueued_at, m.tenant, m.event_type, m.payload, e.url, e.rate_limit_per_second, \
                     (SELECT array_agg(s.ciphertext ORDER BY s.created_at DESC, s.id DESC) FROM endpoint_secrets s \
-                      WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)) AS sealed_secrets \
+                      WHERE s.endpoint_id = c.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > $1)) AS sealed_secrets, \
+                    m.traceparent \
              FROM claimed c JOIN messages m ON m.id = c.message_id JOIN endpoints e ON e.id = c.endpoint_id \
              ORDER BY c.id",
         )

@@ -193,6 +193,7 @@ pub fn publish(
         event_type: event_type.to_owned(),
         payload_json: payload.to_string(),
         channels: Vec::new(),
+        traceparent: String::new(),
     }
 }
 

@@ -33,7 +33,7 @@ pub struct CallEvent {
 /// The sending end; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    tx: mpsc::Sender<(String, CallEvent)>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Events {
@@ -43,20 +43,20 @@ impl Events {
         Self { tx }
     }
 
-    /// Queues `event` under a fresh event id.
+    /// Queues `event` under a fresh event id, with the current span's trace.
     pub fn publish(&self, event: CallEvent) {
-        let id = ids::EventId::new().to_string();
-        if let Err(error) = self.tx.try_send((id, event)) {
+        let queued = Queued {
+            event_id: ids::EventId::new().to_string(),
+            traceparent: telemetry::propagation::current_traceparent().unwrap_or_default(),
+            event,
+        };
+        if let Err(error) = self.tx.try_send(queued) {
             tracing::warn!(%error, "the call event queue is full; an event was dropped");
         }
     }
 }
 
-async fn run(
-    client: Client,
-    mut rx: mpsc::Receiver<(String, CallEvent)>,
-    shutdown: CancellationToken,
-) {
+async fn run(client: Client, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
     loop {
         let next = tokio::select! {
             next = rx.recv() => next,
@@ -66,23 +66,36 @@ async fn run(
                 Err(_) => return,
             },
         };
-        let Some((event_id, event)) = next else {
+        let Some(queued) = next else {
             return;
         };
-        publish(&client, &event_id, &event).await;
+        publish(&client, &queued).await;
     }
 }
 
-async fn publish(client: &Client, event_id: &str, event: &CallEvent) {
+/// An event waiting to be published: its id and the trace it belongs to.
+struct Queued {
+    event_id: String,
+    traceparent: String,
+    event: CallEvent,
+}
+
+async fn publish(client: &Client, queued: &Queued) {
+    let Queued {
+        event_id,
+        traceparent,
+        event,
+    } = queued;
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
         let request = sonora_proto::delivery::v1::PublishRequest {
             tenant: event.tenant.to_string(),
-            event_id: event_id.to_owned(),
+            event_id: event_id.clone(),
             event_type: event.event_type.to_owned(),
             payload_json: event.payload.to_string(),
             channels: Vec::new(),
+            traceparent: traceparent.clone(),
         };
         match client.clone().publish(request).await {
             Ok(_) => return,

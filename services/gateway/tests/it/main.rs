@@ -14,6 +14,7 @@ mod openapi;
 mod properties;
 mod realtime;
 mod telephony;
+mod trace;
 mod webhooks;
 
 use std::time::Duration;
