@@ -177,3 +177,44 @@ impl Peer {
         }
     }
 }
+
+/// Whether a failed call got no answer from the peer: the connection refused, cut or reset
+/// mid-call (a killed process), or the deadline passed. That is the peer being down, which a
+/// client is told as 503 with `Retry-After`, not the peer answering wrongly (502).
+pub fn unreachable(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => true,
+        // A status made from a transport error keeps it as its source; one the peer sent has
+        // none.
+        tonic::Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+
+    #[test]
+    fn a_cut_connection_is_unreachable_and_a_peers_answer_is_not() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let cut = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(cut.code(), tonic::Code::Unknown);
+        assert!(unreachable(&cut), "a transport failure: the peer is down");
+        for down in [
+            tonic::Status::unavailable("tcp connect error"),
+            tonic::Status::deadline_exceeded("timeout"),
+            tonic::Status::cancelled("operation was canceled"),
+        ] {
+            assert!(unreachable(&down), "{down:?}");
+        }
+        for answered in [
+            tonic::Status::unknown("the peer said so"),
+            tonic::Status::internal("a bug"),
+            tonic::Status::invalid_argument("text: is empty"),
+            tonic::Status::resource_exhausted("busy"),
+        ] {
+            assert!(!unreachable(&answered), "{answered:?}");
+        }
+    }
+}

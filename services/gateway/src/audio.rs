@@ -53,7 +53,7 @@ fn problem(status: &tonic::Status) -> Problem {
             "Range Not Satisfiable",
         )
         .detail(status.message()),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+        _ if internal_rpc::client::unreachable(status) => {
             tracing::warn!(code = ?status.code(), message = status.message(), "audio-generation unavailable");
             Problem::unavailable("The audio service is not available right now; retry later.")
                 .retry_after(5)

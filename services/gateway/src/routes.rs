@@ -34,16 +34,17 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 /// goes to the log only.
 pub(crate) fn backend_problem(backend: &str, status: &tonic::Status) -> Problem {
     tracing::warn!(backend, code = ?status.code(), message = status.message(), "backend call failed");
-    match status.code() {
-        tonic::Code::Unavailable
-        | tonic::Code::DeadlineExceeded
-        | tonic::Code::ResourceExhausted => Problem::unavailable(format!(
+    // Down (no answer, the connection cut) or busy: the client may retry.
+    if internal_rpc::client::unreachable(status) || status.code() == tonic::Code::ResourceExhausted
+    {
+        Problem::unavailable(format!(
             "The {backend} service is not available right now; retry later."
         ))
-        .retry_after(5),
-        _ => Problem::bad_gateway(format!(
+        .retry_after(5)
+    } else {
+        Problem::bad_gateway(format!(
             "The {backend} service failed to answer; it has been logged."
-        )),
+        ))
     }
 }
 

@@ -105,7 +105,7 @@ pub(crate) fn backend_problem(backend: &str, missing: &str, status: &tonic::Stat
         tonic::Code::AlreadyExists => {
             Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(status.message())
         }
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+        _ if internal_rpc::client::unreachable(status) => {
             tracing::warn!(backend, code = ?status.code(), message = status.message(), "backend unavailable");
             Problem::unavailable(format!(
                 "The {backend} service is not available right now; retry later."
