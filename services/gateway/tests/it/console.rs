@@ -379,7 +379,15 @@ async fn sessions_end_at_their_ttl() {
     let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let redis = deadpool_redis::redis::Client::open(test_support::redis_url()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    // The client's default limits (1 s to connect, 0.5 s to answer) are for servers; a busy
+    // test machine needs more.
+    let patient = deadpool_redis::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let mut conn = redis
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .unwrap();
     let ttl: i64 = deadpool_redis::redis::cmd("PTTL")
         .arg(format!("console:session:{hex}"))
         .query_async(&mut conn)
