@@ -9,7 +9,7 @@ use internal_rpc::Scope;
 use serde_json::{Value, json};
 use test_stack::{Service, Stack};
 use test_support::{
-    TestDatabase,
+    TestDatabase, eventually,
     receiver::{Behavior, Receiver},
 };
 
@@ -586,6 +586,303 @@ async fn a_tenant_sees_only_its_own_and_what_it_shows_is_escaped() {
         1,
         "acme's one key: {keys}"
     );
+}
+
+/// Posts `times` webhooks to webhook-ingest's `path` that it refuses (no valid signature), each
+/// a failure its monitor counts.
+async fn fail(ingest: &str, path: &str, times: usize) {
+    for n in 0..times {
+        let status = test_support::http_client()
+            .post(format!("{ingest}{path}"))
+            .header("content-type", "application/json")
+            .header("webhook-id", format!("msg_bad_{n}"))
+            .header("webhook-timestamp", chrono::Utc::now().timestamp().to_string())
+            .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
+            .header("x-hub-signature-256", "sha256=00")
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", format!("bad-{n}"))
+            .body(r#"{"type":"order.created"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
+    let db = TestDatabase::create().await.unwrap();
+    let digits = ids::EventId::new().to_string()[4..14].to_owned();
+    let (acme_source, globex_source) = (format!("alerts-a-{digits}"), format!("alerts-g-{digits}"));
+    let rules = json!([
+        {"name": "acme-orders", "source": acme_source, "event": "order", "tenant": "acme",
+         "actions": ["publish"]},
+        {"name": "acme-agent", "source": acme_source, "label": "urgent", "actions": ["agent_run"],
+         "prompt": "Look at {source} {{now}}"},
+        {"name": "globex-issues", "source": "github", "event": "issues", "action": "labeled",
+         "repository": "globex/*", "tenant": "globex", "actions": ["publish"]},
+        {"name": "operator-agent", "source": "github", "actions": ["agent_run"],
+         "prompt": "Triage {repository}"},
+        {"name": "globex-on-acme", "source": acme_source, "tenant": "globex",
+         "actions": ["publish"]}
+    ]);
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_gateway()
+        .setting(Service::WebhookIngest, "WEBHOOK_FAILURE_ALERT_THRESHOLD", "3")
+        .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string())
+        // Agent runs are configured but never started: no event matches them here.
+        .setting(Service::WebhookIngest, "CODEGEN_API_URL", "http://127.0.0.1:9")
+        .setting(Service::WebhookIngest, "CODEGEN_ORG_ID", "1")
+        .setting(Service::WebhookIngest, "CODEGEN_TOKEN", "cg-unused-token-0123456789")
+        .start()
+        .await;
+    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
+    let base = stack.http_url(Service::Gateway);
+    let ingest = stack.http_url(Service::WebhookIngest);
+    let acme = sign_in(
+        &base,
+        &stack.api_key("acme", &[Scope::Admin, Scope::Webhooks]).await,
+    )
+    .await;
+    // Every scope: admin does not open the operator's receivers or another tenant's paths.
+    let globex = sign_in(&base, &stack.api_key("globex", &Scope::ALL).await).await;
+    for (session, name) in [(&acme, &acme_source), (&globex, &globex_source)] {
+        let (status, made) = v1(
+            &base,
+            reqwest::Method::POST,
+            "/v1/inbound/sources",
+            session,
+            Some(&session.csrf),
+            Some(json!({ "name": name })),
+        )
+        .await;
+        assert_eq!(status, 201, "{made}");
+    }
+
+    // Before any failure: the clear empty state.
+    let (status, overview) = page(&base, "/console", &acme.cookie).await;
+    assert_eq!(status, 200);
+    assert!(overview.contains("No alerts in the last hour."), "{overview}");
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">0</dd>"#),
+        "{overview}"
+    );
+
+    // Acme's path fails past the threshold of 3; so does the operator's GitHub receiver.
+    let acme_path = format!("/api/v1/webhooks/{acme_source}");
+    fail(&ingest, &acme_path, 4).await;
+    fail(&ingest, "/api/v1/webhooks/github", 3).await;
+    // Globex's path fails too, below the threshold: no alert.
+    fail(&ingest, &format!("/api/v1/webhooks/{globex_source}"), 2).await;
+
+    let alerts = eventually(Duration::from_secs(10), "acme's alert", || {
+        let (base, acme) = (base.clone(), &acme);
+        async move {
+            let (status, alerts) = v1(
+                &base,
+                reqwest::Method::GET,
+                "/v1/inbound/webhook-alerts",
+                acme,
+                Some(&acme.csrf),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{alerts}");
+            (alerts["data"][0]["failures_last_hour"] == 4).then_some(alerts)
+        }
+    })
+    .await;
+    assert_eq!(alerts["monitoring"], "enabled");
+    assert_eq!(alerts["failure_threshold"], 3);
+    let listed = alerts["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "only acme's own path: {alerts}");
+    assert_eq!(listed[0]["path"], acme_path.as_str());
+    assert_eq!(listed[0]["source"], acme_source.as_str());
+    let raised: chrono::DateTime<chrono::Utc> =
+        listed[0]["raised_at"].as_str().unwrap().parse().unwrap();
+    assert!((chrono::Utc::now() - raised).num_seconds().abs() < 60, "{raised}");
+
+    let (status, overview) = page(&base, "/console", &acme.cookie).await;
+    assert_eq!(status, 200);
+    let table = overview
+        .split(r#"<table id="webhook-alerts""#)
+        .nth(1)
+        .expect("the overview lists the alert")
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert!(table.contains(&acme_path), "{table}");
+    assert!(table.contains(r#"<td class="failures">4</td>"#), "{table}");
+    assert!(!table.contains("github"), "{table}");
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">1</dd>"#),
+        "{overview}"
+    );
+
+    // Globex, with every scope, sees neither acme's alert nor the operator's receiver's.
+    let (status, theirs) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/webhook-alerts",
+        &globex,
+        Some(&globex.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["data"], json!([]), "{theirs}");
+    let (_, overview) = page(&base, "/console", &globex.cookie).await;
+    assert!(overview.contains("No alerts in the last hour."), "{overview}");
+    assert!(
+        !overview.contains(&acme_source) && !overview.contains("/api/v1/webhooks/github"),
+        "{overview}"
+    );
+    // The operator's own status page has both, as before.
+    let (_, status_body) = test_support::get_json(&format!("{ingest}/webhook-status"))
+        .await
+        .unwrap();
+    assert_eq!(status_body["paths"][&acme_path]["status"], "alert");
+    assert_eq!(
+        status_body["paths"]["/api/v1/webhooks/github"]["status"],
+        "alert"
+    );
+
+    // Routing rules: each tenant sees the rules that concern it, read-only.
+    let names = |rules: &Value| -> Vec<String> {
+        rules["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, acme_rules) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/routing-rules",
+        &acme,
+        Some(&acme.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{acme_rules}");
+    assert_eq!(names(&acme_rules), ["acme-orders", "acme-agent"]);
+    assert_eq!(
+        acme_rules["data"][1],
+        json!({"name": "acme-agent", "source": acme_source, "label": "urgent",
+               "actions": ["agent_run"], "prompt": "Look at {source} {{now}}"})
+    );
+    let (_, globex_rules) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/routing-rules",
+        &globex,
+        Some(&globex.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(names(&globex_rules), ["globex-issues", "globex-on-acme"]);
+    assert_eq!(globex_rules["data"][0]["repository"], "globex/*");
+    let (status, inbound_page) = page(&base, "/console/inbound", &acme.cookie).await;
+    assert_eq!(status, 200);
+    let table = inbound_page
+        .split(r#"<table id="routing-rules">"#)
+        .nth(1)
+        .expect("the inbound page lists the rules")
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert!(
+        table.contains("acme-orders") && table.contains("<code>order.*</code>"),
+        "{table}"
+    );
+    assert!(
+        table.contains("label urgent") && table.contains("start an agent run"),
+        "{table}"
+    );
+    for hidden in ["globex-issues", "operator-agent", "globex-on-acme", "Triage"] {
+        assert!(!inbound_page.contains(hidden), "{hidden}: {inbound_page}");
+    }
+
+    // Without the admin scope the inbound routes are closed, and the overview says so instead
+    // of failing.
+    let webhooks_only = sign_in(
+        &base,
+        &stack.api_key("acme", &[Scope::Webhooks]).await,
+    )
+    .await;
+    for path in ["/v1/inbound/webhook-alerts", "/v1/inbound/routing-rules"] {
+        let (status, refused) = v1(
+            &base,
+            reqwest::Method::GET,
+            path,
+            &webhooks_only,
+            Some(&webhooks_only.csrf),
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {refused}");
+    }
+    let (status, overview) = page(&base, "/console", &webhooks_only.cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">—</dd>"#) && !overview.contains(&acme_path),
+        "{overview}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_renders_while_webhook_ingest_has_no_redis() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_gateway()
+        // Nothing listens there: webhook-ingest runs without Redis (a degradation).
+        .setting(Service::WebhookIngest, "REDIS_URL", "redis://127.0.0.1:9/0")
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
+    let session = sign_in(&base, &stack.api_key("acme", &Scope::ALL).await).await;
+    // A tenant without sources has no alerts whatever Redis says; with one, they must be read.
+    let (status, made) = v1(
+        &base,
+        reqwest::Method::POST,
+        "/v1/inbound/sources",
+        &session,
+        Some(&session.csrf),
+        Some(json!({ "name": format!("no-redis-{}", &ids::EventId::new().to_string()[4..14]) })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, alerts) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/webhook-alerts",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{alerts}");
+    assert_eq!(alerts["status"], 503);
+    let started = std::time::Instant::now();
+    let (status, overview) = page(&base, "/console", &session.cookie).await;
+    assert_eq!(status, 200, "{overview}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">—</dd>"#)
+            && overview.contains("Alerts: —")
+            && !overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
+    // The rules need no Redis.
+    let (status, page_body) = page(&base, "/console/inbound", &session.cookie).await;
+    assert_eq!(status, 200);
+    assert!(page_body.contains("No routing rule concerns this tenant."), "{page_body}");
 }
 
 #[tokio::test]
