@@ -921,7 +921,7 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
                 @for job in &jobs {
                     @let job_id = text(&job["id"]);
                     @let status = text(&job["status"]);
-                    article.job {
+                    article.job data-job=(job_id) data-status=(status) {
                         h2 { (text(&job["type"])) " " code { (job_id) } " " (badge(&status)) }
                         p { (text(&job["prompt"])) }
                         dl.details {

@@ -1,13 +1,14 @@
 //! The console at `/console`: sign-in and its cookie, CSRF on every change, session expiry,
-//! tenant isolation and escaping over plain HTTP; then the whole of it in a real browser
-//! (Debian's Chromium driven over WebDriver by chromedriver) against the real stack.
+//! tenant isolation and escaping, webhook alerts and routing rules over plain HTTP; then the
+//! whole of it in a real browser (Debian's Chromium driven over WebDriver by chromedriver)
+//! against the real stack and the Replicate simulator.
 
 use std::{path::PathBuf, time::Duration};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use internal_rpc::Scope;
 use serde_json::{Value, json};
-use test_stack::{Service, Stack};
+use test_stack::{Service, Simulator, Stack};
 use test_support::{
     TestDatabase, eventually,
     receiver::{Behavior, Receiver},
@@ -1140,7 +1141,10 @@ async fn the_console_in_a_browser() {
     let Some((driver, chromium)) = start_driver().await else {
         return;
     };
-    let gateway: Gateway = plain().await;
+    // The Replicate simulator finishes audio jobs; one prediction a minute keeps a second job
+    // `queued` long enough to be canceled from the page.
+    let simulator = Simulator::start(&[]);
+    let gateway = browser_stack(&simulator).await;
     let base = gateway.base.clone();
     let browser = open_browser(&driver, &chromium).await;
     let dir = screenshot_dir();
@@ -1172,6 +1176,130 @@ async fn the_console_in_a_browser() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Every service, with audio-generation and webhook-ingest pointed at `simulator`.
+async fn browser_stack(simulator: &Simulator) -> Gateway {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_all()
+        .replicate(simulator)
+        .setting(Service::AudioGeneration, "REPLICATE_SUBMIT_BUDGET", "1")
+        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
+        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
+        .setting(
+            Service::WebhookIngest,
+            "ROUTING_RULES",
+            json!([{"name": "crm-to-partners", "source": "partner-crm", "event": "contact",
+                    "tenant": "acme", "actions": ["publish"]}])
+            .to_string(),
+        )
+        .start()
+        .await;
+    Gateway {
+        key: stack.api_key("acme", &Scope::ALL).await,
+        base: stack.http_url(Service::Gateway),
+        ops: stack.ops_url(Service::Gateway),
+        stack,
+    }
+}
+
+/// A `/v1` call with an API key: status and body.
+async fn with_key(base: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = test_support::http_client()
+        .request(method, format!("{base}{path}"))
+        .header("x-api-key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// A sound effect, made through the API; its id.
+async fn sound_effect(base: &str, key: &str, prompt: &str) -> String {
+    let (status, job) = with_key(
+        base,
+        reqwest::Method::POST,
+        "/v1/sound-effects",
+        key,
+        Some(json!({"prompt": prompt, "duration_seconds": 1.5})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn job_status(base: &str, key: &str, id: &str) -> String {
+    let (_, job) = with_key(base, reqwest::Method::GET, &format!("/v1/audio-jobs/{id}"), key, None).await;
+    job["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Audio jobs in the browser: a finished job's audio plays, a queued one is canceled.
+async fn audio_jobs_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots: &mut Shots) {
+    use chrono::Timelike as _;
+    // The first job takes this minute's one prediction, so the second waits for the next
+    // minute: start early enough in a minute that the page is done before it turns.
+    let second = chrono::Utc::now().second();
+    if second > 35 {
+        tokio::time::sleep(Duration::from_secs(u64::from(61 - second))).await;
+    }
+    let key = &gateway.key;
+    let finished = sound_effect(base, key, "a door creaks").await;
+    eventually(Duration::from_secs(20), "the first job to succeed", || async {
+        (job_status(base, key, &finished).await == "succeeded").then_some(())
+    })
+    .await;
+    let pending = sound_effect(base, key, "rain on a tin roof").await;
+    assert_eq!(job_status(base, key, &pending).await, "queued");
+
+    browser.goto(&format!("{base}/console/audio")).await.unwrap();
+    let done = format!("article.job[data-job='{finished}'][data-status=succeeded]");
+    wait_for(browser, &done).await;
+    assert!(
+        browser
+            .find(Locator::Css(&format!("{done} button[data-method=DELETE]")))
+            .await
+            .is_err(),
+        "a finished job cannot be canceled"
+    );
+    click(browser, Locator::Css(&format!("{done} button[data-play]"))).await;
+    let mut duration = 0.0;
+    for _ in 0..80 {
+        duration = browser
+            .execute("const a = document.getElementById('job-audio'); return Number.isFinite(a.duration) ? a.duration : 0;", vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if duration > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        duration > 1.0 && duration < 2.5,
+        "the job's audio plays, trimmed to the 1.5 s asked for: {duration}"
+    );
+    shots.take(browser, "audio-playing").await;
+
+    let queued = format!("article.job[data-job='{pending}'][data-status=queued]");
+    click(browser, Locator::Css(&format!("{queued} button[data-method=DELETE]"))).await;
+    wait_for(
+        browser,
+        &format!("article.job[data-job='{pending}'][data-status=canceled]"),
+    )
+    .await;
+    assert_eq!(job_status(base, key, &pending).await, "canceled");
+    assert!(
+        browser
+            .find(Locator::Css(&format!("article.job[data-job='{pending}'] button")))
+            .await
+            .is_err(),
+        "a canceled job has nothing to play or cancel"
+    );
+    shots.take(browser, "audio-canceled").await;
 }
 
 async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots: &mut Shots) {
@@ -1382,6 +1510,42 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
             .await
             .contains("/api/v1/webhooks/partner-crm")
     );
+    // The operator's routing rule for it, read-only.
+    let rules = text_of(browser, "#routing-rules").await;
+    assert!(
+        rules.contains("crm-to-partners") && rules.contains("contact.*"),
+        "{rules}"
+    );
+
+    // A source whose sender keeps failing: the overview shows its WEBHOOK ALERT. (Its name is
+    // fresh each run: failures are counted for an hour in the shared Redis.)
+    let failing = format!("crm-{}", &ids::EventId::new().to_string()[4..14]);
+    let (status, made) = with_key(
+        base,
+        reqwest::Method::POST,
+        "/v1/inbound/sources",
+        &gateway.key,
+        Some(json!({ "name": failing })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    fail(
+        &gateway.stack.http_url(Service::WebhookIngest),
+        &format!("/api/v1/webhooks/{failing}"),
+        5,
+    )
+    .await;
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    reload_until(browser, "#webhook-alerts", "the webhook alert").await;
+    let alerts = text_of(browser, "#webhook-alerts").await;
+    assert!(
+        alerts.contains(&format!("/api/v1/webhooks/{failing}")),
+        "{alerts}"
+    );
+    assert_eq!(text_of(browser, "#webhook-alerts td.failures").await, "5");
+    shots.take(browser, "overview-alert").await;
+
+    audio_jobs_in_browser(browser, gateway, base, shots).await;
 
     // The other pages.
     for (path, name) in [
@@ -1415,6 +1579,14 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         .unwrap();
     wait_for(browser, "#no-endpoints").await;
     assert!(!browser.source().await.unwrap().contains("/hook"));
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    wait_for(browser, "#no-alerts").await;
+    assert!(!browser.source().await.unwrap().contains(&failing));
+    browser.goto(&format!("{base}/console/inbound")).await.unwrap();
+    wait_for(browser, "#no-rules").await;
+    browser.goto(&format!("{base}/console/audio")).await.unwrap();
+    wait_for(browser, "main h1").await;
+    assert!(browser.find(Locator::Css("article.job")).await.is_err());
     browser.goto(&endpoint_page).await.unwrap();
     wait_for(browser, "main p.error").await;
     assert!(!browser.source().await.unwrap().contains("/hook"));
