@@ -55,9 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/v1/inbound/webhook-alerts", "GET").route(web::get().to(list_webhook_alerts)),
     )
-    .service(
-        resource("/v1/inbound/routing-rules", "GET").route(web::get().to(list_routing_rules)),
-    );
+    .service(resource("/v1/inbound/routing-rules", "GET").route(web::get().to(list_routing_rules)));
 }
 
 const BACKEND: &str = "inbound webhook";
@@ -767,7 +765,10 @@ pub(crate) async fn list_webhook_alerts(
     let listed = client
         .get_ref()
         .clone()
-        .list_webhook_alerts(on_behalf(pb::ListWebhookAlertsRequest::default(), &principal))
+        .list_webhook_alerts(on_behalf(
+            pb::ListWebhookAlertsRequest::default(),
+            &principal,
+        ))
         .await
         .map_err(|s| backend_problem(BACKEND, NO_SOURCE, &s))?
         .into_inner();
@@ -855,7 +856,10 @@ pub(crate) async fn list_routing_rules(
     let rules = client
         .get_ref()
         .clone()
-        .list_routing_rules(on_behalf(pb::ListRoutingRulesRequest::default(), &principal))
+        .list_routing_rules(on_behalf(
+            pb::ListRoutingRulesRequest::default(),
+            &principal,
+        ))
         .await
         .map_err(|s| backend_problem(BACKEND, NO_SOURCE, &s))?
         .into_inner()

@@ -133,7 +133,11 @@ fn rule_message(rule: &Rule) -> pb::RoutingRule {
         action: rule.action.clone().unwrap_or_default(),
         repository: rule.repository.clone().unwrap_or_default(),
         label: rule.label.clone().unwrap_or_default(),
-        tenant: rule.tenant.as_ref().map(ToString::to_string).unwrap_or_default(),
+        tenant: rule
+            .tenant
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         actions: rule
             .actions
             .iter()
@@ -142,7 +146,11 @@ fn rule_message(rule: &Rule) -> pb::RoutingRule {
                 RuleAction::AgentRun => "agent_run".to_owned(),
             })
             .collect(),
-        prompt: rule.prompt.as_ref().map(ToString::to_string).unwrap_or_default(),
+        prompt: rule
+            .prompt
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -490,7 +498,9 @@ impl WebhookIngest for IngestApi {
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "webhook alerts cannot be read");
-                Status::unavailable("webhook alerts cannot be read right now (Redis); retry shortly")
+                Status::unavailable(
+                    "webhook alerts cannot be read right now (Redis); retry shortly",
+                )
             })?;
         let settings = self.monitor.settings();
         Ok(Response::new(pb::ListWebhookAlertsResponse {

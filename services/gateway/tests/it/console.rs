@@ -597,7 +597,10 @@ async fn fail(ingest: &str, path: &str, times: usize) {
             .post(format!("{ingest}{path}"))
             .header("content-type", "application/json")
             .header("webhook-id", format!("msg_bad_{n}"))
-            .header("webhook-timestamp", chrono::Utc::now().timestamp().to_string())
+            .header(
+                "webhook-timestamp",
+                chrono::Utc::now().timestamp().to_string(),
+            )
             .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
             .header("x-hub-signature-256", "sha256=00")
             .header("x-github-event", "issues")
@@ -632,12 +635,24 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
         .with_delivery()
         .with_ingest()
         .with_gateway()
-        .setting(Service::WebhookIngest, "WEBHOOK_FAILURE_ALERT_THRESHOLD", "3")
+        .setting(
+            Service::WebhookIngest,
+            "WEBHOOK_FAILURE_ALERT_THRESHOLD",
+            "3",
+        )
         .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string())
         // Agent runs are configured but never started: no event matches them here.
-        .setting(Service::WebhookIngest, "CODEGEN_API_URL", "http://127.0.0.1:9")
+        .setting(
+            Service::WebhookIngest,
+            "CODEGEN_API_URL",
+            "http://127.0.0.1:9",
+        )
         .setting(Service::WebhookIngest, "CODEGEN_ORG_ID", "1")
-        .setting(Service::WebhookIngest, "CODEGEN_TOKEN", "cg-unused-token-0123456789")
+        .setting(
+            Service::WebhookIngest,
+            "CODEGEN_TOKEN",
+            "cg-unused-token-0123456789",
+        )
         .start()
         .await;
     test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
@@ -645,7 +660,9 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
     let ingest = stack.http_url(Service::WebhookIngest);
     let acme = sign_in(
         &base,
-        &stack.api_key("acme", &[Scope::Admin, Scope::Webhooks]).await,
+        &stack
+            .api_key("acme", &[Scope::Admin, Scope::Webhooks])
+            .await,
     )
     .await;
     // Every scope: admin does not open the operator's receivers or another tenant's paths.
@@ -666,7 +683,10 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
     // Before any failure: the clear empty state.
     let (status, overview) = page(&base, "/console", &acme.cookie).await;
     assert_eq!(status, 200);
-    assert!(overview.contains("No alerts in the last hour."), "{overview}");
+    assert!(
+        overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
     assert!(
         overview.contains(r#"<dd id="stat-alerts">0</dd>"#),
         "{overview}"
@@ -704,7 +724,10 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
     assert_eq!(listed[0]["source"], acme_source.as_str());
     let raised: chrono::DateTime<chrono::Utc> =
         listed[0]["raised_at"].as_str().unwrap().parse().unwrap();
-    assert!((chrono::Utc::now() - raised).num_seconds().abs() < 60, "{raised}");
+    assert!(
+        (chrono::Utc::now() - raised).num_seconds().abs() < 60,
+        "{raised}"
+    );
 
     let (status, overview) = page(&base, "/console", &acme.cookie).await;
     assert_eq!(status, 200);
@@ -736,7 +759,10 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
     assert_eq!(status, 200, "{theirs}");
     assert_eq!(theirs["data"], json!([]), "{theirs}");
     let (_, overview) = page(&base, "/console", &globex.cookie).await;
-    assert!(overview.contains("No alerts in the last hour."), "{overview}");
+    assert!(
+        overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
     assert!(
         !overview.contains(&acme_source) && !overview.contains("/api/v1/webhooks/github"),
         "{overview}"
@@ -804,17 +830,18 @@ async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
         table.contains("label urgent") && table.contains("start an agent run"),
         "{table}"
     );
-    for hidden in ["globex-issues", "operator-agent", "globex-on-acme", "Triage"] {
+    for hidden in [
+        "globex-issues",
+        "operator-agent",
+        "globex-on-acme",
+        "Triage",
+    ] {
         assert!(!inbound_page.contains(hidden), "{hidden}: {inbound_page}");
     }
 
     // Without the admin scope the inbound routes are closed, and the overview says so instead
     // of failing.
-    let webhooks_only = sign_in(
-        &base,
-        &stack.api_key("acme", &[Scope::Webhooks]).await,
-    )
-    .await;
+    let webhooks_only = sign_in(&base, &stack.api_key("acme", &[Scope::Webhooks]).await).await;
     for path in ["/v1/inbound/webhook-alerts", "/v1/inbound/routing-rules"] {
         let (status, refused) = v1(
             &base,
@@ -883,7 +910,10 @@ async fn the_overview_renders_while_webhook_ingest_has_no_redis() {
     // The rules need no Redis.
     let (status, page_body) = page(&base, "/console/inbound", &session.cookie).await;
     assert_eq!(status, 200);
-    assert!(page_body.contains("No routing rule concerns this tenant."), "{page_body}");
+    assert!(
+        page_body.contains("No routing rule concerns this tenant."),
+        "{page_body}"
+    );
 }
 
 #[tokio::test]
@@ -1205,7 +1235,13 @@ async fn browser_stack(simulator: &Simulator) -> Gateway {
 }
 
 /// A `/v1` call with an API key: status and body.
-async fn with_key(base: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+async fn with_key(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = test_support::http_client()
         .request(method, format!("{base}{path}"))
         .header("x-api-key", key);
@@ -1232,12 +1268,24 @@ async fn sound_effect(base: &str, key: &str, prompt: &str) -> String {
 }
 
 async fn job_status(base: &str, key: &str, id: &str) -> String {
-    let (_, job) = with_key(base, reqwest::Method::GET, &format!("/v1/audio-jobs/{id}"), key, None).await;
+    let (_, job) = with_key(
+        base,
+        reqwest::Method::GET,
+        &format!("/v1/audio-jobs/{id}"),
+        key,
+        None,
+    )
+    .await;
     job["status"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Audio jobs in the browser: a finished job's audio plays, a queued one is canceled.
-async fn audio_jobs_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots: &mut Shots) {
+async fn audio_jobs_in_browser(
+    browser: &Browser,
+    gateway: &Gateway,
+    base: &str,
+    shots: &mut Shots,
+) {
     use chrono::Timelike as _;
     // The first job takes this minute's one prediction, so the second waits for the next
     // minute: start early enough in a minute that the page is done before it turns.
@@ -1247,14 +1295,19 @@ async fn audio_jobs_in_browser(browser: &Browser, gateway: &Gateway, base: &str,
     }
     let key = &gateway.key;
     let finished = sound_effect(base, key, "a door creaks").await;
-    eventually(Duration::from_secs(20), "the first job to succeed", || async {
-        (job_status(base, key, &finished).await == "succeeded").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the first job to succeed",
+        || async { (job_status(base, key, &finished).await == "succeeded").then_some(()) },
+    )
     .await;
     let pending = sound_effect(base, key, "rain on a tin roof").await;
     assert_eq!(job_status(base, key, &pending).await, "queued");
 
-    browser.goto(&format!("{base}/console/audio")).await.unwrap();
+    browser
+        .goto(&format!("{base}/console/audio"))
+        .await
+        .unwrap();
     let done = format!("article.job[data-job='{finished}'][data-status=succeeded]");
     wait_for(browser, &done).await;
     assert!(
@@ -1285,7 +1338,11 @@ async fn audio_jobs_in_browser(browser: &Browser, gateway: &Gateway, base: &str,
     shots.take(browser, "audio-playing").await;
 
     let queued = format!("article.job[data-job='{pending}'][data-status=queued]");
-    click(browser, Locator::Css(&format!("{queued} button[data-method=DELETE]"))).await;
+    click(
+        browser,
+        Locator::Css(&format!("{queued} button[data-method=DELETE]")),
+    )
+    .await;
     wait_for(
         browser,
         &format!("article.job[data-job='{pending}'][data-status=canceled]"),
@@ -1294,7 +1351,9 @@ async fn audio_jobs_in_browser(browser: &Browser, gateway: &Gateway, base: &str,
     assert_eq!(job_status(base, key, &pending).await, "canceled");
     assert!(
         browser
-            .find(Locator::Css(&format!("article.job[data-job='{pending}'] button")))
+            .find(Locator::Css(&format!(
+                "article.job[data-job='{pending}'] button"
+            )))
             .await
             .is_err(),
         "a canceled job has nothing to play or cancel"
@@ -1582,9 +1641,15 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
     browser.goto(&format!("{base}/console")).await.unwrap();
     wait_for(browser, "#no-alerts").await;
     assert!(!browser.source().await.unwrap().contains(&failing));
-    browser.goto(&format!("{base}/console/inbound")).await.unwrap();
+    browser
+        .goto(&format!("{base}/console/inbound"))
+        .await
+        .unwrap();
     wait_for(browser, "#no-rules").await;
-    browser.goto(&format!("{base}/console/audio")).await.unwrap();
+    browser
+        .goto(&format!("{base}/console/audio"))
+        .await
+        .unwrap();
     wait_for(browser, "main h1").await;
     assert!(browser.find(Locator::Css("article.job")).await.is_err());
     browser.goto(&endpoint_page).await.unwrap();

@@ -199,11 +199,7 @@ async fn fail_source(base: &str, name: &str) {
         .send()
         .await
         .unwrap();
-    assert!(
-        response.status().is_client_error(),
-        "{}",
-        response.status()
-    );
+    assert!(response.status().is_client_error(), "{}", response.status());
 }
 
 fn client_of(tenant: &str) -> Principal {
@@ -232,7 +228,11 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
             "REPLICATE_WEBHOOK_SECRET",
             secret.clone(),
         )
-        .setting(Service::WebhookIngest, "WEBHOOK_FAILURE_ALERT_THRESHOLD", "2")
+        .setting(
+            Service::WebhookIngest,
+            "WEBHOOK_FAILURE_ALERT_THRESHOLD",
+            "2",
+        )
         .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string())
         .start()
         .await;
@@ -289,7 +289,10 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
     .await;
     assert_eq!(listed.alerts.len(), 1, "{listed:?}");
     let alert = &listed.alerts[0];
-    assert_eq!((alert.path.as_str(), alert.source.as_str()), (orders_path.as_str(), orders.as_str()));
+    assert_eq!(
+        (alert.path.as_str(), alert.source.as_str()),
+        (orders_path.as_str(), orders.as_str())
+    );
     let age = chrono::Utc::now().timestamp_millis() - alert.raised_at_unix_ms;
     assert!((0..60_000).contains(&age), "{age}");
 
@@ -301,10 +304,17 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
     // The gateway on its own (an operator's tool) sees both, the Replicate one of no source.
     let operator = eventually(Duration::from_secs(10), "the Replicate alert", || async {
         let all = alerts_of(None, "").await.unwrap().into_inner();
-        all.alerts.iter().any(|a| a.path == replicate).then_some(all)
+        all.alerts
+            .iter()
+            .any(|a| a.path == replicate)
+            .then_some(all)
     })
     .await;
-    let replicate_alert = operator.alerts.iter().find(|a| a.path == replicate).unwrap();
+    let replicate_alert = operator
+        .alerts
+        .iter()
+        .find(|a| a.path == replicate)
+        .unwrap();
     assert_eq!(replicate_alert.source, "");
     assert_eq!(replicate_alert.failures_last_hour, 2);
     assert!(operator.alerts.iter().any(|a| a.path == orders_path));
@@ -322,7 +332,14 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
     ))
     .await
     .unwrap();
-    assert!(alerts_of(Some(&acme), "").await.unwrap().into_inner().alerts.is_empty());
+    assert!(
+        alerts_of(Some(&acme), "")
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+            .is_empty()
+    );
     api.create_source(on_behalf(
         CreateSourceRequest {
             name: orders.clone(),
@@ -354,7 +371,10 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
         }
     };
     assert_eq!(rules_of(Some(&acme)).await, ["acme-orders"]);
-    assert_eq!(rules_of(Some(&beta)).await, ["beta-github", "beta-on-orders"]);
+    assert_eq!(
+        rules_of(Some(&beta)).await,
+        ["beta-github", "beta-on-orders"]
+    );
     assert_eq!(
         rules_of(None).await,
         ["acme-orders", "beta-github", "beta-on-orders"]
@@ -366,7 +386,12 @@ async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
         .into_inner()
         .rules;
     assert_eq!(
-        (full[0].source.as_str(), full[0].event.as_str(), full[0].tenant.as_str(), full[0].actions.clone()),
+        (
+            full[0].source.as_str(),
+            full[0].event.as_str(),
+            full[0].tenant.as_str(),
+            full[0].actions.clone()
+        ),
         (orders.as_str(), "order", "acme", vec!["publish".to_owned()])
     );
 }
