@@ -9,8 +9,11 @@
 //! only its own rules' attempts, and a redrive only of events routed to it alone. Another
 //! tenant's source or event is 404, as one that never existed.
 //!
-//! Routing rules are not managed here: they are webhook-ingest's `ROUTING_RULES` setting, and
-//! its API offers no call to change them.
+//! The `WEBHOOK ALERT`s of the last hour on the tenant's own sources' paths, and the routing
+//! rules that concern the tenant, are shown read-only: the alerts are raised by webhook-ingest's
+//! failure monitoring, and the rules are its `ROUTING_RULES` setting, which its API offers no
+//! call to change. The built-in receivers' paths (Replicate, GitHub) and the operator's own rules
+//! belong to no tenant and are not shown to any key, `admin` included (see ARCHITECTURE.md).
 
 use actix_web::{
     HttpResponse,
@@ -48,7 +51,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/v1/inbound/events", "GET").route(web::get().to(list_events)))
     .service(resource("/v1/inbound/events/{id}", "GET").route(web::get().to(get_event)))
-    .service(resource("/v1/inbound/dead-letters/redrive", "POST").route(web::post().to(redrive)));
+    .service(resource("/v1/inbound/dead-letters/redrive", "POST").route(web::post().to(redrive)))
+    .service(
+        resource("/v1/inbound/webhook-alerts", "GET").route(web::get().to(list_webhook_alerts)),
+    )
+    .service(resource("/v1/inbound/routing-rules", "GET").route(web::get().to(list_routing_rules)));
 }
 
 const BACKEND: &str = "inbound webhook";
@@ -705,4 +712,171 @@ impl EventsQuery {
             ..Self::recent(100)
         }
     }
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookAlert)]
+struct AlertBody {
+    /// The path on webhook-ingest that failed, such as `/api/v1/webhooks/orders`.
+    path: String,
+    /// The tenant's source the path belongs to.
+    source: String,
+    /// When the path last reached the failure threshold within the hour.
+    raised_at: Option<DateTime<Utc>>,
+    /// Its failures within the last hour, now.
+    failures_last_hour: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookAlerts)]
+struct AlertsBody {
+    /// `enabled`, or `disabled` when the installation counts no failures (and so raises no
+    /// alert).
+    monitoring: &'static str,
+    /// The failures within an hour that raise an alert.
+    failure_threshold: u32,
+    /// The alerts of the last hour, newest first, at most 100.
+    data: Vec<AlertBody>,
+}
+
+/// The `WEBHOOK ALERT`s of the last hour on the tenant's sources.
+///
+/// A source's path raises one when it fails (a refused signature, a malformed body, an action
+/// that did not succeed) `failure_threshold` times within an hour; each is listed for the hour
+/// after it was last raised, with the path's failures within the hour now. Alerts on the
+/// built-in Replicate and GitHub receivers are for the installation's operator, not listed here.
+#[utoipa::path(
+    get,
+    path = "/v1/inbound/webhook-alerts",
+    tag = tag::INBOUND_WEBHOOKS,
+    responses(
+        (status = 200, description = "The alerts.", body = AlertsBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn list_webhook_alerts(
+    caller: Caller,
+    client: web::Data<Client>,
+) -> Result<HttpResponse, Problem> {
+    let principal = principal(&caller)?;
+    let listed = client
+        .get_ref()
+        .clone()
+        .list_webhook_alerts(on_behalf(
+            pb::ListWebhookAlertsRequest::default(),
+            &principal,
+        ))
+        .await
+        .map_err(|s| backend_problem(BACKEND, NO_SOURCE, &s))?
+        .into_inner();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(AlertsBody {
+            monitoring: if listed.monitoring_enabled {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            failure_threshold: listed.failure_threshold,
+            data: listed
+                .alerts
+                .into_iter()
+                .map(|a| AlertBody {
+                    path: a.path,
+                    source: a.source,
+                    raised_at: time(a.raised_at_unix_ms),
+                    failures_last_hour: a.failures_last_hour,
+                })
+                .collect(),
+        }))
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = RoutingRule)]
+struct RuleBody {
+    /// The rule's name, as in an attempt's `action` (`publish:<name>`).
+    name: String,
+    /// `github`, `replicate`, or a source's name.
+    source: String,
+    /// The event type (before its first `.`) the rule matches; absent for every one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+    /// The payload's `action` (after the first `.`) the rule matches; absent for every one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
+    /// A glob (`*`, `?`) over the repository's full name; absent for every repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repository: Option<String>,
+    /// A label the issue or pull request must have; absent for any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    /// `publish` (to this tenant's partner endpoints) and/or `agent_run`.
+    actions: Vec<String>,
+    /// The agent run's prompt template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = RoutingRules)]
+struct RulesBody {
+    /// In the order they are set, at most 200.
+    data: Vec<RuleBody>,
+}
+
+fn given(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// The routing rules that concern the tenant.
+///
+/// Read-only: rules are the installation's `ROUTING_RULES` setting. Listed are the rules that
+/// hand events to the tenant's partners (`publish`), on any source, and the rules on the
+/// tenant's own sources that hand their events to no other tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/inbound/routing-rules",
+    tag = tag::INBOUND_WEBHOOKS,
+    responses(
+        (status = 200, description = "The rules.", body = RulesBody),
+        (status = 403, response = openapi::Forbidden),
+        (status = 502, response = openapi::BadGateway),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+)]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn list_routing_rules(
+    caller: Caller,
+    client: web::Data<Client>,
+) -> Result<HttpResponse, Problem> {
+    let principal = principal(&caller)?;
+    let rules = client
+        .get_ref()
+        .clone()
+        .list_routing_rules(on_behalf(
+            pb::ListRoutingRulesRequest::default(),
+            &principal,
+        ))
+        .await
+        .map_err(|s| backend_problem(BACKEND, NO_SOURCE, &s))?
+        .into_inner()
+        .rules;
+    Ok(HttpResponse::Ok().json(RulesBody {
+        data: rules
+            .into_iter()
+            .map(|r| RuleBody {
+                name: r.name,
+                source: r.source,
+                event: given(r.event),
+                action: given(r.action),
+                repository: given(r.repository),
+                label: given(r.label),
+                actions: r.actions,
+                prompt: given(r.prompt),
+            })
+            .collect(),
+    }))
 }

@@ -103,6 +103,8 @@ pub mod tag {
         crate::inbound::list_events,
         crate::inbound::get_event,
         crate::inbound::redrive,
+        crate::inbound::list_webhook_alerts,
+        crate::inbound::list_routing_rules,
         crate::telephony::calls::say,
         crate::telephony::calls::clear,
     ),
@@ -126,7 +128,7 @@ pub mod tag {
         (name = tag::USAGE, description = "Requests, characters, seconds of audio and jobs per key and day, and the monthly character quota (`usage` scope)."),
         (name = tag::AUDIO_JOBS, description = "Sound effects and background music, made as jobs, and their audio (`audio` scope)."),
         (name = tag::PARTNER_WEBHOOKS, description = "The events partners receive, their webhook endpoints, secrets, deliveries and attempts (`webhooks` scope)."),
-        (name = tag::INBOUND_WEBHOOKS, description = "Inbound webhook sources and the events routed to the tenant (`admin` and `webhooks` scopes)."),
+        (name = tag::INBOUND_WEBHOOKS, description = "Inbound webhook sources, the events routed to the tenant, their failure alerts and the routing rules that concern it (`admin` and `webhooks` scopes)."),
         (name = tag::SERVICE, description = "The service itself, for monitors; no key needed."),
     )
 )]

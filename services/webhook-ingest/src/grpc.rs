@@ -8,6 +8,12 @@
 //! since a redrive runs every unfinished action of the event, and one tenant must not set off
 //! another's. Replicate events (no rule, so no tenant) are seen by operators only. A call of the
 //! gateway on its own (an operator's tool) sees and redrives everything, `tenant` filtering.
+//!
+//! The same holds for the monitor's alerts and the routing rules: a client sees the alerts of
+//! its own sources' paths and the rules that concern its tenant; the built-in receivers' paths
+//! and the operator's own rules are for operators.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use database::{DatabaseError, Pool};
@@ -18,6 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     inbox::{self, AttemptRow, EventFilter, EventRow},
+    monitor::Monitor,
+    routing::{Rule, RuleAction},
     sources::{self, SourceError, SourceRow, Sources},
 };
 
@@ -33,7 +41,12 @@ pub fn policy() -> Policy {
         .allow(SERVICE, "ListSources", GATEWAY, access)
         .allow(SERVICE, "RotateSourceSecret", GATEWAY, access)
         .allow(SERVICE, "DeleteSource", GATEWAY, access)
+        .allow(SERVICE, "ListWebhookAlerts", GATEWAY, access)
+        .allow(SERVICE, "ListRoutingRules", GATEWAY, access)
 }
+
+/// The most routing rules one call returns.
+pub const MAX_RULES: usize = 200;
 
 /// The service.
 #[derive(Clone)]
@@ -41,9 +54,22 @@ pub struct IngestApi {
     pub pool: Pool,
     /// The generic sources; none without `WEBHOOK_SECRET_ENCRYPTION_KEY`.
     pub sources: Option<Sources>,
+    /// The failure monitor, whose alerts `ListWebhookAlerts` shows.
+    pub monitor: Monitor,
+    /// `ROUTING_RULES`, which `ListRoutingRules` shows.
+    pub rules: Arc<Vec<Rule>>,
 }
 
 impl IngestApi {
+    /// The sources of `tenant` (none without `WEBHOOK_SECRET_ENCRYPTION_KEY`, since then none
+    /// can be registered or receive).
+    async fn sources_of(&self, tenant: &str) -> Result<Vec<SourceRow>, Status> {
+        match &self.sources {
+            Some(sources) => sources.list(Some(tenant)).await.map_err(source_error),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn sources(&self) -> Result<&Sources, Status> {
         self.sources.as_ref().ok_or_else(|| {
             Status::failed_precondition(
@@ -78,6 +104,54 @@ fn source_name(name: &str) -> Result<&str, Status> {
         )));
     }
     Ok(name)
+}
+
+/// The generic source a monitored path belongs to, if it is one's.
+fn source_of_path(path: &str) -> Option<&str> {
+    path.strip_prefix(SOURCE_PATH)
+        .filter(|name| sources::valid_name(name) && !sources::RESERVED.contains(name))
+}
+
+const SOURCE_PATH: &str = "/api/v1/webhooks/";
+
+/// Whether a client of `tenant`, owning `own` sources, may see `rule`: the rules that hand
+/// events to its tenant, and those on its own sources that hand them to no other tenant (an
+/// agent run on its events). Rules for other tenants and the operator's own rules on the
+/// built-in receivers stay hidden: their names, filters and prompts are other people's.
+fn rule_visible(rule: &Rule, tenant: &str, own: &[SourceRow]) -> bool {
+    match &rule.tenant {
+        Some(to) => to.as_str() == tenant,
+        None => own.iter().any(|s| s.name == rule.source),
+    }
+}
+
+fn rule_message(rule: &Rule) -> pb::RoutingRule {
+    pb::RoutingRule {
+        name: rule.name.clone(),
+        source: rule.source.clone(),
+        event: rule.event.clone().unwrap_or_default(),
+        action: rule.action.clone().unwrap_or_default(),
+        repository: rule.repository.clone().unwrap_or_default(),
+        label: rule.label.clone().unwrap_or_default(),
+        tenant: rule
+            .tenant
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        actions: rule
+            .actions
+            .iter()
+            .map(|a| match a {
+                RuleAction::Publish => "publish".to_owned(),
+                RuleAction::AgentRun => "agent_run".to_owned(),
+            })
+            .collect(),
+        prompt: rule
+            .prompt
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
 }
 
 fn source_message(row: SourceRow) -> pb::Source {
@@ -399,6 +473,71 @@ impl WebhookIngest for IngestApi {
             .ok_or_else(|| Status::not_found(format!("name: no source {name}")))?;
         tracing::info!(source = name, "source secret rotated");
         Ok(Response::new(source_secret(row, secret)))
+    }
+
+    async fn list_webhook_alerts(
+        &self,
+        request: Request<pb::ListWebhookAlertsRequest>,
+    ) -> Result<Response<pb::ListWebhookAlertsResponse>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        // A tenant's paths are its sources'; an alert counts for a source only from when it
+        // was registered, so a name deleted and taken again does not bring its past along.
+        let paths = match &scoped.tenant {
+            Some(tenant) => Some(
+                self.sources_of(tenant)
+                    .await?
+                    .into_iter()
+                    .map(|s| (format!("{SOURCE_PATH}{}", s.name), s.created_at))
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
+        let alerts = self
+            .monitor
+            .alerts(Utc::now(), paths.as_deref())
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "webhook alerts cannot be read");
+                Status::unavailable(
+                    "webhook alerts cannot be read right now (Redis); retry shortly",
+                )
+            })?;
+        let settings = self.monitor.settings();
+        Ok(Response::new(pb::ListWebhookAlertsResponse {
+            monitoring_enabled: settings.enabled,
+            failure_threshold: settings.threshold,
+            alerts: alerts
+                .into_iter()
+                .map(|a| pb::WebhookAlert {
+                    source: source_of_path(&a.path).unwrap_or_default().to_owned(),
+                    raised_at_unix_ms: a.raised_at.timestamp_millis(),
+                    failures_last_hour: a.failures_last_hour,
+                    path: a.path,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_routing_rules(
+        &self,
+        request: Request<pb::ListRoutingRulesRequest>,
+    ) -> Result<Response<pb::ListRoutingRulesResponse>, Status> {
+        let scoped = scope(&request, &request.get_ref().tenant)?;
+        let own = match &scoped.tenant {
+            Some(tenant) => Some((tenant.as_str(), self.sources_of(tenant).await?)),
+            None => None,
+        };
+        let rules = self
+            .rules
+            .iter()
+            .filter(|rule| {
+                own.as_ref()
+                    .is_none_or(|(tenant, sources)| rule_visible(rule, tenant, sources))
+            })
+            .take(MAX_RULES)
+            .map(rule_message)
+            .collect();
+        Ok(Response::new(pb::ListRoutingRulesResponse { rules }))
     }
 
     async fn delete_source(

@@ -579,6 +579,8 @@ impl Application {
                         grpc::IngestApi {
                             pool: database.pool().clone(),
                             sources: sources.clone(),
+                            monitor: monitor.clone(),
+                            rules: std::sync::Arc::new(settings.rules.clone()),
                         },
                     ),
                 )

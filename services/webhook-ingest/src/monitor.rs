@@ -6,6 +6,9 @@
 //! counts the same failures and a restart forgets nothing. Recording runs beside the request,
 //! never in its way; while Redis is away failures go uncounted (logged, at most once a minute)
 //! and `/webhook-status` answers 503.
+//!
+//! Each alert is also kept for the hour (the path and when it was raised), for the gateway's
+//! console through the `ListWebhookAlerts` call.
 
 use std::{
     sync::{Arc, Mutex},
@@ -24,6 +27,12 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// under their route instead, so random ids cannot grow Redis without bound.
 const MAX_PATHS: isize = 10_000;
 const PATHS_KEY: &str = "webhook-monitor:paths";
+/// The alerts raised within the hour: a sorted set of paths scored by when each last reached
+/// the threshold, so the console can show what the `WEBHOOK ALERT` lines said without anyone
+/// reading the logs.
+const ALERTS_KEY: &str = "webhook-monitor:alerts";
+/// The most alerts one call returns.
+pub const MAX_ALERTS: usize = 100;
 
 fn failures_key(path: &str) -> String {
     format!("webhook-monitor:failures:{path}")
@@ -152,8 +161,98 @@ impl Monitor {
                 failures_last_hour = count,
                 "WEBHOOK ALERT: {path} has failed {count} times in the last hour"
             );
+            // Kept for the hour, newest raise per path, beside the counts it was raised from.
+            redis::pipe()
+                .atomic()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(ALERTS_KEY)
+                .arg("-inf")
+                .arg(since_ms)
+                .ignore()
+                .zadd(ALERTS_KEY, path, now_ms)
+                .ignore()
+                .expire(ALERTS_KEY, i64::try_from(WINDOW.as_secs()).unwrap_or(3600))
+                .ignore()
+                .query_async::<()>(&mut *conn)
+                .await?;
         }
         Ok(count)
+    }
+
+    /// Whether failures are counted, and the threshold that raises an alert.
+    pub fn settings(&self) -> &MonitorSettings {
+        &self.settings
+    }
+
+    /// The alerts raised within the hour before `now`, newest first, at most [`MAX_ALERTS`]:
+    /// of every path, or only of `paths` (each with the earliest raise that counts for it, so
+    /// an alert raised before a source existed is not its owner's).
+    pub async fn alerts(
+        &self,
+        now: DateTime<Utc>,
+        paths: Option<&[(String, DateTime<Utc>)]>,
+    ) -> Result<Vec<Alert>, redis_pool::RedisError> {
+        if !self.settings.enabled || paths.is_some_and(<[_]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut conn = redis_pool::get(&self.redis).await?;
+        let since_ms = (now - window()).timestamp_millis();
+        let raised: Vec<(String, f64)> = match paths {
+            None => {
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(ALERTS_KEY)
+                    .arg("+inf")
+                    .arg(since_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(MAX_ALERTS)
+                    .query_async(&mut *conn)
+                    .await?
+            }
+            Some(paths) => {
+                let mut scores = redis::pipe();
+                for (path, _) in paths {
+                    scores.zscore(ALERTS_KEY, path);
+                }
+                let scores: Vec<Option<f64>> = scores.query_async(&mut *conn).await?;
+                let mut raised: Vec<(String, f64)> = paths
+                    .iter()
+                    .zip(scores)
+                    .filter_map(|((path, from), score)| {
+                        score
+                            .filter(|&ms| ms as i64 >= since_ms.max(from.timestamp_millis()))
+                            .map(|ms| (path.clone(), ms))
+                    })
+                    .collect();
+                raised.sort_by(|a, b| b.1.total_cmp(&a.1));
+                raised.truncate(MAX_ALERTS);
+                raised
+            }
+        };
+        if raised.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts = redis::pipe();
+        for (path, _) in &raised {
+            counts
+                .cmd("ZCOUNT")
+                .arg(failures_key(path))
+                .arg(since_ms)
+                .arg("+inf");
+        }
+        let counts: Vec<u64> = counts.query_async(&mut *conn).await?;
+        Ok(raised
+            .into_iter()
+            .zip(counts)
+            .filter_map(|((path, ms), failures_last_hour)| {
+                Some(Alert {
+                    raised_at: Utc.timestamp_millis_opt(ms as i64).single()?,
+                    path,
+                    failures_last_hour,
+                })
+            })
+            .collect())
     }
 
     /// The old `/webhook-status` body.
@@ -201,6 +300,16 @@ impl Monitor {
         }
         Ok(body)
     }
+}
+
+/// A `WEBHOOK ALERT` raised within the hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub path: String,
+    /// When the path last reached the threshold.
+    pub raised_at: DateTime<Utc>,
+    /// Its failures within the hour, now (fewer than at the raise once old ones age out).
+    pub failures_last_hour: u64,
 }
 
 fn window() -> chrono::Duration {

@@ -335,6 +335,19 @@ impl Template {
     }
 }
 
+/// The template as written (up to how its braces were escaped), for showing the rule.
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.0 {
+            match part {
+                Part::Text(text) => f.write_str(&text.replace('{', "{{").replace('}', "}}"))?,
+                Part::Field(path) => write!(f, "{{{}}}", path.join("."))?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +427,13 @@ mod tests {
         );
         let t = Template::parse("{issue.labels.1.name}|{missing.field}|{action}").unwrap();
         assert_eq!(t.render(&facts), "agent||labeled");
+        // Shown as written, so the console can show a rule's prompt.
+        for written in [
+            "Fix {repository}#{issue.number}: {issue.title} ({label}, {{literal}})",
+            "{issue.labels.1.name}|{missing.field}|{action}",
+        ] {
+            assert_eq!(Template::parse(written).unwrap().to_string(), written);
+        }
     }
 
     #[test]

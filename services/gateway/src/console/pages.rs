@@ -257,6 +257,10 @@ async fn deliveries_overview(req: &HttpRequest, visitor: &Visitor) -> Markup {
     };
     let inbound_failed = inbound_count("failed").await;
     let inbound_dead = inbound_count("dead_letter").await;
+    let alerts = match data::<webhooks::IngestClient>(req) {
+        Ok(client) => api(inbound::list_webhook_alerts(visitor.caller(), client).await).await,
+        Err(problem) => Err(problem),
+    };
     html! {
         section aria-labelledby="deliveries" {
             h2 #deliveries { "Partner deliveries" }
@@ -281,8 +285,47 @@ async fn deliveries_overview(req: &HttpRequest, visitor: &Visitor) -> Markup {
             dl.stats {
                 div { dt { "Failed, retrying" } dd { @match &inbound_failed { Ok(n) => (n), Err(_) => "—" } } }
                 div { dt { "Dead letters" } dd { @match &inbound_dead { Ok(n) => (n), Err(_) => "—" } } }
+                div { dt { "Alerts, last hour" } dd #stat-alerts { @match &alerts { Ok(list) => (rows(list, "data").len()), Err(_) => "—" } } }
             }
-            p.help { "WEBHOOK ALERT lines (a receiver path failing 5 times within the hour) are raised by webhook-ingest; its /webhook-status lists the paths in alert." }
+            (webhook_alerts(&alerts))
+        }
+    }
+}
+
+/// The `WEBHOOK ALERT`s of the last hour on the tenant's sources, or why they cannot be shown.
+fn webhook_alerts(alerts: &Result<Value, Problem>) -> Markup {
+    html! {
+        h3 #webhook-alerts-heading { "WEBHOOK ALERTs of the last hour" }
+        @match alerts {
+            Ok(list) => {
+                @let data = rows(list, "data");
+                @if list["monitoring"] == "disabled" {
+                    p #alerts-disabled { "Failure monitoring is turned off on this installation (WEBHOOK_MONITORING_ENABLED), so no alert can be raised." }
+                } @else {
+                    p.help { "An alert is raised when one of this tenant's source paths fails " (text(&list["failure_threshold"])) " times within an hour (a refused signature, a malformed body, an action that did not succeed)." }
+                }
+                @if data.is_empty() {
+                    p #no-alerts { "No alerts in the last hour." }
+                } @else {
+                    table #webhook-alerts aria-labelledby="webhook-alerts-heading" {
+                        thead { tr { th scope="col" { "Path" } th scope="col" { "Source" } th scope="col" { "Raised" } th scope="col" { "Failures, last hour" } } }
+                        tbody {
+                            @for alert in &data {
+                                tr {
+                                    th scope="row" { code { (text(&alert["path"])) } }
+                                    td { (text(&alert["source"])) }
+                                    td { (when(&alert["raised_at"])) }
+                                    td.failures { (text(&alert["failures_last_hour"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Err(problem) => {
+                p #alerts-unavailable { "Alerts: — " }
+                (failed(problem))
+            }
         }
     }
 }
@@ -878,7 +921,7 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
                 @for job in &jobs {
                     @let job_id = text(&job["id"]);
                     @let status = text(&job["status"]);
-                    article.job {
+                    article.job data-job=(job_id) data-status=(status) {
                         h2 { (text(&job["type"])) " " code { (job_id) } " " (badge(&status)) }
                         p { (text(&job["prompt"])) }
                         dl.details {
@@ -913,9 +956,10 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
 
 pub(crate) async fn inbound(req: HttpRequest) -> HttpResponse {
     let visitor = signed_in!(req);
-    let (sources, events) = match data::<webhooks::IngestClient>(&req) {
+    let (sources, rules, events) = match data::<webhooks::IngestClient>(&req) {
         Ok(client) => (
             api(inbound::list_sources(visitor.caller(), client.clone()).await).await,
+            api(inbound::list_routing_rules(visitor.caller(), client.clone()).await).await,
             api(inbound::list_events(
                 visitor.caller(),
                 client,
@@ -924,12 +968,12 @@ pub(crate) async fn inbound(req: HttpRequest) -> HttpResponse {
             .await)
             .await,
         ),
-        Err(problem) => (Err(problem.clone()), Err(problem)),
+        Err(problem) => (Err(problem.clone()), Err(problem.clone()), Err(problem)),
     };
     let body = html! {
         section aria-labelledby="sources" {
             h2 #sources { "Sources" }
-            p { "A source receives Standard Webhooks at its path; its secret is shown once when it is made or rotated. Routing rules are set by the operator (" code { "ROUTING_RULES" } " of webhook-ingest)." }
+            p { "A source receives Standard Webhooks at its path; its secret is shown once when it is made or rotated." }
             @match &sources {
                 Ok(list) if rows(list, "data").is_empty() => p #no-sources { "No sources yet." }
                 Ok(list) => {
@@ -960,6 +1004,50 @@ pub(crate) async fn inbound(req: HttpRequest) -> HttpResponse {
                 div.actions { button type="submit" { "Create source" } }
             }
             output #source-secret aria-live="polite" {}
+        }
+        section aria-labelledby="rules" {
+            h2 #rules { "Routing rules" }
+            p { "Which events set off which actions. Rules are set by the operator (" code { "ROUTING_RULES" } " of webhook-ingest) and are read-only here; shown are the rules that hand events to this tenant's partner endpoints and those on its own sources." }
+            @match &rules {
+                Ok(list) if rows(list, "data").is_empty() => p #no-rules { "No routing rule concerns this tenant." }
+                Ok(list) => {
+                    table #routing-rules {
+                        thead { tr { th scope="col" { "Rule" } th scope="col" { "Source" } th scope="col" { "Event type" } th scope="col" { "Also matching" } th scope="col" { "Actions" } th scope="col" { "Prompt" } } }
+                        tbody {
+                            @for r in rows(list, "data") {
+                                @let event = match (r["event"].as_str(), r["action"].as_str()) {
+                                    (None, None) => "every type".to_owned(),
+                                    (Some(e), None) => format!("{e}.*"),
+                                    (None, Some(a)) => format!("*.{a}"),
+                                    (Some(e), Some(a)) => format!("{e}.{a}"),
+                                };
+                                @let filters = [("repository", &r["repository"]), ("label", &r["label"])]
+                                    .into_iter()
+                                    .filter_map(|(name, v)| v.as_str().map(|v| format!("{name} {v}")))
+                                    .collect::<Vec<_>>();
+                                tr {
+                                    th scope="row" { (text(&r["name"])) }
+                                    td { (text(&r["source"])) }
+                                    td { code { (event) } }
+                                    td { @if filters.is_empty() { "—" } @else { (filters.join(", ")) } }
+                                    td.rule-actions {
+                                        @for action in r["actions"].as_array().into_iter().flatten() {
+                                            @let words = match action.as_str() {
+                                                Some("publish") => "publish to partner endpoints".to_owned(),
+                                                Some("agent_run") => "start an agent run".to_owned(),
+                                                _ => text(action),
+                                            };
+                                            span.badge.ok { (words) } " "
+                                        }
+                                    }
+                                    td.prompt { (text(&r["prompt"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(problem) => (failed(problem))
+            }
         }
         section aria-labelledby="inbox" {
             h2 #inbox { "Inbox" }

@@ -1,15 +1,16 @@
 //! The console at `/console`: sign-in and its cookie, CSRF on every change, session expiry,
-//! tenant isolation and escaping over plain HTTP; then the whole of it in a real browser
-//! (Debian's Chromium driven over WebDriver by chromedriver) against the real stack.
+//! tenant isolation and escaping, webhook alerts and routing rules over plain HTTP; then the
+//! whole of it in a real browser (Debian's Chromium driven over WebDriver by chromedriver)
+//! against the real stack and the Replicate simulator.
 
 use std::{path::PathBuf, time::Duration};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use internal_rpc::Scope;
 use serde_json::{Value, json};
-use test_stack::{Service, Stack};
+use test_stack::{Service, Simulator, Stack};
 use test_support::{
-    TestDatabase,
+    TestDatabase, eventually,
     receiver::{Behavior, Receiver},
 };
 
@@ -596,6 +597,333 @@ async fn a_tenant_sees_only_its_own_and_what_it_shows_is_escaped() {
     );
 }
 
+/// Posts `times` webhooks to webhook-ingest's `path` that it refuses (no valid signature), each
+/// a failure its monitor counts.
+async fn fail(ingest: &str, path: &str, times: usize) {
+    for n in 0..times {
+        let status = test_support::http_client()
+            .post(format!("{ingest}{path}"))
+            .header("content-type", "application/json")
+            .header("webhook-id", format!("msg_bad_{n}"))
+            .header(
+                "webhook-timestamp",
+                chrono::Utc::now().timestamp().to_string(),
+            )
+            .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
+            .header("x-hub-signature-256", "sha256=00")
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", format!("bad-{n}"))
+            .body(r#"{"type":"order.created"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_alerts_and_routing_rules_reach_their_own_tenant_only() {
+    let db = TestDatabase::create().await.unwrap();
+    let digits = ids::EventId::new().to_string()[4..14].to_owned();
+    let (acme_source, globex_source) = (format!("alerts-a-{digits}"), format!("alerts-g-{digits}"));
+    let rules = json!([
+        {"name": "acme-orders", "source": acme_source, "event": "order", "tenant": "acme",
+         "actions": ["publish"]},
+        {"name": "acme-agent", "source": acme_source, "label": "urgent", "actions": ["agent_run"],
+         "prompt": "Look at {source} {{now}}"},
+        {"name": "globex-issues", "source": "github", "event": "issues", "action": "labeled",
+         "repository": "globex/*", "tenant": "globex", "actions": ["publish"]},
+        {"name": "operator-agent", "source": "github", "actions": ["agent_run"],
+         "prompt": "Triage {repository}"},
+        {"name": "globex-on-acme", "source": acme_source, "tenant": "globex",
+         "actions": ["publish"]}
+    ]);
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_gateway()
+        .setting(
+            Service::WebhookIngest,
+            "WEBHOOK_FAILURE_ALERT_THRESHOLD",
+            "3",
+        )
+        .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string())
+        // Agent runs are configured but never started: no event matches them here.
+        .setting(
+            Service::WebhookIngest,
+            "CODEGEN_API_URL",
+            "http://127.0.0.1:9",
+        )
+        .setting(Service::WebhookIngest, "CODEGEN_ORG_ID", "1")
+        .setting(
+            Service::WebhookIngest,
+            "CODEGEN_TOKEN",
+            "cg-unused-token-0123456789",
+        )
+        .start()
+        .await;
+    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
+    let base = stack.http_url(Service::Gateway);
+    let ingest = stack.http_url(Service::WebhookIngest);
+    let acme = sign_in(
+        &base,
+        &stack
+            .api_key("acme", &[Scope::Admin, Scope::Webhooks])
+            .await,
+    )
+    .await;
+    // Every scope: admin does not open the operator's receivers or another tenant's paths.
+    let globex = sign_in(&base, &stack.api_key("globex", &Scope::ALL).await).await;
+    for (session, name) in [(&acme, &acme_source), (&globex, &globex_source)] {
+        let (status, made) = v1(
+            &base,
+            reqwest::Method::POST,
+            "/v1/inbound/sources",
+            session,
+            Some(&session.csrf),
+            Some(json!({ "name": name })),
+        )
+        .await;
+        assert_eq!(status, 201, "{made}");
+    }
+
+    // Before any failure: the clear empty state.
+    let (status, overview) = page(&base, "/console", &acme.cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">0</dd>"#),
+        "{overview}"
+    );
+
+    // Acme's path fails past the threshold of 3; so does the operator's GitHub receiver.
+    let acme_path = format!("/api/v1/webhooks/{acme_source}");
+    fail(&ingest, &acme_path, 4).await;
+    fail(&ingest, "/api/v1/webhooks/github", 3).await;
+    // Globex's path fails too, below the threshold: no alert.
+    fail(&ingest, &format!("/api/v1/webhooks/{globex_source}"), 2).await;
+
+    let alerts = eventually(Duration::from_secs(10), "acme's alert", || {
+        let (base, acme) = (base.clone(), &acme);
+        async move {
+            let (status, alerts) = v1(
+                &base,
+                reqwest::Method::GET,
+                "/v1/inbound/webhook-alerts",
+                acme,
+                Some(&acme.csrf),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{alerts}");
+            (alerts["data"][0]["failures_last_hour"] == 4).then_some(alerts)
+        }
+    })
+    .await;
+    assert_eq!(alerts["monitoring"], "enabled");
+    assert_eq!(alerts["failure_threshold"], 3);
+    let listed = alerts["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "only acme's own path: {alerts}");
+    assert_eq!(listed[0]["path"], acme_path.as_str());
+    assert_eq!(listed[0]["source"], acme_source.as_str());
+    let raised: chrono::DateTime<chrono::Utc> =
+        listed[0]["raised_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (chrono::Utc::now() - raised).num_seconds().abs() < 60,
+        "{raised}"
+    );
+
+    let (status, overview) = page(&base, "/console", &acme.cookie).await;
+    assert_eq!(status, 200);
+    let table = overview
+        .split(r#"<table id="webhook-alerts""#)
+        .nth(1)
+        .expect("the overview lists the alert")
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert!(table.contains(&acme_path), "{table}");
+    assert!(table.contains(r#"<td class="failures">4</td>"#), "{table}");
+    assert!(!table.contains("github"), "{table}");
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">1</dd>"#),
+        "{overview}"
+    );
+
+    // Globex, with every scope, sees neither acme's alert nor the operator's receiver's.
+    let (status, theirs) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/webhook-alerts",
+        &globex,
+        Some(&globex.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["data"], json!([]), "{theirs}");
+    let (_, overview) = page(&base, "/console", &globex.cookie).await;
+    assert!(
+        overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
+    assert!(
+        !overview.contains(&acme_source) && !overview.contains("/api/v1/webhooks/github"),
+        "{overview}"
+    );
+    // The operator's own status page has both, as before.
+    let (_, status_body) = test_support::get_json(&format!("{ingest}/webhook-status"))
+        .await
+        .unwrap();
+    assert_eq!(status_body["paths"][&acme_path]["status"], "alert");
+    assert_eq!(
+        status_body["paths"]["/api/v1/webhooks/github"]["status"],
+        "alert"
+    );
+
+    // Routing rules: each tenant sees the rules that concern it, read-only.
+    let names = |rules: &Value| -> Vec<String> {
+        rules["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, acme_rules) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/routing-rules",
+        &acme,
+        Some(&acme.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{acme_rules}");
+    assert_eq!(names(&acme_rules), ["acme-orders", "acme-agent"]);
+    assert_eq!(
+        acme_rules["data"][1],
+        json!({"name": "acme-agent", "source": acme_source, "label": "urgent",
+               "actions": ["agent_run"], "prompt": "Look at {source} {{now}}"})
+    );
+    let (_, globex_rules) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/routing-rules",
+        &globex,
+        Some(&globex.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(names(&globex_rules), ["globex-issues", "globex-on-acme"]);
+    assert_eq!(globex_rules["data"][0]["repository"], "globex/*");
+    let (status, inbound_page) = page(&base, "/console/inbound", &acme.cookie).await;
+    assert_eq!(status, 200);
+    let table = inbound_page
+        .split(r#"<table id="routing-rules">"#)
+        .nth(1)
+        .expect("the inbound page lists the rules")
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert!(
+        table.contains("acme-orders") && table.contains("<code>order.*</code>"),
+        "{table}"
+    );
+    assert!(
+        table.contains("label urgent") && table.contains("start an agent run"),
+        "{table}"
+    );
+    for hidden in [
+        "globex-issues",
+        "operator-agent",
+        "globex-on-acme",
+        "Triage",
+    ] {
+        assert!(!inbound_page.contains(hidden), "{hidden}: {inbound_page}");
+    }
+
+    // Without the admin scope the inbound routes are closed, and the overview says so instead
+    // of failing.
+    let webhooks_only = sign_in(&base, &stack.api_key("acme", &[Scope::Webhooks]).await).await;
+    for path in ["/v1/inbound/webhook-alerts", "/v1/inbound/routing-rules"] {
+        let (status, refused) = v1(
+            &base,
+            reqwest::Method::GET,
+            path,
+            &webhooks_only,
+            Some(&webhooks_only.csrf),
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {refused}");
+    }
+    let (status, overview) = page(&base, "/console", &webhooks_only.cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">—</dd>"#) && !overview.contains(&acme_path),
+        "{overview}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_renders_while_webhook_ingest_has_no_redis() {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_delivery()
+        .with_ingest()
+        .with_gateway()
+        // Nothing listens there: webhook-ingest runs without Redis (a degradation).
+        .setting(Service::WebhookIngest, "REDIS_URL", "redis://127.0.0.1:9/0")
+        .start()
+        .await;
+    let base = stack.http_url(Service::Gateway);
+    let session = sign_in(&base, &stack.api_key("acme", &Scope::ALL).await).await;
+    // A tenant without sources has no alerts whatever Redis says; with one, they must be read.
+    let (status, made) = v1(
+        &base,
+        reqwest::Method::POST,
+        "/v1/inbound/sources",
+        &session,
+        Some(&session.csrf),
+        Some(json!({ "name": format!("no-redis-{}", &ids::EventId::new().to_string()[4..14]) })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, alerts) = v1(
+        &base,
+        reqwest::Method::GET,
+        "/v1/inbound/webhook-alerts",
+        &session,
+        Some(&session.csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{alerts}");
+    assert_eq!(alerts["status"], 503);
+    let started = std::time::Instant::now();
+    let (status, overview) = page(&base, "/console", &session.cookie).await;
+    assert_eq!(status, 200, "{overview}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        overview.contains(r#"<dd id="stat-alerts">—</dd>"#)
+            && overview.contains("Alerts: —")
+            && !overview.contains("No alerts in the last hour."),
+        "{overview}"
+    );
+    // The rules need no Redis.
+    let (status, page_body) = page(&base, "/console/inbound", &session.cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        page_body.contains("No routing rule concerns this tenant."),
+        "{page_body}"
+    );
+}
+
 #[tokio::test]
 async fn a_key_without_admin_sees_no_keys_and_a_disabled_console_is_absent() {
     let gateway = plain().await;
@@ -851,7 +1179,10 @@ async fn the_console_in_a_browser() {
     let Some((driver, chromium)) = start_driver().await else {
         return;
     };
-    let gateway: Gateway = plain().await;
+    // The Replicate simulator finishes audio jobs; one prediction a minute keeps a second job
+    // `queued` long enough to be canceled from the page.
+    let simulator = Simulator::start(&[]);
+    let gateway = browser_stack(&simulator).await;
     let base = gateway.base.clone();
     let browser = open_browser(&driver, &chromium).await;
     let dir = screenshot_dir();
@@ -883,6 +1214,159 @@ async fn the_console_in_a_browser() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Every service, with audio-generation and webhook-ingest pointed at `simulator`.
+async fn browser_stack(simulator: &Simulator) -> Gateway {
+    let db = TestDatabase::create().await.unwrap();
+    let stack = Stack::new(&db)
+        .with_all()
+        .replicate(simulator)
+        .setting(Service::AudioGeneration, "REPLICATE_SUBMIT_BUDGET", "1")
+        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
+        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
+        .setting(
+            Service::WebhookIngest,
+            "ROUTING_RULES",
+            json!([{"name": "crm-to-partners", "source": "partner-crm", "event": "contact",
+                    "tenant": "acme", "actions": ["publish"]}])
+            .to_string(),
+        )
+        .start()
+        .await;
+    Gateway {
+        key: stack.api_key("acme", &Scope::ALL).await,
+        base: stack.http_url(Service::Gateway),
+        ops: stack.ops_url(Service::Gateway),
+        stack,
+    }
+}
+
+/// A `/v1` call with an API key: status and body.
+async fn with_key(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = test_support::http_client()
+        .request(method, format!("{base}{path}"))
+        .header("x-api-key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// A sound effect, made through the API; its id.
+async fn sound_effect(base: &str, key: &str, prompt: &str) -> String {
+    let (status, job) = with_key(
+        base,
+        reqwest::Method::POST,
+        "/v1/sound-effects",
+        key,
+        Some(json!({"prompt": prompt, "duration_seconds": 1.5})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn job_status(base: &str, key: &str, id: &str) -> String {
+    let (_, job) = with_key(
+        base,
+        reqwest::Method::GET,
+        &format!("/v1/audio-jobs/{id}"),
+        key,
+        None,
+    )
+    .await;
+    job["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Audio jobs in the browser: a finished job's audio plays, a queued one is canceled.
+async fn audio_jobs_in_browser(
+    browser: &Browser,
+    gateway: &Gateway,
+    base: &str,
+    shots: &mut Shots,
+) {
+    use chrono::Timelike as _;
+    // The first job takes this minute's one prediction, so the second waits for the next
+    // minute: start early enough in a minute that the page is done before it turns.
+    let second = chrono::Utc::now().second();
+    if second > 35 {
+        tokio::time::sleep(Duration::from_secs(u64::from(61 - second))).await;
+    }
+    let key = &gateway.key;
+    let finished = sound_effect(base, key, "a door creaks").await;
+    eventually(
+        Duration::from_secs(20),
+        "the first job to succeed",
+        || async { (job_status(base, key, &finished).await == "succeeded").then_some(()) },
+    )
+    .await;
+    let pending = sound_effect(base, key, "rain on a tin roof").await;
+    assert_eq!(job_status(base, key, &pending).await, "queued");
+
+    browser
+        .goto(&format!("{base}/console/audio"))
+        .await
+        .unwrap();
+    let done = format!("article.job[data-job='{finished}'][data-status=succeeded]");
+    wait_for(browser, &done).await;
+    assert!(
+        browser
+            .find(Locator::Css(&format!("{done} button[data-method=DELETE]")))
+            .await
+            .is_err(),
+        "a finished job cannot be canceled"
+    );
+    click(browser, Locator::Css(&format!("{done} button[data-play]"))).await;
+    let mut duration = 0.0;
+    for _ in 0..80 {
+        duration = browser
+            .execute("const a = document.getElementById('job-audio'); return Number.isFinite(a.duration) ? a.duration : 0;", vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if duration > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        duration > 1.0 && duration < 2.5,
+        "the job's audio plays, trimmed to the 1.5 s asked for: {duration}"
+    );
+    shots.take(browser, "audio-playing").await;
+
+    let queued = format!("article.job[data-job='{pending}'][data-status=queued]");
+    click(
+        browser,
+        Locator::Css(&format!("{queued} button[data-method=DELETE]")),
+    )
+    .await;
+    wait_for(
+        browser,
+        &format!("article.job[data-job='{pending}'][data-status=canceled]"),
+    )
+    .await;
+    assert_eq!(job_status(base, key, &pending).await, "canceled");
+    assert!(
+        browser
+            .find(Locator::Css(&format!(
+                "article.job[data-job='{pending}'] button"
+            )))
+            .await
+            .is_err(),
+        "a canceled job has nothing to play or cancel"
+    );
+    shots.take(browser, "audio-canceled").await;
 }
 
 async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots: &mut Shots) {
@@ -1093,6 +1577,42 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
             .await
             .contains("/api/v1/webhooks/partner-crm")
     );
+    // The operator's routing rule for it, read-only.
+    let rules = text_of(browser, "#routing-rules").await;
+    assert!(
+        rules.contains("crm-to-partners") && rules.contains("contact.*"),
+        "{rules}"
+    );
+
+    // A source whose sender keeps failing: the overview shows its WEBHOOK ALERT. (Its name is
+    // fresh each run: failures are counted for an hour in the shared Redis.)
+    let failing = format!("crm-{}", &ids::EventId::new().to_string()[4..14]);
+    let (status, made) = with_key(
+        base,
+        reqwest::Method::POST,
+        "/v1/inbound/sources",
+        &gateway.key,
+        Some(json!({ "name": failing })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    fail(
+        &gateway.stack.http_url(Service::WebhookIngest),
+        &format!("/api/v1/webhooks/{failing}"),
+        5,
+    )
+    .await;
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    reload_until(browser, "#webhook-alerts", "the webhook alert").await;
+    let alerts = text_of(browser, "#webhook-alerts").await;
+    assert!(
+        alerts.contains(&format!("/api/v1/webhooks/{failing}")),
+        "{alerts}"
+    );
+    assert_eq!(text_of(browser, "#webhook-alerts td.failures").await, "5");
+    shots.take(browser, "overview-alert").await;
+
+    audio_jobs_in_browser(browser, gateway, base, shots).await;
 
     // The other pages.
     for (path, name) in [
@@ -1126,6 +1646,20 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         .unwrap();
     wait_for(browser, "#no-endpoints").await;
     assert!(!browser.source().await.unwrap().contains("/hook"));
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    wait_for(browser, "#no-alerts").await;
+    assert!(!browser.source().await.unwrap().contains(&failing));
+    browser
+        .goto(&format!("{base}/console/inbound"))
+        .await
+        .unwrap();
+    wait_for(browser, "#no-rules").await;
+    browser
+        .goto(&format!("{base}/console/audio"))
+        .await
+        .unwrap();
+    wait_for(browser, "main h1").await;
+    assert!(browser.find(Locator::Css("article.job")).await.is_err());
     browser.goto(&endpoint_page).await.unwrap();
     wait_for(browser, "main p.error").await;
     assert!(!browser.source().await.unwrap().contains("/hook"));

@@ -184,6 +184,8 @@ fn routes() -> Vec<Route> {
             INBOUND,
             Some(|_| json!({})),
         ),
+        route(M::GET, "/v1/inbound/webhook-alerts", INBOUND, None),
+        route(M::GET, "/v1/inbound/routing-rules", INBOUND, None),
         // No live call here: any call is 404 for the second tenant, like a call that does not
         // exist (tests/it/telephony.rs checks it on a live call).
         route(
@@ -267,6 +269,10 @@ fn assert_problem(what: &str, (status, content_type, body): &(u16, String, Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
     let db = TestDatabase::create().await.unwrap();
+    let source = format!("iso-{}", &ids::EventId::new().to_string()[4..14]);
+    // A rule of the first tenant's on its source, for the rules' list; it matches no event sent.
+    let rules = json!([{"name": format!("{source}-rule"), "source": source, "event": "never-sent",
+                        "tenant": "acme", "actions": ["publish"]}]);
     // Hundreds of calls in a few seconds: the limits are not what is tested here.
     let stack = without_plan_limits(
         Stack::new(&db)
@@ -276,7 +282,8 @@ async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
             .with_audio()
             .with_gateway()
             .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_SCHEDULE", "50ms")
-            .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_JITTER", "0"),
+            .setting(Service::DeliveryWorker, "WEBHOOK_RETRY_JITTER", "0")
+            .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string()),
     )
     .start()
     .await;
@@ -356,7 +363,6 @@ async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
     .await;
     assert!(status < 300, "{job}");
     let job = job["id"].as_str().unwrap().to_owned();
-    let source = format!("iso-{}", &ids::EventId::new().to_string()[4..14]);
     let (status, _, created) = call(
         Method::POST,
         &format!("{base}/v1/inbound/sources"),
@@ -473,6 +479,16 @@ async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
         assert_eq!(status, 200, "{path}: {body}");
     }
 
+    let (status, _, rules) = call(
+        Method::GET,
+        &format!("{base}/v1/inbound/routing-rules"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rules}");
+    assert_eq!(rules["data"][0]["source"], resources.source.as_str());
+
     // And the second tenant's lists never show them.
     for (path, id) in [
         ("/v1/webhook-endpoints", &resources.endpoint),
@@ -480,6 +496,7 @@ async fn every_route_refuses_strangers_and_keeps_to_its_tenant() {
         ("/v1/admin/api-keys", &resources.key),
         ("/v1/inbound/sources", &resources.source),
         ("/v1/inbound/events", &resources.event),
+        ("/v1/inbound/routing-rules", &resources.source),
     ] {
         let (status, _, listed) = call(Method::GET, &format!("{base}{path}"), &globex, None).await;
         assert_eq!(status, 200, "{path}: {listed}");

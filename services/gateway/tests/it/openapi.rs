@@ -40,6 +40,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/inbound/events", &["get"]),
     ("/v1/inbound/events/{id}", &["get"]),
     ("/v1/inbound/dead-letters/redrive", &["post"]),
+    ("/v1/inbound/webhook-alerts", &["get"]),
+    ("/v1/inbound/routing-rules", &["get"]),
     ("/v1/calls/{id}/say", &["post"]),
     ("/v1/calls/{id}/clear", &["post"]),
 ];

@@ -1,5 +1,6 @@
 //! Failure monitoring as the old operators knew it: per path, a sliding hour, the WEBHOOK ALERT
-//! line at the threshold and /webhook-status, counted across two instances through Redis.
+//! line at the threshold and /webhook-status, counted across two instances through Redis; the
+//! alerts kept for the hour and listed over gRPC to their own tenant, and the routing rules.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -8,6 +9,11 @@ use std::{
     time::Duration,
 };
 
+use internal_rpc::{Principal, Scope, Scopes, on_behalf};
+use sonora_proto::ingest::v1::{
+    CreateSourceRequest, DeleteSourceRequest, ListRoutingRulesRequest, ListWebhookAlertsRequest,
+    webhook_ingest_client::WebhookIngestClient,
+};
 use test_stack::{Service, Stack};
 use test_support::{TestDatabase, eventually, get_json, http_client, internal_keys, redis_url};
 use webhook_signature::SigningKey;
@@ -177,4 +183,215 @@ async fn failures_are_counted_across_instances_and_alert_at_the_threshold() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// One failure on a generic source's path: a webhook with a signature nobody made.
+async fn fail_source(base: &str, name: &str) {
+    let response = http_client()
+        .post(format!("{base}/api/v1/webhooks/{name}"))
+        .header("webhook-id", "msg_forged")
+        .header(
+            "webhook-timestamp",
+            chrono::Utc::now().timestamp().to_string(),
+        )
+        .header("webhook-signature", "v1,Zm9yZ2VkIHNpZ25hdHVyZQ==")
+        .body(r#"{"type":"order.created"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+}
+
+fn client_of(tenant: &str) -> Principal {
+    Principal {
+        tenant: ids::Tenant::parse(tenant).unwrap(),
+        key_id: None,
+        scopes: Scopes::of([Scope::Webhooks]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_kept_for_the_hour_and_shown_to_their_own_tenant() {
+    let db = TestDatabase::create().await.unwrap();
+    let secret = SigningKey::generate_hmac();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (orders, spare) = (format!("orders-{suffix}"), format!("spare-{suffix}"));
+    let rules = serde_json::json!([
+        {"name": "acme-orders", "source": orders, "event": "order", "tenant": "acme", "actions": ["publish"]},
+        {"name": "beta-github", "source": "github", "event": "issues", "tenant": "beta", "actions": ["publish"]},
+        {"name": "beta-on-orders", "source": orders, "tenant": "beta", "actions": ["publish"]}
+    ]);
+    let stack = Stack::new(&db)
+        .with_ingest()
+        .setting(
+            Service::WebhookIngest,
+            "REPLICATE_WEBHOOK_SECRET",
+            secret.clone(),
+        )
+        .setting(
+            Service::WebhookIngest,
+            "WEBHOOK_FAILURE_ALERT_THRESHOLD",
+            "2",
+        )
+        .setting(Service::WebhookIngest, "ROUTING_RULES", rules.to_string())
+        .start()
+        .await;
+    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
+    let base = stack.http_url(Service::WebhookIngest);
+    let mut api = WebhookIngestClient::new(stack.peer("gateway", Service::WebhookIngest).channel());
+    let (acme, beta) = (client_of("acme"), client_of("beta"));
+    for name in [&orders, &spare] {
+        api.create_source(on_behalf(
+            CreateSourceRequest {
+                name: name.clone(),
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await
+        .unwrap();
+    }
+    let reader = api.clone();
+    let alerts_of = |principal: Option<&Principal>, tenant: &str| {
+        let mut api = reader.clone();
+        let request = ListWebhookAlertsRequest {
+            tenant: tenant.to_owned(),
+        };
+        let request = match principal {
+            Some(p) => on_behalf(request, p),
+            None => tonic::Request::new(request),
+        };
+        async move { api.list_webhook_alerts(request).await }
+    };
+    let none = alerts_of(Some(&acme), "").await.unwrap().into_inner();
+    assert!(none.monitoring_enabled);
+    assert_eq!(none.failure_threshold, 2);
+    assert!(none.alerts.is_empty(), "{none:?}");
+
+    // acme's orders path and a Replicate path reach the threshold; the spare source stays
+    // under it.
+    let replicate = format!(
+        "/api/replicate-webhook/sound_effect/job_{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    for _ in 0..3 {
+        fail_source(&base, &orders).await;
+    }
+    fail_source(&base, &spare).await;
+    for _ in 0..2 {
+        fail(&base, &replicate).await;
+    }
+    let orders_path = format!("/api/v1/webhooks/{orders}");
+    let listed = eventually(Duration::from_secs(10), "acme's alert", || async {
+        let listed = alerts_of(Some(&acme), "").await.unwrap().into_inner();
+        (listed.alerts.first()?.failures_last_hour == 3).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed.alerts.len(), 1, "{listed:?}");
+    let alert = &listed.alerts[0];
+    assert_eq!(
+        (alert.path.as_str(), alert.source.as_str()),
+        (orders_path.as_str(), orders.as_str())
+    );
+    let age = chrono::Utc::now().timestamp_millis() - alert.raised_at_unix_ms;
+    assert!((0..60_000).contains(&age), "{age}");
+
+    // beta sees nothing of acme's, nor the Replicate receiver's; nor may it name acme.
+    let theirs = alerts_of(Some(&beta), "").await.unwrap().into_inner();
+    assert!(theirs.alerts.is_empty(), "{theirs:?}");
+    let named = alerts_of(Some(&beta), "acme").await.unwrap_err();
+    assert_eq!(named.code(), tonic::Code::PermissionDenied);
+    // The gateway on its own (an operator's tool) sees both, the Replicate one of no source.
+    let operator = eventually(Duration::from_secs(10), "the Replicate alert", || async {
+        let all = alerts_of(None, "").await.unwrap().into_inner();
+        all.alerts
+            .iter()
+            .any(|a| a.path == replicate)
+            .then_some(all)
+    })
+    .await;
+    let replicate_alert = operator
+        .alerts
+        .iter()
+        .find(|a| a.path == replicate)
+        .unwrap();
+    assert_eq!(replicate_alert.source, "");
+    assert_eq!(replicate_alert.failures_last_hour, 2);
+    assert!(operator.alerts.iter().any(|a| a.path == orders_path));
+    assert!(operator.alerts.len() <= 100);
+    let filtered = alerts_of(None, "acme").await.unwrap().into_inner();
+    assert_eq!(filtered.alerts.len(), 1, "{filtered:?}");
+
+    // A source deleted and taken again by another tenant does not bring its alert along.
+    api.delete_source(on_behalf(
+        DeleteSourceRequest {
+            name: orders.clone(),
+            ..Default::default()
+        },
+        &acme,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        alerts_of(Some(&acme), "")
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+            .is_empty()
+    );
+    api.create_source(on_behalf(
+        CreateSourceRequest {
+            name: orders.clone(),
+            ..Default::default()
+        },
+        &beta,
+    ))
+    .await
+    .unwrap();
+    let after = alerts_of(Some(&beta), "").await.unwrap().into_inner();
+    assert!(after.alerts.is_empty(), "{after:?}");
+
+    // The routing rules: each tenant the rules that concern it, the operator all of them.
+    let rules_of = |principal: Option<&Principal>| {
+        let mut api = reader.clone();
+        let request = match principal {
+            Some(p) => on_behalf(ListRoutingRulesRequest::default(), p),
+            None => tonic::Request::new(ListRoutingRulesRequest::default()),
+        };
+        async move {
+            api.list_routing_rules(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .rules
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(rules_of(Some(&acme)).await, ["acme-orders"]);
+    assert_eq!(
+        rules_of(Some(&beta)).await,
+        ["beta-github", "beta-on-orders"]
+    );
+    assert_eq!(
+        rules_of(None).await,
+        ["acme-orders", "beta-github", "beta-on-orders"]
+    );
+    let full = api
+        .list_routing_rules(on_behalf(ListRoutingRulesRequest::default(), &acme))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(
+        (
+            full[0].source.as_str(),
+            full[0].event.as_str(),
+            full[0].tenant.as_str(),
+            full[0].actions.clone()
+        ),
+        (orders.as_str(), "order", "acme", vec!["publish".to_owned()])
+    );
 }
