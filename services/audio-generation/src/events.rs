@@ -125,6 +125,9 @@ mod tests {
             updated_at: Utc::now(),
             submitted_at: None,
             traceparent: None,
+            completed_at: None,
+            finished_at: None,
+            event_id: None,
         }
     }
 

@@ -125,6 +125,10 @@ fn to_proto(job: Job) -> pb::Job {
         updated_at_unix_ms: millis(job.updated_at),
         audio,
         prediction_id: job.prediction_id.unwrap_or_default(),
+        submitted_at_unix_ms: job.submitted_at.map_or(0, millis),
+        completed_at_unix_ms: job.completed_at.map_or(0, millis),
+        finished_at_unix_ms: job.finished_at.map_or(0, millis),
+        event_id: job.event_id.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 

@@ -7,7 +7,7 @@ use diesel::{
     sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
-use ids::{JobId, Tenant};
+use ids::{EventId, JobId, Tenant};
 
 /// What a job makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,12 @@ struct Row {
     submitted_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    completed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    finished_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_id: Option<EventId>,
 }
 
 /// A finished job's stored audio: the bytes are in the audio store under `key`.
@@ -175,6 +181,12 @@ pub struct Job {
     pub submitted_at: Option<DateTime<Utc>>,
     /// The trace the job's next step continues: the creating request's, then the webhook's.
     pub traceparent: Option<String>,
+    /// When Replicate's answer (webhook or reconciliation) arrived.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the job ended: its audio stored, or failed or canceled.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The event it ended with, handed to delivery-worker by the outbox.
+    pub event_id: Option<EventId>,
 }
 
 impl TryFrom<Row> for Job {
@@ -218,6 +230,9 @@ impl TryFrom<Row> for Job {
             updated_at: row.updated_at,
             submitted_at: row.submitted_at,
             traceparent: row.traceparent,
+            completed_at: row.completed_at,
+            finished_at: row.finished_at,
+            event_id: row.event_id,
         })
     }
 }
@@ -241,7 +256,8 @@ pub struct NewJob {
 
 const COLUMNS: &str = "id, tenant, job_type, status, prompt, duration_seconds, seed, volume_level, \
      error, prediction_id, attempts, cancel_requested, output_url, audio_key, audio_format, \
-     audio_size, audio_duration, audio_sha256, created_at, updated_at, submitted_at, traceparent";
+     audio_size, audio_duration, audio_sha256, created_at, updated_at, submitted_at, traceparent, \
+     completed_at, finished_at, event_id";
 
 /// Records a queued job; the trigger on `jobs` wakes the submitters.
 pub async fn create(pool: &Pool, job: &NewJob, now: DateTime<Utc>) -> Result<Job, JobsError> {
@@ -479,11 +495,27 @@ pub async fn settle_failed(
         .execute(conn)
         .await?;
         if updated == 1 {
-            outbox::enqueue(conn, &event, now).await?;
+            record_event(conn, id, &event, now).await?;
         }
         Ok(updated == 1)
     })
     .await
+}
+
+/// Enqueues the job's final event and keeps its id on the job, inside the caller's transaction.
+async fn record_event(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: JobId,
+    event: &outbox::Event,
+    now: DateTime<Utc>,
+) -> Result<(), JobsError> {
+    let event_id = outbox::enqueue(conn, event, now).await?;
+    diesel::sql_query("UPDATE jobs SET event_id = $2 WHERE id = $1")
+        .bind::<Text, _>(id)
+        .bind::<Text, _>(event_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Records Replicate's success: the job moves to `processing` with the output to fetch (the
@@ -542,7 +574,7 @@ pub async fn settle_succeeded(
         .execute(conn)
         .await?;
         if updated == 1 {
-            outbox::enqueue(conn, &event, now).await?;
+            record_event(conn, id, &event, now).await?;
         }
         Ok(updated == 1)
     })

@@ -648,12 +648,16 @@ impl Api for DeliveryApi {
         let r = request.into_inner();
         let tenant = caller.tenant(&r.tenant)?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
+        if !r.event_id.is_empty() {
+            token_chars("event_id", &r.event_id, 256, |c| !c.is_control())?;
+        }
         let rows = self
             .store
             .list_deliveries(
                 &tenant,
                 optional_id::<EndpointId>("endpoint_id", &r.endpoint_id)?,
                 optional_id::<MessageId>("message_id", &r.message_id)?,
+                (!r.event_id.is_empty()).then_some(r.event_id.as_str()),
                 status_filter(r.status)?,
                 page_token::<DeliveryId>(&r.page_token)?,
                 page_size,

@@ -98,6 +98,26 @@ struct JobBody {
     audio: Option<AudioBody>,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    /// When the job was submitted to the model; absent until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted_at: Option<DateTime<Utc>>,
+    /// When the model's answer arrived (its webhook, or a later check); absent until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<DateTime<Utc>>,
+    /// When the job ended: its audio stored, or failed or canceled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<DateTime<Utc>>,
+    /// The event the job ended with (`evt_…`): delivery-worker's event id for the message
+    /// partners receive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+}
+
+/// A time the backend sends as Unix milliseconds, 0 for "not yet".
+fn moment(unix_ms: i64) -> Option<DateTime<Utc>> {
+    (unix_ms != 0)
+        .then(|| DateTime::from_timestamp_millis(unix_ms))
+        .flatten()
 }
 
 fn type_name(job_type: pb::JobType) -> &'static str {
@@ -141,6 +161,10 @@ impl From<pb::Job> for JobBody {
             prediction_id: non_empty(job.prediction_id),
             created_at: DateTime::from_timestamp_millis(job.created_at_unix_ms),
             updated_at: DateTime::from_timestamp_millis(job.updated_at_unix_ms),
+            submitted_at: moment(job.submitted_at_unix_ms),
+            completed_at: moment(job.completed_at_unix_ms),
+            finished_at: moment(job.finished_at_unix_ms),
+            event_id: non_empty(job.event_id),
         }
     }
 }

@@ -11,7 +11,9 @@ use sonora_proto::{
         CreateBackgroundMusicRequest, CreateSoundEffectRequest, GetJobRequest, JobStatus,
         ReadAudioRequest, audio_generation_client::AudioGenerationClient,
     },
-    delivery::v1::{CreateEndpointRequest, delivery_service_client::DeliveryServiceClient},
+    delivery::v1::{
+        CreateEndpointRequest, ListMessagesRequest, delivery_service_client::DeliveryServiceClient,
+    },
 };
 use test_stack::{Service, Simulator, Stack};
 use test_support::{TestDatabase, eventually, receiver::Receiver};
@@ -122,6 +124,30 @@ async fn effects_and_music_reach_a_partner_once_however_often_replicate_sends_th
             .unwrap()
             .into_inner();
         assert_eq!(stored.status(), JobStatus::Succeeded);
+        // The timeline, in order, and the event the partner's copy came from.
+        let steps = [
+            stored.created_at_unix_ms,
+            stored.submitted_at_unix_ms,
+            stored.completed_at_unix_ms,
+            stored.finished_at_unix_ms,
+        ];
+        assert!(steps[1] > 0 && steps.is_sorted(), "{stored:?}");
+        assert!(stored.event_id.starts_with("evt_"), "{stored:?}");
+        let mut delivery =
+            DeliveryServiceClient::new(stack.peer("gateway", Service::DeliveryWorker).channel());
+        let messages = delivery
+            .list_messages(on_behalf(ListMessagesRequest::default(), &acme()))
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.event_id == stored.event_id && m.payload_json.contains(&job.id)),
+            "delivery-worker knows the job's event {} as published: {messages:?}",
+            stored.event_id
+        );
         let mut stream = audio
             .read_audio(on_behalf(
                 ReadAudioRequest {

@@ -202,6 +202,7 @@ impl Store {
         tenant: &Tenant,
         endpoint_id: Option<EndpointId>,
         message_id: Option<MessageId>,
+        event_id: Option<&str>,
         status: Option<DeliveryStatus>,
         after: Option<DeliveryId>,
         page_size: u32,
@@ -212,7 +213,10 @@ impl Store {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
              WHERE e.tenant = $1 AND ($2::text IS NULL OR d.endpoint_id = $2) \
                AND ($3::text IS NULL OR d.message_id = $3) AND ($4::text IS NULL OR d.status = $4) \
-               AND ($5::text IS NULL OR d.id > $5) ORDER BY d.id LIMIT $6"
+               AND ($5::text IS NULL OR d.id > $5) \
+               AND ($7::text IS NULL OR d.message_id = \
+                    (SELECT m.id FROM messages m WHERE m.tenant = $1 AND m.event_id = $7)) \
+             ORDER BY d.id LIMIT $6"
         ))
         .bind::<Text, _>(tenant)
         .bind::<Nullable<Text>, _>(endpoint_id)
@@ -220,6 +224,7 @@ impl Store {
         .bind::<Nullable<Text>, _>(status)
         .bind::<Nullable<Text>, _>(after)
         .bind::<BigInt, _>(page(page_size))
+        .bind::<Nullable<Text>, _>(event_id)
         .load(&mut conn)
         .await?)
     }

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use sonora_proto::delivery::v1::{
-    DeleteEndpointRequest, GetEndpointRequest, GetEndpointSecretRequest, ListAttemptsRequest,
-    ListDeliveriesRequest, ListEndpointsRequest, ListMessagesRequest, RedriveDeadLettersRequest,
-    RetryDeliveryRequest, RotateEndpointSecretRequest, UpdateEndpointRequest,
+    DeleteEndpointRequest, DeliveryStatus, GetEndpointRequest, GetEndpointSecretRequest,
+    ListAttemptsRequest, ListDeliveriesRequest, ListEndpointsRequest, ListMessagesRequest,
+    RedriveDeadLettersRequest, RetryDeliveryRequest, RotateEndpointSecretRequest,
+    UpdateEndpointRequest,
 };
 use test_support::{TestDatabase, eventually};
 use tonic::Code;
@@ -199,6 +200,39 @@ async fn deliveries_and_attempts_have_typed_ids_and_page_by_token() {
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(listed, sorted, "pages are in id order, without repeats");
+
+    // By the publisher's event id: that message's one delivery; another tenant's id is none of
+    // this tenant's, and an id no publisher could send is refused.
+    let by_event = |tenant: &str, event_id: &str| ListDeliveriesRequest {
+        tenant: tenant.into(),
+        event_id: event_id.into(),
+        ..Default::default()
+    };
+    let of_three = c
+        .list_deliveries(by_event("acme", "evt-3"))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(of_three.len(), 1, "{of_three:?}");
+    assert!(listed.contains(&of_three[0].id.as_str()));
+    assert_eq!(of_three[0].status(), DeliveryStatus::Delivered);
+    assert!(of_three[0].delivered_at_unix_ms > 0);
+    let theirs = c
+        .list_deliveries(by_event("globex", "evt-3"))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert!(
+        theirs.is_empty(),
+        "acme's event is not globex's: {theirs:?}"
+    );
+    let got = refused(c.list_deliveries(by_event("acme", "evt\u{0}3")).await);
+    assert_eq!(
+        got,
+        invalid("event_id: has characters outside the allowed set")
+    );
 
     let mut attempts = Vec::new();
     let mut token = String::new();

@@ -713,6 +713,68 @@ pub(crate) async fn playground(req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// The partner deliveries of the events the listed jobs ended with, by event id: asked of
+/// delivery-worker when the key may see deliveries (`webhooks` scope), `None` for an event whose
+/// deliveries could not be asked.
+async fn event_deliveries(
+    req: &HttpRequest,
+    visitor: &Visitor,
+    listed: &Result<Value, Problem>,
+) -> std::collections::HashMap<String, Option<Vec<sonora_proto::delivery::v1::Delivery>>> {
+    let (Ok(page), true, Ok(client)) = (
+        listed,
+        visitor.has(Scope::Webhooks),
+        data::<webhooks::Client>(req),
+    ) else {
+        return std::collections::HashMap::new();
+    };
+    let principal = visitor.key.principal();
+    let asks = rows(page, "jobs")
+        .into_iter()
+        .filter_map(|job| job["event_id"].as_str().map(str::to_owned))
+        .map(|event_id| {
+            let (mut client, principal) = (client.get_ref().clone(), principal.clone());
+            async move {
+                let request = sonora_proto::delivery::v1::ListDeliveriesRequest {
+                    event_id: event_id.clone(),
+                    page_size: 100,
+                    ..Default::default()
+                };
+                let answer = client.list_deliveries(on_behalf(request, &principal)).await;
+                (event_id, answer.ok().map(|a| a.into_inner().deliveries))
+            }
+        });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
+/// What became of a job's event: delivered to how many of its endpoints, and when first.
+fn event_summary(deliveries: Option<&Option<Vec<sonora_proto::delivery::v1::Delivery>>>) -> Markup {
+    use sonora_proto::delivery::v1::DeliveryStatus;
+    let Some(Some(deliveries)) = deliveries else {
+        return html! { "handed to delivery" };
+    };
+    if deliveries.is_empty() {
+        return html! { "no partner delivery (no endpoint subscribed, or not handed over yet)" };
+    }
+    let delivered: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.status() == DeliveryStatus::Delivered)
+        .collect();
+    let first = delivered
+        .iter()
+        .map(|d| d.delivered_at_unix_ms)
+        .filter(|&ms| ms > 0)
+        .min()
+        .and_then(DateTime::from_timestamp_millis);
+    html! {
+        "delivered to " (delivered.len()) " of " (deliveries.len()) " endpoint(s)"
+        @if let Some(first) = first { ", first " (first.format("%Y-%m-%d %H:%M:%S")) " UTC" }
+        @for d in deliveries.iter().filter(|d| d.status() != DeliveryStatus::Delivered) {
+            " " (badge(d.status().as_str_name().trim_start_matches("DELIVERY_STATUS_").to_ascii_lowercase().as_str()))
+        }
+    }
+}
+
 // --- API keys and usage -----------------------------------------------------------------------
 
 pub(crate) async fn keys(req: HttpRequest) -> HttpResponse {
@@ -896,6 +958,7 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
         }
         Err(problem) => Err(problem),
     };
+    let deliveries = event_deliveries(&req, &visitor, &listed).await;
     let body = html! {
         form.filter method="get" action="/console/audio" {
             label for="f-status" { "Status" }
@@ -932,9 +995,15 @@ pub(crate) async fn audio(req: HttpRequest, filter: web::Query<JobFilter>) -> Ht
                         h3 { "Timeline" }
                         ol.timeline {
                             li { "Created " (when(&job["created_at"])) }
-                            @if job["prediction_id"].is_string() { li { "Submitted to the model (prediction " (text(&job["prediction_id"])) ")" } }
-                            @if job["audio"].is_object() { li { "Webhook received and audio stored" } }
-                            li { "Last change " (when(&job["updated_at"])) " (" (status) ")" }
+                            @if job["submitted_at"].is_string() { li { "Submitted to the model " (when(&job["submitted_at"])) " (prediction " (text(&job["prediction_id"])) ")" } }
+                            @if job["completed_at"].is_string() { li { "The model's answer received " (when(&job["completed_at"])) } }
+                            @if job["finished_at"].is_string() {
+                                @if job["audio"].is_object() { li { "Audio stored " (when(&job["finished_at"])) } }
+                                @else { li { "Ended " (when(&job["finished_at"])) " (" (status) ")" } }
+                            }
+                            @if let Some(event_id) = job["event_id"].as_str() {
+                                li.event { "Event " code { (event_id) } ": " (event_summary(deliveries.get(event_id))) }
+                            }
                         }
                         @if job["audio"].is_object() {
                             button type="button" data-play={ "/v1/audio-jobs/" (job_id) "/audio" } { "Play" }

@@ -67,6 +67,12 @@ async fn audio_jobs_through_the_public_api() {
     );
     let id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(location, format!("/v1/audio-jobs/{id}"));
+    for not_yet in ["submitted_at", "completed_at", "finished_at", "event_id"] {
+        assert!(
+            job.get(not_yet).is_none(),
+            "{not_yet} of a queued job: {job}"
+        );
+    }
 
     let done = eventually(Duration::from_secs(30), "the job to succeed", || async {
         let (_, job) = json(
@@ -83,6 +89,21 @@ async fn audio_jobs_through_the_public_api() {
         (job["status"] == "succeeded").then_some(job)
     })
     .await;
+    // The timeline: each step once it happened, in order, and the event the job ended with.
+    let at = |field: &str| {
+        let text = done[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {field} in {done}"));
+        chrono::DateTime::parse_from_rfc3339(text).unwrap()
+    };
+    let steps = ["created_at", "submitted_at", "completed_at", "finished_at"].map(at);
+    assert!(steps.is_sorted(), "the steps in order: {done}");
+    assert!(
+        done["event_id"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("evt_")),
+        "{done}"
+    );
     let audio = &done["audio"];
     let size = audio["size_bytes"].as_u64().unwrap();
     let url = format!("{base}{}", audio["url"].as_str().unwrap());

@@ -1318,6 +1318,37 @@ async fn audio_jobs_in_browser(
         .unwrap();
     let done = format!("article.job[data-job='{finished}'][data-status=succeeded]");
     wait_for(browser, &done).await;
+    // The timeline follows the job to its event's partner deliveries.
+    let timeline = browser
+        .find(Locator::Css(&format!("{done} ol.timeline")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for step in [
+        "Created",
+        "Submitted to the model",
+        "The model's answer received",
+        "Audio stored",
+    ] {
+        assert!(
+            timeline.contains(step),
+            "{step} in the timeline: {timeline}"
+        );
+    }
+    let event = browser
+        .find(Locator::Css(&format!("{done} li.event")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        event.starts_with("Event evt_")
+            && (event.contains("delivered to") || event.contains("no partner delivery")),
+        "the event's deliveries, asked of delivery-worker: {event}"
+    );
     assert!(
         browser
             .find(Locator::Css(&format!("{done} button[data-method=DELETE]")))
