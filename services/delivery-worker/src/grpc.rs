@@ -17,8 +17,8 @@ use crate::{
     policy::AddressPolicy,
     retry::RetrySchedule,
     store::{
-        AttemptRow, DeliveryRow, EndpointChanges, EndpointRow, MessageRow, NewEndpoint, NewMessage,
-        Store, StoreError,
+        AttemptRow, DeliveryFilter, DeliveryRow, EndpointChanges, EndpointRow, MessageRow,
+        NewEndpoint, NewMessage, Store, StoreError,
     },
 };
 
@@ -655,10 +655,12 @@ impl Api for DeliveryApi {
             .store
             .list_deliveries(
                 &tenant,
-                optional_id::<EndpointId>("endpoint_id", &r.endpoint_id)?,
-                optional_id::<MessageId>("message_id", &r.message_id)?,
-                (!r.event_id.is_empty()).then_some(r.event_id.as_str()),
-                status_filter(r.status)?,
+                DeliveryFilter {
+                    endpoint_id: optional_id::<EndpointId>("endpoint_id", &r.endpoint_id)?,
+                    message_id: optional_id::<MessageId>("message_id", &r.message_id)?,
+                    event_id: (!r.event_id.is_empty()).then_some(r.event_id.as_str()),
+                    status: status_filter(r.status)?,
+                },
                 page_token::<DeliveryId>(&r.page_token)?,
                 page_size,
             )

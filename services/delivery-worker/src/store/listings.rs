@@ -115,6 +115,16 @@ struct Filters {
     delivery: bool,
 }
 
+/// What a listing of deliveries is limited to; each `None` matches every value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryFilter<'a> {
+    pub endpoint_id: Option<EndpointId>,
+    pub message_id: Option<MessageId>,
+    /// The publisher's event id of the delivered message.
+    pub event_id: Option<&'a str>,
+    pub status: Option<DeliveryStatus>,
+}
+
 impl Store {
     /// A listing filtered by a resource the tenant does not have answers "not found", as asking
     /// for the resource itself does, rather than an empty page that looks like "nothing yet".
@@ -200,13 +210,16 @@ impl Store {
     pub async fn list_deliveries(
         &self,
         tenant: &Tenant,
-        endpoint_id: Option<EndpointId>,
-        message_id: Option<MessageId>,
-        event_id: Option<&str>,
-        status: Option<DeliveryStatus>,
+        filter: DeliveryFilter<'_>,
         after: Option<DeliveryId>,
         page_size: u32,
     ) -> Result<Vec<DeliveryRow>> {
+        let DeliveryFilter {
+            endpoint_id,
+            message_id,
+            event_id,
+            status,
+        } = filter;
         let mut conn = self.conn().await?;
         Self::check_filters(&mut conn, tenant, endpoint_id, message_id, None).await?;
         Ok(diesel::sql_query(format!(

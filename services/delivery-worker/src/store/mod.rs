@@ -28,7 +28,7 @@ use secret_box::Keyring;
 
 pub use self::{
     endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
-    listings::{AttemptRow, DeliveryRow, MessageRow, QueueStats},
+    listings::{AttemptRow, DeliveryFilter, DeliveryRow, MessageRow, QueueStats},
     messages::{NewMessage, Published},
     queue::{Claimed, Outcome, Recorded},
 };
