@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use internal_rpc::Scope;
-use test_stack::{Service, Simulator, Stack};
+use test_stack::{Service, Simulator};
 use test_support::{TestDatabase, eventually};
 
 async fn send(
@@ -36,16 +36,7 @@ async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
 async fn audio_jobs_through_the_public_api() {
     let db = TestDatabase::create().await.unwrap();
     let sim = Simulator::start(&[("SIMULATOR_GENERATION_DELAY", "300ms")]);
-    let stack = Stack::new(&db)
-        .with_delivery()
-        .with_ingest()
-        .with_audio()
-        .with_gateway()
-        .replicate(&sim)
-        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
-        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
-        .start()
-        .await;
+    let stack = crate::audio_stack(&db, &sim).start().await;
     let base = stack.http_url(Service::Gateway);
     let key = stack.api_key("acme", &[Scope::Audio]).await;
     let post = reqwest::Method::POST;

@@ -1140,6 +1140,27 @@ async fn text_of(browser: &Browser, css: &str) -> String {
         .unwrap()
 }
 
+/// The duration the audio element `id` reports once it has loaded, polled every 250 ms up to
+/// `tries` times; 0 if it never does.
+async fn audio_duration(browser: &Browser, id: &str, tries: usize) -> f64 {
+    let script = format!(
+        "const a = document.getElementById('{id}'); return Number.isFinite(a.duration) ? a.duration : 0;"
+    );
+    for _ in 0..tries {
+        let duration = browser
+            .execute(&script, vec![])
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if duration > 0.0 {
+            return duration;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    0.0
+}
+
 async fn wait_for(browser: &Browser, css: &str) -> fantoccini::elements::Element {
     browser
         .wait()
@@ -1219,12 +1240,9 @@ async fn the_console_in_a_browser() {
 /// Every service, with audio-generation and webhook-ingest pointed at `simulator`.
 async fn browser_stack(simulator: &Simulator) -> Gateway {
     let db = TestDatabase::create().await.unwrap();
-    let stack = Stack::new(&db)
+    let stack = crate::audio_stack(&db, simulator)
         .with_all()
-        .replicate(simulator)
         .setting(Service::AudioGeneration, "REPLICATE_SUBMIT_BUDGET", "1")
-        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
-        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
         .setting(
             Service::WebhookIngest,
             "ROUTING_RULES",
@@ -1319,13 +1337,7 @@ async fn audio_jobs_in_browser(
     let done = format!("article.job[data-job='{finished}'][data-status=succeeded]");
     wait_for(browser, &done).await;
     // The timeline follows the job to its event's partner deliveries.
-    let timeline = browser
-        .find(Locator::Css(&format!("{done} ol.timeline")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let timeline = text_of(browser, &format!("{done} ol.timeline")).await;
     for step in [
         "Created",
         "Submitted to the model",
@@ -1337,13 +1349,7 @@ async fn audio_jobs_in_browser(
             "{step} in the timeline: {timeline}"
         );
     }
-    let event = browser
-        .find(Locator::Css(&format!("{done} li.event")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let event = text_of(browser, &format!("{done} li.event")).await;
     assert!(
         event.starts_with("Event evt_")
             && (event.contains("delivered to") || event.contains("no partner delivery")),
@@ -1357,19 +1363,7 @@ async fn audio_jobs_in_browser(
         "a finished job cannot be canceled"
     );
     click(browser, Locator::Css(&format!("{done} button[data-play]"))).await;
-    let mut duration = 0.0;
-    for _ in 0..80 {
-        duration = browser
-            .execute("const a = document.getElementById('job-audio'); return Number.isFinite(a.duration) ? a.duration : 0;", vec![])
-            .await
-            .unwrap()
-            .as_f64()
-            .unwrap_or(0.0);
-        if duration > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let duration = audio_duration(browser, "job-audio", 80).await;
     assert!(
         duration > 1.0 && duration < 2.5,
         "the job's audio plays, trimmed to the 1.5 s asked for: {duration}"
@@ -1451,19 +1445,7 @@ async fn run_in_browser(browser: &Browser, gateway: &Gateway, base: &str, shots:
         "the catalogue lists the voice"
     );
     click(browser, Locator::Id("pg-speak")).await;
-    let mut duration = 0.0;
-    for _ in 0..120 {
-        duration = browser
-            .execute("const a = document.getElementById('pg-audio'); return Number.isFinite(a.duration) ? a.duration : 0;", vec![])
-            .await
-            .unwrap()
-            .as_f64()
-            .unwrap_or(0.0);
-        if duration > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let duration = audio_duration(browser, "pg-audio", 120).await;
     let status = text_of(browser, "#pg-status").await;
     assert!(
         duration > 0.0,

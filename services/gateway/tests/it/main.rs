@@ -20,10 +20,23 @@ mod webhooks;
 use std::time::Duration;
 
 use internal_rpc::Scope;
-use test_stack::{Service, Stack};
+use test_stack::{Service, Simulator, Stack, StackBuilder};
 use test_support::{
     TestDatabase, assert_operational, get_json, host_port, proxy::TcpProxy, redis_url,
 };
+
+/// The services a sound effect goes through (delivery-worker, webhook-ingest, audio-generation
+/// and the gateway) on `simulator`, polling every 50 ms so that a job finishes in test time.
+fn audio_stack(db: &TestDatabase, simulator: &Simulator) -> StackBuilder {
+    Stack::new(db)
+        .with_delivery()
+        .with_ingest()
+        .with_audio()
+        .with_gateway()
+        .replicate(simulator)
+        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
+        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
+}
 
 /// The gateway and its peers, running until dropped.
 struct Gateway {

@@ -16,7 +16,7 @@ use proptest::{
 };
 use reqwest::Method;
 use serde_json::{Map, Value, json};
-use test_stack::{Service, Simulator, Stack};
+use test_stack::{Service, Simulator};
 use test_support::{TestDatabase, eventually, http_client};
 
 use crate::without_plan_limits;
@@ -174,19 +174,9 @@ fn block<T>(future: impl std::future::Future<Output = T>) -> T {
 async fn whatever_clients_send_is_refused_cleanly_or_served() {
     let db = TestDatabase::create().await.unwrap();
     let sim = Simulator::start(&[("SIMULATOR_GENERATION_DELAY", "100ms")]);
-    let stack = without_plan_limits(
-        Stack::new(&db)
-            .with_tts()
-            .with_delivery()
-            .with_ingest()
-            .with_audio()
-            .with_gateway()
-            .replicate(&sim)
-            .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
-            .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms"),
-    )
-    .start()
-    .await;
+    let stack = without_plan_limits(crate::audio_stack(&db, &sim).with_tts())
+        .start()
+        .await;
     let base = stack.http_url(Service::Gateway);
     let key = stack.api_key("acme", &Scope::ALL).await;
 

@@ -11,7 +11,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use internal_rpc::Scope;
-use test_stack::{Service, Simulator, Stack};
+use test_stack::{Service, Simulator};
 use test_support::{
     TestDatabase, eventually,
     otlp::{OtlpReceiver, ReceivedSpan},
@@ -78,16 +78,7 @@ async fn a_sound_effect_is_one_trace_from_the_api_call_to_the_partner() {
 
     let db = TestDatabase::create().await.unwrap();
     let sim = Simulator::start(&[("SIMULATOR_GENERATION_DELAY", "100ms")]);
-    let stack = Stack::new(&db)
-        .with_delivery()
-        .with_ingest()
-        .with_audio()
-        .with_gateway()
-        .replicate(&sim)
-        .setting(Service::AudioGeneration, "JOB_POLL_INTERVAL", "50ms")
-        .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "50ms")
-        .start()
-        .await;
+    let stack = crate::audio_stack(&db, &sim).start().await;
     let base = stack.http_url(Service::Gateway);
     let key = stack
         .api_key("acme", &[Scope::Audio, Scope::Webhooks])

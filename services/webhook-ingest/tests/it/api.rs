@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use internal_rpc::{Principal, Scope, Scopes, on_behalf};
+use internal_rpc::{Scope, Scopes, on_behalf};
 use sonora_proto::ingest::v1::{
     GetInboxEventRequest, InboxState, ListInboxEventsRequest, RedriveDeadLettersRequest,
     webhook_ingest_client::WebhookIngestClient,
@@ -15,7 +15,7 @@ use test_support::{
     eventually, http_client,
 };
 
-use crate::sql;
+use crate::{client_of, sql};
 
 const SECRET: &str = "development-github-secret-for-tests";
 const TOKEN: &str = "cg-test-token-0123456789";
@@ -45,14 +45,6 @@ async fn post_github(base: &str, event: &str, delivery: &str, body: &str) -> Str
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     body["event_id"].as_str().unwrap().to_owned()
-}
-
-fn client_of(tenant: &str, scopes: Scopes) -> Principal {
-    Principal {
-        tenant: ids::Tenant::parse(tenant).unwrap(),
-        key_id: None,
-        scopes,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,15 @@ use test_support::{
     TestDatabase, assert_operational, host_port, proxy::TcpProxy, redis_url, wait_ready,
 };
 
+/// A client of `tenant` with `scopes`, as the gateway names the caller it acts for.
+fn client_of(tenant: &str, scopes: internal_rpc::Scopes) -> internal_rpc::Principal {
+    internal_rpc::Principal {
+        tenant: ids::Tenant::parse(tenant).unwrap(),
+        key_id: None,
+        scopes,
+    }
+}
+
 /// Runs `query` on `db` with psql and returns its rows, one line each (columns joined by `|`).
 fn sql(db: &TestDatabase, query: &str) -> Vec<String> {
     let run = test_support::run_binary("/usr/bin/psql", &[&db.url, "-tAc", query], &[]);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use internal_rpc::{Principal, Scope, Scopes, on_behalf};
+use internal_rpc::{Scope, Scopes, on_behalf};
 use sonora_proto::ingest::v1::{
     CreateSourceRequest, DeleteSourceRequest, ListInboxEventsRequest, ListSourcesRequest,
     RotateSourceSecretRequest, webhook_ingest_client::WebhookIngestClient,
@@ -12,7 +12,7 @@ use test_stack::{Service, Stack};
 use test_support::{TestDatabase, eventually, http_client};
 use webhook_signature::{SigningKey, signature_header};
 
-use crate::sql;
+use crate::{client_of, sql};
 
 async fn post(base: &str, path: &str, id: &str, body: &str, secret: &str) -> u16 {
     let now = chrono::Utc::now().timestamp();
@@ -34,14 +34,6 @@ async fn post(base: &str, path: &str, id: &str, body: &str, secret: &str) -> u16
         .as_u16()
 }
 
-fn client_of(tenant: &str) -> Principal {
-    Principal {
-        tenant: ids::Tenant::parse(tenant).unwrap(),
-        key_id: None,
-        scopes: Scopes::of([Scope::Webhooks]),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_source_posts_signed_webhooks_routed_by_the_rules() {
     let db = TestDatabase::create().await.unwrap();
@@ -61,7 +53,10 @@ async fn a_registered_source_posts_signed_webhooks_routed_by_the_rules() {
     test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
     let base = stack.http_url(Service::WebhookIngest);
     let mut api = WebhookIngestClient::new(stack.peer("gateway", Service::WebhookIngest).channel());
-    let (acme, beta) = (client_of("acme"), client_of("beta"));
+    let (acme, beta) = (
+        client_of("acme", Scopes::of([Scope::Webhooks])),
+        client_of("beta", Scopes::of([Scope::Webhooks])),
+    );
 
     let created = api
         .create_source(on_behalf(
