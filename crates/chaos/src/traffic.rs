@@ -556,27 +556,10 @@ impl Traffic {
                 .header("x-github-delivery", delivery_id)
                 .header("x-hub-signature-256", format!("sha256={hex}"))
         };
-        let start = self.now();
-        match request.body(body.to_owned()).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let text = response.text().await.unwrap_or_default();
-                let outcome = Self::classify(status);
-                self.record(kind, target, start, Some(status), outcome, truncate(&text));
-                Some(outcome)
-            }
-            Err(error) => {
-                self.record(
-                    kind,
-                    target,
-                    start,
-                    None,
-                    Outcome::Failed,
-                    error_text(&error),
-                );
-                Some(Outcome::Failed)
-            }
-        }
+        let sent = self
+            .send_recorded(kind, target, request.body(body.to_owned()))
+            .await;
+        Some(sent.map_or(Outcome::Failed, |(outcome, _)| outcome))
     }
 
     /// Moves the churned endpoint between its two paths and its two subscriptions.
@@ -651,21 +634,34 @@ impl Traffic {
         path: &str,
         body: Option<Value>,
     ) -> Option<Value> {
-        let target = Self::gateway(replica);
-        let start = self.now();
         let mut request = self.gateway_request(replica, method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let (outcome, text) = self
+            .send_recorded(kind, Self::gateway(replica), request)
+            .await?;
+        (outcome == Outcome::Accepted)
+            .then(|| serde_json::from_str(&text).ok())
+            .flatten()
+    }
+
+    /// Sends `request` to `target` and records what came of it: the outcome and the answer's
+    /// text, or `None` when no answer came (recorded as failed).
+    async fn send_recorded(
+        &self,
+        kind: Kind,
+        target: Instance,
+        request: reqwest::RequestBuilder,
+    ) -> Option<(Outcome, String)> {
+        let start = self.now();
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let text = response.text().await.unwrap_or_default();
                 let outcome = Self::classify(status);
                 self.record(kind, target, start, Some(status), outcome, truncate(&text));
-                (outcome == Outcome::Accepted)
-                    .then(|| serde_json::from_str(&text).ok())
-                    .flatten()
+                Some((outcome, text))
             }
             Err(error) => {
                 self.record(
