@@ -440,7 +440,7 @@ struct DeliveryBody {
     delivered_at: Option<DateTime<Utc>>,
 }
 
-fn status_name(status: pb::DeliveryStatus) -> &'static str {
+pub(crate) fn status_name(status: pb::DeliveryStatus) -> &'static str {
     match status {
         pb::DeliveryStatus::Pending => "pending",
         pb::DeliveryStatus::Delivered => "delivered",

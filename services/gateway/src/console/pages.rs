@@ -770,7 +770,7 @@ fn event_summary(deliveries: Option<&Option<Vec<sonora_proto::delivery::v1::Deli
         "delivered to " (delivered.len()) " of " (deliveries.len()) " endpoint(s)"
         @if let Some(first) = first { ", first " (first.format("%Y-%m-%d %H:%M:%S")) " UTC" }
         @for d in deliveries.iter().filter(|d| d.status() != DeliveryStatus::Delivered) {
-            " " (badge(d.status().as_str_name().trim_start_matches("DELIVERY_STATUS_").to_ascii_lowercase().as_str()))
+            " " (badge(webhooks::status_name(d.status())))
         }
     }
 }
