@@ -85,6 +85,14 @@ impl TraceService for Collector {
     }
 }
 
+/// The bytes of a trace or span id written in hex (`"4bf92f35…"`), as received spans hold them.
+pub fn id_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("a hex id"))
+        .collect()
+}
+
 /// A running receiver; dropping it stops it.
 pub struct OtlpReceiver {
     endpoint: String,

@@ -14,20 +14,13 @@ use internal_rpc::Scope;
 use test_stack::{Service, Simulator};
 use test_support::{
     TestDatabase, eventually,
-    otlp::{OtlpReceiver, ReceivedSpan},
+    otlp::{OtlpReceiver, ReceivedSpan, id_bytes},
     receiver::Receiver,
 };
 
 /// The caller's trace and span: the gateway must continue them.
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
-
-fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 async fn call(
     method: reqwest::Method,
@@ -159,7 +152,7 @@ async fn a_sound_effect_is_one_trace_from_the_api_call_to_the_partner() {
         "job.finish",
         "webhook.deliver",
     ];
-    let trace = hex(TRACE);
+    let trace = id_bytes(TRACE);
     let spans = eventually(
         Duration::from_secs(15),
         "every step's span in the caller's trace",
@@ -186,7 +179,11 @@ async fn a_sound_effect_is_one_trace_from_the_api_call_to_the_partner() {
     // One tree: every span of the trace descends from the gateway's request span, which is the
     // caller's child.
     let root = named("POST /v1/sound-effects");
-    assert_eq!(root.parent_span_id, hex(CALLER_SPAN), "the caller's child");
+    assert_eq!(
+        root.parent_span_id,
+        id_bytes(CALLER_SPAN),
+        "the caller's child"
+    );
     for span in &spans {
         if span.span_id == root.span_id {
             continue;
@@ -194,7 +191,7 @@ async fn a_sound_effect_is_one_trace_from_the_api_call_to_the_partner() {
         let (ancestors, top) = ancestry(span, &spans);
         assert!(
             ancestors.last().map(String::as_str) == Some("POST /v1/sound-effects")
-                && top == hex(CALLER_SPAN),
+                && top == id_bytes(CALLER_SPAN),
             "{} does not descend from the API call: {ancestors:?}",
             span.name
         );

@@ -10,7 +10,10 @@ use std::{
 };
 
 use test_stack::{Service, Stack};
-use test_support::{TestDatabase, internal_keys, otlp::OtlpReceiver};
+use test_support::{
+    TestDatabase, internal_keys,
+    otlp::{OtlpReceiver, id_bytes},
+};
 
 /// Reads the service's JSON log lines until the one announcing its ports.
 fn grpc_port_from_logs(stdout: impl std::io::Read) -> u16 {
@@ -97,7 +100,7 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .await
         .unwrap();
 
-    let trace = hex(trace_id);
+    let trace = id_bytes(trace_id);
     let spans = test_support::eventually(
         Duration::from_secs(10),
         "spans of both services",
@@ -120,7 +123,7 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         .unwrap_or_else(|| panic!("no gateway HTTP span in {spans:#?}"));
     assert_eq!(
         http.parent_span_id,
-        hex("00f067aa0ba902b7"),
+        id_bytes("00f067aa0ba902b7"),
         "parented to the caller's span"
     );
     let grpc = spans
@@ -136,11 +139,4 @@ async fn a_gateway_request_and_its_grpc_call_share_one_trace() {
         gateway_span_ids.contains(&grpc.parent_span_id),
         "the gRPC server span's parent is a gateway span: {spans:#?}"
     );
-}
-
-fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
