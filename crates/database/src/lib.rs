@@ -17,7 +17,7 @@ use diesel_async::{
     AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
-        AsyncDieselConnectionManager, ManagerConfig,
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{self, Object},
     },
 };
@@ -168,6 +168,10 @@ pub fn connect(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
     let schema = config.schema;
     let timeout = config.connect_timeout;
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // A borrowed connection is not pinged first (diesel-async's default sends `SELECT 1` on every
+    // checkout, a round trip per query): one whose socket closed, or that is inside a broken
+    // transaction, is still replaced, and any other failure surfaces on its first query.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         async move {
@@ -197,6 +201,47 @@ pub fn connect(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
         .recycle_timeout(Some(config.connect_timeout))
         .build()
         .map_err(|e| DatabaseError::Connect(e.to_string()))
+}
+
+/// A query whose server-side prepared statement is kept on its connection and reused, keyed by
+/// its SQL text and bind types: each later run is one round trip instead of two (prepare, then
+/// execute). `diesel::sql_query` never caches, because its text may be built from values; wrap
+/// only queries whose text is fixed (constants, or `format!` of constants), or every distinct
+/// text would add a statement to every connection's cache.
+#[derive(Debug, Clone)]
+pub struct Prepared<Q>(pub Q);
+
+/// `.prepared()` on a query with its binds: the query in [`Prepared`].
+pub trait PrepareQuery: Sized {
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+impl<Q: diesel::query_builder::Query> PrepareQuery for Q {}
+
+impl<Q> diesel::query_builder::QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Prepared<Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &diesel::pg::Pg) -> diesel::QueryResult<bool> {
+        Ok(true)
+    }
 }
 
 /// Borrows a connection, mapping pool errors to [`DatabaseError`].

@@ -2,7 +2,7 @@
 //! are acknowledged. SQL only.
 
 use chrono::{DateTime, Utc};
-use database::{DatabaseError, Pool};
+use database::{DatabaseError, Pool, PrepareQuery as _};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use ids::EventId;
@@ -99,6 +99,7 @@ pub async fn store(
     .bind::<Timestamptz, _>(now)
     .bind::<Nullable<Text>, _>(event.tenant)
     .bind::<Nullable<Text>, _>(telemetry::propagation::current_traceparent())
+    .prepared()
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;
@@ -165,6 +166,7 @@ pub async fn claim(
     .bind::<BigInt, _>(limit)
     .bind::<SqlUuid, _>(claim_id)
     .bind::<Timestamptz, _>(lease_until)
+    .prepared()
     .load(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;
@@ -294,6 +296,7 @@ pub async fn settle_done(
     .bind::<diesel::sql_types::Array<Text>, _>(events)
     .bind::<SqlUuid, _>(claim_id)
     .bind::<Timestamptz, _>(now)
+    .prepared()
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)
@@ -334,6 +337,7 @@ pub async fn settle(
     .bind::<Nullable<Text>, _>(error)
     .bind::<Integer, _>(give_back)
     .bind::<Nullable<Timestamptz>, _>(settled_at)
+    .prepared()
     .execute(&mut conn)
     .await
     .map_err(DatabaseError::Query)?;
