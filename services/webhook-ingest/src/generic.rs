@@ -11,6 +11,7 @@ use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, verify};
 
 use crate::{
     inbox::{self, NewEvent, State, Stored},
+    routing::{self, EventFacts},
     monitor::Monitor,
     ratelimit::RateLimiter,
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
@@ -33,6 +34,8 @@ pub struct GenericReceiver {
     pub limiter: RateLimiter,
     /// This replica's dispatcher, woken when an event is stored.
     pub wake: crate::dispatch::Waker,
+    /// The routing rules: an event none of them matches is stored as done.
+    pub rules: std::sync::Arc<Vec<crate::routing::Rule>>,
 }
 
 /// An event type as the payload names it, if it can name one.
@@ -127,6 +130,22 @@ async fn handle(
         .ok()
         .filter(serde_json::Value::is_object);
     let event_type = parsed.as_ref().map(event_type);
+    let state = match &parsed {
+        None => State::Malformed,
+        Some(payload) => {
+            let facts = EventFacts {
+                source: name,
+                event_type: event_type.as_deref().unwrap_or_default(),
+                payload,
+            };
+            // An event no rule matches has nothing to run: recorded as done.
+            if routing::has_work(&receiver.rules, &facts) {
+                State::Received
+            } else {
+                State::Done
+            }
+        }
+    };
     let stored = inbox::store(
         &receiver.pool,
         &NewEvent {
@@ -137,11 +156,7 @@ async fn handle(
             subject_id: None,
             event_type: event_type.as_deref(),
             payload: &text,
-            state: if parsed.is_some() {
-                State::Received
-            } else {
-                State::Malformed
-            },
+            state,
             error: parsed.is_none().then_some("The body is not a JSON object."),
             tenant: verifying.tenant.as_deref(),
         },
@@ -155,7 +170,9 @@ async fn handle(
     }
     Ok(match stored {
         Stored::New(id) => {
-            receiver.wake.wake();
+            if state == State::Received {
+                receiver.wake.wake();
+            }
             count("accepted");
             tracing::info!(event_id = %id, "webhook stored");
             HttpResponse::Ok().json(serde_json::json!({ "status": "accepted", "event_id": id }))

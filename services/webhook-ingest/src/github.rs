@@ -12,6 +12,7 @@ use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
     ratelimit::RateLimiter,
+    routing::{self, EventFacts},
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
 };
 
@@ -32,6 +33,8 @@ pub struct GithubReceiver {
     pub body_timeout: std::time::Duration,
     /// This replica's dispatcher, woken when an event is stored.
     pub wake: crate::dispatch::Waker,
+    /// The routing rules: an event none of them matches is stored as done.
+    pub rules: std::sync::Arc<Vec<crate::routing::Rule>>,
 }
 
 pub(crate) const ROUTE: &str = "/api/v1/webhooks/github";
@@ -60,8 +63,9 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The event's JSON text: the body itself, or the `payload` field of a form-encoded body.
-fn payload_text(content_type: &str, body: &[u8]) -> Result<String, String> {
+/// The event's JSON text (the body itself, or the `payload` field of a form-encoded body) and the
+/// event parsed.
+fn payload_text(content_type: &str, body: &[u8]) -> Result<(String, serde_json::Value), String> {
     let text = if content_type.starts_with("application/x-www-form-urlencoded") {
         url::form_urlencoded::parse(body)
             .find(|(name, _)| name == "payload")
@@ -75,7 +79,7 @@ fn payload_text(content_type: &str, body: &[u8]) -> Result<String, String> {
     if !json.is_object() {
         return Err("the payload must be a JSON object".to_owned());
     }
-    Ok(text)
+    Ok((text, json))
 }
 
 /// The handler; every refusal or failure counts for the path's monitoring.
@@ -157,19 +161,22 @@ async fn handle(
     let now = chrono::Utc::now();
     let path = req.path();
     match payload_text(header(req, "content-type"), &body) {
-        Ok(text) => {
-            let action = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["action"].as_str().map(str::to_owned));
-            let event_type = match &action {
+        Ok((text, json)) => {
+            let event_type = match json["action"].as_str() {
                 Some(action) => format!("{event}.{action}"),
                 None => event.to_owned(),
             };
-            // A ping only says the hook works: recorded, with nothing to do.
-            let state = if event == "ping" {
-                State::Done
-            } else {
+            // A ping only says the hook works, and an event no rule matches has nothing to run:
+            // both are recorded as done.
+            let facts = EventFacts {
+                source: "github",
+                event_type: &event_type,
+                payload: &json,
+            };
+            let state = if event != "ping" && routing::has_work(&receiver.rules, &facts) {
                 State::Received
+            } else {
+                State::Done
             };
             let stored = inbox::store(
                 &receiver.pool,
@@ -191,7 +198,9 @@ async fn handle(
             .map_err(not_stored)?;
             Ok(match stored {
                 Stored::New(id) => {
-                    receiver.wake.wake();
+                    if state == State::Received {
+                        receiver.wake.wake();
+                    }
                     count("accepted");
                     tracing::info!(event_id = %id, event_type, "GitHub webhook stored");
                     HttpResponse::Ok()
@@ -255,7 +264,7 @@ mod tests {
     fn json_and_form_bodies() {
         let json = r#"{"action":"labeled"}"#;
         assert_eq!(
-            payload_text("application/json", json.as_bytes()).unwrap(),
+            payload_text("application/json", json.as_bytes()).unwrap().0,
             json
         );
         let form = format!(
@@ -263,7 +272,9 @@ mod tests {
             url::form_urlencoded::byte_serialize(json.as_bytes()).collect::<String>()
         );
         assert_eq!(
-            payload_text("application/x-www-form-urlencoded", form.as_bytes()).unwrap(),
+            payload_text("application/x-www-form-urlencoded", form.as_bytes())
+                .unwrap()
+                .0,
             json
         );
         assert!(payload_text("application/x-www-form-urlencoded", b"other=1").is_err());

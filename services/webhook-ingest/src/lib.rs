@@ -462,12 +462,13 @@ impl Application {
             sonora_proto::audio::v1::audio_generation_client::AudioGenerationClient::new(
                 audio.channel(),
             );
+        let rules = std::sync::Arc::new(settings.rules.clone());
         let dispatcher = dispatch::Dispatcher::new(
             database.pool().clone(),
             settings.dispatch.clone(),
             actions::Actions {
                 audio: audio_client.clone(),
-                rules: std::sync::Arc::new(settings.rules.clone()),
+                rules: rules.clone(),
                 codegen: settings
                     .codegen
                     .as_ref()
@@ -527,9 +528,11 @@ impl Application {
             processing: processing.clone(),
             monitor: monitor.clone(),
             limiter: limiter.clone(),
+            rules: rules.clone(),
         });
         let github = web::Data::new(github::GithubReceiver {
             wake: waker,
+            rules: rules.clone(),
             limiter,
             body_timeout: settings.body_timeout,
             monitor: monitor.clone(),

@@ -182,6 +182,14 @@ impl Rule {
     }
 }
 
+/// Whether `event` has anything to run: a Replicate prediction always does (its built-in
+/// action), any other event when one of `rules` matches it. The receivers store an event with
+/// nothing to run as `done` at once, so the dispatcher never claims it; the dispatcher plans with
+/// the same rules.
+pub fn has_work(rules: &[Rule], facts: &EventFacts<'_>) -> bool {
+    facts.source == "replicate" || rules.iter().any(|rule| rule.matches(facts))
+}
+
 /// The label an event is about (`label.name`, as in `issues.labeled`) and the labels of its
 /// issue or pull request.
 fn labels(payload: &serde_json::Value) -> impl Iterator<Item = &str> {

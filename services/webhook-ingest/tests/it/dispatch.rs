@@ -337,11 +337,18 @@ async fn replicas_share_the_work_each_woken_by_its_own_receiver() {
     const SECRET: &str = "development-github-secret-for-tests";
     let db = TestDatabase::create().await.unwrap();
     // Polling is minutes apart: only the receiver that stored an event can wake a dispatcher
-    // (its own replica's) in time.
+    // (its own replica's) in time. A rule gives every event something to run (a publish, to the
+    // outbox), so each is claimed.
+    let rules = serde_json::json!([{
+        "name": "publish-issues", "source": "github", "event": "issues",
+        "tenant": "acme", "actions": ["publish"]
+    }])
+    .to_string();
     let replica = || {
         Stack::new(&db)
             .with_ingest()
             .setting(Service::WebhookIngest, "GITHUB_WEBHOOK_SECRET", SECRET)
+            .setting(Service::WebhookIngest, "ROUTING_RULES", rules.clone())
             .setting(Service::WebhookIngest, "INBOX_POLL_INTERVAL", "5m")
             .start()
     };

@@ -174,8 +174,9 @@ async fn a_labeled_issue_reaches_a_partner_signed_and_starts_an_agent_run() {
         rows,
         [
             "42:d-labeled|done|1|acme",
-            "42:d-opened|done|1|",
-            "42:d-other-repo|done|1|"
+            // No rule matches these two: stored as done, never claimed.
+            "42:d-opened|done|0|",
+            "42:d-other-repo|done|0|"
         ]
     );
     let requests = fake.requests();
