@@ -257,8 +257,9 @@ async fn main() {
         let run = test_support::run_binary("/usr/bin/psql", &[&db.url, "-tAc", query], &[]);
         run.stdout.trim().parse().unwrap_or(u64::MAX)
     };
-    while count("select count(*) from ingest.inbox where state in ('received', 'dispatched', 'failed')")
-        > 0
+    while count(
+        "select count(*) from ingest.inbox where state in ('received', 'dispatched', 'failed')",
+    ) > 0
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

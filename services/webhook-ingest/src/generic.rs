@@ -11,10 +11,10 @@ use webhook_signature::{DEFAULT_TOLERANCE_SECS, SignedHeaders, verify};
 
 use crate::{
     inbox::{self, NewEvent, State, Stored},
-    routing::{self, EventFacts},
     monitor::Monitor,
     ratelimit::RateLimiter,
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
+    routing::{self, EventFacts},
     sources::{self, Sources},
 };
 

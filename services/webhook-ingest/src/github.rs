@@ -12,8 +12,8 @@ use crate::{
     inbox::{self, NewEvent, State, Stored},
     monitor::Monitor,
     ratelimit::RateLimiter,
-    routing::{self, EventFacts},
     request::{BodyLimits, header, not_stored, read_body, unauthorized, unprocessable},
+    routing::{self, EventFacts},
 };
 
 /// GitHub does not deliver payloads over 25 MB.

@@ -583,7 +583,7 @@ impl Application {
                             pool: database.pool().clone(),
                             sources: sources.clone(),
                             monitor: monitor.clone(),
-                            rules: std::sync::Arc::new(settings.rules.clone()),
+                            rules: rules.clone(),
                         },
                     ),
                 )
