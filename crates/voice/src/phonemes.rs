@@ -11,12 +11,18 @@
 //! and waiting on its input: a request takes it, and once the request has its answer a
 //! replacement starts, initialising before the next request. A pre-started process that has
 //! died is replaced transparently; concurrent requests that find none start their own.
+//!
+//! A process that has not answered by its deadline ([`Phonemizer::deadline`]: 2 s, plus 1 ms
+//! per byte of input, twenty times what espeak-ng needs here even on a loaded machine) is killed,
+//! and its input handled as if it had crashed on it, so a hanging espeak-ng holds a worker for
+//! seconds, not for ever.
 
 use std::{
     io::Write,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
 };
 
 use unicode_normalization::UnicodeNormalization;
@@ -30,7 +36,12 @@ pub struct Phonemizer {
     voice: String,
     /// A process started ahead of the next request, shared by clones.
     ready: Arc<ReadyProcess>,
+    /// How long a run may take before its process is killed, besides 1 ms per byte of input.
+    base_deadline: Duration,
 }
+
+/// [`Phonemizer`]'s default `base_deadline`.
+const BASE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// At most one espeak-ng process, started and waiting for its input. Killed when dropped.
 #[derive(Debug, Default)]
@@ -96,9 +107,21 @@ impl Phonemizer {
             program: program.into(),
             voice: voice.to_owned(),
             ready: Arc::default(),
+            base_deadline: BASE_DEADLINE,
         };
         phonemizer.start_ahead();
         Ok(phonemizer)
+    }
+
+    /// The same, with `base` instead of 2 s before a run's process is killed as hung.
+    pub fn with_base_deadline(mut self, base: Duration) -> Self {
+        self.base_deadline = base;
+        self
+    }
+
+    /// How long espeak-ng may take to answer `input_bytes` of input before it is killed.
+    pub fn deadline(&self, input_bytes: usize) -> Duration {
+        self.base_deadline + Duration::from_millis(input_bytes as u64)
     }
 
     fn spawn(&self) -> std::io::Result<Child> {
@@ -273,6 +296,9 @@ impl Phonemizer {
     /// - When it dies (espeak-ng 1.51 aborts on some inputs), the lines are sent again in halves;
     ///   a single line that still kills it is split between its words the same way, and a single
     ///   word that kills it is skipped with a warning, so the rest of the text is still spoken.
+    /// - When it hangs (no answer by [`Phonemizer::deadline`]), it is killed and the lines are
+    ///   sent again in halves; a single line that still hangs it is skipped whole with a warning
+    ///   (not split between its words: each try costs a deadline).
     ///
     /// Only a failure to start espeak-ng at all is an error.
     fn run_resilient(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
@@ -302,8 +328,16 @@ impl Phonemizer {
                     .join(" ");
                 return Ok(vec![joined]);
             }
-            Err(Failure::Died(why)) => {
-                tracing::warn!(lines = lines.len(), %why, "espeak-ng died; retrying in halves");
+            Err(Failure::Hung(why)) if lines.len() == 1 => {
+                tracing::warn!(
+                    chars = lines[0].chars().count(),
+                    %why,
+                    "espeak-ng hangs on this clause; it is skipped"
+                );
+                return Ok(vec![String::new()]);
+            }
+            Err(Failure::Died(why) | Failure::Hung(why)) => {
+                tracing::warn!(lines = lines.len(), %why, "espeak-ng failed; retrying in halves");
             }
             Err(Failure::Start(e)) => return Err(e),
         }
@@ -321,11 +355,14 @@ impl Phonemizer {
             input.push_str(&line.replace(['\n', '\r'], " "));
             input.push('\n');
         }
+        let deadline = self.deadline(input.len());
         let (child, pre_started) = self.process().map_err(Failure::Start)?;
-        let output = match communicate(child, input.clone()) {
+        let output = match communicate(child, input.clone(), deadline) {
             // A pre-started process can die between the liveness check and the write: the
             // request then gets one fresh process before it fails.
-            Err(_) if pre_started => communicate(self.fresh().map_err(Failure::Start)?, input),
+            Err(Failure::Died(_)) if pre_started => {
+                communicate(self.fresh().map_err(Failure::Start)?, input, deadline)
+            }
             result => result,
         };
         // The next request's process starts after this one's answer, off its critical path.
@@ -488,24 +525,54 @@ enum Failure {
     Start(Error),
     /// It started and then failed on this input (a crash, a bad exit, unreadable output).
     Died(String),
+    /// It did not answer by its deadline, and was killed.
+    Hung(String),
 }
 
-/// Writes `input` to espeak-ng, closes its input and returns everything it printed.
-fn communicate(mut child: Child, input: String) -> Result<String, Failure> {
+/// Writes `input` to espeak-ng, closes its input and returns everything it printed, or kills it
+/// when it has not finished within `deadline`.
+fn communicate(mut child: Child, input: String, deadline: Duration) -> Result<String, Failure> {
+    use std::io::Read;
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    // Written from another thread: espeak-ng answers while it reads, and a large input would
-    // otherwise fill both pipes and deadlock.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    // Written and read on other threads: espeak-ng answers while it reads, and a large input
+    // would otherwise fill both pipes and deadlock. The pipes close when the process ends (or is
+    // killed), which ends the readers.
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child
-        .wait_with_output()
-        .map_err(|e| Failure::Died(format!("espeak-ng failed: {e}")))?;
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let (sender, answer) = mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = sender.send(stdout.read_to_end(&mut text).map(|_| text));
+    });
+    let stdout = match answer.recv_timeout(deadline) {
+        Ok(read) => read.map_err(|e| Failure::Died(format!("reading espeak-ng: {e}"))),
+        Err(_) => {
+            // The threads end by themselves once the pipes close; they are not waited for.
+            reap(child);
+            return Err(Failure::Hung(format!(
+                "espeak-ng gave no answer within {} ms and was killed",
+                deadline.as_millis()
+            )));
+        }
+    };
+    let status = child
+        .wait()
+        .map_err(|e| Failure::Died(format!("espeak-ng failed: {e}")));
+    let stderr = errors.join().unwrap_or_default();
     // A write error (a broken pipe) only means the process died first: its status says why.
     let written = writer.join();
-    if !output.status.success() {
+    let stdout = stdout?;
+    let status = status?;
+    if !status.success() {
         return Err(Failure::Died(format!(
-            "espeak-ng exited with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            "espeak-ng exited with {status}: {}",
+            String::from_utf8_lossy(&stderr).trim()
         )));
     }
     match written {
@@ -513,8 +580,7 @@ fn communicate(mut child: Child, input: String) -> Result<String, Failure> {
         Ok(Err(e)) => return Err(Failure::Died(format!("writing to espeak-ng: {e}"))),
         Err(_) => return Err(Failure::Died("writing to espeak-ng panicked".into())),
     }
-    String::from_utf8(output.stdout)
-        .map_err(|_| Failure::Died("espeak-ng wrote invalid UTF-8".into()))
+    String::from_utf8(stdout).map_err(|_| Failure::Died("espeak-ng wrote invalid UTF-8".into()))
 }
 
 /// Removes espeak-ng's language-switch markers such as `(en)` or `(fr)`, as Piper does.
@@ -661,6 +727,39 @@ mod tests {
             out[2]
         );
         assert_eq!(out[3], goodbye);
+    }
+
+    #[test]
+    fn a_hanging_espeak_is_killed_and_its_clause_skipped() {
+        // espeak-ng, except that it hangs (and never answers) on any input with "freeze" in it.
+        let script = std::env::temp_dir().join(format!("hanging-espeak-{}", std::process::id()));
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ninput=$(cat)\ncase \"$input\" in *freeze*) exec sleep 600;; esac\n\
+             printf '%s\\n' \"$input\" | espeak-ng \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let real = Phonemizer::new("en-us").unwrap();
+        let p = Phonemizer::with_program(&script, "en-us")
+            .unwrap()
+            .with_base_deadline(Duration::from_millis(300));
+        assert!(matches!(p.run(&["Please freeze."]), Err(Failure::Hung(_))));
+        let started = std::time::Instant::now();
+        let out = p
+            .phonemize_all(&["Hello there.", "Please freeze now.", "Goodbye."])
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(out[0], real.phonemize("Hello there.").unwrap());
+        assert_eq!(
+            out[1], ".",
+            "the clause it hangs on is skipped, not its full stop"
+        );
+        assert_eq!(out[2], real.phonemize("Goodbye.").unwrap());
+        // Three lines: the batch, the half with the clause, the clause alone; each a deadline.
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        std::fs::remove_file(&script).unwrap();
     }
 
     /// Random Unicode after the text front end never makes espeak-ng die.
