@@ -9,6 +9,11 @@ use std::{path::PathBuf, time::Instant};
 use voice::Voice;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: first thing in main; no other thread has been started.
+    #[allow(unsafe_code)]
+    unsafe {
+        voice::keep_candle_on_rayon();
+    }
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: first_audio VOICE.onnx")?);
     let phrase = args

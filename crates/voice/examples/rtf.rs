@@ -2,9 +2,15 @@
 //!
 //! `cargo run --release -p voice --example rtf -- VOICE.onnx [IDS_OUT.json]`
 //!
-//! Prints, per sentence, the synthesis time and the audio duration; then the totals and the time
-//! to the first sentence's audio. With a second argument it writes each sentence's phoneme ids
-//! as JSON so `tests/reference/bench_ort.py` can time onnxruntime on exactly the same input.
+//! Three measures, after one warm-up sentence:
+//! - the paragraph as one text (as one request would send it): per sentence, the synthesis time
+//!   and the audio duration; then the totals and the time to the first sentence's audio;
+//! - the same six sentences as six texts, one call each (as short requests would come);
+//! - "Hello." alone: the time to its audio (a short first sentence).
+//!
+//! The last lines, `result …`, are for `tests/reference/bench.sh`. With a second argument it
+//! writes the phoneme ids of the paragraph's sentences and of "Hello." as JSON, so
+//! `tests/reference/bench_ort.py` can time onnxruntime on exactly the same input.
 #![allow(clippy::print_stdout)]
 
 use std::{path::PathBuf, time::Instant};
@@ -20,6 +26,11 @@ This paragraph is long enough to measure the real time factor with some confiden
 Thank you for listening, and have a pleasant day.";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: first thing in main; no other thread has been started.
+    #[allow(unsafe_code)]
+    unsafe {
+        voice::keep_candle_on_rayon();
+    }
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: rtf VOICE.onnx [IDS_OUT.json]")?);
     let ids_out = args.next().map(PathBuf::from);
@@ -35,12 +46,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &ids_out {
         let sentences = text::split_sentences(&text::normalize(PARAGRAPH));
         let phonemizer = voice::Phonemizer::new(&voice.config().espeak.voice)?;
-        let ids: Vec<Vec<i64>> = phonemizer
-            .phonemize_all(&sentences)?
-            .iter()
-            .map(|p| phoneme_ids(voice.config(), p))
-            .collect();
-        std::fs::write(path, serde_json::to_string(&ids)?)?;
+        let ids = |texts: &[&str]| -> Result<Vec<Vec<i64>>, voice::Error> {
+            Ok(phonemizer
+                .phonemize_all(texts)?
+                .iter()
+                .map(|p| phoneme_ids(voice.config(), p))
+                .collect())
+        };
+        let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let json = serde_json::json!({
+            "paragraph": ids(&sentences)?,
+            "hello": ids(&[HELLO])?.remove(0),
+        });
+        std::fs::write(path, json.to_string())?;
     }
 
     // One warm-up sentence: the first call pays for allocations and thread start-up.
@@ -67,10 +85,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         last = now;
     }
     let total = start.elapsed().as_secs_f64();
+    let first_ms = first.unwrap_or_default().as_secs_f64() * 1e3;
     println!(
-        "candle: {total:.3} s for {audio_secs:.2} s of audio, RTF {:.3}, first audio after {:.0} ms",
+        "candle: {total:.3} s for {audio_secs:.2} s of audio, RTF {:.3}, first audio after {first_ms:.0} ms",
         total / audio_secs,
-        first.unwrap_or_default().as_secs_f64() * 1e3
+    );
+
+    // The same sentences, one call each.
+    let sentences = text::split_sentences(&text::normalize(PARAGRAPH));
+    let start = Instant::now();
+    let mut sentences_audio = 0.0;
+    for sentence in &sentences {
+        for chunk in voice.synthesize(sentence, None, scales)? {
+            sentences_audio += chunk?.samples.len() as f64 / rate;
+        }
+    }
+    let sentences_rtf = start.elapsed().as_secs_f64() / sentences_audio;
+
+    // A short first sentence: the time to its audio.
+    let start = Instant::now();
+    let mut hello = None;
+    for chunk in voice.synthesize(HELLO, None, scales)? {
+        chunk?;
+        hello.get_or_insert(start.elapsed());
+    }
+    let hello_ms = hello.unwrap_or_default().as_secs_f64() * 1e3;
+    println!(
+        "candle: the {} sentences one call each, RTF {sentences_rtf:.3}; {HELLO:?} after {hello_ms:.1} ms",
+        sentences.len()
+    );
+    println!(
+        "result paragraph_rtf={:.4} first_ms={first_ms:.1} sentences_rtf={sentences_rtf:.4} hello_ms={hello_ms:.2}",
+        total / audio_secs
     );
     Ok(())
 }
+
+/// The short first sentence.
+const HELLO: &str = "Hello.";

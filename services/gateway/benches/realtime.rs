@@ -129,8 +129,24 @@ async fn say(base: &str, key: &str, call_sid: &str, text: &str) {
     assert_eq!(status, 202);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // As tts-inference's own main does (`voice::keep_candle_on_rayon`): candle's element-wise
+    // pool would spin beside the voice's rayon threads in this process.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: first thing in main; no other thread has been started.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let repeat: usize = setting("BENCH_REPEAT", "7").parse().unwrap();
     let rounds: Vec<usize> = setting("BENCH_CALLS", "1,2,3,4,6,8")
         .split(',')

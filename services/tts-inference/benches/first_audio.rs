@@ -38,8 +38,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    // SAFETY: first thing in main; no other thread has been started.
+    #[allow(unsafe_code)]
+    unsafe {
+        voice::keep_candle_on_rayon();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let voices = std::env::var("TEST_VOICES_DIR").unwrap_or_else(|_| {
         format!(
             "{}/.cache/sonora/voices",

@@ -2,15 +2,19 @@
 # Side-by-side benchmark: the candle voice against Piper's reference path (the same ONNX model in
 # onnxruntime), on the same sentences, with the same thread count, in one run.
 #
-#   crates/voice/tests/reference/bench.sh [THREADS] [VOICE.onnx]
+#   BENCH_ROUNDS=5 crates/voice/tests/reference/bench.sh [THREADS] [VOICE.onnx]
 #
-# Prints both real-time factors (synthesis time / audio duration), the time to the first
-# sentence's audio, and the ratio candle / onnxruntime. Scales: the voice's defaults with
-# noise_w = 0, so both engines make the same durations.
+# Each round runs the candle example and then the onnxruntime script, each in a fresh process,
+# so that a noisy neighbour slows both alike; the rounds' medians are compared. Measures:
+# the paragraph's real-time factor (synthesis time / audio duration), the time to its first
+# sentence's audio, the same six sentences sent one call each, and the time to the audio of
+# "Hello." alone. Scales: the voice's defaults with noise_w = 0, so both engines make the same
+# durations. onnxruntime gets phoneme ids; candle's times include espeak-ng.
 set -euo pipefail
 
 threads=${1:-2}
 model=${2:-$HOME/.cache/sonora/voices/en_US-joe-medium.onnx}
+rounds=${BENCH_ROUNDS:-5}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../../.." && pwd)
 venv=${VOICE_REF_VENV:-$HOME/.cache/sonora-tools/voice-ref}
@@ -24,13 +28,34 @@ fi
 rtf_bin=$CARGO_TARGET_DIR/release/examples/rtf
 
 ids=$(mktemp)
-trap 'rm -f "$ids"' EXIT
+results=$(mktemp)
+trap 'rm -f "$ids" "$results"' EXIT
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "threads: $threads"
-candle_out=$(RAYON_NUM_THREADS=$threads "$rtf_bin" "$model" "$ids")
-ort_out=$("$venv/bin/python" "$here/bench_ort.py" "$model" "$ids" "$threads")
-echo "$candle_out"
-echo "$ort_out"
-c=$(grep -o 'RTF [0-9.]*' <<<"$(tail -1 <<<"$candle_out")" | cut -d' ' -f2)
-o=$(grep -o 'RTF [0-9.]*' <<<"$ort_out" | cut -d' ' -f2)
-awk -v c="$c" -v o="$o" 'BEGIN { printf "ratio candle/onnxruntime: %.2f\n", c / o }'
+echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|f16c)' | sort | xargs)"
+echo "onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)'); threads: $threads; rounds: $rounds"
+for round in $(seq "$rounds"); do
+  candle_out=$(RAYON_NUM_THREADS=$threads "$rtf_bin" "$model" "$ids")
+  ort_out=$("$venv/bin/python" "$here/bench_ort.py" "$model" "$ids" "$threads")
+  if [[ $round == 1 ]]; then
+    grep -v '^result' <<<"$candle_out"
+    grep -v '^result' <<<"$ort_out"
+  fi
+  echo "candle $(grep '^result' <<<"$candle_out" | cut -d' ' -f2-)" >>"$results"
+  echo "onnxruntime $(grep '^result' <<<"$ort_out" | cut -d' ' -f2-)" >>"$results"
+done
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    engine, *pairs = line.split()
+    for key, value in (p.split("=") for p in pairs):
+        rows.setdefault((engine, key), []).append(float(value))
+names = [("paragraph_rtf", "paragraph, RTF"), ("first_ms", "paragraph, first audio (ms)"),
+         ("sentences_rtf", "six sentences one call each, RTF"), ("hello_ms", '"Hello." alone, audio after (ms)')]
+print(f"{'median of the rounds (min to max)':40} {'candle':>22} {'onnxruntime':>22} {'ratio':>6}")
+for key, label in names:
+    c, o = rows[("candle", key)], rows[("onnxruntime", key)]
+    cm, om = statistics.median(c), statistics.median(o)
+    span = lambda v: f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+    print(f"{label:40} {span(c):>22} {span(o):>22} {cm / om:6.2f}")
+PY
