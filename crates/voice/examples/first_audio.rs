@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: first thing in main; no other thread has been started.
     #[allow(unsafe_code)]
     unsafe {
-        voice::keep_candle_on_rayon();
+        voice::prepare_process();
     }
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: first_audio VOICE.onnx")?);

@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: first thing in main; no other thread has been started.
     #[allow(unsafe_code)]
     unsafe {
-        voice::keep_candle_on_rayon();
+        voice::prepare_process();
     }
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: rtf VOICE.onnx [IDS_OUT.json]")?);
@@ -102,11 +102,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let sentences_rtf = start.elapsed().as_secs_f64() / sentences_audio;
 
-    // A short first sentence: the time to its audio.
+    // A short first sentence: the time to its first audio, as a stream gives it.
     let start = Instant::now();
     let mut hello = None;
-    for chunk in voice.synthesize(HELLO, None, scales)? {
-        chunk?;
+    for part in voice.synthesize_parts(HELLO, None, scales)? {
+        part?;
         hello.get_or_insert(start.elapsed());
     }
     let hello_ms = hello.unwrap_or_default().as_secs_f64() * 1e3;

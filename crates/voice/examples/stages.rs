@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: first thing in main; no other thread has been started.
     #[allow(unsafe_code)]
     unsafe {
-        voice::keep_candle_on_rayon();
+        voice::prepare_process();
     }
     let model = PathBuf::from(std::env::args().nth(1).ok_or("usage: stages VOICE.onnx")?);
     let mut json = model.as_os_str().to_owned();

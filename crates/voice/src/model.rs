@@ -660,10 +660,9 @@ fn time_conv_same(w: &Weights, prefix: &str, dilation: usize) -> Result<TimeConv
 }
 
 /// Cuts `frames` latent frames into windows as `(start, end)` pairs in order: the first of
-/// `first` frames, each next one twice as long as the one before, up to `window`. Growing
-/// windows keep a stream ahead of its listener: each window takes about as long to decode as
-/// the audio before it lasts, even on a loaded machine, where jumping from a short first window
-/// to a long one would leave a gap.
+/// `first` frames, each next one twice as long as the one before, up to `window`.
+/// ([`Vits::decode_windowed`] uses equal windows; a stream sizes its windows by its pace, see
+/// [`crate::Voice::synthesize_parts`].)
 pub fn windows(frames: usize, first: usize, window: usize) -> Vec<(usize, usize)> {
     let window = window.max(1);
     let mut bounds = Vec::new();
@@ -1069,6 +1068,11 @@ impl Vits {
     /// Audio samples the decoder makes per latent frame.
     pub fn samples_per_frame(&self) -> usize {
         self.dec.hop
+    }
+
+    /// Latent frames on either side of a window that [`Vits::decode_frames`] decodes with it.
+    pub fn decoder_context(&self) -> usize {
+        self.dec.context
     }
 
     /// Stage 5 for latent frames `start .. end` alone (see [`windows`]): the same samples

@@ -1,6 +1,6 @@
 //! Text in, audio out, one sentence at a time.
 
-use std::{collections::VecDeque, path::Path, sync::Arc};
+use std::{collections::VecDeque, path::Path, sync::Arc, time::Instant};
 
 use candle_core::Device;
 
@@ -114,9 +114,45 @@ pub struct Voice {
 /// Latent frames in the first window of a request's first piece (about 0.37 s of audio at
 /// 22,050 Hz): small, so the first audio of a short phrase comes soon (about 40 ms sooner than
 /// with 100 frames for "Thank you for calling.", `examples/first_audio.rs`). Its decoding
-/// context (about 15 frames on either side) costs the piece one more window's overhead; the
-/// windows after it double, so the decoder stays ahead of the listener.
+/// context (about 15 frames on either side) costs the piece one more window's overhead, so a
+/// piece that has less than two first windows of frames is decoded whole instead. It is also the
+/// smallest window: a remainder shorter than it goes with the window before.
 pub const FIRST_WINDOW_FRAMES: usize = 32;
+
+/// The share of the audio still ahead of the listener that decoding the next window may take
+/// (see [`Pace`]).
+const WINDOW_SHARE: f64 = 0.5;
+
+/// How fast a request's audio is being made, against how fast it is heard: what sizes its
+/// decoder windows after the first. Each window has the decoder's context on either side, decoded
+/// and thrown away, so fewer, longer windows cost less; but the listener must not run out of
+/// audio while the next one is decoded. The next window is as long as can be decoded, at the
+/// speed the last one was, in [`WINDOW_SHARE`] of the audio the listener still has ahead of it
+/// (counting as if it began listening with the first part), between [`FIRST_WINDOW_FRAMES`] and
+/// [`model::DECODE_WINDOW_FRAMES`]. On an idle machine that is the rest of a sentence in one
+/// window; on a loaded one the windows stay short, as the listener needs.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the first part was given.
+    started: Option<Instant>,
+    /// Seconds of audio given since.
+    given: f64,
+    /// Latent frames the last window decoded (its context included) per second.
+    frames_per_second: Option<f64>,
+}
+
+impl Pace {
+    /// Frames the next window may have, before the bounds.
+    fn window(&self, context: usize) -> usize {
+        match (self.started, self.frames_per_second) {
+            (Some(started), Some(speed)) => {
+                let ahead = (self.given - started.elapsed().as_secs_f64()).max(0.0);
+                ((WINDOW_SHARE * ahead * speed) as usize).saturating_sub(2 * context)
+            }
+            _ => model::DECODE_WINDOW_FRAMES,
+        }
+    }
+}
 
 /// Part of one piece's audio, as [`Voice::synthesize_parts`] streams it.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +235,7 @@ struct Parts<'a> {
     pieces: Pieces,
     next_piece: usize,
     current: Option<CurrentPiece>,
+    pace: Pace,
     failed: bool,
 }
 
@@ -208,14 +245,16 @@ struct CurrentPiece {
     sentence: Arc<str>,
     phonemes: Arc<str>,
     latent: Latent,
-    windows: VecDeque<(usize, usize)>,
+    /// The piece's latent frames, and the first not decoded yet.
+    frames: usize,
+    next: usize,
     words: VecDeque<WordFrames>,
 }
 
 impl Parts<'_> {
     fn step(&mut self) -> Result<Option<Part>, Error> {
         let voice = self.voice;
-        if self.current.as_ref().is_none_or(|c| c.windows.is_empty()) {
+        if self.current.as_ref().is_none_or(|c| c.next >= c.frames) {
             let Some(next) = self.pieces.next(&voice.phonemizer) else {
                 return Ok(None);
             };
@@ -241,29 +280,47 @@ impl Parts<'_> {
             self.audio_seconds += seconds;
             let words = word_frames(&voice.config, &phonemized, plan.frames());
             let latent = voice.model.latent_of(plan, self.scales)?;
-            let first = if self.next_piece == 0 {
-                FIRST_WINDOW_FRAMES
-            } else {
-                model::DECODE_WINDOW_FRAMES
-            };
-            let windows = model::windows(latent.z.dim(2)?, first, model::DECODE_WINDOW_FRAMES);
+            let frames = latent.z.dim(2)?;
+            if frames == 0 {
+                return Err(Error::Format("a piece made no latent frames".into()));
+            }
             self.current = Some(CurrentPiece {
                 piece: self.next_piece,
                 sentence: sentence.into(),
                 phonemes: phonemes.into(),
                 latent,
-                windows: windows.into(),
+                frames,
+                next: 0,
                 words,
             });
             self.next_piece += 1;
         }
+        let context = voice.model.decoder_context();
         let current = self.current.as_mut().expect("a piece is being decoded");
-        let (start, end) = current
-            .windows
-            .pop_front()
-            .expect("a latent has at least one frame");
+        let start = current.next;
+        let size = if current.piece == 0 && start == 0 {
+            FIRST_WINDOW_FRAMES
+        } else {
+            self.pace
+                .window(context)
+                .clamp(FIRST_WINDOW_FRAMES, model::DECODE_WINDOW_FRAMES)
+        };
+        // A remainder shorter than a first window goes with this one.
+        let left = current.frames - start;
+        let end = if left < size + FIRST_WINDOW_FRAMES && left <= model::DECODE_WINDOW_FRAMES {
+            current.frames
+        } else {
+            start + size
+        };
+        current.next = end;
+        let decoding = Instant::now();
         let samples = voice.model.decode_frames(&current.latent, start, end)?;
-        let last = current.windows.is_empty();
+        let decoded = (end + context).min(current.frames) - start.saturating_sub(context);
+        self.pace.frames_per_second =
+            Some(decoded as f64 / decoding.elapsed().as_secs_f64().max(1e-6));
+        self.pace.started.get_or_insert_with(Instant::now);
+        self.pace.given += samples.len() as f64 / f64::from(voice.sample_rate());
+        let last = end == current.frames;
         let seconds_per_frame =
             voice.model.samples_per_frame() as f64 / f64::from(voice.sample_rate());
         let mut words = Vec::new();
@@ -557,9 +614,11 @@ impl Voice {
     ///   on its own. Later pieces are phonemised in batches of about [`PHONEME_BATCH_CHARS`]
     ///   when the iterator reaches them, so a long text never delays the first audio.
     /// - Each piece's latent is made whole (encoder, durations, flows), then decoded in windows:
-    ///   the first piece's first window has [`FIRST_WINDOW_FRAMES`] latent frames, and each
-    ///   next one twice as many, up to [`model::DECODE_WINDOW_FRAMES`] ([`model::windows`]). The first audio therefore waits for one piece's
-    ///   text side and one short window of the decoder, which does most of the arithmetic.
+    ///   the first piece's first window has [`FIRST_WINDOW_FRAMES`] latent frames (the whole
+    ///   piece when it has fewer than two such windows), and the next ones are as long as the
+    ///   audio already made leaves time for ([`Pace`]), up to [`model::DECODE_WINDOW_FRAMES`].
+    ///   The first audio therefore waits for one piece's text side and one short window of the
+    ///   decoder, which does most of the arithmetic.
     ///
     /// The text goes through the whole front end ([`Voice::prepare`]); a text with nothing to
     /// speak gives no parts, and one in a script the voice does not read is an error. The work
@@ -651,6 +710,7 @@ impl Voice {
             pieces,
             next_piece: 0,
             current: None,
+            pace: Pace::default(),
             failed: false,
         })
     }

@@ -130,14 +130,11 @@ async fn say(base: &str, key: &str, call_sid: &str, text: &str) {
 }
 
 fn main() {
-    // As tts-inference's own main does (`voice::keep_candle_on_rayon`): candle's element-wise
-    // pool would spin beside the voice's rayon threads in this process.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: first thing in main; no other thread has been started.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("CANDLE_NUM_THREADS", "1");
-        }
+    // SAFETY: first thing in main; no other thread has been started. tts-inference runs in this
+    // process, tuned as its own main tunes it.
+    #[allow(unsafe_code)]
+    unsafe {
+        tts_inference::prepare_process();
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

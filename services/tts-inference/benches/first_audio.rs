@@ -42,7 +42,7 @@ fn main() {
     // SAFETY: first thing in main; no other thread has been started.
     #[allow(unsafe_code)]
     unsafe {
-        voice::keep_candle_on_rayon();
+        tts_inference::prepare_process();
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,7 +1,6 @@
-//! `tts-inference`: Piper-compatible neural voices behind gRPC.
-//!
-//! Today it serves the voice catalogue (`ListVoices`) from the voices directory and reports itself
-//! ready once the default voice is installed; speech synthesis arrives with its own issue.
+//! `tts-inference`: Piper-compatible neural voices behind gRPC: the voice catalogue
+//! (`ListVoices`) from the voices directory, and speech (`Synthesize`) on a pool of workers.
+//! It is ready once the default voice is loaded.
 
 pub mod catalogue;
 mod grpc;
@@ -18,6 +17,11 @@ use lifecycle::{
 use settings::{CommonSettings, SettingError, Sources};
 use sonora_proto::tts::v1::{SERVICE, tts_inference_server::TtsInferenceServer};
 use telemetry::metrics::Metrics;
+
+/// Tunes the process for synthesis, as this service's `main` does first of all; a program that
+/// runs the service in its own process (a benchmark) calls it the same way. See
+/// [`voice::prepare_process`], and its safety rule: before any other thread starts.
+pub use voice::prepare_process;
 
 pub const NAME: &str = "tts-inference";
 

@@ -2,7 +2,7 @@ fn main() -> std::process::ExitCode {
     // SAFETY: first thing in main; no other thread has been started.
     #[allow(unsafe_code)]
     unsafe {
-        voice::keep_candle_on_rayon();
+        tts_inference::prepare_process();
     }
     lifecycle::cli::run(tts_inference::service())
 }

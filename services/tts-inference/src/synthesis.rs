@@ -105,13 +105,29 @@ pub struct InferencePool {
     gauge: IntGauge,
 }
 
+/// How long the pool must have had nothing to do before the allocator's free memory is given
+/// back to the system ([`voice::release_free_memory`]). Synthesis keeps freed memory for reuse
+/// (see [`voice::prepare_process`]); giving it back after every request would make the next one
+/// fault its pages in again, so it is given back only after a pause.
+pub const IDLE_BEFORE_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl InferencePool {
     pub fn new(threads: usize, capacity: usize, gauge: IntGauge) -> Self {
         let (queue, jobs) = sync_channel::<Job>(capacity);
         let jobs: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(jobs));
         let waiting = Arc::new(AtomicUsize::new(0));
+        // Jobs running, and whether any has finished since memory was last given back.
+        let activity = Arc::new((
+            AtomicUsize::new(0),
+            std::sync::atomic::AtomicBool::new(false),
+        ));
         for index in 0..threads.max(1) {
-            let (jobs, waiting, gauge) = (Arc::clone(&jobs), Arc::clone(&waiting), gauge.clone());
+            let (jobs, waiting, gauge, activity) = (
+                Arc::clone(&jobs),
+                Arc::clone(&waiting),
+                gauge.clone(),
+                Arc::clone(&activity),
+            );
             std::thread::Builder::new()
                 .name(format!("tts-inference-{index}"))
                 .spawn(move || {
@@ -124,7 +140,40 @@ impl InferencePool {
                         let Ok(job) = job else { return };
                         let left = waiting.fetch_sub(1, Ordering::SeqCst) - 1;
                         gauge.set(i64::try_from(left).unwrap_or(i64::MAX));
+                        activity.0.fetch_add(1, Ordering::SeqCst);
                         job();
+                        activity.1.store(true, Ordering::SeqCst);
+                        activity.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+                .expect("threads can be started");
+        }
+        // Gives freed memory back once the pool has been idle for IDLE_BEFORE_TRIM. It stops
+        // with the pool (when the queue's sender is gone, `waiting` alone holds a reference).
+        {
+            let (waiting, activity) = (Arc::downgrade(&waiting), Arc::clone(&activity));
+            std::thread::Builder::new()
+                .name("tts-inference-trim".into())
+                .spawn(move || {
+                    let mut idle_since = None;
+                    loop {
+                        std::thread::sleep(IDLE_BEFORE_TRIM / 4);
+                        let Some(waiting) = waiting.upgrade() else {
+                            return;
+                        };
+                        let idle = waiting.load(Ordering::SeqCst) == 0
+                            && activity.0.load(Ordering::SeqCst) == 0;
+                        drop(waiting);
+                        if !idle {
+                            idle_since = None;
+                            continue;
+                        }
+                        let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() >= IDLE_BEFORE_TRIM
+                            && activity.1.swap(false, Ordering::SeqCst)
+                        {
+                            voice::release_free_memory();
+                        }
                     }
                 })
                 .expect("threads can be started");
