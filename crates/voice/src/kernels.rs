@@ -99,6 +99,7 @@ fn matmul_acc(
     lhs_rs: usize,
     rhs: &[f32],
     rhs_rs: usize,
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -138,8 +139,16 @@ fn matmul_acc(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
+    }
+}
+
+/// gemm's own parallelism over rayon's threads, for a product not already run in parallel blocks.
+fn gemm_parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
     }
 }
 
@@ -250,6 +259,33 @@ impl TimeConv {
         self.dilation * (self.kernel - 1) / 2
     }
 
+    /// Input channels and output channels.
+    pub fn channels(&self) -> (usize, usize) {
+        (self.c_in, self.c_out)
+    }
+
+    /// [`TimeConv::forward`] on plain rows: `x` is `len` rows of `Cin` values, time-major; the
+    /// result is the output's rows of `Cout` values.
+    pub fn forward_rows(
+        &self,
+        x: &[f32],
+        len: usize,
+        act: Activation,
+        residual: bool,
+    ) -> Result<Vec<f32>> {
+        if residual && self.c_in != self.c_out {
+            return Err(Error::Format(
+                "a residual convolution keeps its channels".into(),
+            ));
+        }
+        Ok(ConvOp {
+            conv: self,
+            act,
+            residual,
+        }
+        .run(x, len)?)
+    }
+
     /// `conv(act(x)) + bias`, plus `x` itself when `residual`; `x` is `[1, time, Cin]`.
     pub fn forward(&self, x: &Tensor, act: Activation, residual: bool) -> Result<Tensor> {
         if residual && self.c_in != self.c_out {
@@ -281,8 +317,24 @@ impl CustomOp1 for ConvOp<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, len, _) = input_rows(storage, layout, self.name(), self.conv.c_in)?;
+        let out = self.run(x, len)?;
+        let out_len = out.len() / self.conv.c_out;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((1, out_len, self.conv.c_out)),
+        ))
+    }
+}
+
+impl ConvOp<'_> {
+    /// The convolution of `len` rows of `c_in` values: `out_len` rows of `c_out`.
+    fn run(&self, x: &[f32], len: usize) -> candle_core::Result<Vec<f32>> {
         let c = self.conv;
-        let (x, len, c_in) = input_rows(storage, layout, self.name(), c.c_in)?;
+        let c_in = c.c_in;
+        if x.len() != len * c_in {
+            candle_core::bail!("{}: {} values are not {len} rows", self.name(), x.len());
+        }
         let span = c.dilation * (c.kernel - 1);
         let Some(out_len) = (len + 2 * c.padding).checked_sub(span) else {
             candle_core::bail!("{}: {len} samples are shorter than the kernel", self.name());
@@ -292,7 +344,15 @@ impl CustomOp1 for ConvOp<'_> {
         }
         let c_out = c.c_out;
         let mut out = vec![0f32; out_len * c_out];
-        let rows = block_rows(out_len, c_in + c_out);
+        // Weights of more values than a block's budget, over few rows (the coupling flows): one
+        // product over every row, which gemm spreads over the threads itself, rather than
+        // blocks that each pack the weights again for a few rows.
+        let whole = c.taps.len() > BLOCK_BUDGET && out_len * c_out < 4 * c.taps.len();
+        let (rows, parallelism) = if whole {
+            (out_len.max(1), gemm_parallelism())
+        } else {
+            (block_rows(out_len, c_in + c_out), gemm::Parallelism::None)
+        };
         out.par_chunks_mut(rows * c_out)
             .enumerate()
             .for_each(|(b, dst)| {
@@ -324,6 +384,7 @@ impl CustomOp1 for ConvOp<'_> {
                             c_in,
                             &c.taps,
                             c_out,
+                            parallelism,
                         );
                     } else {
                         for k in 0..c.kernel {
@@ -337,12 +398,13 @@ impl CustomOp1 for ConvOp<'_> {
                                 c_in,
                                 &c.taps[k * c_in * c_out..],
                                 c_out,
+                                parallelism,
                             );
                         }
                     }
                 });
             });
-        Ok((CpuStorage::F32(out), Shape::from((1, out_len, c_out))))
+        Ok(out)
     }
 }
 
@@ -455,6 +517,7 @@ impl CustomOp1 for UpsampleOp<'_> {
                         c_in,
                         &u.weight,
                         s * c_out,
+                        gemm::Parallelism::None,
                     );
                     let from = (t0 + p - q0 * s) * c_out;
                     for (row, src) in dst

@@ -20,7 +20,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::{
     Error, Weights,
-    fused::{ChannelNorm, RelativeBand, TanhSigmoidGate},
+    fused::{self, ChannelNorm, RelativeBand},
     kernels::{Activation, TimeConv, TimeUpsample},
     spline,
 };
@@ -512,11 +512,12 @@ fn flip_channels(x: &Tensor) -> Result<Tensor> {
     Ok(x.index_select(&idx, 1)?)
 }
 
-/// The WaveNet-like network inside a coupling layer (`modules.WN`).
+/// WaveNet (`modules.WN`) as the coupling flows use it, without dilation, run time-major on the
+/// kernels of [`kernels`]: rows of `[time, channels]` values, plain slices between the layers.
 #[derive(Debug, Clone)]
 struct WaveNet {
-    in_layers: Vec<Conv1d>,
-    res_skip: Vec<Conv1d>,
+    in_layers: Vec<TimeConv>,
+    res_skip: Vec<TimeConv>,
     cond: Option<Conv1d>,
     hidden: usize,
 }
@@ -531,11 +532,10 @@ impl WaveNet {
                 break;
             }
             // Piper's coupling flows use dilation rate 1.
-            in_layers.push(Conv1d::same(w, &name, 1, 1)?);
-            res_skip.push(Conv1d::same(
+            in_layers.push(time_conv_same(w, &name, 1)?);
+            res_skip.push(time_conv_same(
                 w,
                 &format!("{prefix}.res_skip_layers.{i}"),
-                1,
                 1,
             )?);
         }
@@ -547,8 +547,19 @@ impl WaveNet {
         let hidden = in_layers
             .first()
             .ok_or_else(|| Error::MissingTensor(format!("{prefix}.in_layers.0.weight")))?
-            .weight
-            .dim(1)?;
+            .channels()
+            .0;
+        for (i, (input, res)) in in_layers.iter().zip(&res_skip).enumerate() {
+            let last = i + 1 == in_layers.len();
+            let res_out = if last { hidden } else { 2 * hidden };
+            if input.channels() != (hidden, 2 * hidden) || res.channels() != (hidden, res_out) {
+                return Err(Error::Format(format!(
+                    "{prefix}: layer {i} has the channels {:?} and {:?}",
+                    input.channels(),
+                    res.channels()
+                )));
+            }
+        }
         Ok(Self {
             in_layers,
             res_skip,
@@ -557,55 +568,98 @@ impl WaveNet {
         })
     }
 
-    fn forward(&self, x: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+    /// `x` is `len` rows of `hidden` values; so is the result.
+    fn forward(&self, mut x: Vec<f32>, len: usize, g: Option<&Tensor>) -> Result<Vec<f32>> {
         let n = self.hidden;
+        // The speaker's conditioning: 2n values a layer, added to every row of its input.
         let g = match (&self.cond, g) {
-            (Some(cond), Some(g)) => Some(cond.forward(g)?),
+            (Some(cond), Some(g)) => Some(cond.forward(g)?.flatten_all()?.to_vec1::<f32>()?),
             _ => None,
         };
-        let mut x = x.clone();
-        let mut output: Option<Tensor> = None;
+        let mut output = vec![0f32; len * n];
+        let mut acts = Vec::with_capacity(len * n);
         let last = self.in_layers.len() - 1;
         for (i, (in_layer, res_skip)) in self.in_layers.iter().zip(&self.res_skip).enumerate() {
-            let mut x_in = in_layer.forward(&x)?;
+            let mut x_in = in_layer.forward_rows(&x, len, Activation::IDENTITY, false)?;
             if let Some(g) = &g {
-                x_in = x_in.broadcast_add(&g.narrow(1, i * 2 * n, 2 * n)?)?;
+                let g = g
+                    .get(i * 2 * n..(i + 1) * 2 * n)
+                    .ok_or_else(|| Error::Format("the speaker conditioning is too short".into()))?;
+                for row in x_in.chunks_exact_mut(2 * n) {
+                    for (v, c) in row.iter_mut().zip(g) {
+                        *v += c;
+                    }
+                }
             }
-            let acts = TanhSigmoidGate::forward(&x_in.contiguous()?)?;
-            let rs = res_skip.forward(&acts)?;
-            let skip = if i < last {
-                x = (x + rs.narrow(1, 0, n)?)?;
-                rs.narrow(1, n, n)?
+            acts.clear();
+            for row in x_in.chunks_exact(2 * n) {
+                let (a, b) = row.split_at(n);
+                acts.extend(a.iter().zip(b).map(|(&a, &b)| fused::gate(a, b)));
+            }
+            let rs = res_skip.forward_rows(&acts, len, Activation::IDENTITY, false)?;
+            if i < last {
+                for ((rs, x), out) in rs
+                    .chunks_exact(2 * n)
+                    .zip(x.chunks_exact_mut(n))
+                    .zip(output.chunks_exact_mut(n))
+                {
+                    let (res, skip) = rs.split_at(n);
+                    x.iter_mut().zip(res).for_each(|(x, r)| *x += r);
+                    out.iter_mut().zip(skip).for_each(|(o, s)| *o += s);
+                }
             } else {
-                rs
-            };
-            output = Some(match output {
-                Some(o) => (o + skip)?,
-                None => skip,
-            });
+                output.iter_mut().zip(&rs).for_each(|(o, s)| *o += s);
+            }
         }
-        Ok(output.expect("at least one layer"))
+        Ok(output)
     }
 }
 
-/// A mean-only residual coupling layer (`modules.ResidualCouplingLayer`), reverse direction.
+/// A mean-only residual coupling layer (`modules.ResidualCouplingLayer`), reverse direction,
+/// time-major.
 #[derive(Debug, Clone)]
 struct CouplingLayer {
-    pre: Conv1d,
+    pre: TimeConv,
     enc: WaveNet,
-    post: Conv1d,
+    post: TimeConv,
 }
 
 impl CouplingLayer {
-    fn reverse(&self, x: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
-        let half = x.dim(1)? / 2;
-        let x0 = x.narrow(1, 0, half)?;
-        let x1 = x.narrow(1, half, half)?;
-        let h = self.pre.forward(&x0)?;
-        let h = self.enc.forward(&h, g)?;
-        let m = self.post.forward(&h)?;
-        let x1 = (x1 - m)?;
-        Ok(Tensor::cat(&[&x0, &x1], 1)?)
+    fn load(w: &Weights, prefix: &str) -> Result<Self> {
+        let layer = Self {
+            pre: time_conv_same(w, &format!("{prefix}.pre"), 1)?,
+            enc: WaveNet::load(w, &format!("{prefix}.enc"))?,
+            post: time_conv_same(w, &format!("{prefix}.post"), 1)?,
+        };
+        let (half, hidden) = layer.pre.channels();
+        if layer.post.channels() != (hidden, half) || layer.enc.hidden != hidden {
+            return Err(Error::Format(format!(
+                "{prefix}: a coupling layer of {half} channels with {:?} after it",
+                layer.post.channels()
+            )));
+        }
+        Ok(layer)
+    }
+
+    /// `x` is `len` rows of twice the layer's half channels: the second half of each row loses
+    /// the mean the network predicts from the first.
+    fn reverse(&self, x: &mut [f32], len: usize, g: Option<&Tensor>) -> Result<()> {
+        let half = self.pre.channels().0;
+        let x0: Vec<f32> = x
+            .chunks_exact(2 * half)
+            .flat_map(|row| row[..half].iter().copied())
+            .collect();
+        let h = self
+            .pre
+            .forward_rows(&x0, len, Activation::IDENTITY, false)?;
+        let h = self.enc.forward(h, len, g)?;
+        let m = self
+            .post
+            .forward_rows(&h, len, Activation::IDENTITY, false)?;
+        for (row, m) in x.chunks_exact_mut(2 * half).zip(m.chunks_exact(half)) {
+            row[half..].iter_mut().zip(m).for_each(|(v, m)| *v -= m);
+        }
+        Ok(())
     }
 }
 
@@ -909,11 +963,7 @@ impl Vits {
         let mut i = 0;
         while w.contains(&format!("flow.flows.{i}.pre.weight")) {
             let p = format!("flow.flows.{i}");
-            flows.push(CouplingLayer {
-                pre: Conv1d::same(w, &format!("{p}.pre"), 1, 1)?,
-                enc: WaveNet::load(w, &format!("{p}.enc"))?,
-                post: Conv1d::same(w, &format!("{p}.post"), 1, 1)?,
-            });
+            flows.push(CouplingLayer::load(w, &p)?);
             // Coupling layers alternate with Flips, which have no weights.
             i += 2;
         }
@@ -1004,12 +1054,22 @@ impl Vits {
 
     /// Stage 4b: the coupling flows in reverse, prior sample → latent `z`.
     pub fn flow_reverse(&self, z_p: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
-        let mut z = z_p.clone();
+        let (_, channels, len) = z_p.dims3()?;
+        // Time-major rows, as the flows' kernels run; a Flip reverses each row.
+        let mut z = z_p
+            .squeeze(0)?
+            .t()?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for layer in &self.flows {
-            z = flip_channels(&z)?;
-            z = layer.reverse(&z, g)?;
+            z.chunks_exact_mut(channels).for_each(<[f32]>::reverse);
+            layer.reverse(&mut z, len, g)?;
         }
-        Ok(z)
+        Ok(Tensor::from_vec(z, (len, channels), z_p.device())?
+            .t()?
+            .contiguous()?
+            .unsqueeze(0)?)
     }
 
     /// Stage 5: the HiFi-GAN decoder, latent `[1, C, F]` → audio `[1, 1, F * hop]`.
