@@ -135,7 +135,11 @@ impl Phonemizer {
 
     /// Starts the process the next request will use, unless one is already waiting. A failure
     /// here is left for that request to report, when it starts a process of its own.
-    fn start_ahead(&self) {
+    ///
+    /// The public `phonemize` calls do this after their answer. A [`crate::Voice`] does it when
+    /// a request's synthesis ends instead: espeak-ng loading its dictionaries (about 10 ms of
+    /// CPU) beside the request's own synthesis took a core from it on a 2-core machine.
+    pub(crate) fn start_ahead(&self) {
         if self.ready.is_empty()
             && let Ok(child) = self.spawn()
         {
@@ -173,11 +177,8 @@ impl Phonemizer {
 
     /// IPA phonemes of several sentences, with one espeak-ng process for all of them.
     pub fn phonemize_all<S: AsRef<str>>(&self, sentences: &[S]) -> Result<Vec<String>, Error> {
-        Ok(self
-            .phonemize_sentences(sentences, false)?
-            .into_iter()
-            .map(|p| p.phonemes)
-            .collect())
+        let phonemized = self.phonemize_sentences(sentences, false, true)?;
+        Ok(phonemized.into_iter().map(|p| p.phonemes).collect())
     }
 
     /// [`Phonemizer::phonemize_all`] with each sentence's words and the phonemes of each
@@ -190,13 +191,26 @@ impl Phonemizer {
         &self,
         sentences: &[S],
     ) -> Result<Vec<Phonemized>, Error> {
-        self.phonemize_sentences(sentences, true)
+        self.phonemize_sentences(sentences, true, true)
     }
 
+    /// For a request in progress: as [`Phonemizer::phonemize_with_words`] (or without the
+    /// words), but the next process is not started: the request does that when it ends
+    /// ([`Phonemizer::start_ahead`]).
+    pub(crate) fn phonemize_for_request<S: AsRef<str>>(
+        &self,
+        sentences: &[S],
+        with_words: bool,
+    ) -> Result<Vec<Phonemized>, Error> {
+        self.phonemize_sentences(sentences, with_words, false)
+    }
+
+    /// `ahead`: whether to start the next request's process once this answer is in.
     fn phonemize_sentences<S: AsRef<str>>(
         &self,
         sentences: &[S],
         with_words: bool,
+        ahead: bool,
     ) -> Result<Vec<Phonemized>, Error> {
         let clauses: Vec<Vec<text::Clause>> = sentences
             .iter()
@@ -206,7 +220,7 @@ impl Phonemizer {
         if lines.is_empty() {
             return Ok(vec![Phonemized::default(); sentences.len()]);
         }
-        let mut ipa = self.run_resilient(&lines)?;
+        let mut ipa = self.run_resilient(&lines, ahead)?;
         ipa.resize(lines.len(), String::new());
         let words: Vec<Vec<&str>> = if with_words {
             lines.iter().map(|line| text_words(line)).collect()
@@ -226,7 +240,7 @@ impl Phonemizer {
         let mut alone = if alone_lines.is_empty() {
             Vec::new()
         } else {
-            self.run_resilient(&alone_lines)?
+            self.run_resilient(&alone_lines, ahead)?
         }
         .into_iter();
         let mut weights: Vec<Option<Vec<usize>>> = vec![None; lines.len()];
@@ -301,8 +315,8 @@ impl Phonemizer {
     ///   (not split between its words: each try costs a deadline).
     ///
     /// Only a failure to start espeak-ng at all is an error.
-    fn run_resilient(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
-        match self.run(lines) {
+    fn run_resilient(&self, lines: &[&str], ahead: bool) -> Result<Vec<String>, Error> {
+        match self.run(lines, ahead) {
             Ok(out) if out.len() == lines.len() => return Ok(out),
             Ok(out) if lines.len() == 1 => return Ok(vec![out.join(" ")]),
             Ok(_) => {}
@@ -318,8 +332,8 @@ impl Phonemizer {
                 }
                 let (head, tail) = words.split_at(words.len() / 2);
                 let (head, tail) = (head.join(" "), tail.join(" "));
-                let mut halves = self.run_resilient(&[&head])?;
-                halves.extend(self.run_resilient(&[&tail])?);
+                let mut halves = self.run_resilient(&[&head], ahead)?;
+                halves.extend(self.run_resilient(&[&tail], ahead)?);
                 let joined = halves
                     .iter()
                     .filter(|h| !h.is_empty())
@@ -342,13 +356,14 @@ impl Phonemizer {
             Err(Failure::Start(e)) => return Err(e),
         }
         let (head, tail) = lines.split_at(lines.len() / 2);
-        let mut out = self.run_resilient(head)?;
-        out.extend(self.run_resilient(tail)?);
+        let mut out = self.run_resilient(head, ahead)?;
+        out.extend(self.run_resilient(tail, ahead)?);
         Ok(out)
     }
 
     /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
-    fn run(&self, lines: &[&str]) -> Result<Vec<String>, Failure> {
+    /// With `ahead`, the next process starts once the answer is in.
+    fn run(&self, lines: &[&str], ahead: bool) -> Result<Vec<String>, Failure> {
         let mut input = String::new();
         for line in lines {
             // A newline inside a clause would desynchronise the one-line-per-clause answer.
@@ -365,8 +380,10 @@ impl Phonemizer {
             }
             result => result,
         };
-        // The next request's process starts after this one's answer, off its critical path.
-        self.start_ahead();
+        // The next request's process starts after this one's answer.
+        if ahead {
+            self.start_ahead();
+        }
         let stdout = output?;
         Ok(stdout
             .lines()
@@ -708,7 +725,7 @@ mod tests {
         // clause of other words.
         let quotes = "s'".repeat(220);
         let dots = format!("{}a", "a.".repeat(100));
-        assert!(matches!(p.run(&[&quotes]), Err(Failure::Died(_))));
+        assert!(matches!(p.run(&[&quotes], true), Err(Failure::Died(_))));
         let hello = p.phonemize("Hello there.").unwrap();
         let goodbye = p.phonemize("Goodbye.").unwrap();
         let out = p
@@ -745,7 +762,10 @@ mod tests {
         let p = Phonemizer::with_program(&script, "en-us")
             .unwrap()
             .with_base_deadline(Duration::from_millis(300));
-        assert!(matches!(p.run(&["Please freeze."]), Err(Failure::Hung(_))));
+        assert!(matches!(
+            p.run(&["Please freeze."], true),
+            Err(Failure::Hung(_))
+        ));
         let started = std::time::Instant::now();
         let out = p
             .phonemize_all(&["Hello there.", "Please freeze now.", "Goodbye."])
@@ -779,7 +799,7 @@ mod tests {
             if lines.is_empty() {
                 continue;
             }
-            if let Err(Failure::Died(why)) = p.run(&lines) {
+            if let Err(Failure::Died(why)) = p.run(&lines, true) {
                 panic!("{why} on {lines:?}");
             }
         }

@@ -70,18 +70,7 @@ impl Pieces {
         if batch.is_empty() {
             return Ok(());
         }
-        let phonemes = if self.words {
-            phonemizer.phonemize_with_words(&batch)?
-        } else {
-            phonemizer
-                .phonemize_all(&batch)?
-                .into_iter()
-                .map(|phonemes| Phonemized {
-                    phonemes,
-                    words: Vec::new(),
-                })
-                .collect()
-        };
+        let phonemes = phonemizer.phonemize_for_request(&batch, self.words)?;
         self.ready.extend(
             batch
                 .into_iter()
@@ -342,6 +331,14 @@ impl Parts<'_> {
             last,
             words,
         }))
+    }
+}
+
+impl Drop for Parts<'_> {
+    /// The request is over: the next one's espeak-ng process may start now, when it no longer
+    /// competes with this one's synthesis for the cores.
+    fn drop(&mut self) {
+        self.voice.phonemizer.start_ahead();
     }
 }
 

@@ -3,7 +3,8 @@
 //! Starts tts-inference, delivery-worker and the gateway in-process on loopback (as the tests
 //! do) against the PostgreSQL and Redis that `scripts/test` starts, with a Twilio number
 //! configured, and measures, one after the other on the same servers:
-//! - the reference: `POST /v1/tts` (pcm16) of a short phrase, time to its first byte;
+//! - the reference: `POST /v1/tts` (pcm16) of a short phrase, time to its first byte; and of
+//!   "Hello." and "Thanks for calling. How can I help you today?" at the voice's own rate;
 //! - `/v1/tts/realtime`: from sending the phrase's last fragment (with `flush`) to its first
 //!   audio frame;
 //! - a call over Media Streams (a minimal Twilio on loopback, signing as Twilio does): from
@@ -200,6 +201,30 @@ async fn run() {
         while response.chunk().await.unwrap().is_some() {}
     }
     println!("POST /v1/tts, time to first byte: {}", stats(plain));
+
+    // Short first sentences at the voice's own rate, to set beside onnxruntime's first chunk
+    // (`crates/voice/tests/reference/bench.sh`).
+    for text in ["Hello.", "Thanks for calling. How can I help you today?"] {
+        let mut firsts = Vec::new();
+        for _ in 0..repeat {
+            let sent = Instant::now();
+            let mut response = client
+                .post(format!("{base}/v1/tts"))
+                .header("x-api-key", &key)
+                .json(&json!({"text": text, "format": "pcm16"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.chunk().await.unwrap().expect("a first chunk");
+            firsts.push(sent.elapsed());
+            while response.chunk().await.unwrap().is_some() {}
+        }
+        println!(
+            "POST /v1/tts {text:?} at 22,050 Hz, time to first byte: {}",
+            stats(firsts)
+        );
+    }
 
     // Realtime: from the phrase's last fragment to its first audio frame.
     let mut realtime = Vec::new();

@@ -7,9 +7,10 @@
 # Each round runs the candle example and then the onnxruntime script, each in a fresh process,
 # so that a noisy neighbour slows both alike; the rounds' medians are compared. Measures:
 # the paragraph's real-time factor (synthesis time / audio duration), the time to its first
-# sentence's audio, the same six sentences sent one call each, and the time to the audio of
-# "Hello." alone. Scales: the voice's defaults with noise_w = 0, so both engines make the same
-# durations. onnxruntime gets phoneme ids; candle's times include espeak-ng.
+# sentence's audio, the same six sentences sent one call each, and the time to the first audio
+# of short sentences alone ("Hello.", "Thanks for calling."). Scales: the voice's defaults with
+# noise_w = 0, so both engines make the same durations. onnxruntime gets phoneme ids; candle's
+# times include espeak-ng.
 set -euo pipefail
 
 threads=${1:-2}
@@ -51,7 +52,9 @@ for line in open(sys.argv[1]):
     for key, value in (p.split("=") for p in pairs):
         rows.setdefault((engine, key), []).append(float(value))
 names = [("paragraph_rtf", "paragraph, RTF"), ("first_ms", "paragraph, first audio (ms)"),
-         ("sentences_rtf", "six sentences one call each, RTF"), ("hello_ms", '"Hello." alone, audio after (ms)')]
+         ("sentences_rtf", "six sentences one call each, RTF"),
+         ("short0_ms", '"Hello." alone, first audio (ms)'),
+         ("short1_ms", '"Thanks for calling.", first audio (ms)')]
 print(f"{'median of the rounds (min to max)':40} {'candle':>22} {'onnxruntime':>22} {'ratio':>6}")
 for key, label in names:
     c, o = rows[("candle", key)], rows[("onnxruntime", key)]
