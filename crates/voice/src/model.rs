@@ -744,6 +744,10 @@ struct Generator {
     hop: usize,
     /// Latent frames on either side of a frame that can change its audio (rounded up, plus one).
     context: usize,
+    /// For each level, the samples (at its rate) on either side of an output sample that the
+    /// layers after it read: what a window keeps of the level's output (see
+    /// [`Generator::forward_frames`]).
+    reach_after: Vec<usize>,
 }
 
 impl Generator {
@@ -836,6 +840,21 @@ impl Generator {
             reach += widest as f64 / rate as f64;
         }
         reach += conv_post.reach() as f64 / rate as f64;
+        // Backwards from the output: what the layers after each level's residual blocks read,
+        // in that level's samples, rounded up and one more for safety. Between the end of level
+        // L and the end of level L + 1 run L + 1's upsampler (one input sample on either side)
+        // and its blocks.
+        let mut reach_after = vec![0; ups.len()];
+        let mut after = conv_post.reach() + 1;
+        for level in (0..ups.len()).rev() {
+            reach_after[level] = after;
+            let widest = resblocks[level]
+                .iter()
+                .map(ResBlock::reach)
+                .max()
+                .unwrap_or(0);
+            after = (after + widest).div_ceil(ups[level].stride()) + 2;
+        }
         Ok(Self {
             conv_pre,
             cond,
@@ -844,6 +863,7 @@ impl Generator {
             conv_post,
             hop: rate,
             context: reach.ceil() as usize + 1,
+            reach_after,
         })
     }
 
@@ -859,6 +879,11 @@ impl Generator {
 
     /// The audio of latent frames `start .. end` alone, decoded with the frames around them that
     /// it depends on (`context` on either side, where the latent has them) and trimmed back.
+    /// After each level only the samples the rest of the decoder reads for the window are kept
+    /// (`reach_after`), so the context is paid in full only at the first, cheapest level: at the
+    /// last, where the decoder works on 256 samples a frame, it is a few dozen samples instead
+    /// of thousands. A sample within reach of a cut is wrong (the next convolution pads the cut
+    /// with zeros), and those are exactly the samples dropped by the next cut.
     fn forward_frames(
         &self,
         z: &Tensor,
@@ -871,32 +896,47 @@ impl Generator {
             start.saturating_sub(self.context),
             (end + self.context).min(frames),
         );
-        let part = self.forward(&z.narrow(2, lo, hi - lo)?, g)?;
-        let part = part.flatten_all()?.to_vec1::<f32>()?;
-        if part.len() != (hi - lo) * hop {
+        let (first, audio) =
+            self.forward_kept(&z.narrow(2, lo, hi - lo)?, g, Some((lo, start, end)))?;
+        let audio = audio.flatten_all()?.to_vec1::<f32>()?;
+        // The samples of frames start .. end, from the first kept one at `first`.
+        let (from, to) = (start * hop - first, end * hop - first);
+        if to > audio.len() {
             return Err(Error::Format(format!(
-                "the decoder made {} samples for {} frames, not {hop} a frame",
-                part.len(),
-                hi - lo
+                "the decoder made {} samples from sample {first}, short of frame {end}",
+                audio.len()
             )));
         }
-        if (lo, hi) == (start, end) {
-            return Ok(part);
-        }
-        Ok(part[(start - lo) * hop..(end - lo) * hop].to_vec())
+        Ok(audio[from..to].to_vec())
     }
 
     fn forward(&self, z: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_kept(z, g, None)?.1)
+    }
+
+    /// The decoder on latent `z`; with `window = (lo, start, end)`, `z` holds frames `lo ..` of a
+    /// longer latent and only frames `start .. end` are wanted: each level keeps the samples the
+    /// rest needs for them. Returns the absolute index of the first output sample, and the audio.
+    fn forward_kept(
+        &self,
+        z: &Tensor,
+        g: Option<&Tensor>,
+        window: Option<(usize, usize, usize)>,
+    ) -> Result<(usize, Tensor)> {
         let z = z.transpose(1, 2)?.contiguous()?;
         let mut x = self.conv_pre.forward(&z, Activation::IDENTITY, false)?;
         if let (Some(cond), Some(g)) = (&self.cond, g) {
             x = x.broadcast_add(&cond.forward(g)?.transpose(1, 2)?)?;
         }
+        // The absolute index of x's first row, at the current rate.
+        let (mut first, mut rate) = (window.map_or(0, |(lo, _, _)| lo), 1);
         // Each level ends in the mean of its residual blocks; the 1 / n is applied by the next
         // layer's activation (leaky ReLU commutes with a positive scale).
         let mut scale = 1.0;
-        for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
+        for (level, (up, blocks)) in self.ups.iter().zip(&self.resblocks).enumerate() {
             x = up.forward(&x, Activation::leaky(LRELU_SLOPE as f32).scaled(scale))?;
+            first *= up.stride();
+            rate *= up.stride();
             let mut sum: Option<Tensor> = None;
             for block in blocks {
                 let y = block.forward(&x)?;
@@ -907,6 +947,23 @@ impl Generator {
             }
             x = sum.expect("at least one block");
             scale = 1.0 / blocks.len() as f32;
+            if let Some((_, start, end)) = window {
+                let rows = x.dim(1)?;
+                let reach = self.reach_after[level];
+                let keep_lo = (start * rate).saturating_sub(reach).max(first);
+                let keep_hi = (end * rate + reach).min(first + rows);
+                if keep_hi <= keep_lo {
+                    return Err(Error::Format(format!(
+                        "the decoder's window {start}..{end} lost its samples at level {level}"
+                    )));
+                }
+                if (keep_lo, keep_hi) != (first, first + rows) {
+                    x = x
+                        .narrow(1, keep_lo - first, keep_hi - keep_lo)?
+                        .contiguous()?;
+                    first = keep_lo;
+                }
+            }
         }
         // The last activation uses PyTorch's default slope, not HiFi-GAN's 0.1.
         let audio = self
@@ -914,7 +971,7 @@ impl Generator {
             .forward(&x, Activation::leaky(0.01).scaled(scale), false)?
             .tanh()?;
         // [1, time, 1] and [1, 1, time] hold the same values in the same order.
-        Ok(audio.reshape((1, 1, ()))?)
+        Ok((first, audio.reshape((1, 1, ()))?))
     }
 }
 
