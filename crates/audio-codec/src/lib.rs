@@ -254,6 +254,17 @@ impl Encoder {
         self.output_rate
     }
 
+    /// Seconds of the audio pushed so far that the bytes returned so far do not hold yet: the
+    /// samples waiting for a whole codec frame, and those inside the resampler. (A lossy codec's
+    /// own look-ahead is not counted.)
+    pub fn held_back_seconds(&self) -> f64 {
+        let in_resampler = self
+            .resampler
+            .delay()
+            .map_or(0, |delay| delay.output.max(0));
+        (self.pending.len() as f64 + in_resampler as f64) / f64::from(self.output_rate)
+    }
+
     /// Encodes `samples` and returns the bytes ready so far (the stream's header first).
     pub fn push(&mut self, samples: &[f32]) -> Result<Vec<u8>, CodecError> {
         let mut out = self.header();

@@ -17,6 +17,21 @@ use std::{collections::BTreeMap, time::Duration};
 mod simulator;
 pub use simulator::Simulator;
 
+/// A benchmark's `main`: runs `body` on a multi-threaded runtime, in a process tuned as
+/// tts-inference's own `main` tunes it ([`tts_inference::prepare_process`], done before the
+/// runtime starts its threads), since the stack runs tts-inference in this process. Call it first
+/// thing in `main`.
+pub fn benchmark_main(body: impl std::future::Future<Output = ()>) {
+    if !tts_inference::prepare_process() {
+        eprintln!("benchmark_main: other threads were running; candle's pool is left as it is");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(body);
+}
+
 use internal_rpc::Peer;
 use lifecycle::Signals;
 use test_support::{

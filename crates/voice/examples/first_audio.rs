@@ -9,11 +9,8 @@ use std::{path::PathBuf, time::Instant};
 use voice::Voice;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: first thing in main; no other thread has been started.
-    #[allow(unsafe_code)]
-    unsafe {
-        voice::prepare_process();
-    }
+    // Before any thread starts (see its docs).
+    voice::prepare_process();
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: first_audio VOICE.onnx")?);
     let phrase = args

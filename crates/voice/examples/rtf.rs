@@ -27,11 +27,8 @@ This paragraph is long enough to measure the real time factor with some confiden
 Thank you for listening, and have a pleasant day.";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: first thing in main; no other thread has been started.
-    #[allow(unsafe_code)]
-    unsafe {
-        voice::prepare_process();
-    }
+    // Before any thread starts (see its docs).
+    voice::prepare_process();
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: rtf VOICE.onnx [IDS_OUT.json]")?);
     let ids_out = args.next().map(PathBuf::from);

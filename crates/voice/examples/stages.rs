@@ -9,11 +9,8 @@ use candle_core::Device;
 use voice::{Phonemizer, Vits, VoiceConfig, Weights, model::durations, phoneme_ids};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: first thing in main; no other thread has been started.
-    #[allow(unsafe_code)]
-    unsafe {
-        voice::prepare_process();
-    }
+    // Before any thread starts (see its docs).
+    voice::prepare_process();
     let model = PathBuf::from(std::env::args().nth(1).ok_or("usage: stages VOICE.onnx")?);
     let mut json = model.as_os_str().to_owned();
     json.push(".json");

@@ -44,6 +44,7 @@ mod fused;
 mod kernels;
 pub mod model;
 pub mod phonemes;
+pub mod process;
 pub mod script;
 mod spline;
 pub mod ssml;
@@ -56,66 +57,10 @@ use std::path::PathBuf;
 pub use config::VoiceConfig;
 pub use model::{Encoded, Latent, Plan, Scales, Vits};
 pub use phonemes::{Phonemized, Phonemizer, WordPhonemes, phoneme_id_starts, phoneme_ids};
+pub use process::{prepare_process, release_free_memory};
 
 pub use synth::{Chunk, FIRST_WINDOW_FRAMES, Limits, PHONEME_BATCH_CHARS, Part, Step, Voice, Word};
 pub use weights::Weights;
-
-/// The environment variable that sizes candle's own pool of threads for element-wise operations.
-pub const CANDLE_THREADS_VARIABLE: &str = "CANDLE_NUM_THREADS";
-
-/// glibc's allocator hands out blocks of at least this size with `mmap` (and gives them back
-/// with `munmap`); see [`prepare_process`].
-pub const MMAP_THRESHOLD: usize = 64 << 20;
-/// glibc gives the free memory at the top of an arena back to the system past this size.
-pub const TRIM_THRESHOLD: usize = 128 << 20;
-
-/// Tunes the process for synthesis. Call it first thing in the `main` of a program that
-/// synthesises.
-///
-/// - candle's element-wise operations stay on the calling thread (`CANDLE_NUM_THREADS=1`,
-///   unless the environment says otherwise). candle runs an operation of 64K values or more
-///   on a pool of its own, apart from rayon's, whose idle threads then spin for about 25,000
-///   rounds before they sleep. The voice's parallel work (the decoder's kernels, and candle's
-///   matrix products) is on rayon, so on a small machine the spinning takes a core from the
-///   next product: on a 2-core AMD EPYC with 2 threads, the flows took 45 to 50 ms on a 3.6 s
-///   sentence with candle's pool and 32 to 38 ms without it.
-/// - With glibc, blocks under [`MMAP_THRESHOLD`] come from the heap, and up to
-///   [`TRIM_THRESHOLD`] of free memory stays in it. Each decoder layer allocates its output,
-///   megabytes at a time; by default glibc maps such blocks afresh and unmaps them when freed, so
-///   every layer paid for page faults and for the kernel zeroing its pages (172,000 faults for
-///   the benchmark's paragraph). Kept in the heap, they are reused: 52,000 faults, and the
-///   paragraph's real-time factor went from 0.059 to 0.050 (2 threads, same machine). The cost
-///   is memory kept after a burst; [`release_free_memory`] gives it back.
-///
-/// # Safety
-///
-/// It changes the process's environment, which is sound only while no other thread may read or
-/// write it: call it before any runtime or thread is started.
-#[allow(unsafe_code)]
-pub unsafe fn prepare_process() {
-    if std::env::var_os(CANDLE_THREADS_VARIABLE).is_none() {
-        // SAFETY: the caller guarantees that no other thread exists yet.
-        unsafe { std::env::set_var(CANDLE_THREADS_VARIABLE, "1") };
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters (under its own lock); the values are
-    // in range for a 64-bit process.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
-    }
-}
-
-/// Gives the allocator's free memory back to the system (glibc's `malloc_trim`), for example when
-/// a service has nothing left to synthesise. A no-op elsewhere.
-#[allow(unsafe_code)]
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes the allocator's own locks; it only returns free pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Threads a synthesis spreads its convolutions over: the size of rayon's global pool, which is
 /// `RAYON_NUM_THREADS` when set and otherwise the cores this process may use.

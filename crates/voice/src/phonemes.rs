@@ -6,11 +6,19 @@
 //! reproduces that by splitting clauses itself ([`crate::text::split_clauses`]) and sending them to
 //! one espeak-ng process, one clause per line, which answers one line per clause.
 //!
-//! Cost: one process per batch of sentences, not one per clause. Starting espeak-ng (loading its
-//! dictionaries) takes about 10 ms here, so each [`Phonemizer`] keeps one process already started
-//! and waiting on its input: a request takes it, and once the request has its answer a
-//! replacement starts, initialising before the next request. A pre-started process that has
-//! died is replaced transparently; concurrent requests that find none start their own.
+//! Cost: starting espeak-ng (loading its dictionaries) takes about 10 ms of CPU here, more than
+//! it spends on a sentence. So each [`Phonemizer`] keeps *resident* processes between requests,
+//! run line-buffered (`stdbuf -oL espeak-ng …`), which answer each line as soon as it is read:
+//! a request takes one, writes its clauses and then a sentinel line whose phonemes were learnt
+//! when the process started, and reads until the sentinel's answer. Concurrent requests that find
+//! none idle start their own, kept afterwards (at most [`MAX_IDLE_RESIDENTS`] idle).
+//!
+//! A resident is only trusted with the plain case: one non-empty answer line for each clause.
+//! Anything else (espeak-ng splitting a long clause, saying nothing for one, dying, not answering
+//! by the deadline) discards that process, and the batch goes to the resilient path: one fresh
+//! process for the batch, retried in halves as [`Phonemizer::run_resilient`] describes. Where
+//! residents cannot start at all (no `stdbuf`, or an espeak-ng that does not answer line by
+//! line), only that path is used, and residents are tried again a minute later.
 //!
 //! A process that has not answered by its deadline ([`Phonemizer::deadline`]: 2 s, plus 1 ms
 //! per byte of input, twenty times what espeak-ng needs here even on a loaded machine) is killed,
@@ -18,11 +26,11 @@
 //! seconds, not for ever.
 
 use std::{
-    io::Write,
+    io::{BufRead, Write},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use unicode_normalization::UnicodeNormalization;
@@ -34,8 +42,8 @@ use crate::{Error, VoiceConfig, text};
 pub struct Phonemizer {
     program: PathBuf,
     voice: String,
-    /// A process started ahead of the next request, shared by clones.
-    ready: Arc<ReadyProcess>,
+    /// Resident processes waiting for a request, shared by clones.
+    residents: Arc<Residents>,
     /// How long a run may take before its process is killed, besides 1 ms per byte of input.
     base_deadline: Duration,
 }
@@ -43,44 +51,104 @@ pub struct Phonemizer {
 /// [`Phonemizer`]'s default `base_deadline`.
 const BASE_DEADLINE: Duration = Duration::from_secs(2);
 
-/// At most one espeak-ng process, started and waiting for its input. Killed when dropped.
+/// Idle resident processes a [`Phonemizer`] keeps at most; more are stopped when returned.
+pub const MAX_IDLE_RESIDENTS: usize = 8;
+
+/// How long residents are not tried again after one failed to start.
+const RESIDENT_RETRY: Duration = Duration::from_secs(60);
+
+/// What a sentinel line says: a word no clause is likely to be, spelled out by espeak-ng.
+const SENTINEL: &str = "qzxjv";
+
+/// The idle resident processes, and until when residents are not to be started.
 #[derive(Debug, Default)]
-struct ReadyProcess(Mutex<Option<Child>>);
+struct Residents {
+    idle: Mutex<Vec<Resident>>,
+    broken_until: Mutex<Option<Instant>>,
+}
 
-impl ReadyProcess {
-    fn take(&self) -> Option<Child> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+/// An espeak-ng process kept between requests, answering line by line.
+#[derive(Debug)]
+struct Resident {
+    child: Child,
+    stdin: ChildStdin,
+    /// Its output lines, read by a thread of their own (so that a read can time out).
+    lines: mpsc::Receiver<std::io::Result<String>>,
+    /// Its answer to the sentinel line.
+    sentinel: String,
+}
+
+impl Resident {
+    /// Starts one and learns its answer to the sentinel.
+    fn start(program: &PathBuf, voice: &str, deadline: Duration) -> Option<Self> {
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg(program)
+            .args(["-q", "--ipa", "-v", voice])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let (stdin, stdout) = (child.stdin.take()?, child.stdout.take()?);
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let end = line.is_err();
+                if sender.send(line).is_err() || end {
+                    return;
+                }
+            }
+        });
+        let mut resident = Self {
+            child,
+            stdin,
+            lines,
+            sentinel: String::new(),
+        };
+        resident.sentinel = resident.ask(&[SENTINEL], deadline)?.pop()?;
+        Some(resident)
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-    }
-
-    /// Keeps `child` unless a process is already waiting (a concurrent request put one there
-    /// first), in which case `child` is stopped.
-    fn put(&self, child: Child) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(child);
-        } else {
-            drop(slot);
-            reap(child);
+    /// The answer lines to `lines` followed by a sentinel line, or `None` when it is not one
+    /// non-empty line a clause: the process is then not to be used again. With an empty
+    /// `sentinel` (while it is being learnt) the first answer line ends the answer.
+    fn ask(&mut self, lines: &[&str], deadline: Duration) -> Option<Vec<String>> {
+        let mut input = String::new();
+        for line in lines {
+            input.push_str(&line.replace(['\n', '\r'], " "));
+            input.push('\n');
         }
+        let learning = self.sentinel.is_empty();
+        if !learning {
+            input.push_str(SENTINEL);
+            input.push('\n');
+        }
+        self.stdin.write_all(input.as_bytes()).ok()?;
+        self.stdin.flush().ok()?;
+        let until = Instant::now() + deadline;
+        let mut out = Vec::with_capacity(lines.len());
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?.ok()?;
+            let line = line.trim();
+            if !learning && line == self.sentinel {
+                break;
+            }
+            out.push(line.to_owned());
+            if learning || out.len() > lines.len() {
+                break;
+            }
+        }
+        (out.len() == lines.len() && out.iter().all(|l| !l.is_empty())).then_some(out)
     }
 }
 
-impl Drop for ReadyProcess {
+impl Drop for Resident {
     fn drop(&mut self) {
-        if let Some(child) = self.take() {
-            reap(child);
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-}
-
-/// Stops a process that will not be used and collects its exit status.
-fn reap(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl Phonemizer {
@@ -103,14 +171,12 @@ impl Phonemizer {
                 "invalid espeak-ng voice {voice:?}"
             )));
         }
-        let phonemizer = Self {
+        Ok(Self {
             program: program.into(),
             voice: voice.to_owned(),
-            ready: Arc::default(),
+            residents: Arc::default(),
             base_deadline: BASE_DEADLINE,
-        };
-        phonemizer.start_ahead();
-        Ok(phonemizer)
+        })
     }
 
     /// The same, with `base` instead of 2 s before a run's process is killed as hung.
@@ -124,6 +190,88 @@ impl Phonemizer {
         self.base_deadline + Duration::from_millis(input_bytes as u64)
     }
 
+    /// Starts a resident process now, if none is idle, so that the first request does not wait
+    /// for one (a voice does this when it is loaded).
+    pub fn warm_up(&self) {
+        if self.idle_residents() == 0
+            && let Some(resident) = self.start_resident()
+        {
+            self.keep(resident);
+        }
+    }
+
+    fn idle_residents(&self) -> usize {
+        self.residents
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn start_resident(&self) -> Option<Resident> {
+        let broken = || {
+            self.residents
+                .broken_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if broken().is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let resident = Resident::start(&self.program, &self.voice, self.base_deadline);
+        if resident.is_none() {
+            tracing::warn!(
+                program = %self.program.display(),
+                "espeak-ng cannot run line-buffered (stdbuf -oL); each batch starts a process of its own for a minute"
+            );
+            *broken() = Some(Instant::now() + RESIDENT_RETRY);
+        }
+        resident
+    }
+
+    /// Returns a resident to the idle ones, or stops it when there are enough.
+    fn keep(&self, resident: Resident) {
+        let mut idle = self
+            .residents
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_RESIDENTS {
+            idle.push(resident);
+        }
+    }
+
+    /// One answer line a clause from a resident process, cleaned; `None` when this batch needs
+    /// the resilient path.
+    fn ask_resident(&self, lines: &[&str]) -> Option<Vec<String>> {
+        // An idle one that is still alive (one that died waiting is dropped), or a new one.
+        let taken = {
+            let mut idle = self
+                .residents
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find_map(|mut r| match r.child.try_wait() {
+                Ok(None) => Some(r),
+                _ => None,
+            })
+        };
+        let mut resident = taken.or_else(|| self.start_resident())?;
+        let bytes = lines.iter().map(|l| l.len() + 1).sum::<usize>();
+        let answer = resident.ask(lines, self.deadline(bytes))?;
+        self.keep(resident);
+        let answer: Vec<String> = answer.iter().map(|l| strip_language_switches(l)).collect();
+        answer.iter().all(|l| !l.is_empty()).then_some(answer)
+    }
+
+    /// The answer lines to `lines`: from a resident, or else by the resilient path.
+    fn answer(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
+        match self.ask_resident(lines) {
+            Some(answer) => Ok(answer),
+            None => self.run_resilient(lines),
+        }
+    }
+
     fn spawn(&self) -> std::io::Result<Child> {
         Command::new(&self.program)
             .args(["-q", "--ipa", "-v", &self.voice])
@@ -131,38 +279,6 @@ impl Phonemizer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-    }
-
-    /// Starts the process the next request will use, unless one is already waiting. A failure
-    /// here is left for that request to report, when it starts a process of its own.
-    ///
-    /// The public `phonemize` calls do this after their answer. A [`crate::Voice`] does it when
-    /// a request's synthesis ends instead: espeak-ng loading its dictionaries (about 10 ms of
-    /// CPU) beside the request's own synthesis took a core from it on a 2-core machine.
-    pub(crate) fn start_ahead(&self) {
-        if self.ready.is_empty()
-            && let Ok(child) = self.spawn()
-        {
-            self.ready.put(child);
-        }
-    }
-
-    /// The pre-started process if it is still alive (and `true`), or a new one (and `false`).
-    fn process(&self) -> Result<(Child, bool), Error> {
-        let ready = self
-            .ready
-            .take()
-            .and_then(|mut child| match child.try_wait() {
-                Ok(None) => Some(child),
-                _ => {
-                    reap(child);
-                    None
-                }
-            });
-        match ready {
-            Some(child) => Ok((child, true)),
-            None => Ok((self.fresh()?, false)),
-        }
     }
 
     fn fresh(&self) -> Result<Child, Error> {
@@ -177,7 +293,7 @@ impl Phonemizer {
 
     /// IPA phonemes of several sentences, with one espeak-ng process for all of them.
     pub fn phonemize_all<S: AsRef<str>>(&self, sentences: &[S]) -> Result<Vec<String>, Error> {
-        let phonemized = self.phonemize_sentences(sentences, false, true)?;
+        let phonemized = self.phonemize_sentences(sentences, false)?;
         Ok(phonemized.into_iter().map(|p| p.phonemes).collect())
     }
 
@@ -191,26 +307,14 @@ impl Phonemizer {
         &self,
         sentences: &[S],
     ) -> Result<Vec<Phonemized>, Error> {
-        self.phonemize_sentences(sentences, true, true)
+        self.phonemize_sentences(sentences, true)
     }
 
-    /// For a request in progress: as [`Phonemizer::phonemize_with_words`] (or without the
-    /// words), but the next process is not started: the request does that when it ends
-    /// ([`Phonemizer::start_ahead`]).
-    pub(crate) fn phonemize_for_request<S: AsRef<str>>(
+    /// [`Phonemizer::phonemize_with_words`], or without the words.
+    pub(crate) fn phonemize_sentences<S: AsRef<str>>(
         &self,
         sentences: &[S],
         with_words: bool,
-    ) -> Result<Vec<Phonemized>, Error> {
-        self.phonemize_sentences(sentences, with_words, false)
-    }
-
-    /// `ahead`: whether to start the next request's process once this answer is in.
-    fn phonemize_sentences<S: AsRef<str>>(
-        &self,
-        sentences: &[S],
-        with_words: bool,
-        ahead: bool,
     ) -> Result<Vec<Phonemized>, Error> {
         let clauses: Vec<Vec<text::Clause>> = sentences
             .iter()
@@ -220,7 +324,7 @@ impl Phonemizer {
         if lines.is_empty() {
             return Ok(vec![Phonemized::default(); sentences.len()]);
         }
-        let mut ipa = self.run_resilient(&lines, ahead)?;
+        let mut ipa = self.answer(&lines)?;
         ipa.resize(lines.len(), String::new());
         let words: Vec<Vec<&str>> = if with_words {
             lines.iter().map(|line| text_words(line)).collect()
@@ -240,7 +344,7 @@ impl Phonemizer {
         let mut alone = if alone_lines.is_empty() {
             Vec::new()
         } else {
-            self.run_resilient(&alone_lines, ahead)?
+            self.answer(&alone_lines)?
         }
         .into_iter();
         let mut weights: Vec<Option<Vec<usize>>> = vec![None; lines.len()];
@@ -315,8 +419,8 @@ impl Phonemizer {
     ///   (not split between its words: each try costs a deadline).
     ///
     /// Only a failure to start espeak-ng at all is an error.
-    fn run_resilient(&self, lines: &[&str], ahead: bool) -> Result<Vec<String>, Error> {
-        match self.run(lines, ahead) {
+    fn run_resilient(&self, lines: &[&str]) -> Result<Vec<String>, Error> {
+        match self.run(lines) {
             Ok(out) if out.len() == lines.len() => return Ok(out),
             Ok(out) if lines.len() == 1 => return Ok(vec![out.join(" ")]),
             Ok(_) => {}
@@ -332,8 +436,8 @@ impl Phonemizer {
                 }
                 let (head, tail) = words.split_at(words.len() / 2);
                 let (head, tail) = (head.join(" "), tail.join(" "));
-                let mut halves = self.run_resilient(&[&head], ahead)?;
-                halves.extend(self.run_resilient(&[&tail], ahead)?);
+                let mut halves = self.run_resilient(&[&head])?;
+                halves.extend(self.run_resilient(&[&tail])?);
                 let joined = halves
                     .iter()
                     .filter(|h| !h.is_empty())
@@ -356,14 +460,13 @@ impl Phonemizer {
             Err(Failure::Start(e)) => return Err(e),
         }
         let (head, tail) = lines.split_at(lines.len() / 2);
-        let mut out = self.run_resilient(head, ahead)?;
-        out.extend(self.run_resilient(tail, ahead)?);
+        let mut out = self.run_resilient(head)?;
+        out.extend(self.run_resilient(tail)?);
         Ok(out)
     }
 
-    /// Sends `lines` to one espeak-ng process; returns its non-empty output lines, cleaned.
-    /// With `ahead`, the next process starts once the answer is in.
-    fn run(&self, lines: &[&str], ahead: bool) -> Result<Vec<String>, Failure> {
+    /// Sends `lines` to one fresh espeak-ng process; returns its non-empty output lines, cleaned.
+    fn run(&self, lines: &[&str]) -> Result<Vec<String>, Failure> {
         let mut input = String::new();
         for line in lines {
             // A newline inside a clause would desynchronise the one-line-per-clause answer.
@@ -371,20 +474,7 @@ impl Phonemizer {
             input.push('\n');
         }
         let deadline = self.deadline(input.len());
-        let (child, pre_started) = self.process().map_err(Failure::Start)?;
-        let output = match communicate(child, input.clone(), deadline) {
-            // A pre-started process can die between the liveness check and the write: the
-            // request then gets one fresh process before it fails.
-            Err(Failure::Died(_)) if pre_started => {
-                communicate(self.fresh().map_err(Failure::Start)?, input, deadline)
-            }
-            result => result,
-        };
-        // The next request's process starts after this one's answer.
-        if ahead {
-            self.start_ahead();
-        }
-        let stdout = output?;
+        let stdout = communicate(self.fresh().map_err(Failure::Start)?, input, deadline)?;
         Ok(stdout
             .lines()
             .map(|l| strip_language_switches(l.trim()))
@@ -546,6 +636,12 @@ enum Failure {
     Hung(String),
 }
 
+/// Stops a process that will not be used and collects its exit status.
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Writes `input` to espeak-ng, closes its input and returns everything it printed, or kills it
 /// when it has not finished within `deadline`.
 fn communicate(mut child: Child, input: String, deadline: Duration) -> Result<String, Failure> {
@@ -682,35 +778,57 @@ mod tests {
         assert_eq!(phoneme_id_starts(&config, "ax"), vec![2, 4, 4]);
     }
 
-    fn ready_pid(p: &Phonemizer) -> Option<u32> {
-        p.ready.0.lock().unwrap().as_ref().map(Child::id)
+    fn idle_pids(p: &Phonemizer) -> Vec<u32> {
+        let idle = p.residents.idle.lock().unwrap();
+        idle.iter().map(|r| r.child.id()).collect()
     }
 
     #[test]
-    fn a_process_is_started_ahead_and_a_dead_one_is_replaced() {
+    fn a_resident_process_answers_request_after_request_and_a_dead_one_is_replaced() {
         let p = Phonemizer::new("en-us").unwrap();
-        let first = ready_pid(&p).expect("a process is started with the phonemizer");
+        assert!(idle_pids(&p).is_empty());
+        p.warm_up();
+        let first = idle_pids(&p);
+        assert_eq!(first.len(), 1, "warming up starts one");
         let ipa = p.phonemize("Hello there.").unwrap();
         assert_eq!(ipa, "həlˈoʊ ðˈɛɹ.");
-        let second = ready_pid(&p).expect("the next process is started at once");
-        assert_ne!(first, second, "the pre-started process served the request");
+        // The same process answered, and waits for the next request.
+        assert_eq!(idle_pids(&p), first);
+        assert_eq!(
+            p.phonemize_all(&["Hello there.", "Goodbye."]).unwrap()[0],
+            ipa
+        );
+        assert_eq!(idle_pids(&p), first);
 
-        // The waiting process dies: the next request starts its own and gives the same answer.
+        // The resident dies: the next request is answered all the same, and a new one waits.
         {
-            let mut ready = p.ready.0.lock().unwrap();
-            let child = ready.as_mut().unwrap();
-            child.kill().unwrap();
-            child.wait().unwrap();
+            let mut idle = p.residents.idle.lock().unwrap();
+            idle[0].child.kill().unwrap();
+            idle[0].child.wait().unwrap();
         }
         assert_eq!(p.phonemize("Hello there.").unwrap(), ipa);
-        assert!(ready_pid(&p).is_some());
+        let now = idle_pids(&p);
+        assert_eq!(now.len(), 1);
+        assert_ne!(now, first);
     }
 
     #[test]
-    fn the_waiting_process_is_stopped_with_the_last_clone() {
+    fn a_clause_espeak_splits_or_leaves_empty_goes_the_resilient_way() {
         let p = Phonemizer::new("en-us").unwrap();
+        // A clause with nothing to say gives no answer line: the resident is not trusted with
+        // the batch, and the resilient path keeps one string a clause.
+        let out = p.phonemize_all(&["Hello.", "...", "Goodbye."]).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], p.phonemize("Hello.").unwrap());
+        assert_eq!(out[2], p.phonemize("Goodbye.").unwrap());
+    }
+
+    #[test]
+    fn residents_are_stopped_with_the_last_clone() {
+        let p = Phonemizer::new("en-us").unwrap();
+        p.warm_up();
         let clone = p.clone();
-        let pid = ready_pid(&p).unwrap();
+        let pid = idle_pids(&p)[0];
         let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
         drop(p);
         assert!(proc_dir.exists(), "a clone still holds it");
@@ -725,7 +843,7 @@ mod tests {
         // clause of other words.
         let quotes = "s'".repeat(220);
         let dots = format!("{}a", "a.".repeat(100));
-        assert!(matches!(p.run(&[&quotes], true), Err(Failure::Died(_))));
+        assert!(matches!(p.run(&[&quotes]), Err(Failure::Died(_))));
         let hello = p.phonemize("Hello there.").unwrap();
         let goodbye = p.phonemize("Goodbye.").unwrap();
         let out = p
@@ -762,10 +880,7 @@ mod tests {
         let p = Phonemizer::with_program(&script, "en-us")
             .unwrap()
             .with_base_deadline(Duration::from_millis(300));
-        assert!(matches!(
-            p.run(&["Please freeze."], true),
-            Err(Failure::Hung(_))
-        ));
+        assert!(matches!(p.run(&["Please freeze."]), Err(Failure::Hung(_))));
         let started = std::time::Instant::now();
         let out = p
             .phonemize_all(&["Hello there.", "Please freeze now.", "Goodbye."])
@@ -799,7 +914,7 @@ mod tests {
             if lines.is_empty() {
                 continue;
             }
-            if let Err(Failure::Died(why)) = p.run(&lines, true) {
+            if let Err(Failure::Died(why)) = p.run(&lines) {
                 panic!("{why} on {lines:?}");
             }
         }

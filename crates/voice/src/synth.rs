@@ -70,7 +70,7 @@ impl Pieces {
         if batch.is_empty() {
             return Ok(());
         }
-        let phonemes = phonemizer.phonemize_for_request(&batch, self.words)?;
+        let phonemes = phonemizer.phonemize_sentences(&batch, self.words)?;
         self.ready.extend(
             batch
                 .into_iter()
@@ -334,14 +334,6 @@ impl Parts<'_> {
     }
 }
 
-impl Drop for Parts<'_> {
-    /// The request is over: the next one's espeak-ng process may start now, when it no longer
-    /// competes with this one's synthesis for the cores.
-    fn drop(&mut self) {
-        self.voice.phonemizer.start_ahead();
-    }
-}
-
 impl Iterator for Parts<'_> {
     type Item = Result<Part, Error>;
 
@@ -554,6 +546,8 @@ impl Voice {
         }
         let model = Vits::load(weights, &Device::Cpu)?;
         let phonemizer = Phonemizer::new(&config.espeak.voice)?;
+        // Its resident espeak-ng process, loaded before the first request.
+        phonemizer.warm_up();
         Ok(Self {
             config,
             model,

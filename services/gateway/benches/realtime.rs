@@ -131,17 +131,7 @@ async fn say(base: &str, key: &str, call_sid: &str, text: &str) {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread has been started. tts-inference runs in this
-    // process, tuned as its own main tunes it.
-    #[allow(unsafe_code)]
-    unsafe {
-        tts_inference::prepare_process();
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(run());
+    test_stack::benchmark_main(run());
 }
 
 async fn run() {
@@ -185,45 +175,35 @@ async fn run() {
     }
 
     // The reference: the plain stream's first byte.
-    let mut plain = Vec::new();
-    for _ in 0..repeat {
-        let sent = Instant::now();
-        let mut response = client
-            .post(format!("{base}/v1/tts"))
-            .header("x-api-key", &key)
-            .json(&json!({"text": PHRASE, "format": "pcm16", "sample_rate": 16000}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.chunk().await.unwrap().expect("a first chunk");
-        plain.push(sent.elapsed());
-        while response.chunk().await.unwrap().is_some() {}
-    }
-    println!("POST /v1/tts, time to first byte: {}", stats(plain));
+    let first_bytes = |body: Value| {
+        let (client, base, key) = (&client, &base, &key);
+        async move {
+            let mut firsts = Vec::new();
+            for _ in 0..repeat {
+                let sent = Instant::now();
+                let mut response = client
+                    .post(format!("{base}/v1/tts"))
+                    .header("x-api-key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.chunk().await.unwrap().expect("a first chunk");
+                firsts.push(sent.elapsed());
+                while response.chunk().await.unwrap().is_some() {}
+            }
+            stats(firsts)
+        }
+    };
+    let plain = first_bytes(json!({"text": PHRASE, "format": "pcm16", "sample_rate": 16000})).await;
+    println!("POST /v1/tts, time to first byte: {plain}");
 
     // Short first sentences at the voice's own rate, to set beside onnxruntime's first chunk
     // (`crates/voice/tests/reference/bench.sh`).
     for text in ["Hello.", "Thanks for calling. How can I help you today?"] {
-        let mut firsts = Vec::new();
-        for _ in 0..repeat {
-            let sent = Instant::now();
-            let mut response = client
-                .post(format!("{base}/v1/tts"))
-                .header("x-api-key", &key)
-                .json(&json!({"text": text, "format": "pcm16"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response.chunk().await.unwrap().expect("a first chunk");
-            firsts.push(sent.elapsed());
-            while response.chunk().await.unwrap().is_some() {}
-        }
-        println!(
-            "POST /v1/tts {text:?} at 22,050 Hz, time to first byte: {}",
-            stats(firsts)
-        );
+        let firsts = first_bytes(json!({"text": text, "format": "pcm16"})).await;
+        println!("POST /v1/tts {text:?} at 22,050 Hz, time to first byte: {firsts}");
     }
 
     // Realtime: from the phrase's last fragment to its first audio frame.

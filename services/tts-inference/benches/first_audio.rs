@@ -39,16 +39,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread has been started.
-    #[allow(unsafe_code)]
-    unsafe {
-        tts_inference::prepare_process();
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(run());
+    test_stack::benchmark_main(run());
 }
 
 async fn run() {

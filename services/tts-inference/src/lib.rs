@@ -19,8 +19,8 @@ use sonora_proto::tts::v1::{SERVICE, tts_inference_server::TtsInferenceServer};
 use telemetry::metrics::Metrics;
 
 /// Tunes the process for synthesis, as this service's `main` does first of all; a program that
-/// runs the service in its own process (a benchmark) calls it the same way. See
-/// [`voice::prepare_process`], and its safety rule: before any other thread starts.
+/// runs the service in its own process (a benchmark) calls it the same way, before it starts any
+/// thread. See [`voice::prepare_process`].
 pub use voice::prepare_process;
 
 pub const NAME: &str = "tts-inference";

@@ -1,8 +1,5 @@
 fn main() -> std::process::ExitCode {
-    // SAFETY: first thing in main; no other thread has been started.
-    #[allow(unsafe_code)]
-    unsafe {
-        tts_inference::prepare_process();
-    }
+    // First thing, while this is the process's only thread (see its docs).
+    tts_inference::prepare_process();
     lifecycle::cli::run(tts_inference::service())
 }

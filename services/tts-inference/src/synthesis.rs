@@ -370,7 +370,8 @@ pub fn run(
     // ends (pieces follow each other with no gap: each one's own silence is in its audio). The
     // encoder resamples but keeps the duration, so times in seconds hold at any output rate.
     let (mut piece, mut piece_start) = (usize::MAX, 0.0);
-    // Words whose audio is made but whose message is not sent yet (the codec held it back).
+    // Words whose audio is made but not all sent yet (the codec holds back the end of the audio
+    // until it has a whole frame), in order.
     let mut words: Vec<WordTiming> = Vec::new();
     let mut written = request.written.map(voice::text::WrittenWords::new);
     let timing = |(word, start, end): (String, f64, f64)| WordTiming { word, start, end };
@@ -431,7 +432,11 @@ pub fn run(
                 .first_audio
                 .observe(request.received.elapsed().as_secs_f64());
         }
-        if !send(Ok(message(bytes, index, None, std::mem::take(&mut words)))) {
+        // The words whose audio has all gone out, with these bytes or before.
+        let sent = audio_seconds - encoder.held_back_seconds();
+        let complete = words.iter().take_while(|w| w.end <= sent + 1e-9).count();
+        let complete: Vec<WordTiming> = words.drain(..complete).collect();
+        if !send(Ok(message(bytes, index, None, complete))) {
             metrics.cancelled.inc();
             return;
         }
