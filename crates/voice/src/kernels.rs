@@ -273,6 +273,16 @@ impl TimeConv {
         act: Activation,
         residual: bool,
     ) -> Result<Vec<f32>> {
+        Ok(self.op(act, residual)?.run(x, len)?)
+    }
+
+    /// `conv(act(x)) + bias`, plus `x` itself when `residual`; `x` is `[1, time, Cin]`.
+    pub fn forward(&self, x: &Tensor, act: Activation, residual: bool) -> Result<Tensor> {
+        Ok(x.apply_op1_no_bwd(&self.op(act, residual)?)?)
+    }
+
+    /// The op that runs this convolution, once a residual one is known to keep its channels.
+    fn op(&self, act: Activation, residual: bool) -> Result<ConvOp<'_>> {
         if residual && self.c_in != self.c_out {
             return Err(Error::Format(
                 "a residual convolution keeps its channels".into(),
@@ -282,22 +292,7 @@ impl TimeConv {
             conv: self,
             act,
             residual,
-        }
-        .run(x, len)?)
-    }
-
-    /// `conv(act(x)) + bias`, plus `x` itself when `residual`; `x` is `[1, time, Cin]`.
-    pub fn forward(&self, x: &Tensor, act: Activation, residual: bool) -> Result<Tensor> {
-        if residual && self.c_in != self.c_out {
-            return Err(Error::Format(
-                "a residual convolution keeps its channels".into(),
-            ));
-        }
-        Ok(x.apply_op1_no_bwd(&ConvOp {
-            conv: self,
-            act,
-            residual,
-        })?)
+        })
     }
 }
 

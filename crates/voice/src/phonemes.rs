@@ -67,6 +67,13 @@ struct Residents {
     broken_until: Mutex<Option<Instant>>,
 }
 
+impl Residents {
+    /// The idle residents (a poisoned lock still holds them: a panic cannot leave them broken).
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Resident>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// An espeak-ng process kept between requests, answering line by line.
 #[derive(Debug)]
 struct Resident {
@@ -79,17 +86,9 @@ struct Resident {
 }
 
 impl Resident {
-    /// Starts one and learns its answer to the sentinel.
-    fn start(program: &PathBuf, voice: &str, deadline: Duration) -> Option<Self> {
-        let mut child = Command::new("stdbuf")
-            .arg("-oL")
-            .arg(program)
-            .args(["-q", "--ipa", "-v", voice])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+    /// Starts `command` (espeak-ng, line-buffered) and learns its answer to the sentinel.
+    fn start(mut command: Command, deadline: Duration) -> Option<Self> {
+        let mut child = command.stderr(Stdio::null()).spawn().ok()?;
         let (stdin, stdout) = (child.stdin.take()?, child.stdout.take()?);
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -106,28 +105,27 @@ impl Resident {
             lines,
             sentinel: String::new(),
         };
-        resident.sentinel = resident.ask(&[SENTINEL], deadline)?.pop()?;
+        resident.sentinel = resident
+            .ask(&clause_lines(&[SENTINEL]), 1, deadline)?
+            .pop()?;
         Some(resident)
     }
 
-    /// The answer lines to `lines` followed by a sentinel line, or `None` when it is not one
-    /// non-empty line a clause: the process is then not to be used again. With an empty
-    /// `sentinel` (while it is being learnt) the first answer line ends the answer.
-    fn ask(&mut self, lines: &[&str], deadline: Duration) -> Option<Vec<String>> {
-        let mut input = String::new();
-        for line in lines {
-            input.push_str(&line.replace(['\n', '\r'], " "));
-            input.push('\n');
-        }
+    /// The answer lines to `input` (`clauses` lines, [`clause_lines`]) followed by a sentinel
+    /// line, or `None` when it is not one non-empty line a clause: the process is then not to be
+    /// used again. With an empty `sentinel` (while it is being learnt) the first answer line ends
+    /// the answer.
+    fn ask(&mut self, input: &str, clauses: usize, deadline: Duration) -> Option<Vec<String>> {
         let learning = self.sentinel.is_empty();
-        if !learning {
-            input.push_str(SENTINEL);
-            input.push('\n');
-        }
         self.stdin.write_all(input.as_bytes()).ok()?;
+        if !learning {
+            self.stdin
+                .write_all(clause_lines(&[SENTINEL]).as_bytes())
+                .ok()?;
+        }
         self.stdin.flush().ok()?;
         let until = Instant::now() + deadline;
-        let mut out = Vec::with_capacity(lines.len());
+        let mut out = Vec::with_capacity(clauses);
         loop {
             let left = until.checked_duration_since(Instant::now())?;
             let line = self.lines.recv_timeout(left).ok()?.ok()?;
@@ -136,11 +134,11 @@ impl Resident {
                 break;
             }
             out.push(line.to_owned());
-            if learning || out.len() > lines.len() {
+            if learning || out.len() > clauses {
                 break;
             }
         }
-        (out.len() == lines.len() && out.iter().all(|l| !l.is_empty())).then_some(out)
+        (out.len() == clauses && out.iter().all(|l| !l.is_empty())).then_some(out)
     }
 }
 
@@ -193,19 +191,11 @@ impl Phonemizer {
     /// Starts a resident process now, if none is idle, so that the first request does not wait
     /// for one (a voice does this when it is loaded).
     pub fn warm_up(&self) {
-        if self.idle_residents() == 0
-            && let Some(resident) = self.start_resident()
-        {
+        // The lock is let go before a resident starts (and `keep` takes it again).
+        let none_idle = self.residents.idle().is_empty();
+        if none_idle && let Some(resident) = self.start_resident() {
             self.keep(resident);
         }
-    }
-
-    fn idle_residents(&self) -> usize {
-        self.residents
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
     }
 
     fn start_resident(&self) -> Option<Resident> {
@@ -218,7 +208,7 @@ impl Phonemizer {
         if broken().is_some_and(|until| Instant::now() < until) {
             return None;
         }
-        let resident = Resident::start(&self.program, &self.voice, self.base_deadline);
+        let resident = Resident::start(self.command(true), self.base_deadline);
         if resident.is_none() {
             tracing::warn!(
                 program = %self.program.display(),
@@ -231,11 +221,7 @@ impl Phonemizer {
 
     /// Returns a resident to the idle ones, or stops it when there are enough.
     fn keep(&self, resident: Resident) {
-        let mut idle = self
-            .residents
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.residents.idle();
         if idle.len() < MAX_IDLE_RESIDENTS {
             idle.push(resident);
         }
@@ -246,19 +232,15 @@ impl Phonemizer {
     fn ask_resident(&self, lines: &[&str]) -> Option<Vec<String>> {
         // An idle one that is still alive (one that died waiting is dropped), or a new one.
         let taken = {
-            let mut idle = self
-                .residents
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.residents.idle();
             std::iter::from_fn(|| idle.pop()).find_map(|mut r| match r.child.try_wait() {
                 Ok(None) => Some(r),
                 _ => None,
             })
         };
         let mut resident = taken.or_else(|| self.start_resident())?;
-        let bytes = lines.iter().map(|l| l.len() + 1).sum::<usize>();
-        let answer = resident.ask(lines, self.deadline(bytes))?;
+        let input = clause_lines(lines);
+        let answer = resident.ask(&input, lines.len(), self.deadline(input.len()))?;
         self.keep(resident);
         let answer: Vec<String> = answer.iter().map(|l| strip_language_switches(l)).collect();
         answer.iter().all(|l| !l.is_empty()).then_some(answer)
@@ -272,17 +254,27 @@ impl Phonemizer {
         }
     }
 
-    fn spawn(&self) -> std::io::Result<Child> {
-        Command::new(&self.program)
+    /// espeak-ng reading clauses on its input and writing their IPA, one line each; with
+    /// `line_buffered`, through `stdbuf -oL`, so that each line is answered as soon as it is read.
+    fn command(&self, line_buffered: bool) -> Command {
+        let mut command = if line_buffered {
+            let mut stdbuf = Command::new("stdbuf");
+            stdbuf.arg("-oL").arg(&self.program);
+            stdbuf
+        } else {
+            Command::new(&self.program)
+        };
+        command
             .args(["-q", "--ipa", "-v", &self.voice])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+            .stdout(Stdio::piped());
+        command
     }
 
     fn fresh(&self) -> Result<Child, Error> {
-        self.spawn()
+        self.command(false)
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| Error::Phonemizer(format!("cannot start {}: {e}", self.program.display())))
     }
 
@@ -291,7 +283,8 @@ impl Phonemizer {
         Ok(self.phonemize_all(&[sentence])?.pop().unwrap_or_default())
     }
 
-    /// IPA phonemes of several sentences, with one espeak-ng process for all of them.
+    /// IPA phonemes of several sentences, with one espeak-ng process for all of them (a resident
+    /// one, see the module's documentation).
     pub fn phonemize_all<S: AsRef<str>>(&self, sentences: &[S]) -> Result<Vec<String>, Error> {
         let phonemized = self.phonemize_sentences(sentences, false)?;
         Ok(phonemized.into_iter().map(|p| p.phonemes).collect())
@@ -467,12 +460,7 @@ impl Phonemizer {
 
     /// Sends `lines` to one fresh espeak-ng process; returns its non-empty output lines, cleaned.
     fn run(&self, lines: &[&str]) -> Result<Vec<String>, Failure> {
-        let mut input = String::new();
-        for line in lines {
-            // A newline inside a clause would desynchronise the one-line-per-clause answer.
-            input.push_str(&line.replace(['\n', '\r'], " "));
-            input.push('\n');
-        }
+        let input = clause_lines(lines);
         let deadline = self.deadline(input.len());
         let stdout = communicate(self.fresh().map_err(Failure::Start)?, input, deadline)?;
         Ok(stdout
@@ -634,6 +622,17 @@ enum Failure {
     Died(String),
     /// It did not answer by its deadline, and was killed.
     Hung(String),
+}
+
+/// espeak-ng's input for `lines`: one line each. A newline inside a clause would desynchronise
+/// the one-line-per-clause answer, so it becomes a space.
+fn clause_lines(lines: &[&str]) -> String {
+    let mut input = String::new();
+    for line in lines {
+        input.push_str(&line.replace(['\n', '\r'], " "));
+        input.push('\n');
+    }
+    input
 }
 
 /// Stops a process that will not be used and collects its exit status.

@@ -29,7 +29,7 @@ use std::{
 };
 
 use ring::hmac;
-use test_stack::{Service, Stack};
+use test_stack::{Service, Stack, StackBuilder};
 use test_support::TestDatabase;
 
 const SECRET: &str = "bench-github-webhook-secret-0123456789";
@@ -162,18 +162,7 @@ async fn main() {
     let rate: u64 = setting("BENCH_RATE", 1000);
     let pgbench: String = setting("BENCH_PGBENCH_TPS", "not measured".to_owned());
     let db = TestDatabase::create().await.unwrap();
-    let stack = Stack::new(&db)
-        .with_ingest()
-        .setting(Service::WebhookIngest, "GITHUB_WEBHOOK_SECRET", SECRET)
-        .setting(Service::WebhookIngest, "WEBHOOK_RATE_LIMIT_PER_IP", "0")
-        .setting(Service::WebhookIngest, "RUST_LOG", "warn")
-        .start()
-        .await;
-    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
-    let url = format!(
-        "{}/api/v1/webhooks/github",
-        stack.http_url(Service::WebhookIngest)
-    );
+    let (stack, url) = start_github_ingest(Stack::new(&db)).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -227,21 +216,13 @@ async fn main() {
         "tenant": "bench", "actions": ["publish"]
     }])
     .to_string();
-    let routed = Stack::new(&db)
-        .with_delivery()
-        .with_ingest()
-        .setting(Service::WebhookIngest, "GITHUB_WEBHOOK_SECRET", SECRET)
-        .setting(Service::WebhookIngest, "WEBHOOK_RATE_LIMIT_PER_IP", "0")
-        .setting(Service::WebhookIngest, "ROUTING_RULES", rules)
-        .setting(Service::WebhookIngest, "RUST_LOG", "warn")
-        .setting(Service::DeliveryWorker, "RUST_LOG", "warn")
-        .start()
-        .await;
-    test_support::wait_ready(&routed.ops_url(Service::WebhookIngest), 200).await;
-    let url = format!(
-        "{}/api/v1/webhooks/github",
-        routed.http_url(Service::WebhookIngest)
-    );
+    let (routed, url) = start_github_ingest(
+        Stack::new(&db)
+            .with_delivery()
+            .setting(Service::WebhookIngest, "ROUTING_RULES", rules)
+            .setting(Service::DeliveryWorker, "RUST_LOG", "warn"),
+    )
+    .await;
     let started = Instant::now();
     let acknowledged = match wrk_throughput(&url, clients, seconds) {
         Some(line) => line,
@@ -274,6 +255,24 @@ async fn main() {
         dispatched as f64 / drained
     );
     routed.stop().await;
+}
+
+/// Starts `stack` with webhook-ingest receiving GitHub webhooks signed with [`SECRET`], its
+/// per-address limit off, once it is ready; returns it and the GitHub webhook URL.
+async fn start_github_ingest(stack: StackBuilder) -> (Stack, String) {
+    let stack = stack
+        .with_ingest()
+        .setting(Service::WebhookIngest, "GITHUB_WEBHOOK_SECRET", SECRET)
+        .setting(Service::WebhookIngest, "WEBHOOK_RATE_LIMIT_PER_IP", "0")
+        .setting(Service::WebhookIngest, "RUST_LOG", "warn")
+        .start()
+        .await;
+    test_support::wait_ready(&stack.ops_url(Service::WebhookIngest), 200).await;
+    let url = format!(
+        "{}/api/v1/webhooks/github",
+        stack.http_url(Service::WebhookIngest)
+    );
+    (stack, url)
 }
 
 /// `clients` senders posting as fast as they are answered for `seconds`: how many, in how long.

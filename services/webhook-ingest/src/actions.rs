@@ -14,7 +14,7 @@ use crate::{
     codegen::Codegen,
     dispatch::Outcome,
     inbox::ClaimedEvent,
-    routing::{EventFacts, Rule, RuleAction},
+    routing::{self, EventFacts, Rule, RuleAction},
 };
 
 /// The longest an HTTP action (an agent run) may take; the lease must outlast it.
@@ -86,7 +86,7 @@ impl Actions {
     /// that matches it, in the rules' order.
     pub fn plan(&self, event: &ClaimedEvent) -> Vec<Planned> {
         let mut planned = Vec::new();
-        if event.source == "replicate" {
+        if routing::has_builtin_action(&event.source) {
             planned.push(Planned::new(
                 ActionKind::CompletePrediction.name().to_owned(),
                 ActionKind::CompletePrediction,

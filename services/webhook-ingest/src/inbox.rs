@@ -52,6 +52,17 @@ pub enum Stored {
     Duplicate,
 }
 
+/// The SQL of [`counts`].
+const COUNTS: &str = "WITH pending AS ( \
+       SELECT s AS state, (SELECT count(*) FROM inbox WHERE inbox.state = s) AS count \
+       FROM unnest(ARRAY['received', 'dispatched', 'failed', 'dead_letter', 'malformed']) AS s) \
+     SELECT state, count FROM pending \
+     UNION ALL \
+     SELECT 'done', CASE WHEN c.reltuples < 0 \
+         THEN (SELECT count(*) FROM inbox WHERE state = 'done') \
+         ELSE greatest(c.reltuples::bigint - (SELECT sum(count) FROM pending)::bigint, 0) END \
+     FROM pg_class c WHERE c.oid = 'inbox'::regclass";
+
 /// How many stored events are in each state, for the `webhook_inbox_events` gauge. Each state
 /// but `done` is counted exactly, over the `inbox_state` index. `done` is nearly the whole table
 /// (a week of traffic under the default retention), so counting it would read every row every 15 s
@@ -66,21 +77,10 @@ pub async fn counts(pool: &Pool) -> Result<Vec<(String, i64)>, DatabaseError> {
         count: i64,
     }
     let mut conn = database::get(pool).await?;
-    let rows: Vec<Row> =
-        diesel::sql_query(
-            "WITH pending AS ( \
-               SELECT s AS state, (SELECT count(*) FROM inbox WHERE inbox.state = s) AS count \
-               FROM unnest(ARRAY['received', 'dispatched', 'failed', 'dead_letter', 'malformed']) AS s) \
-             SELECT state, count FROM pending \
-             UNION ALL \
-             SELECT 'done', CASE WHEN c.reltuples < 0 \
-                 THEN (SELECT count(*) FROM inbox WHERE state = 'done') \
-                 ELSE greatest(c.reltuples::bigint - (SELECT sum(count) FROM pending)::bigint, 0) END \
-             FROM pg_class c WHERE c.oid = 'inbox'::regclass",
-        )
+    let rows: Vec<Row> = diesel::sql_query(COUNTS)
         .load(&mut conn)
-            .await
-            .map_err(DatabaseError::Query)?;
+        .await
+        .map_err(DatabaseError::Query)?;
     Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
 }
 

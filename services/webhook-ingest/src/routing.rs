@@ -182,12 +182,18 @@ impl Rule {
     }
 }
 
-/// Whether `event` has anything to run: a Replicate prediction always does (its built-in
-/// action), any other event when one of `rules` matches it. The receivers store an event with
-/// nothing to run as `done` at once, so the dispatcher never claims it; the dispatcher plans with
-/// the same rules.
+/// Whether events of `source` have a built-in action whatever the rules: a Replicate prediction
+/// completes its job on audio-generation.
+pub fn has_builtin_action(source: &str) -> bool {
+    source == "replicate"
+}
+
+/// Whether `event` has anything to run: its source's built-in action
+/// ([`has_builtin_action`]), or the actions of a rule that matches it. The receivers store an
+/// event with nothing to run as `done` at once, so the dispatcher never claims it; the dispatcher
+/// plans with the same two (`actions::Actions::plan`).
 pub fn has_work(rules: &[Rule], facts: &EventFacts<'_>) -> bool {
-    facts.source == "replicate" || rules.iter().any(|rule| rule.matches(facts))
+    has_builtin_action(facts.source) || rules.iter().any(|rule| rule.matches(facts))
 }
 
 /// The label an event is about (`label.name`, as in `issues.labeled`) and the labels of its
